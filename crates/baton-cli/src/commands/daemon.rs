@@ -1,0 +1,38 @@
+//! `baton daemon`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use baton_daemon::{DEFAULT_BACKOFF_CAP, DaemonOptions};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::server::cancel_on_signals;
+use crate::output::{CliError, CliResult};
+
+/// Arguments of `daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Longest wait between reconnect attempts, in milliseconds.
+    #[arg(long, default_value_t = DEFAULT_BACKOFF_CAP.as_millis() as u64)]
+    pub backoff_cap_ms: u64,
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub async fn run(args: DaemonArgs, baton_home: PathBuf) -> CliResult {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .ok_or_else(|| CliError::Usage("HOME is not set".into()))?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    baton_daemon::run(
+        DaemonOptions {
+            baton_home,
+            home,
+            backoff_cap: Duration::from_millis(args.backoff_cap_ms.max(100)),
+        },
+        shutdown,
+    )
+    .await
+    .map_err(|e| CliError::Other(e.into()))
+}

@@ -1,0 +1,293 @@
+//! `handoff` and `handoffs`.
+
+use std::time::{Duration, Instant};
+
+use baton_daemon::client::Client;
+use baton_proto::api::HandoffRequest;
+use baton_proto::handoff::SealedHandoffOptions;
+use baton_proto::{
+    ApiError, HandoffId, HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult,
+    MachineInfo, SessionRecord,
+};
+use clap::Args;
+use serde::Serialize;
+
+use super::session::SessionArg;
+use super::watch::Watcher;
+use super::{resolve_machine, resolve_session};
+use crate::output::{CliError, CliResult, format_time, print_json};
+
+/// What a committed handoff carries, and what it cannot.
+const CARRIED: [&str; 2] = ["transcript", "provider_state"];
+const NOT_CARRIED: [&str; 2] = ["running tool processes", "background jobs"];
+
+/// Arguments of `handoff`.
+#[derive(Debug, Args)]
+pub struct HandoffArgs {
+    /// Session id (or a unique prefix of it).
+    pub session: String,
+    /// Destination machine (name or id).
+    #[arg(long)]
+    pub to: String,
+    /// Workspace path on the destination (default: the same path as on the source).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Give up waiting after this many seconds (the handoff itself goes on).
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+#[derive(Serialize)]
+struct PhaseOut {
+    phase: HandoffPhase,
+    started_at: i64,
+    ended_at: Option<i64>,
+    duration_ms: Option<i64>,
+    ok: bool,
+}
+
+#[derive(Serialize)]
+struct HandoffOut {
+    handoff_id: HandoffId,
+    session_id: baton_proto::SessionId,
+    result: HandoffResult,
+    from: MachineRef,
+    to: MachineRef,
+    epoch_before: u64,
+    epoch_after: Option<u64>,
+    phases: Vec<PhaseOut>,
+    error: Option<ApiError>,
+    carried: Vec<&'static str>,
+    not_carried: Vec<&'static str>,
+}
+
+#[derive(Serialize, Clone)]
+struct MachineRef {
+    id: baton_proto::MachineId,
+    name: String,
+}
+
+fn phases_out(h: &HandoffRecord) -> Vec<PhaseOut> {
+    h.phases
+        .iter()
+        .map(|p| PhaseOut {
+            phase: p.phase,
+            started_at: p.started_at,
+            ended_at: p.ended_at,
+            duration_ms: p.ended_at.map(|e| e - p.started_at),
+            ok: p.ok,
+        })
+        .collect()
+}
+
+fn finished(h: &HandoffRecord) -> bool {
+    match h.result {
+        HandoffResult::Active => false,
+        HandoffResult::Aborted => true,
+        HandoffResult::Committed => h.phase == HandoffPhase::Done || h.error.is_some(),
+    }
+}
+
+/// `baton handoff`.
+pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
+    let session = resolve_session(client, &args.session).await?;
+    let target = resolve_machine(client, &args.to).await?;
+    let machines: Vec<MachineInfo> = client.get("/v1/machines").await?;
+    let source = machines
+        .iter()
+        .find(|m| m.id == session.owner)
+        .map(|m| MachineRef {
+            id: m.id,
+            name: m.name.clone(),
+        })
+        .unwrap_or(MachineRef {
+            id: session.owner,
+            name: session.owner.to_string(),
+        });
+    if let Some(p) = &args.path
+        && !p.starts_with('/')
+    {
+        return Err(CliError::Usage(format!(
+            "--path {p} must be an absolute path on {}",
+            target.name
+        )));
+    }
+    let cipher = client.cipher(&session)?;
+    let id = HandoffId::new();
+    let sealed_options = args.path.as_ref().map(|p| {
+        cipher.seal_options(
+            id,
+            &SealedHandoffOptions {
+                target_path: Some(p.clone()),
+            },
+        )
+    });
+    let mut watcher = Watcher::open(client, session.id).await;
+    let _started: HandoffRecord = client
+        .post(
+            &format!("/v1/sessions/{}/handoffs", session.id),
+            &HandoffRequest {
+                id,
+                to: target.id,
+                options: HandoffOptions::default(),
+                sealed_options,
+            },
+        )
+        .await?;
+    if !json {
+        println!(
+            "Handing off session {} from {} to {} (epoch {})",
+            session.id, source.name, target.name, session.epoch
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut printed = 0usize;
+    let mut h: HandoffRecord;
+    loop {
+        h = client.get(&format!("/v1/handoffs/{id}")).await?;
+        if !json {
+            // A phase is printed once it has ended (or, the last one, once the handoff ended).
+            while printed < h.phases.len() {
+                let p = &h.phases[printed];
+                let Some(end) = p.ended_at else { break };
+                println!(
+                    "  {} {:<15} {:>6} ms",
+                    if p.ok { "✓" } else { "✗" },
+                    p.phase.as_str(),
+                    end - p.started_at
+                );
+                printed += 1;
+            }
+        }
+        if finished(&h) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Other(anyhow::anyhow!(
+                "the handoff is still running after {} s (phase {}); follow it with `baton handoffs {}`",
+                args.timeout,
+                h.phase.as_str(),
+                session.id
+            )));
+        }
+        watcher.wait(Duration::from_millis(500)).await;
+    }
+    let after: SessionRecord = client.get(&format!("/v1/sessions/{}", session.id)).await?;
+    let committed = h.result == HandoffResult::Committed;
+    let out = HandoffOut {
+        handoff_id: h.id,
+        session_id: h.session_id,
+        result: h.result,
+        from: source.clone(),
+        to: MachineRef {
+            id: target.id,
+            name: target.name.clone(),
+        },
+        epoch_before: h.from_epoch,
+        epoch_after: committed.then_some(after.epoch),
+        phases: phases_out(&h),
+        error: h.error.clone(),
+        carried: if committed { CARRIED.to_vec() } else { vec![] },
+        not_carried: if committed {
+            NOT_CARRIED.to_vec()
+        } else {
+            vec![]
+        },
+    };
+    if json {
+        print_json(&out);
+    } else if committed {
+        println!(
+            "Session {} now runs on {} (epoch {} → {}); the id is unchanged.",
+            session.id, target.name, h.from_epoch, after.epoch
+        );
+        println!("Came along: the transcript and the provider's state.");
+        println!(
+            "Did not come along: running tool processes and background jobs on {}.",
+            source.name
+        );
+    }
+    match (&h.result, &h.error) {
+        (HandoffResult::Committed, None) => Ok(()),
+        (HandoffResult::Committed, Some(e)) | (HandoffResult::Aborted, Some(e)) => {
+            if !json && h.result == HandoffResult::Aborted {
+                println!(
+                    "Nothing moved: the session stays on {} (epoch {}).",
+                    source.name, after.epoch
+                );
+            }
+            Err(CliError::Api(e.clone()))
+        }
+        _ => Err(CliError::Other(anyhow::anyhow!("the handoff aborted"))),
+    }
+}
+
+#[derive(Serialize)]
+struct HistoryOut {
+    id: HandoffId,
+    from: MachineRef,
+    to: MachineRef,
+    result: HandoffResult,
+    phase: HandoffPhase,
+    created_at: i64,
+    duration_ms: Option<i64>,
+    bytes: u64,
+    error: Option<ApiError>,
+    phases: Vec<PhaseOut>,
+}
+
+/// `baton handoffs`.
+pub async fn history(client: &Client, arg: SessionArg, json: bool) -> CliResult {
+    let session = resolve_session(client, &arg.session).await?;
+    let list: Vec<HandoffRecord> = client
+        .get(&format!("/v1/sessions/{}/handoffs", session.id))
+        .await?;
+    let machines: Vec<MachineInfo> = client.get("/v1/machines").await?;
+    let mref = |id| MachineRef {
+        id,
+        name: machines
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| id.to_string()),
+    };
+    let out: Vec<HistoryOut> = list
+        .iter()
+        .map(|h| HistoryOut {
+            id: h.id,
+            from: mref(h.from),
+            to: mref(h.to),
+            result: h.result,
+            phase: h.phase,
+            created_at: h.created_at,
+            duration_ms: h.duration_ms(),
+            bytes: h.bytes,
+            error: h.error.clone(),
+            phases: phases_out(h),
+        })
+        .collect();
+    if json {
+        print_json(&out);
+        return Ok(());
+    }
+    if out.is_empty() {
+        println!("No handoffs yet.");
+    }
+    for h in &out {
+        println!(
+            "{}  {} → {}  {:<9} {:>6} ms  {} bytes  {}{}",
+            format_time(h.created_at),
+            h.from.name,
+            h.to.name,
+            h.result.as_str(),
+            h.duration_ms.map(|d| d.to_string()).unwrap_or("-".into()),
+            h.bytes,
+            h.phase.as_str(),
+            h.error
+                .as_ref()
+                .map(|e| format!("  [{}] {}", e.code, e.message))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,422 @@
+//! The Baton daemon: keeps this machine online with the server, runs the sessions this machine
+//! owns through provider adapters, and plays the source and target roles of handoffs.
+//!
+//! It never sends plaintext to the server: transcript entries, metadata and provider state are
+//! sealed here with the session's data key before they leave. It runs a provider only for a
+//! session it owns at the current epoch, and stops it as soon as it learns otherwise.
+
+pub mod client;
+pub mod identity;
+mod participant;
+pub mod runner;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_proto::ws::{ClientFrame, ConnRole, Event, ServerFrame};
+use baton_proto::{
+    HandoffId, MachineId, PROTOCOL_VERSION, ProviderInfo, SessionId, SessionRecord,
+    SessionStatus,
+};
+use baton_providers::{Provider, ProviderEnv};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use client::{Client, ClientError};
+use identity::Identity;
+use runner::{RunnerCmd, RunnerHandle};
+
+/// How long the daemon waits between reconnect attempts, at most.
+pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// The server pings every 10 s; silence this long means the connection is dead.
+const SERVER_SILENCE: Duration = Duration::from_secs(35);
+/// How often provider detection is refreshed (logins and installs change).
+const REDETECT_EVERY: Duration = Duration::from_secs(60);
+
+/// How to run a daemon.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// Baton's config/key directory.
+    pub baton_home: PathBuf,
+    /// The user's home (provider state lives under it).
+    pub home: PathBuf,
+    /// Longest wait between reconnects.
+    pub backoff_cap: Duration,
+}
+
+/// Errors that stop the daemon before it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The identity is missing or broken.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The client could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+struct Slot {
+    handle: RunnerHandle,
+    stopping: bool,
+}
+
+/// Where a session's provider state was on this machine when it left as a handoff's source.
+#[derive(Clone, Debug)]
+struct SourceState {
+    provider: String,
+    provider_ref: String,
+    workspace: PathBuf,
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// Server client.
+    pub client: Client,
+    machine: MachineId,
+    baton_home: PathBuf,
+    providers: Vec<Box<dyn Provider>>,
+    runners: Mutex<HashMap<SessionId, Slot>>,
+    sessions: Mutex<HashMap<SessionId, SessionRecord>>,
+    pids: Mutex<HashMap<SessionId, u32>>,
+    sources: Mutex<HashMap<HandoffId, SourceState>>,
+    me: Mutex<Option<Arc<Daemon>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Daemon {
+    /// Builds a daemon from the identity in `opts.baton_home`.
+    pub fn new(opts: &DaemonOptions) -> Result<Arc<Self>, DaemonError> {
+        let identity = Arc::new(Identity::load(&opts.baton_home)?);
+        let client = Client::new(identity.clone(), Some(opts.baton_home.clone()))?;
+        let env = ProviderEnv {
+            home: opts.home.clone(),
+            extra_env: Vec::new(),
+        };
+        let d = Arc::new(Self {
+            client,
+            machine: identity.config.machine_id,
+            baton_home: opts.baton_home.clone(),
+            providers: baton_providers::all(&env),
+            runners: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            pids: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashMap::new()),
+            me: Mutex::new(None),
+        });
+        *lock(&d.me) = Some(d.clone());
+        Ok(d)
+    }
+
+    fn arc(&self) -> Arc<Daemon> {
+        lock(&self.me)
+            .clone()
+            .expect("set in Daemon::new and cleared only at shutdown")
+    }
+
+    /// This machine's id.
+    pub fn machine_id(&self) -> MachineId {
+        self.machine
+    }
+
+    /// The adapter for a provider name.
+    pub fn provider(&self, name: &str) -> Option<&dyn Provider> {
+        self.providers
+            .iter()
+            .find(|p| p.name() == name)
+            .map(|p| p.as_ref())
+    }
+
+    /// Detects every provider.
+    pub async fn detect_all(&self) -> Vec<ProviderInfo> {
+        let mut out = Vec::new();
+        for p in &self.providers {
+            out.push(p.detect().await);
+        }
+        out
+    }
+
+    /// Staging directory of a handoff on this machine.
+    fn handoff_dir(&self, id: HandoffId) -> PathBuf {
+        self.baton_home.join("handoffs").join(id.to_string())
+    }
+
+    fn note_pid(&self, id: SessionId, pid: Option<u32>) {
+        let mut pids = lock(&self.pids);
+        match pid {
+            Some(p) => pids.insert(id, p),
+            None => pids.remove(&id),
+        };
+    }
+
+    async fn last_seq_of(&self, id: SessionId) -> u64 {
+        match self
+            .client
+            .get::<SessionRecord>(&format!("/v1/sessions/{id}"))
+            .await
+        {
+            Ok(s) => s.last_seq,
+            Err(_) => lock(&self.sessions).get(&id).map(|s| s.last_seq).unwrap_or(0),
+        }
+    }
+
+    /// Called by a runner when it ends: frees its slot and re-reconciles, so a session that
+    /// should run again (e.g. resumed while stopping) gets a fresh runner.
+    fn runner_ended(&self, id: SessionId, epoch: u64) {
+        {
+            let mut runners = lock(&self.runners);
+            if runners.get(&id).map(|s| s.handle.epoch) == Some(epoch) {
+                runners.remove(&id);
+            }
+        }
+        let known = lock(&self.sessions).get(&id).cloned();
+        if let Some(s) = known
+            && s.status != SessionStatus::Stopped
+        {
+            self.reconcile(s, false);
+        }
+    }
+
+    fn spawn_runner(
+        &self,
+        session: SessionRecord,
+        ready: Option<oneshot::Sender<Result<(), ClientError>>>,
+    ) {
+        let id = session.id;
+        let handle = runner::spawn(self.arc(), session, ready);
+        lock(&self.runners).insert(
+            id,
+            Slot {
+                handle,
+                stopping: false,
+            },
+        );
+    }
+
+    /// Brings local runners in line with a session record: run it iff this machine owns it at
+    /// its epoch, it is idle or running, and no handoff is moving it here (activation starts it).
+    fn reconcile(&self, session: SessionRecord, from_event: bool) {
+        if from_event {
+            lock(&self.sessions).insert(session.id, session.clone());
+        }
+        let mine = session.owner == self.machine;
+        let mut runners = lock(&self.runners);
+        if let Some(slot) = runners.get_mut(&session.id) {
+            if slot.stopping {
+                return;
+            }
+            let keep = mine
+                && slot.handle.epoch == session.epoch
+                && matches!(
+                    session.status,
+                    SessionStatus::Idle | SessionStatus::Running | SessionStatus::HandingOff
+                );
+            if keep {
+                let _ = slot.handle.tx.try_send(RunnerCmd::Wake);
+            } else if session.status != SessionStatus::HandingOff || !mine {
+                tracing::info!(session_id = %session.id, owner_is_me = mine, status = session.status.as_str(), "stopping the session's provider here");
+                slot.stopping = true;
+                let _ = slot.handle.tx.try_send(RunnerCmd::Stop);
+            }
+            return;
+        }
+        drop(runners);
+        if mine
+            && matches!(session.status, SessionStatus::Idle | SessionStatus::Running)
+            && session.active_handoff.is_none()
+        {
+            self.spawn_runner(session, None);
+        }
+    }
+
+    fn wake(&self, id: SessionId) {
+        if let Some(slot) = lock(&self.runners).get(&id) {
+            let _ = slot.handle.tx.try_send(RunnerCmd::Wake);
+        }
+    }
+
+    /// Process ids of the provider processes this daemon runs, by session.
+    pub fn provider_pids(&self) -> HashMap<SessionId, u32> {
+        lock(&self.pids).clone()
+    }
+
+    async fn reconcile_all(&self) -> Result<(), ClientError> {
+        let sessions: Vec<SessionRecord> = self.client.get("/v1/sessions").await?;
+        let ids: Vec<SessionId> = sessions.iter().map(|s| s.id).collect();
+        for s in sessions {
+            self.reconcile(s, true);
+        }
+        // Runners of sessions the server no longer lists are stale.
+        let stale: Vec<SessionId> = lock(&self.runners)
+            .keys()
+            .filter(|id| !ids.contains(id))
+            .copied()
+            .collect();
+        for id in stale {
+            if let Some(slot) = lock(&self.runners).get_mut(&id) {
+                slot.stopping = true;
+                let _ = slot.handle.tx.try_send(RunnerCmd::Stop);
+            }
+        }
+        Ok(())
+    }
+
+    /// One connection's life: hello, subscribe, reconcile, then serve events and commands until
+    /// the socket ends or `shutdown` fires. `Ok(true)` when the connection had been established.
+    async fn connect_and_serve(&self, shutdown: &CancellationToken) -> Result<bool, ClientError> {
+        let mut providers = self.detect_all().await;
+        let ws = self.client.connect_ws().await?;
+        let (mut sink, mut stream) = ws.split();
+        let send = |f: &ClientFrame| -> Message {
+            Message::Text(serde_json::to_string(f).unwrap_or_default().into())
+        };
+        let net = |e: tokio_tungstenite::tungstenite::Error| ClientError::Unreachable {
+            url: self.client.server().to_string(),
+            detail: e.to_string(),
+        };
+        sink.send(send(&ClientFrame::Hello {
+            role: ConnRole::Daemon,
+            protocol: PROTOCOL_VERSION,
+            providers: providers.clone(),
+        }))
+        .await
+        .map_err(net)?;
+        sink.send(send(&ClientFrame::Subscribe {
+            session_id: None,
+            entries: false,
+        }))
+        .await
+        .map_err(net)?;
+        tracing::info!(server = self.client.server(), "connected");
+        let me = self.arc();
+        tokio::spawn(async move {
+            if let Err(e) = participant::recover_staging(&me).await {
+                tracing::warn!(error = %e, "recovering handoff staging failed");
+            }
+            if let Err(e) = me.reconcile_all().await {
+                tracing::warn!(error = %e, "reconciling sessions failed");
+            }
+        });
+        let (out_tx, mut out_rx) = mpsc::channel::<ClientFrame>(256);
+        let mut redetect = tokio::time::interval(REDETECT_EVERY);
+        redetect.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    return Ok(true);
+                }
+                msg = tokio::time::timeout(SERVER_SILENCE, stream.next()) => {
+                    let msg = match msg {
+                        Err(_) => {
+                            tracing::warn!("the server went silent; reconnecting");
+                            return Ok(true);
+                        }
+                        Ok(None) => return Ok(true),
+                        Ok(Some(Err(e))) => {
+                            tracing::warn!(error = %e, "connection lost");
+                            return Ok(true);
+                        }
+                        Ok(Some(Ok(m))) => m,
+                    };
+                    let Message::Text(text) = msg else { continue };
+                    let frame: ServerFrame = match serde_json::from_str(&text) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "unreadable frame ignored");
+                            continue;
+                        }
+                    };
+                    match frame {
+                        ServerFrame::Welcome { .. } => {}
+                        ServerFrame::Event { event } => self.on_event(event),
+                        ServerFrame::Command { id, command } => {
+                            let me = self.arc();
+                            let out = out_tx.clone();
+                            tokio::spawn(async move {
+                                let result = participant::handle(&me, command).await;
+                                let _ = out.send(ClientFrame::Reply { id, result }).await;
+                            });
+                        }
+                    }
+                }
+                frame = out_rx.recv() => {
+                    if let Some(frame) = frame {
+                        sink.send(send(&frame)).await.map_err(net)?;
+                    }
+                }
+                _ = redetect.tick() => {
+                    let now = self.detect_all().await;
+                    if now != providers {
+                        providers = now;
+                        sink.send(send(&ClientFrame::Capabilities { providers: providers.clone() }))
+                            .await
+                            .map_err(net)?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_event(&self, event: Event) {
+        match event {
+            Event::SessionChanged { session } => self.reconcile(session, true),
+            Event::InputQueued { input } => self.wake(input.session_id),
+            _ => {}
+        }
+    }
+
+    /// Stops every runner (and so every provider process) and waits for them.
+    async fn stop_all(&self) {
+        let txs: Vec<_> = lock(&self.runners)
+            .values_mut()
+            .map(|s| {
+                s.stopping = true;
+                s.handle.tx.clone()
+            })
+            .collect();
+        for tx in txs {
+            let _ = tx.send(RunnerCmd::Stop).await;
+        }
+        for _ in 0..100 {
+            if lock(&self.runners).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` fires: connects, and after any failure (server down, DNS,
+/// sleep) reconnects with capped exponential backoff, forever.
+pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let daemon = Daemon::new(&opts)?;
+    tracing::info!(machine = %daemon.machine, name = %daemon.client.identity().config.name, "daemon starting");
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match daemon.connect_and_serve(&shutdown).await {
+            Ok(_) => backoff = Duration::from_millis(200),
+            Err(e) => tracing::warn!(error = %e, "cannot connect to the server"),
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        // Jitter spreads the reconnects of many daemons after a server restart.
+        let jitter = Duration::from_millis(u64::from(std::process::id() % 97));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = shutdown.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(opts.backoff_cap);
+    }
+    daemon.stop_all().await;
+    *lock(&daemon.me) = None;
+    tracing::info!("daemon stopped");
+    Ok(())
+}

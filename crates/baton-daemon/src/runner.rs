@@ -1,0 +1,490 @@
+//! One session's runner: owns the provider process while this machine owns the session, pulls
+//! queued input in order, and writes the transcript at its epoch.
+//!
+//! Input is consumed by appending the user entry that names it, in one store transaction on the
+//! server, so a message is delivered exactly once whatever crashes. Assistant output is appended
+//! as it streams, one entry behind, so that the last entry of a turn can carry `turn_end`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_crypto::SessionCipher;
+use baton_proto::api::{AppendRequest, AppendResponse, NewEntry};
+use baton_proto::{
+    EntryBody, EntryRole, ErrorCode, InputId, InputRecord, SessionId, SessionRecord,
+    SessionStatus,
+};
+use baton_providers::{AgentEvent, AgentSession, Provider, StartSpec};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::Daemon;
+use crate::client::ClientError;
+
+/// How long a quiesce waits for the running turn before interrupting it.
+pub const QUIESCE_GRACE: Duration = Duration::from_secs(30);
+/// How often a runner re-reads its queue without being woken (a missed wake-up is harmless).
+const POLL_EVERY: Duration = Duration::from_secs(15);
+
+/// Orders to a runner.
+pub enum RunnerCmd {
+    /// New input may be queued.
+    Wake,
+    /// Finish the turn, stop the provider, report the last seq, exit.
+    Quiesce(oneshot::Sender<u64>),
+    /// Stop the provider and exit.
+    Stop,
+}
+
+/// Handle to a running runner.
+pub struct RunnerHandle {
+    /// Orders.
+    pub tx: mpsc::Sender<RunnerCmd>,
+    /// Epoch it runs at.
+    pub epoch: u64,
+}
+
+/// Why a runner ended.
+#[derive(Debug)]
+enum Exit {
+    Quiesced(oneshot::Sender<u64>),
+    Stopped,
+    LostOwnership,
+    ProviderGone,
+}
+
+/// Writes transcript entries at one epoch.
+pub struct Writer {
+    daemon: Arc<Daemon>,
+    /// Session.
+    pub session_id: SessionId,
+    /// Epoch written at.
+    pub epoch: u64,
+    /// Last seq known to be stored.
+    pub last_seq: u64,
+    cipher: SessionCipher,
+}
+
+impl Writer {
+    /// A writer starting after `last_seq`.
+    pub fn new(daemon: Arc<Daemon>, session: &SessionRecord, cipher: SessionCipher) -> Self {
+        Self {
+            daemon,
+            session_id: session.id,
+            epoch: session.epoch,
+            last_seq: session.last_seq,
+            cipher,
+        }
+    }
+
+    /// Appends entries (the first may consume `input`), setting the session's status.
+    pub async fn append(
+        &mut self,
+        bodies: &[EntryBody],
+        input: Option<InputId>,
+        status: Option<SessionStatus>,
+    ) -> Result<(), ClientError> {
+        loop {
+            let entries: Vec<NewEntry> = bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let seq = self.last_seq + 1 + i as u64;
+                    NewEntry {
+                        seq,
+                        input_id: if i == 0 { input } else { None },
+                        sealed: self.cipher.seal_entry(seq, self.epoch, b),
+                    }
+                })
+                .collect();
+            let req = AppendRequest {
+                epoch: self.epoch,
+                entries,
+                status,
+            };
+            match self
+                .daemon
+                .client
+                .post::<_, AppendResponse>(&format!("/v1/sessions/{}/entries", self.session_id), &req)
+                .await
+            {
+                Ok(r) => {
+                    self.last_seq = r.last_seq;
+                    return Ok(());
+                }
+                Err(ClientError::Api(e)) if e.code == ErrorCode::SeqConflict => {
+                    // Someone (our previous life, before a restart) wrote more: catch up.
+                    let s: SessionRecord = self
+                        .daemon
+                        .client
+                        .get(&format!("/v1/sessions/{}", self.session_id))
+                        .await?;
+                    if s.epoch != self.epoch || s.last_seq == self.last_seq {
+                        return Err(ClientError::Api(e));
+                    }
+                    self.last_seq = s.last_seq;
+                }
+                Err(ClientError::Unreachable { .. }) => {
+                    // Keep the output: retry until the server is back (an entry is never dropped).
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Starts a runner task for `session` (owned by this machine at its epoch). `ready` is answered
+/// once the provider process is up (or failed to start).
+pub fn spawn(
+    daemon: Arc<Daemon>,
+    session: SessionRecord,
+    ready: Option<oneshot::Sender<Result<(), ClientError>>>,
+) -> RunnerHandle {
+    let (tx, rx) = mpsc::channel(64);
+    let epoch = session.epoch;
+    let span = tracing::info_span!("runner", session_id = %session.id, epoch);
+    let id = session.id;
+    let d = daemon.clone();
+    tokio::spawn(
+        async move {
+            let exit = run(d.clone(), session, rx, ready).await;
+            tracing::info!(?exit, "runner ended");
+            d.runner_ended(id, epoch);
+            if let Exit::Quiesced(done) = exit {
+                let last = d.last_seq_of(id).await;
+                let _ = done.send(last);
+            }
+        }
+        .instrument(span),
+    );
+    RunnerHandle { tx, epoch }
+}
+
+async fn run(
+    daemon: Arc<Daemon>,
+    session: SessionRecord,
+    mut rx: mpsc::Receiver<RunnerCmd>,
+    ready: Option<oneshot::Sender<Result<(), ClientError>>>,
+) -> Exit {
+    let fail_ready = |ready: Option<oneshot::Sender<Result<(), ClientError>>>, e: ClientError| {
+        if let Some(r) = ready {
+            let _ = r.send(Err(e));
+        }
+    };
+    let cipher = match daemon.client.cipher(&session) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the session key");
+            fail_ready(ready, e);
+            return Exit::Stopped;
+        }
+    };
+    let meta = match cipher.open_meta(&session.sealed_meta) {
+        Ok(m) => m,
+        Err(e) => {
+            fail_ready(ready, e.into());
+            return Exit::Stopped;
+        }
+    };
+    let mut writer = Writer::new(daemon.clone(), &session, cipher.clone());
+    let Some(provider) = daemon.provider(&session.provider) else {
+        let msg = format!("Provider {} is not known on this machine.", session.provider);
+        let _ = writer
+            .append(&[error_entry(&msg)], None, Some(SessionStatus::Stopped))
+            .await;
+        fail_ready(
+            ready,
+            ClientError::Api(baton_proto::ApiError::new(ErrorCode::ProviderNotInstalled, msg)),
+        );
+        return Exit::Stopped;
+    };
+    let provider_ref = meta.provider_ref.clone().unwrap_or_else(|| session.id.to_string());
+    let workspace = PathBuf::from(&meta.workspace);
+    if session.status == SessionStatus::Running {
+        // A turn was cut short by a restart of this daemon: say so, so no one waits forever.
+        let _ = writer
+            .append(
+                &[EntryBody {
+                    turn_end: true,
+                    ..error_entry("The turn was interrupted: the daemon restarted.")
+                }],
+                None,
+                Some(SessionStatus::Idle),
+            )
+            .await;
+    }
+    let agent = match start_agent(provider, &provider_ref, &workspace).await {
+        Ok(a) => a,
+        Err(e) => {
+            let msg = format!("Could not start {}: {e}", session.provider);
+            tracing::warn!(%msg);
+            let _ = writer
+                .append(
+                    &[EntryBody {
+                        turn_end: true,
+                        ..error_entry(&msg)
+                    }],
+                    None,
+                    Some(SessionStatus::Stopped),
+                )
+                .await;
+            fail_ready(
+                ready,
+                ClientError::Api(baton_proto::ApiError::new(e.code(), msg)),
+            );
+            return Exit::ProviderGone;
+        }
+    };
+    daemon.note_pid(session.id, agent.pid());
+    if let Some(r) = ready {
+        let _ = r.send(Ok(()));
+    }
+    let mut state = Running {
+        daemon: daemon.clone(),
+        agent: Some(agent),
+        writer,
+        cipher,
+        session_id: session.id,
+    };
+    let exit = state.serve(&mut rx).await;
+    if let Some(agent) = state.agent.take()
+        && let Err(e) = agent.shutdown().await
+    {
+        tracing::warn!(error = %e, "provider shutdown failed");
+    }
+    daemon.note_pid(session.id, None);
+    exit
+}
+
+async fn start_agent(
+    provider: &dyn Provider,
+    provider_ref: &str,
+    workspace: &std::path::Path,
+) -> baton_providers::Result<Box<dyn AgentSession>> {
+    let resume = provider.has_state(provider_ref, workspace).await?;
+    provider
+        .start(&StartSpec {
+            provider_ref: provider_ref.to_string(),
+            workspace: workspace.to_path_buf(),
+            resume,
+        })
+        .await
+}
+
+fn error_entry(text: &str) -> EntryBody {
+    EntryBody::new(EntryRole::Error, text)
+}
+
+struct Running {
+    daemon: Arc<Daemon>,
+    agent: Option<Box<dyn AgentSession>>,
+    writer: Writer,
+    cipher: SessionCipher,
+    session_id: SessionId,
+}
+
+enum TurnEnd {
+    Done,
+    Exit(Exit),
+}
+
+impl Running {
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<RunnerCmd>) -> Exit {
+        loop {
+            let pending: Vec<InputRecord> = match self
+                .daemon
+                .client
+                .get(&format!(
+                    "/v1/sessions/{}/inputs/pending?epoch={}",
+                    self.session_id, self.writer.epoch
+                ))
+                .await
+            {
+                Ok(p) => p,
+                Err(ClientError::Api(e)) if e.code == ErrorCode::StaleEpoch => {
+                    return Exit::LostOwnership;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the input queue failed");
+                    Vec::new()
+                }
+            };
+            for input in pending {
+                match self.turn(input, rx).await {
+                    TurnEnd::Done => {}
+                    TurnEnd::Exit(exit) => return exit,
+                }
+            }
+            let cmd = tokio::time::timeout(POLL_EVERY, rx.recv()).await;
+            match cmd {
+                Err(_) | Ok(Some(RunnerCmd::Wake)) => {}
+                Ok(None) | Ok(Some(RunnerCmd::Stop)) => return Exit::Stopped,
+                Ok(Some(RunnerCmd::Quiesce(done))) => return Exit::Quiesced(done),
+            }
+        }
+    }
+
+    async fn turn(&mut self, input: InputRecord, rx: &mut mpsc::Receiver<RunnerCmd>) -> TurnEnd {
+        let text = match self.cipher.open_input(&input) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "an input did not decrypt; recording the error");
+                format!("(undecryptable message: {e})")
+            }
+        };
+        let user = EntryBody {
+            input_id: Some(input.id),
+            ..EntryBody::new(EntryRole::User, text.clone())
+        };
+        match self
+            .writer
+            .append(&[user], Some(input.id), Some(SessionStatus::Running))
+            .await
+        {
+            Ok(()) => {}
+            Err(ClientError::Api(e)) => match e.code {
+                ErrorCode::StaleEpoch => return TurnEnd::Exit(Exit::LostOwnership),
+                // Already consumed (by our earlier life) or queued behind a handoff: skip it.
+                ErrorCode::DuplicateInput | ErrorCode::HandingOff => return TurnEnd::Done,
+                _ => {
+                    tracing::error!(code = %e.code, "append refused");
+                    return TurnEnd::Done;
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "append failed");
+                return TurnEnd::Done;
+            }
+        }
+        let Some(agent) = self.agent.as_mut() else {
+            return TurnEnd::Exit(Exit::ProviderGone);
+        };
+        if let Err(e) = agent.send_turn(&text).await {
+            let body = EntryBody {
+                turn_end: true,
+                ..error_entry(&format!("The provider did not take the message: {e}"))
+            };
+            let _ = self
+                .writer
+                .append(&[body], None, Some(SessionStatus::Stopped))
+                .await;
+            return TurnEnd::Exit(Exit::ProviderGone);
+        }
+        let mut held: Option<EntryBody> = None;
+        let mut quiesce: Option<oneshot::Sender<u64>> = None;
+        let mut stop = false;
+        let mut interrupt_at: Option<tokio::time::Instant> = None;
+        loop {
+            let event = {
+                let Some(agent) = self.agent.as_mut() else {
+                    return TurnEnd::Exit(Exit::ProviderGone);
+                };
+                let deadline = interrupt_at;
+                tokio::select! {
+                    ev = agent.next_event() => Some(ev),
+                    cmd = rx.recv(), if quiesce.is_none() && !stop => {
+                        match cmd {
+                            Some(RunnerCmd::Quiesce(done)) => {
+                                quiesce = Some(done);
+                                interrupt_at = Some(tokio::time::Instant::now() + QUIESCE_GRACE);
+                            }
+                            Some(RunnerCmd::Stop) | None => {
+                                stop = true;
+                                interrupt_at = Some(tokio::time::Instant::now());
+                            }
+                            Some(RunnerCmd::Wake) => {}
+                        }
+                        None
+                    }
+                    _ = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        interrupt_at = None;
+                        if let Err(e) = agent.interrupt().await {
+                            tracing::warn!(error = %e, "interrupt failed");
+                        }
+                        None
+                    }
+                }
+            };
+            let Some(event) = event else { continue };
+            let next = match event {
+                AgentEvent::Assistant { text } => EntryBody::new(EntryRole::Assistant, text),
+                AgentEvent::ToolCall { name, input } => EntryBody {
+                    data: Some(serde_json::json!({ "name": name, "input": input })),
+                    ..EntryBody::new(EntryRole::ToolCall, name.clone())
+                },
+                AgentEvent::ToolResult { output } => EntryBody::new(EntryRole::ToolResult, output),
+                AgentEvent::Error { message } => error_entry(&message),
+                AgentEvent::TurnEnd { interrupted, .. } => {
+                    let mut last = held.take().unwrap_or_else(|| {
+                        EntryBody::new(EntryRole::System, "(the turn ended without output)")
+                    });
+                    if interrupted {
+                        last = match last.role {
+                            EntryRole::System => {
+                                EntryBody::new(EntryRole::System, "(the turn was interrupted)")
+                            }
+                            _ => last,
+                        };
+                    }
+                    last.turn_end = true;
+                    if let Err(e) = self
+                        .writer
+                        .append(&[last], None, Some(SessionStatus::Idle))
+                        .await
+                    {
+                        if e.code() == Some(ErrorCode::StaleEpoch) {
+                            return TurnEnd::Exit(Exit::LostOwnership);
+                        }
+                        tracing::error!(error = %e, "append failed");
+                    }
+                    if let Some(done) = quiesce {
+                        return TurnEnd::Exit(Exit::Quiesced(done));
+                    }
+                    if stop {
+                        return TurnEnd::Exit(Exit::Stopped);
+                    }
+                    return TurnEnd::Done;
+                }
+                AgentEvent::Exited { code, stderr_tail } => {
+                    let mut bodies: Vec<EntryBody> = held.take().into_iter().collect();
+                    let tail = stderr_tail.trim();
+                    let msg = if tail.is_empty() {
+                        format!("The provider exited (code {code:?}) in the middle of the turn.")
+                    } else {
+                        format!(
+                            "The provider exited (code {code:?}) in the middle of the turn: {tail}"
+                        )
+                    };
+                    bodies.push(EntryBody {
+                        turn_end: true,
+                        ..error_entry(&msg)
+                    });
+                    let _ = self
+                        .writer
+                        .append(&bodies, None, Some(SessionStatus::Stopped))
+                        .await;
+                    self.agent = None;
+                    if let Some(done) = quiesce {
+                        return TurnEnd::Exit(Exit::Quiesced(done));
+                    }
+                    return TurnEnd::Exit(Exit::ProviderGone);
+                }
+            };
+            if let Some(prev) = held.replace(next)
+                && let Err(e) = self.writer.append(&[prev], None, None).await
+            {
+                if e.code() == Some(ErrorCode::StaleEpoch) {
+                    return TurnEnd::Exit(Exit::LostOwnership);
+                }
+                tracing::error!(error = %e, "append failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Machines and what providers they offer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{MachineId, Millis};
+
+/// Where a provider's credentials come from on a machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthState {
+    /// A credential stored (encrypted) in the account and passed to the CLI by the daemon.
+    ConnectedService,
+    /// The provider's own login on this machine.
+    MachineLocal,
+    /// No credentials found.
+    Missing,
+}
+
+/// Whether Baton can hand off this provider's sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffSupport {
+    /// Tested and supported.
+    Supported,
+    /// Allowed, flagged to the user.
+    Experimental,
+    /// Refused with `provider_unsupported`.
+    Unsupported,
+}
+
+/// One provider as detected on a machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    /// Provider name (`scripted`, `claude`, `codex`, `opencode`).
+    pub name: String,
+    /// True when the provider's CLI was found.
+    pub installed: bool,
+    /// The CLI's reported version, when installed.
+    pub version: Option<String>,
+    /// Where its credentials come from.
+    pub auth: AuthState,
+    /// Handoff support level.
+    pub handoff: HandoffSupport,
+}
+
+/// A machine as shown to clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    /// Machine id.
+    pub id: MachineId,
+    /// Name, unique within the account.
+    pub name: String,
+    /// True while its daemon holds a WebSocket to the server.
+    pub online: bool,
+    /// Last time the server heard from its daemon.
+    pub last_seen: Option<Millis>,
+    /// Providers its daemon last reported.
+    pub providers: Vec<ProviderInfo>,
+}

@@ -1,0 +1,213 @@
+//! Sessions, transcript entries and input messages.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{HandoffId, InputId, MachineId, Millis, Sealed, SessionId};
+
+/// Where a session's transcript lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionMode {
+    /// Baton's transcript (on the server, encrypted) is the truth.
+    Synced,
+    /// The provider's own files on the owning machine are the truth.
+    Direct,
+}
+
+/// Lifecycle state of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// Provider ready, no turn running.
+    Idle,
+    /// A turn is running.
+    Running,
+    /// A handoff has stopped the source; input is queued.
+    HandingOff,
+    /// No provider process runs; a new message resumes it.
+    Stopped,
+    /// Kept for reading only.
+    Archived,
+}
+
+impl SessionStatus {
+    /// The stable string, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Running => "running",
+            Self::HandingOff => "handing_off",
+            Self::Stopped => "stopped",
+            Self::Archived => "archived",
+        }
+    }
+
+    /// Parses the stable string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "idle" => Self::Idle,
+            "running" => Self::Running,
+            "handing_off" => Self::HandingOff,
+            "stopped" => Self::Stopped,
+            "archived" => Self::Archived,
+            _ => return None,
+        })
+    }
+}
+
+impl SessionMode {
+    /// The stable string, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Synced => "synced",
+            Self::Direct => "direct",
+        }
+    }
+
+    /// Parses the stable string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "synced" => Self::Synced,
+            "direct" => Self::Direct,
+            _ => return None,
+        })
+    }
+}
+
+/// A session as the server stores and serves it: ownership in clear, everything else sealed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Session id; never changes.
+    pub id: SessionId,
+    /// Provider name; in clear because the server checks it in handoff preflight.
+    pub provider: String,
+    /// Synced or direct.
+    pub mode: SessionMode,
+    /// Owning machine.
+    pub owner: MachineId,
+    /// +1 at every change of owner.
+    pub epoch: u64,
+    /// Lifecycle state.
+    pub status: SessionStatus,
+    /// Seq of the last transcript entry (0 when empty).
+    pub last_seq: u64,
+    /// The handoff currently running, if any.
+    pub active_handoff: Option<HandoffId>,
+    /// [`SessionMeta`] sealed with the session's data key.
+    pub sealed_meta: Sealed,
+    /// The session's data key sealed under the account secret.
+    pub sealed_key: Sealed,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change of ownership, status or metadata.
+    pub updated_at: Millis,
+}
+
+/// Session metadata (plaintext; sealed before it leaves the client or daemon).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionMeta {
+    /// Absolute workspace path on the owning machine.
+    pub workspace: String,
+    /// The provider's own session id.
+    pub provider_ref: Option<String>,
+    /// Short title (first prompt), when known.
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+/// Kind of a transcript entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryRole {
+    /// A message from the user.
+    User,
+    /// Text from the agent.
+    Assistant,
+    /// The agent called a tool.
+    ToolCall,
+    /// A tool's result.
+    ToolResult,
+    /// An error (provider crash, refused action).
+    Error,
+    /// A note from Baton itself (e.g. a handoff happened).
+    System,
+}
+
+impl EntryRole {
+    /// The stable string, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::ToolCall => "tool_call",
+            Self::ToolResult => "tool_result",
+            Self::Error => "error",
+            Self::System => "system",
+        }
+    }
+}
+
+/// A transcript entry's plaintext body (sealed before it leaves the daemon).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntryBody {
+    /// Kind of entry.
+    pub role: EntryRole,
+    /// Text for a person.
+    pub text: String,
+    /// For user entries: the input message this entry consumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_id: Option<InputId>,
+    /// True on the last entry of a turn.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub turn_end: bool,
+    /// Structured details (tool input, usage), provider-specific.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl EntryBody {
+    /// A plain entry of `role` with `text`.
+    pub fn new(role: EntryRole, text: impl Into<String>) -> Self {
+        Self {
+            role,
+            text: text.into(),
+            input_id: None,
+            turn_end: false,
+            data: None,
+        }
+    }
+}
+
+/// A transcript entry as stored: identity in clear, body sealed with the identity bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedEntry {
+    /// Dense, strictly increasing per session, from 1.
+    pub seq: u64,
+    /// Owner epoch that wrote it.
+    pub epoch: u64,
+    /// The input this entry consumed (user entries only); lets the server mark it delivered.
+    pub input_id: Option<InputId>,
+    /// Sealed [`EntryBody`].
+    pub sealed: Sealed,
+    /// When the server stored it.
+    pub created_at: Millis,
+}
+
+/// An input message waiting for, or delivered to, the session's owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRecord {
+    /// Client-generated id (idempotency key).
+    pub id: InputId,
+    /// Session it goes to.
+    pub session_id: SessionId,
+    /// Server-assigned arrival order within the session.
+    pub order: u64,
+    /// Sealed text.
+    pub sealed: Sealed,
+    /// True once the owner consumed it into the transcript.
+    pub consumed: bool,
+    /// Seq of the user entry that consumed it.
+    pub consumed_seq: Option<u64>,
+    /// Arrival time.
+    pub created_at: Millis,
+}

@@ -1,0 +1,252 @@
+//! WebSocket frames (`GET /v1/ws`), JSON text messages. Daemons and watching clients use the same
+//! socket: clients subscribe to events; daemons also answer the server's commands.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sealed::Bytes;
+
+use crate::{
+    AccountId, ApiError, HandoffId, HandoffRecord, InputRecord, MachineId, MachineInfo,
+    ProviderInfo, Sealed, SealedEntry, SessionId, SessionRecord,
+};
+
+/// Which role a connection plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnRole {
+    /// The machine's daemon: marks the machine online and takes commands.
+    Daemon,
+    /// A watching client (CLI, browser).
+    Client,
+}
+
+/// Frames sent to the server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// First frame on every connection.
+    Hello {
+        /// Role of this connection.
+        role: ConnRole,
+        /// Protocol version the client speaks.
+        protocol: u32,
+        /// Providers (daemons only).
+        #[serde(default)]
+        providers: Vec<ProviderInfo>,
+    },
+    /// Receive events of one session (or of all sessions of the account when `session_id` is
+    /// absent); `entries` selects whether transcript entries are pushed too.
+    Subscribe {
+        /// Session, or all.
+        session_id: Option<SessionId>,
+        /// Push transcript entries as they are appended.
+        entries: bool,
+    },
+    /// Daemon's updated provider report.
+    Capabilities {
+        /// Providers detected.
+        providers: Vec<ProviderInfo>,
+    },
+    /// Daemon's answer to a [`ServerFrame::Command`].
+    Reply {
+        /// The command's id.
+        id: u64,
+        /// Outcome.
+        result: Result<DaemonReply, ApiError>,
+    },
+}
+
+/// Frames sent by the server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Answer to hello.
+    Welcome {
+        /// Caller's machine.
+        machine_id: MachineId,
+        /// Caller's account.
+        account_id: AccountId,
+    },
+    /// Something changed.
+    Event {
+        /// What changed.
+        event: Event,
+    },
+    /// A command for the daemon; answer with [`ClientFrame::Reply`].
+    Command {
+        /// Id to answer with.
+        id: u64,
+        /// What to do.
+        command: DaemonCommand,
+    },
+}
+
+/// Live updates pushed to subscribers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// A session's owner, epoch, status or metadata changed (or it was created).
+    SessionChanged {
+        /// The session now.
+        session: SessionRecord,
+    },
+    /// Entries were appended.
+    Entries {
+        /// Session.
+        session_id: SessionId,
+        /// New entries, in seq order.
+        entries: Vec<SealedEntry>,
+    },
+    /// An input was queued for the session.
+    InputQueued {
+        /// The input.
+        input: InputRecord,
+    },
+    /// A handoff moved to another phase or ended.
+    HandoffChanged {
+        /// The handoff now.
+        handoff: HandoffRecord,
+    },
+    /// A machine came online, went offline or reported new providers.
+    MachineChanged {
+        /// The machine now.
+        machine: MachineInfo,
+    },
+}
+
+/// Commands the server's handoff coordinator sends to daemons.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum DaemonCommand {
+    /// Target: read-only check that it can take the session (provider, login, path).
+    Preflight {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// The session as it is now.
+        session: SessionRecord,
+        /// Sealed participant-only options.
+        sealed_options: Option<Sealed>,
+    },
+    /// Target: make the staging area.
+    PrepareTarget {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// Session.
+        session_id: SessionId,
+    },
+    /// Source: finish the turn, flush, stop the provider; take no more input.
+    Quiesce {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// Session.
+        session_id: SessionId,
+        /// Epoch being handed off.
+        epoch: u64,
+    },
+    /// Source: export the provider state, seal it and upload it as the handoff's bundle.
+    Export {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// Session.
+        session_id: SessionId,
+    },
+    /// Target: download the bundle, verify it, import it into staging with paths rewritten.
+    Import {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// The session as it is now.
+        session: SessionRecord,
+        /// Sealed participant-only options.
+        sealed_options: Option<Sealed>,
+    },
+    /// Target, after commit: put the staged state in place and resume the session.
+    Activate {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// The session after commit (owner = target).
+        session: SessionRecord,
+    },
+    /// Either side, before commit: forget this handoff (drop staging / resume).
+    Abort {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// Session.
+        session_id: SessionId,
+    },
+    /// Source, after activation: remove the local provider state copy.
+    Cleanup {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// Session.
+        session_id: SessionId,
+    },
+}
+
+impl DaemonCommand {
+    /// The handoff this command belongs to.
+    pub fn handoff_id(&self) -> HandoffId {
+        match self {
+            Self::Preflight { handoff_id, .. }
+            | Self::PrepareTarget { handoff_id, .. }
+            | Self::Quiesce { handoff_id, .. }
+            | Self::Export { handoff_id, .. }
+            | Self::Import { handoff_id, .. }
+            | Self::Activate { handoff_id, .. }
+            | Self::Abort { handoff_id, .. }
+            | Self::Cleanup { handoff_id, .. } => *handoff_id,
+        }
+    }
+}
+
+/// Successful answers to [`DaemonCommand`]s.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum DaemonReply {
+    /// Done, nothing to report.
+    Ok,
+    /// Quiesced; the transcript is flushed up to `last_seq`.
+    Quiesced {
+        /// Last seq the source wrote.
+        last_seq: u64,
+    },
+    /// Bundle uploaded.
+    Exported {
+        /// Sealed bundle size.
+        bytes: u64,
+    },
+    /// Bundle verified and staged; metadata re-sealed with the target's workspace path.
+    Imported {
+        /// New sealed [`crate::SessionMeta`] to store at commit.
+        sealed_meta: Sealed,
+    },
+}
+
+/// The provider runtime state that moves in a handoff (plaintext; sealed as a whole).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderBundle {
+    /// Bundle format version.
+    pub format: u32,
+    /// Provider name.
+    pub provider: String,
+    /// Provider's own session id.
+    pub provider_ref: String,
+    /// Provider version that wrote the state.
+    pub provider_version: Option<String>,
+    /// Absolute workspace path on the source.
+    pub source_workspace: String,
+    /// Home directory on the source.
+    pub source_home: String,
+    /// Files, paths relative to the provider's state directory.
+    pub files: Vec<BundleFile>,
+}
+
+/// One file of a [`ProviderBundle`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleFile {
+    /// Path relative to the provider's state directory, `/`-separated, no `..`.
+    pub path: String,
+    /// Unix mode bits.
+    pub mode: u32,
+    /// Contents (base64 in JSON).
+    pub data: Bytes,
+}
