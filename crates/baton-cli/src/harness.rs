@@ -220,6 +220,24 @@ impl Cluster {
         Ok(idx)
     }
 
+    /// Enrols a machine in a new account of its own (for isolation tests).
+    pub fn add_account(&mut self, name: &str) -> Result<usize> {
+        let base = self.root.join(name);
+        let home = base.join("home");
+        std::fs::create_dir_all(&home)?;
+        self.machines.push(Machine {
+            name: name.to_string(),
+            home,
+            baton_home: base.join("baton"),
+            daemon_env: Vec::new(),
+            daemon: None,
+        });
+        let idx = self.machines.len() - 1;
+        let url = self.url.clone();
+        self.json(idx, &["login", "--server", &url, "--name", name])?;
+        Ok(idx)
+    }
+
     /// Starts machine `idx`'s daemon.
     pub fn start_daemon(&mut self, idx: usize) -> Result<()> {
         let log = std::fs::OpenOptions::new()

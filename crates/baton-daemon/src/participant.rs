@@ -212,7 +212,20 @@ async fn session_and_meta(
     Ok((s, cipher, meta))
 }
 
+/// Fault injection for tests: `BATON_TEST_DELAY_EXPORT_MS` holds the source in `transfer` so a
+/// test can kill the server or a daemon in that phase. Unset in normal use.
+async fn test_delay_export() {
+    if let Some(ms) = std::env::var("BATON_TEST_DELAY_EXPORT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::warn!(ms, "BATON_TEST_DELAY_EXPORT_MS set: delaying the export");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
 async fn export(d: &Daemon, handoff: HandoffId, session: SessionId) -> Reply {
+    test_delay_export().await;
     let (s, cipher, meta) = session_and_meta(d, session).await?;
     let provider = d.provider(&s.provider).ok_or_else(|| {
         ApiError::new(

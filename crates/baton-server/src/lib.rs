@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt;
 use axum::routing::{get, post, put};
 use baton_proto::{MAX_BUNDLE_BYTES, MAX_JSON_BODY};
 use baton_store::{PostgresStore, SqliteStore, Store, StoreError};
@@ -134,6 +135,12 @@ pub async fn serve(
         Ok(n) => tracing::info!(count = n, "resuming unfinished handoffs"),
         Err(e) => tracing::error!(error = %e, "could not read unfinished handoffs"),
     }
+    // Small request/response frames: Nagle plus delayed ACKs would add ~40 ms to each.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

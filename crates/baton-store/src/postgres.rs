@@ -163,7 +163,7 @@ async fn lock_session(
     let row = sqlx::query(concat!(
         "SELECT ",
         session_cols!(),
-        " FROM sessions WHERE id = $1"
+        " FROM sessions WHERE id = $1 FOR NO KEY UPDATE"
     ))
     .bind(id.to_string())
     .fetch_optional(conn)
@@ -747,7 +747,7 @@ impl Store for PostgresStore {
         tx.commit().await.db()
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %id, epoch))]
+    #[tracing::instrument(skip_all, fields(session_id = %id, epoch = epoch))]
     async fn begin_quiesce(&self, id: SessionId, epoch: u64, now: Millis) -> Result<SessionStatus> {
         let mut tx = self.write().await?;
         let (_, mut s) = lock_session(&mut tx, id)

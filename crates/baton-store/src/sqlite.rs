@@ -709,7 +709,7 @@ impl Store for SqliteStore {
         tx.commit().await.db()
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %id, epoch))]
+    #[tracing::instrument(skip_all, fields(session_id = %id, epoch = epoch))]
     async fn begin_quiesce(&self, id: SessionId, epoch: u64, now: Millis) -> Result<SessionStatus> {
         let mut tx = self.write().await?;
         let (_, mut s) = load_session(&mut tx, id)

@@ -144,7 +144,17 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
     let mut printed = 0usize;
     let mut h: HandoffRecord;
     loop {
-        h = client.get(&format!("/v1/handoffs/{id}")).await?;
+        h = match client.get(&format!("/v1/handoffs/{id}")).await {
+            Ok(h) => h,
+            // The server restarting mid-handoff is survivable: it resumes or aborts the handoff.
+            Err(baton_daemon::client::ClientError::Unreachable { .. })
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !json {
             // A phase is printed once it has ended (or, the last one, once the handoff ended).
             while printed < h.phases.len() {

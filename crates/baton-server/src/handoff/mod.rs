@@ -447,6 +447,10 @@ impl Driver {
                         "The session changed owner during the handoff.",
                     ));
                 }
+                Err(e @ (StoreError::Conflict(_) | StoreError::NotFound)) => {
+                    // Permanent: the handoff was already decided the other way, or is gone.
+                    return Err(ApiError::from(e));
+                }
                 Err(e) => {
                     // Undecided: keep trying, the invariant forbids giving up half-way.
                     tracing::error!(error = %e, "commit failed; retrying");
@@ -506,6 +510,10 @@ impl Driver {
         let session = loop {
             match self.state.store.abort_handoff(&abort, self.restore).await {
                 Ok(s) => break s,
+                Err(e @ (StoreError::Conflict(_) | StoreError::NotFound)) => {
+                    tracing::error!(error = %e, "the handoff cannot be aborted (already decided)");
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "abort failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -556,6 +564,10 @@ impl Driver {
                 .await
             {
                 Ok(s) => break s,
+                Err(e @ (StoreError::Conflict(_) | StoreError::NotFound)) => {
+                    tracing::error!(error = %e, "the handoff cannot be finished (not committed)");
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "finishing the handoff failed; retrying");
                     tokio::time::sleep(delay).await;
