@@ -169,6 +169,22 @@ pub struct HandoffRecord {
 }
 
 impl HandoffRecord {
+    /// True once nothing more will happen: aborted, or committed and its last phase (`done`, or
+    /// a failed activation) has ended.
+    pub fn is_finished(&self) -> bool {
+        match self.result {
+            HandoffResult::Active => false,
+            HandoffResult::Aborted => true,
+            HandoffResult::Committed => {
+                self.error.is_some()
+                    || self
+                        .phases
+                        .last()
+                        .is_some_and(|p| p.phase == HandoffPhase::Done && p.ended_at.is_some())
+            }
+        }
+    }
+
     /// Whole duration in milliseconds, when finished.
     pub fn duration_ms(&self) -> Option<i64> {
         match self.result {

@@ -80,14 +80,6 @@ fn phases_out(h: &HandoffRecord) -> Vec<PhaseOut> {
         .collect()
 }
 
-fn finished(h: &HandoffRecord) -> bool {
-    match h.result {
-        HandoffResult::Active => false,
-        HandoffResult::Aborted => true,
-        HandoffResult::Committed => h.phase == HandoffPhase::Done || h.error.is_some(),
-    }
-}
-
 /// `baton handoff`.
 pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
     let session = resolve_session(client, &args.session).await?;
@@ -169,7 +161,7 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
                 printed += 1;
             }
         }
-        if finished(&h) {
+        if h.is_finished() {
             break;
         }
         if Instant::now() >= deadline {
