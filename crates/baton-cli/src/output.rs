@@ -20,6 +20,10 @@ pub enum CliError {
     /// A protocol error (from the server or a daemon).
     #[error("{0}")]
     Api(ApiError),
+    /// A protocol error already printed as part of the command's JSON document (only the exit
+    /// code and the stderr line remain to be given).
+    #[error("{0}")]
+    Reported(ApiError),
     /// The arguments were wrong.
     #[error("{0}")]
     Usage(String),
@@ -63,7 +67,7 @@ pub fn print_json<T: Serialize>(value: &T) {
 /// Prints the error on stderr (as JSON on stdout with `--json`) and returns the exit code.
 pub fn report_error(e: &CliError, json: bool) -> i32 {
     let (code, message, exit) = match e {
-        CliError::Api(a) => (
+        CliError::Api(a) | CliError::Reported(a) => (
             a.code.as_str().to_string(),
             a.message.clone(),
             if a.code.is_refusal() {
@@ -75,7 +79,7 @@ pub fn report_error(e: &CliError, json: bool) -> i32 {
         CliError::Usage(m) => ("usage".to_string(), m.clone(), EXIT_USAGE),
         CliError::Other(err) => ("error".to_string(), format!("{err:#}"), EXIT_FAILED),
     };
-    if json {
+    if json && !matches!(e, CliError::Reported(_)) {
         print_json(&serde_json::json!({ "error": { "code": code, "message": message } }));
     }
     eprintln!("error [{code}]: {message}");

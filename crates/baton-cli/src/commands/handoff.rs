@@ -218,7 +218,11 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
                     source.name, after.epoch
                 );
             }
-            Err(CliError::Api(e.clone()))
+            Err(if json {
+                CliError::Reported(e.clone())
+            } else {
+                CliError::Api(e.clone())
+            })
         }
         _ => Err(CliError::Other(anyhow::anyhow!("the handoff aborted"))),
     }
