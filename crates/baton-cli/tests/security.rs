@@ -246,21 +246,30 @@ async fn subscribe(client: &Client, session: SessionId) -> WsStream {
     ws
 }
 
-/// Collects every event frame arriving on `ws` into the returned task's result until aborted
-/// by the deadline `for_how_long`.
-async fn collect_events(mut ws: WsStream, for_how_long: Duration) -> Vec<Event> {
+/// Collects every event frame arriving on `ws` until `stop` fires.
+async fn collect_events(
+    mut ws: WsStream,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<Event> {
     let mut events = Vec::new();
-    let _ = tokio::time::timeout(for_how_long, async {
-        while let Some(Ok(msg)) = ws.next().await {
-            if let Message::Text(t) = msg
-                && let Ok(ServerFrame::Event { event }) = serde_json::from_str::<ServerFrame>(&t)
-            {
-                events.push(event);
-            }
+    loop {
+        tokio::select! {
+            _ = &mut stop => return events,
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(ServerFrame::Event { event }) = serde_json::from_str::<ServerFrame>(&t) {
+                        events.push(event);
+                    }
+                }
+                Some(Ok(_)) => {}
+                // A closed socket hears nothing more; wait for the stop signal.
+                _ => {
+                    let _ = stop.await;
+                    return events;
+                }
+            },
         }
-    })
-    .await;
-    events
+    }
 }
 
 fn client_of(w: &World, idx: usize) -> Client {
@@ -401,29 +410,21 @@ fn other_account_cannot_reach_sessions() {
             subscribe(&laptop, session).await,
         )
     });
-    let listen = Duration::from_secs(45);
-    let mallory_events = rt.spawn(collect_events(mallory_ws, listen));
-    let laptop_events = rt.spawn(collect_events(laptop_ws, listen));
+    let (stop_m, rx_m) = tokio::sync::oneshot::channel();
+    let (stop_l, rx_l) = tokio::sync::oneshot::channel();
+    let m_task = rt.spawn(collect_events(mallory_ws, rx_m));
+    let l_task = rt.spawn(collect_events(laptop_ws, rx_l));
     let reply = w.send(0, &sid, "still mine");
     assert!(reply.contains("still mine"), "{reply}");
-    std::thread::sleep(Duration::from_secs(3));
-    mallory_events.abort();
-    laptop_events.abort();
-    // Aborted tasks drop their partial lists; collect again with short deadlines instead.
-    let _ = (mallory_events, laptop_events);
-    let (m_ev, l_ev) = rt.block_on(async {
-        let m = subscribe(&mallory, session).await;
-        let l = subscribe(&laptop, session).await;
-        let mt = tokio::spawn(collect_events(m, Duration::from_secs(6)));
-        let lt = tokio::spawn(collect_events(l, Duration::from_secs(6)));
-        (mt, lt)
-    });
     let reply = w.send(0, &sid, "still mine, twice");
     assert!(reply.contains("still mine, twice"), "{reply}");
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = stop_m.send(());
+    let _ = stop_l.send(());
     let (m_ev, l_ev) = rt.block_on(async {
         (
-            m_ev.await.expect("mallory collector"),
-            l_ev.await.expect("laptop collector"),
+            m_task.await.expect("mallory collector"),
+            l_task.await.expect("laptop collector"),
         )
     });
     assert!(

@@ -1,0 +1,170 @@
+//! Crashes and outages: the server killed mid-handoff, daemons vanishing and coming back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use baton_cli::harness::Cluster;
+use common::{World, agent_pids, assert_dense, exe, wait_for};
+use serde_json::Value;
+
+const LAPTOP: usize = 0;
+const DESKTOP: usize = 1;
+
+fn handoff_phase(w: &World, s: &str) -> Option<(String, String)> {
+    let h = w.c.json(LAPTOP, &["handoffs", s]).ok()?;
+    let last = h.as_array()?.last()?.clone();
+    Some((
+        last["phase"].as_str()?.to_string(),
+        last["result"].as_str()?.to_string(),
+    ))
+}
+
+#[test]
+fn server_killed_during_transfer_and_restarted_keeps_the_invariants() {
+    let tmp = tempfile::Builder::new()
+        .prefix("baton-faults-")
+        .tempdir()
+        .unwrap();
+    let mut c = Cluster::start(&exe(), tmp.path()).unwrap();
+    let laptop = c.add_machine("laptop", true).unwrap();
+    let desktop = c.add_machine("desktop", true).unwrap();
+    // Holds the source in `transfer` long enough to kill the server there.
+    c.machines[laptop]
+        .daemon_env
+        .push(("BATON_TEST_DELAY_EXPORT_MS".into(), "3000".into()));
+    c.start_daemon(laptop).unwrap();
+    c.start_daemon(desktop).unwrap();
+    c.wait_online(&["laptop", "desktop"], true, Duration::from_secs(30))
+        .unwrap();
+    let mut w = World { c, tmp };
+    let ws = w.dir("ws");
+    let s = w.new_session(LAPTOP, &ws);
+    assert!(w.send(LAPTOP, &s, "before the crash").starts_with("Turn 1."));
+
+    let m = &w.c.machines[LAPTOP];
+    let handoff = std::process::Command::new(exe())
+        .args(["--json", "handoff", &s, "--to", "desktop", "--timeout", "120"])
+        .env("HOME", &m.home)
+        .env("BATON_HOME", &m.baton_home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(20), || {
+        handoff_phase(&w, &s).filter(|(p, _)| p == "transfer")
+    })
+    .expect("the handoff reached transfer");
+    w.c.kill_server();
+    std::thread::sleep(Duration::from_millis(500));
+    w.c.restart_server().unwrap();
+
+    let out = handoff.wait_with_output().unwrap();
+    let h: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "handoff output: {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    // Either outcome is allowed; a restart before commit aborts it as `interrupted`.
+    let result = h["result"].as_str().unwrap().to_string();
+    assert!(result == "aborted" || result == "committed", "{h}");
+    w.c.wait_online(&["laptop", "desktop"], true, Duration::from_secs(30))
+        .unwrap();
+
+    let (owner, epoch, turn_machine) = if result == "aborted" {
+        assert_eq!(h["error"]["code"], "interrupted", "{h}");
+        ("laptop", 1, LAPTOP)
+    } else {
+        ("desktop", 2, DESKTOP)
+    };
+    // Exactly one owner, at the right epoch, and the session is usable there.
+    let row = wait_for(Duration::from_secs(20), || {
+        let r = w.session(LAPTOP, &s);
+        (r["status"] == "idle").then_some(r)
+    })
+    .expect("the session is idle again");
+    assert_eq!(row["owner"]["name"], owner, "{row}");
+    assert_eq!(row["epoch"], epoch, "{row}");
+    let reply = w.send(LAPTOP, &s, "after the crash");
+    assert!(reply.starts_with("Turn 2."), "context intact: {reply}");
+    assert!(reply.contains("before the crash"), "{reply}");
+    let log = w.log(LAPTOP, &s);
+    assert_dense(&log);
+    assert_eq!(log.iter().filter(|e| e["role"] == "user").count(), 2);
+    // Only the owner runs a provider; the other side kept no staging.
+    let (runs, idle) = if turn_machine == LAPTOP {
+        (LAPTOP, DESKTOP)
+    } else {
+        (DESKTOP, LAPTOP)
+    };
+    assert_eq!(agent_pids(w.home(runs)).len(), 1);
+    assert!(agent_pids(w.home(idle)).is_empty());
+    let staging = w.c.machines[DESKTOP].baton_home.join("handoffs");
+    wait_for(Duration::from_secs(15), || {
+        let n = std::fs::read_dir(&staging).map(|r| r.count()).unwrap_or(0);
+        (n == 0).then_some(())
+    })
+    .expect("the target dropped its staging");
+
+    // And a handoff after the crash goes through.
+    let (code, again) = w.handoff(LAPTOP, &s, if owner == "laptop" { "desktop" } else { "laptop" }, &[]);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(again["result"], "committed");
+    assert_eq!(again["epoch_after"], epoch + 1);
+    w.c.shutdown();
+}
+
+fn online_of(w: &World, name: &str) -> Option<bool> {
+    let list = w.c.json(LAPTOP, &["machines"]).ok()?;
+    list.as_array()?
+        .iter()
+        .find(|m| m["name"] == name)?["online"]
+        .as_bool()
+}
+
+#[test]
+fn machines_go_offline_and_come_back_online_promptly() {
+    let mut w = World::new(&["laptop", "desktop"]);
+    // A daemon that vanishes (SIGKILL: no goodbye) shows offline within 60 s.
+    w.c.kill_daemon(DESKTOP);
+    let t = Instant::now();
+    wait_for(Duration::from_secs(60), || {
+        (online_of(&w, "desktop") == Some(false)).then_some(())
+    })
+    .expect("desktop offline within 60 s");
+    assert!(t.elapsed() < Duration::from_secs(60));
+    // One that comes back shows online within 10 s.
+    w.c.start_daemon(DESKTOP).unwrap();
+    let t = Instant::now();
+    wait_for(Duration::from_secs(10), || {
+        (online_of(&w, "desktop") == Some(true)).then_some(())
+    })
+    .expect("desktop online within 10 s");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let row = w.c.json(LAPTOP, &["machines"]).unwrap();
+    let desktop = row
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "desktop")
+        .unwrap()
+        .clone();
+    assert!(desktop["last_seen"].as_i64().unwrap_or(0) > 0, "{desktop}");
+
+    // The server going away and coming back: daemons never give up and are back within 10 s.
+    let ws = w.dir("ws");
+    let s = w.new_session(LAPTOP, &ws);
+    assert!(w.send(LAPTOP, &s, "one").starts_with("Turn 1."));
+    w.c.kill_server();
+    std::thread::sleep(Duration::from_secs(4));
+    w.c.restart_server().unwrap();
+    let t = Instant::now();
+    w.c.wait_online(&["laptop", "desktop"], true, Duration::from_secs(10))
+        .expect("both daemons reconnect within 10 s");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let reply = w.send(LAPTOP, &s, "two");
+    assert!(reply.starts_with("Turn 2."), "{reply}");
+    assert_eq!(agent_pids(w.home(LAPTOP)).len(), 1, "one provider, not two");
+}
