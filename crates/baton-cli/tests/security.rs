@@ -63,18 +63,21 @@ fn needles(s: &str) -> Vec<Vec<u8>> {
 
 /// Asserts that no file in `files` holds any of `secrets` (raw or JSON-escaped).
 fn assert_no_secret(files: &[(PathBuf, Vec<u8>)], secrets: &[String]) {
+    let mut hits = Vec::new();
     for (path, bytes) in files {
         for s in secrets {
             for n in needles(s) {
-                assert!(
-                    !contains(bytes, &n),
-                    "{} holds plaintext {:?}",
-                    path.display(),
-                    String::from_utf8_lossy(&n)
-                );
+                if contains(bytes, &n) {
+                    hits.push(format!(
+                        "{} holds {:?}",
+                        path.display(),
+                        String::from_utf8_lossy(&n)
+                    ));
+                }
             }
         }
     }
+    assert!(hits.is_empty(), "plaintext on the server's disk:\n{}", hits.join("\n"));
 }
 
 /// Runs `baton ARGS` with the given HOME and BATON_HOME (for machines the harness does not know).
@@ -207,8 +210,11 @@ fn failed_handoff_leaves_no_plaintext_path_on_server() {
     let (rc, h) = w.handoff(0, &sid, "desktop", &["--path", &missing]);
     assert_ne!(rc, 0, "a handoff to a missing directory should fail: {h}");
     w.c.shutdown();
-    let files = files_under(&w.c.root().join("server"));
+    let mut files = files_under(&w.c.root().join("server"));
     assert!(!files.is_empty(), "no server files");
+    let log_file = w.c.log_path("server");
+    let server_log = std::fs::read(&log_file).expect("server log");
+    files.push((log_file, server_log));
     assert_no_secret(&files, &["MISSINGDIR-CANARY-8812".to_string()]);
 }
 

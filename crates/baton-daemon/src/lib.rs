@@ -166,8 +166,9 @@ impl Daemon {
         }
     }
 
-    /// Called by a runner when it ends: frees its slot and re-reconciles, so a session that
-    /// should run again (e.g. resumed while stopping) gets a fresh runner.
+    /// Called by a runner when it ends: frees its slot and reconciles against the server's
+    /// current record (not the cache, which may lag), so a session resumed while its runner was
+    /// stopping gets a fresh runner and a session whose provider died stays stopped.
     fn runner_ended(&self, id: SessionId, epoch: u64) {
         {
             let mut runners = lock(&self.runners);
@@ -175,12 +176,13 @@ impl Daemon {
                 runners.remove(&id);
             }
         }
-        let known = lock(&self.sessions).get(&id).cloned();
-        if let Some(s) = known
-            && s.status != SessionStatus::Stopped
-        {
-            self.reconcile(s, false);
-        }
+        let me = self.arc();
+        tokio::spawn(async move {
+            match me.client.get::<SessionRecord>(&format!("/v1/sessions/{id}")).await {
+                Ok(s) => me.reconcile(s, true),
+                Err(e) => tracing::debug!(error = %e, "re-reading the session after its runner ended failed"),
+            }
+        });
     }
 
     fn spawn_runner(

@@ -157,7 +157,8 @@ pub struct AppendRequest {
     pub epoch: u64,
     /// Entries in seq order.
     pub entries: Vec<NewEntry>,
-    /// Session status after these entries (`idle` or `running`), if it changes.
+    /// Session status after these entries (`idle`, `running`, or `stopped` when the provider
+    /// died), if it changes.
     pub status: Option<SessionStatus>,
 }
 

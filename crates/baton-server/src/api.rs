@@ -368,10 +368,10 @@ pub async fn append_entries(
     if req.entries.is_empty() {
         return Err(ServerError::new(ErrorCode::BadRequest, "No entries to append."));
     }
-    if matches!(req.status, Some(s) if s != SessionStatus::Idle && s != SessionStatus::Running) {
+    if matches!(req.status, Some(SessionStatus::HandingOff | SessionStatus::Archived)) {
         return Err(ServerError::new(
             ErrorCode::BadRequest,
-            "An append may only set the status to idle or running.",
+            "An append may only set the status to idle, running or stopped.",
         ));
     }
     let (session, entries) = state
