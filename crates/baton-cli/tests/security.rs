@@ -77,7 +77,11 @@ fn assert_no_secret(files: &[(PathBuf, Vec<u8>)], secrets: &[String]) {
             }
         }
     }
-    assert!(hits.is_empty(), "plaintext on the server's disk:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "plaintext on the server's disk:\n{}",
+        hits.join("\n")
+    );
 }
 
 /// Runs `baton ARGS` with the given HOME and BATON_HOME (for machines the harness does not know).
@@ -146,8 +150,16 @@ fn server_database_holds_no_plaintext() {
         .filter_map(|e| e["text"].as_str())
         .collect::<Vec<_>>()
         .join("\n");
-    for m in ["ZEBRA-CANARY-7781", "CANARYDIR-5521", "CANARYDIR-9034", "QUOTE\"CANARY-6120"] {
-        assert!(all_text.contains(m), "the transcript lacks {m:?}: {all_text}");
+    for m in [
+        "ZEBRA-CANARY-7781",
+        "CANARYDIR-5521",
+        "CANARYDIR-9034",
+        "QUOTE\"CANARY-6120",
+    ] {
+        assert!(
+            all_text.contains(m),
+            "the transcript lacks {m:?}: {all_text}"
+        );
     }
 
     // Stop everything cleanly, then read the server's files as they rest on disk.
@@ -170,9 +182,18 @@ fn server_database_holds_no_plaintext() {
     );
     let db_bytes: Vec<u8> = db.iter().flat_map(|(_, b)| b.iter().copied()).collect();
     // Allowed metadata is there in clear, so this is the right file and it is not empty.
-    assert!(contains(&db_bytes, sid.as_bytes()), "the DB lacks the session id");
-    assert!(contains(&db_bytes, b"scripted"), "the DB lacks the provider name");
-    assert!(contains(&db_bytes, b"desktop"), "the DB lacks the machine name");
+    assert!(
+        contains(&db_bytes, sid.as_bytes()),
+        "the DB lacks the session id"
+    );
+    assert!(
+        contains(&db_bytes, b"scripted"),
+        "the DB lacks the provider name"
+    );
+    assert!(
+        contains(&db_bytes, b"desktop"),
+        "the DB lacks the machine name"
+    );
 
     let secrets: Vec<String> = [
         "ZEBRA-CANARY-7781",
@@ -235,7 +256,9 @@ async fn subscribe(client: &Client, session: SessionId) -> WsStream {
     ];
     for f in &frames {
         let text = serde_json::to_string(f).expect("frame to JSON");
-        ws.send(Message::Text(text.into())).await.expect("frame sent");
+        ws.send(Message::Text(text.into()))
+            .await
+            .expect("frame sent");
     }
     let welcome = tokio::time::timeout(WAIT, async {
         while let Some(Ok(msg)) = ws.next().await {
@@ -311,7 +334,11 @@ fn other_account_cannot_reach_sessions() {
     })
     .expect("mallory online");
     let names: Vec<&str> = online.iter().filter_map(|x| x["name"].as_str()).collect();
-    assert_eq!(names, ["mallory"], "mallory sees another account's machines");
+    assert_eq!(
+        names,
+        ["mallory"],
+        "mallory sees another account's machines"
+    );
 
     // Through the CLI.
     let list = w.c.json(m, &["sessions"]).expect("mallory's sessions");
@@ -346,9 +373,15 @@ fn other_account_cannot_reach_sessions() {
     rt.block_on(async {
         let s = format!("/v1/sessions/{session}");
         let c = &mallory;
-        assert_eq!(api_code(c.get::<SessionRecord>(&s).await), ErrorCode::NotFound);
         assert_eq!(
-            api_code(c.get::<Vec<SealedEntry>>(&format!("{s}/entries?after=0")).await),
+            api_code(c.get::<SessionRecord>(&s).await),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            api_code(
+                c.get::<Vec<SealedEntry>>(&format!("{s}/entries?after=0"))
+                    .await
+            ),
             ErrorCode::NotFound
         );
         let req = SendInputRequest {
@@ -364,7 +397,10 @@ fn other_account_cannot_reach_sessions() {
             ErrorCode::NotFound
         );
         assert_eq!(
-            api_code(c.get::<HandoffRecord>(&format!("/v1/handoffs/{handoff_id}")).await),
+            api_code(
+                c.get::<HandoffRecord>(&format!("/v1/handoffs/{handoff_id}"))
+                    .await
+            ),
             ErrorCode::NotFound
         );
         assert_eq!(
@@ -381,7 +417,10 @@ fn other_account_cannot_reach_sessions() {
             sealed_options: None,
         };
         assert_eq!(
-            api_code(c.post::<_, HandoffRecord>(&format!("{s}/handoffs"), &hreq).await),
+            api_code(
+                c.post::<_, HandoffRecord>(&format!("{s}/handoffs"), &hreq)
+                    .await
+            ),
             ErrorCode::NotFound
         );
         let last_seq = laptop
@@ -406,7 +445,11 @@ fn other_account_cannot_reach_sessions() {
             );
         }
     });
-    assert_eq!(w.log(0, &sid).len(), log_before, "mallory changed the transcript");
+    assert_eq!(
+        w.log(0, &sid).len(),
+        log_before,
+        "mallory changed the transcript"
+    );
 
     // Mallory's subscription to the session hears nothing while laptop talks to it; laptop's
     // own subscription (the control) hears the entries.
@@ -481,7 +524,9 @@ fn pairing_code_works_once() {
     let out = baton_as(
         &joiner_home,
         &joiner_bh,
-        &["--json", "login", "--server", &url, "--name", "joiner", "--code", &code_str],
+        &[
+            "--json", "login", "--server", &url, "--name", "joiner", "--code", &code_str,
+        ],
     );
     assert_eq!(code(&out), 0, "joining failed: {}", parse(&out));
     assert_eq!(parse(&out)["created_account"], false);
@@ -490,7 +535,9 @@ fn pairing_code_works_once() {
     let out = baton_as(
         &second_home,
         &second_bh,
-        &["--json", "login", "--server", &url, "--name", "second", "--code", &code_str],
+        &[
+            "--json", "login", "--server", &url, "--name", "second", "--code", &code_str,
+        ],
     );
     assert_ne!(code(&out), 0, "the code worked twice: {}", parse(&out));
     assert_eq!(error_code(&out), "pairing_invalid", "{}", parse(&out));
@@ -503,7 +550,16 @@ fn pairing_code_works_once() {
     let out = baton_as(
         &garbage_home,
         &garbage_bh,
-        &["--json", "login", "--server", &url, "--name", "garbage", "--code", "NOT-A-CODE-0000"],
+        &[
+            "--json",
+            "login",
+            "--server",
+            &url,
+            "--name",
+            "garbage",
+            "--code",
+            "NOT-A-CODE-0000",
+        ],
     );
     assert_ne!(code(&out), 0, "a garbage code worked: {}", parse(&out));
     let c = error_code(&out);
@@ -554,8 +610,18 @@ fn keys_are_private() {
             .mode()
             & 0o777
     };
-    assert_eq!(mode("keys.json"), 0o600, "keys.json mode {:o}", mode("keys.json"));
-    assert_eq!(mode("token.json"), 0o600, "token.json mode {:o}", mode("token.json"));
+    assert_eq!(
+        mode("keys.json"),
+        0o600,
+        "keys.json mode {:o}",
+        mode("keys.json")
+    );
+    assert_eq!(
+        mode("token.json"),
+        0o600,
+        "token.json mode {:o}",
+        mode("token.json")
+    );
 
     let config: Value =
         serde_json::from_slice(&std::fs::read(bh.join("config.json")).expect("config.json"))
@@ -569,6 +635,9 @@ fn keys_are_private() {
     let secret = keys["account_secret"].as_str().expect("account_secret");
     assert!(secret.len() >= 40, "{keys}");
     let config_text = std::fs::read_to_string(bh.join("config.json")).expect("config.json");
-    assert!(!config_text.contains(secret), "config.json holds the account secret");
+    assert!(
+        !config_text.contains(secret),
+        "config.json holds the account secret"
+    );
     c.shutdown();
 }

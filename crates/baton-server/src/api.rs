@@ -49,10 +49,20 @@ fn check_name(name: &str) -> ApiResult<()> {
 
 fn machine_row(account: AccountId, m: &MachineEnrollment) -> ApiResult<MachineRow> {
     check_name(&m.name)?;
-    if m.sign_pk.0.len() != 32 || m.box_pk.0.len() != 32 {
+    let box_pk: [u8; 32] = match (m.sign_pk.0.len(), <[u8; 32]>::try_from(m.box_pk.0.as_slice())) {
+        (32, Ok(b)) => b,
+        _ => {
+            return Err(ServerError::new(
+                ErrorCode::BadRequest,
+                "Public keys must be 32 bytes each.",
+            ));
+        }
+    };
+    // A low-order key would make every secret sealed to this machine readable by anyone.
+    if baton_crypto::check_box_pk(&box_pk).is_err() {
         return Err(ServerError::new(
             ErrorCode::BadRequest,
-            "Public keys must be 32 bytes each.",
+            "The machine's X25519 public key is invalid (low order); generate new keys.",
         ));
     }
     Ok(MachineRow {
