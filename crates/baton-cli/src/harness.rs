@@ -110,7 +110,10 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .context("spawning baton server")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no server stdout"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no server stdout"))?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         let url = line
@@ -138,10 +141,7 @@ impl Cluster {
 
     /// Starts the server again on the same address (after [`Cluster::kill_server`]).
     pub fn restart_server(&mut self) -> Result<()> {
-        let addr = self
-            .url
-            .trim_start_matches("http://")
-            .to_string();
+        let addr = self.url.trim_start_matches("http://").to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match self.start_server(&addr) {
@@ -209,7 +209,10 @@ impl Cluster {
                 .as_str()
                 .ok_or_else(|| anyhow!("pair gave no code: {pair}"))?
                 .to_string();
-            self.json(idx, &["login", "--server", &url, "--name", name, "--code", &code])?;
+            self.json(
+                idx,
+                &["login", "--server", &url, "--name", name, "--code", &code],
+            )?;
         }
         if login_agent {
             let out = self.baton(idx, &["scripted-agent", "auth", "login"])?;

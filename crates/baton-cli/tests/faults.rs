@@ -40,11 +40,22 @@ fn server_killed_during_transfer_and_restarted_keeps_the_invariants() {
     let mut w = World { c, tmp };
     let ws = w.dir("ws");
     let s = w.new_session(LAPTOP, &ws);
-    assert!(w.send(LAPTOP, &s, "before the crash").starts_with("Turn 1."));
+    assert!(
+        w.send(LAPTOP, &s, "before the crash")
+            .starts_with("Turn 1.")
+    );
 
     let m = &w.c.machines[LAPTOP];
     let handoff = std::process::Command::new(exe())
-        .args(["--json", "handoff", &s, "--to", "desktop", "--timeout", "120"])
+        .args([
+            "--json",
+            "handoff",
+            &s,
+            "--to",
+            "desktop",
+            "--timeout",
+            "120",
+        ])
         .env("HOME", &m.home)
         .env("BATON_HOME", &m.baton_home)
         .stdout(std::process::Stdio::piped())
@@ -109,7 +120,16 @@ fn server_killed_during_transfer_and_restarted_keeps_the_invariants() {
     .expect("the target dropped its staging");
 
     // And a handoff after the crash goes through.
-    let (code, again) = w.handoff(LAPTOP, &s, if owner == "laptop" { "desktop" } else { "laptop" }, &[]);
+    let (code, again) = w.handoff(
+        LAPTOP,
+        &s,
+        if owner == "laptop" {
+            "desktop"
+        } else {
+            "laptop"
+        },
+        &[],
+    );
     assert_eq!(code, 0, "{again}");
     assert_eq!(again["result"], "committed");
     assert_eq!(again["epoch_after"], epoch + 1);
@@ -118,10 +138,7 @@ fn server_killed_during_transfer_and_restarted_keeps_the_invariants() {
 
 fn online_of(w: &World, name: &str) -> Option<bool> {
     let list = w.c.json(LAPTOP, &["machines"]).ok()?;
-    list.as_array()?
-        .iter()
-        .find(|m| m["name"] == name)?["online"]
-        .as_bool()
+    list.as_array()?.iter().find(|m| m["name"] == name)?["online"].as_bool()
 }
 
 #[test]

@@ -55,10 +55,17 @@ fn handoff_keeps_id_moves_owner_bumps_epoch_and_carries_context() {
         ]
     );
     assert!(
-        h["phases"].as_array().unwrap().iter().all(|p| p["ok"] == true),
+        h["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["ok"] == true),
         "{h}"
     );
-    assert_eq!(h["carried"], serde_json::json!(["transcript", "provider_state"]));
+    assert_eq!(
+        h["carried"],
+        serde_json::json!(["transcript", "provider_state"])
+    );
 
     let row = w.session(LAPTOP, &s);
     assert_eq!(row["id"], s.as_str());
@@ -97,7 +104,10 @@ fn handoff_keeps_id_moves_owner_bumps_epoch_and_carries_context() {
         .into_iter()
         .filter(|p| p.to_string_lossy().contains(&s))
         .collect();
-    assert!(leftover.is_empty(), "source state not cleaned: {leftover:?}");
+    assert!(
+        leftover.is_empty(),
+        "source state not cleaned: {leftover:?}"
+    );
     let desktop_state = walk(&w.home(DESKTOP).join(".scripted-agent/projects"));
     assert!(
         desktop_state.iter().any(|p| p.ends_with(format!(
@@ -196,10 +206,9 @@ fn message_sent_during_handoff_is_answered_once_by_the_target() {
     let s = w.new_session(LAPTOP, &ws);
     w.send(LAPTOP, &s, "first");
     // A slow turn holds the source in quiesce_source while the handoff runs.
-    let slow = w
-        .c
-        .json(LAPTOP, &["send", &s, "slow turn /sleep 2500", "--no-wait"])
-        .unwrap();
+    let slow =
+        w.c.json(LAPTOP, &["send", &s, "slow turn /sleep 2500", "--no-wait"])
+            .unwrap();
     assert!(slow["input_id"].is_string());
     wait_for(Duration::from_secs(10), || {
         (w.session(LAPTOP, &s)["status"] == "running").then_some(())
@@ -220,9 +229,11 @@ fn message_sent_during_handoff_is_answered_once_by_the_target() {
         (w.session(LAPTOP, &s)["status"] == "handing_off").then_some(())
     })
     .expect("the handoff is quiescing the source");
-    let queued = w
-        .c
-        .json(LAPTOP, &["send", &s, "sent during the handoff", "--no-wait"])
+    let queued =
+        w.c.json(
+            LAPTOP,
+            &["send", &s, "sent during the handoff", "--no-wait"],
+        )
         .unwrap();
     let out = handoff.wait_with_output().unwrap();
     let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -252,8 +263,7 @@ fn message_sent_during_handoff_is_answered_once_by_the_target() {
     let slow_reply = log
         .iter()
         .find(|e| {
-            e["role"] == "assistant"
-                && e["text"].as_str().unwrap_or("").contains("slow turn")
+            e["role"] == "assistant" && e["text"].as_str().unwrap_or("").contains("slow turn")
         })
         .expect("slow turn answered");
     assert_eq!(slow_reply["epoch"], 1);

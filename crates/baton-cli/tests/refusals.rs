@@ -31,14 +31,21 @@ fn world() -> World {
     for i in 0..4 {
         c.start_daemon(i).unwrap();
     }
-    c.wait_online(&["laptop", "desktop", "nobin", "nologin"], true, Duration::from_secs(30))
-        .unwrap();
+    c.wait_online(
+        &["laptop", "desktop", "nobin", "nologin"],
+        true,
+        Duration::from_secs(30),
+    )
+    .unwrap();
     World { c, tmp }
 }
 
 fn refused(w: &World, s: &str, to: &str, extra: &[&str], want: &str) -> Value {
     let (code, out) = w.handoff(LAPTOP, s, to, extra);
-    assert_eq!(code, 3, "handoff to {to} {extra:?} should be refused: {out}");
+    assert_eq!(
+        code, 3,
+        "handoff to {to} {extra:?} should be refused: {out}"
+    );
     let got = out["error"]["code"].as_str().unwrap_or_default();
     assert_eq!(got, want, "{out}");
     let msg = out["error"]["message"].as_str().unwrap_or_default();
@@ -64,7 +71,10 @@ fn assert_still_with_laptop(w: &World, s: &str, turns: &mut u64) {
     let row = w.session(LAPTOP, s);
     assert_eq!(row["owner"]["name"], "laptop", "{row}");
     assert_eq!(row["epoch"], 1, "{row}");
-    assert!(row["status"] == "idle" || row["status"] == "running", "{row}");
+    assert!(
+        row["status"] == "idle" || row["status"] == "running",
+        "{row}"
+    );
     *turns += 1;
     let reply = w.send(LAPTOP, s, &format!("still here {turns}"));
     assert!(reply.starts_with(&format!("Turn {turns}.")), "{reply}");
@@ -121,14 +131,21 @@ fn preflight_refusals_leave_the_session_with_its_owner() {
     assert!(hist.iter().all(|h| h["result"] == "aborted"));
     let log = w.log(LAPTOP, &s);
     assert_dense(&log);
-    assert_eq!(log.iter().filter(|e| e["role"] == "user").count() as u64, turns);
+    assert_eq!(
+        log.iter().filter(|e| e["role"] == "user").count() as u64,
+        turns
+    );
     // No staging left behind on any target.
     for i in 1..4 {
         let dir = w.c.machines[i].baton_home.join("handoffs");
         let left: Vec<_> = std::fs::read_dir(&dir)
             .map(|r| r.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
-        assert!(left.is_empty(), "staging left on {}: {left:?}", w.c.machines[i].name);
+        assert!(
+            left.is_empty(),
+            "staging left on {}: {left:?}",
+            w.c.machines[i].name
+        );
     }
 }
 
@@ -164,11 +181,18 @@ fn a_second_handoff_while_one_runs_is_refused() {
     assert_eq!(out["error"]["code"], "handoff_in_progress", "{out}");
     let first = first.wait_with_output().unwrap();
     let h: Value = serde_json::from_slice(&first.stdout).unwrap();
-    assert_eq!(h["result"], "committed", "the first handoff is unaffected: {h}");
+    assert_eq!(
+        h["result"], "committed",
+        "the first handoff is unaffected: {h}"
+    );
     let row = w.session(LAPTOP, &s);
     assert_eq!(row["owner"]["name"], "desktop");
     assert_eq!(row["epoch"], 2);
     let hist = w.c.json(LAPTOP, &["handoffs", &s]).unwrap();
-    assert_eq!(hist.as_array().unwrap().len(), 1, "the refused one left no record");
+    assert_eq!(
+        hist.as_array().unwrap().len(),
+        1,
+        "the refused one left no record"
+    );
     assert_dense(&w.log(LAPTOP, &s));
 }

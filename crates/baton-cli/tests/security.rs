@@ -220,8 +220,6 @@ fn server_database_holds_no_plaintext() {
 }
 
 #[test]
-#[ignore = "BUG: a failed handoff's error message carries the target workspace path in clear \
-            to the server, which stores it in handoffs.error"]
 fn failed_handoff_leaves_no_plaintext_path_on_server() {
     let mut w = World::new(&["laptop", "desktop"]);
     let ws = w.dir("ws");

@@ -69,7 +69,10 @@ fn stop_ends_the_provider_and_a_message_resumes_it() {
     .expect("provider stopped");
     assert_eq!(w.session(LAPTOP, &s)["status"], "stopped");
     let reply = w.send(LAPTOP, &s, "two");
-    assert!(reply.starts_with("Turn 2.") && reply.contains("\"one\""), "{reply}");
+    assert!(
+        reply.starts_with("Turn 2.") && reply.contains("\"one\""),
+        "{reply}"
+    );
     assert_eq!(agent_pids(w.home(LAPTOP)).len(), 1);
 }
 
@@ -79,7 +82,9 @@ fn a_provider_crash_becomes_an_error_entry_and_a_stopped_session() {
     let ws = w.dir("ws");
     let s = w.new_session(LAPTOP, &ws);
     assert!(w.send(LAPTOP, &s, "one").starts_with("Turn 1."));
-    let out = w.c.baton(LAPTOP, &["--json", "send", &s, "/crash"]).unwrap();
+    let out =
+        w.c.baton(LAPTOP, &["--json", "send", &s, "/crash"])
+            .unwrap();
     assert_ne!(code(&out), 0, "{}", parse(&out));
     let v = parse(&out);
     assert!(
@@ -96,5 +101,8 @@ fn a_provider_crash_becomes_an_error_entry_and_a_stopped_session() {
     assert!(agent_pids(w.home(LAPTOP)).is_empty());
     // The next message starts it again from its saved state.
     let reply = w.send(LAPTOP, &s, "after the crash");
-    assert!(reply.starts_with("Turn 2.") && reply.contains("\"one\""), "{reply}");
+    assert!(
+        reply.starts_with("Turn 2.") && reply.contains("\"one\""),
+        "{reply}"
+    );
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Once};
 
 use baton_crypto::{DataKey, SessionCipher};
-use baton_proto::api::{ChallengeRequest, ChallengeResponse, TokenRequest, TokenResponse, auth_message};
+use baton_proto::api::{
+    ChallengeRequest, ChallengeResponse, TokenRequest, TokenResponse, auth_message,
+};
 use baton_proto::{ApiError, Bytes, ErrorCode, MAX_WS_MESSAGE, Millis, SessionRecord, now_millis};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -96,7 +98,10 @@ pub async fn post_anonymous<B: Serialize, T: DeserializeOwned>(
     decode(server, resp).await
 }
 
-async fn decode<T: DeserializeOwned>(server: &str, resp: reqwest::Response) -> Result<T, ClientError> {
+async fn decode<T: DeserializeOwned>(
+    server: &str,
+    resp: reqwest::Response,
+) -> Result<T, ClientError> {
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
         url: server.to_string(),
@@ -109,7 +114,10 @@ async fn decode<T: DeserializeOwned>(server: &str, resp: reqwest::Response) -> R
             Ok(e) => Err(ClientError::Api(e)),
             Err(_) => Err(ClientError::Protocol(format!(
                 "HTTP {status}: {}",
-                String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()
+                String::from_utf8_lossy(&bytes)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
             ))),
         }
     }
@@ -189,7 +197,10 @@ impl Client {
             &ChallengeRequest { machine_id },
         )
         .await?;
-        let signature = self.identity.keys.sign(&auth_message(&ch.nonce.0, machine_id));
+        let signature = self
+            .identity
+            .keys
+            .sign(&auth_message(&ch.nonce.0, machine_id));
         let tok: TokenResponse = post_json(
             &self.http,
             &self.base,
@@ -274,7 +285,9 @@ impl Client {
         if resp.status().is_success() {
             return Ok(());
         }
-        decode::<serde_json::Value>(&self.base, resp).await.map(|_| ())
+        decode::<serde_json::Value>(&self.base, resp)
+            .await
+            .map(|_| ())
     }
 
     /// `GET path` returning raw bytes.

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// No enrolment in this BATON_HOME.
-    #[error("this machine is not logged in (no {0}); run `baton login --server URL --name NAME` first")]
+    #[error(
+        "this machine is not logged in (no {0}); run `baton login --server URL --name NAME` first"
+    )]
     NotLoggedIn(PathBuf),
     /// A file is unreadable or malformed.
     #[error("{path}: {detail}")]
@@ -115,7 +117,8 @@ impl Identity {
             detail,
         };
         let config: Config = serde_json::from_slice(
-            &std::fs::read(&config_path).map_err(io(format!("reading {}", config_path.display())))?,
+            &std::fs::read(&config_path)
+                .map_err(io(format!("reading {}", config_path.display())))?,
         )
         .map_err(|e| corrupt(&config_path, e.to_string()))?;
         let kf: KeyFile = serde_json::from_slice(

@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use baton_proto::ws::{ClientFrame, ConnRole, Event, ServerFrame};
 use baton_proto::{
-    HandoffId, MachineId, PROTOCOL_VERSION, ProviderInfo, SessionId, SessionRecord,
-    SessionStatus,
+    HandoffId, MachineId, PROTOCOL_VERSION, ProviderInfo, SessionId, SessionRecord, SessionStatus,
 };
 use baton_providers::{Provider, ProviderEnv};
 use futures_util::{SinkExt, StreamExt};
@@ -162,7 +161,10 @@ impl Daemon {
             .await
         {
             Ok(s) => s.last_seq,
-            Err(_) => lock(&self.sessions).get(&id).map(|s| s.last_seq).unwrap_or(0),
+            Err(_) => lock(&self.sessions)
+                .get(&id)
+                .map(|s| s.last_seq)
+                .unwrap_or(0),
         }
     }
 
@@ -178,9 +180,15 @@ impl Daemon {
         }
         let me = self.arc();
         tokio::spawn(async move {
-            match me.client.get::<SessionRecord>(&format!("/v1/sessions/{id}")).await {
+            match me
+                .client
+                .get::<SessionRecord>(&format!("/v1/sessions/{id}"))
+                .await
+            {
                 Ok(s) => me.reconcile(s, true),
-                Err(e) => tracing::debug!(error = %e, "re-reading the session after its runner ended failed"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "re-reading the session after its runner ended failed")
+                }
             }
         });
     }

@@ -9,8 +9,8 @@ use baton_crypto::SessionCipher;
 use baton_proto::handoff::SealedHandoffOptions;
 use baton_proto::ws::{DaemonCommand, DaemonReply};
 use baton_proto::{
-    ApiError, AuthState, EntryBody, EntryRole, ErrorCode, HandoffId, HandoffRecord,
-    HandoffResult, MachineInfo, Sealed, SessionId, SessionMeta, SessionRecord,
+    ApiError, AuthState, EntryBody, EntryRole, ErrorCode, HandoffId, HandoffRecord, HandoffResult,
+    MachineInfo, Sealed, SessionId, SessionMeta, SessionRecord,
 };
 use tokio::sync::oneshot;
 
@@ -61,10 +61,52 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
         }
         DaemonCommand::Cleanup { handoff_id, .. } => cleanup(d, handoff_id).await,
     };
-    if let Err(e) = &result {
-        tracing::warn!(handoff_id = %hid, code = %e.code, message = %e.message, "handoff command failed");
+    match result {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            // Full detail stays in this machine's log; the server gets the code and a message
+            // with no paths in it, since it must never hold workspace or home paths in clear.
+            tracing::warn!(handoff_id = %hid, code = %e.code, message = %e.message, "handoff command failed");
+            Err(ApiError::raw(e.code, redact_paths(&e.message)))
+        }
     }
-    result
+}
+
+/// Replaces every absolute path in `msg` with `<path>`.
+pub(crate) fn redact_paths(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.char_indices().peekable();
+    let mut prev: Option<char> = None;
+    while let Some((_, c)) = chars.next() {
+        let starts_path =
+            c == '/' && prev.is_none_or(|p| p.is_whitespace() || "\"'`(=:[{<,".contains(p));
+        if starts_path {
+            // A quoted path runs to its closing quote (it may hold spaces); a bare one to the
+            // next whitespace or closing delimiter. A sentence's final period is kept.
+            let quote = prev.filter(|p| "\"'`".contains(*p));
+            let mut path = String::from(c);
+            while let Some(&(_, n)) = chars.peek() {
+                let end = match quote {
+                    Some(q) => n == q,
+                    None => n.is_whitespace() || "\"'`)]}>,".contains(n),
+                };
+                if end {
+                    break;
+                }
+                path.push(n);
+                chars.next();
+            }
+            out.push_str("<path>");
+            if path.ends_with('.') {
+                out.push('.');
+            }
+            prev = path.chars().last();
+        } else {
+            out.push(c);
+            prev = Some(c);
+        }
+    }
+    out
 }
 
 fn remove_dir(p: &Path) {
@@ -94,28 +136,40 @@ fn target_workspace(
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("Handoff options: {e}.")))?,
         None => SealedHandoffOptions::default(),
     };
-    let wanted = options.target_path.unwrap_or_else(|| meta.workspace.clone());
+    let wanted = options
+        .target_path
+        .unwrap_or_else(|| meta.workspace.clone());
     let p = PathBuf::from(&wanted);
     if !p.is_absolute() {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
-            format!("The target path {wanted} is not absolute."),
+            "The target workspace path is not absolute.",
         ));
     }
     match std::fs::metadata(&p) {
         Ok(m) if m.is_dir() => std::fs::canonicalize(&p).map_err(|e| {
             ApiError::new(
                 ErrorCode::TargetPathMissing,
-                format!("{wanted} on {} cannot be resolved: {e}.", machine_name(d)),
+                format!(
+                    "The workspace directory on {} cannot be resolved ({}).",
+                    machine_name(d),
+                    e.kind()
+                ),
             )
         }),
         Ok(_) => Err(ApiError::new(
             ErrorCode::TargetPathMissing,
-            format!("{wanted} on {} is not a directory.", machine_name(d)),
+            format!(
+                "The workspace path on {} is not a directory.",
+                machine_name(d)
+            ),
         )),
         Err(_) => Err(ApiError::new(
             ErrorCode::TargetPathMissing,
-            format!("Directory {wanted} does not exist on {}.", machine_name(d)),
+            format!(
+                "The workspace directory does not exist on {}.",
+                machine_name(d)
+            ),
         )),
     }
 }
@@ -147,7 +201,9 @@ async fn preflight(
         ));
     }
     let cipher = d.client.cipher(session).map_err(api)?;
-    let meta = cipher.open_meta(&session.sealed_meta).map_err(|e| api(e.into()))?;
+    let meta = cipher
+        .open_meta(&session.sealed_meta)
+        .map_err(|e| api(e.into()))?;
     target_workspace(d, &cipher, handoff, &meta, sealed_options)?;
     Ok(DaemonReply::Ok)
 }
@@ -162,7 +218,10 @@ fn prepare(d: &Daemon, handoff: HandoffId, session: SessionId) -> Reply {
         )
     })?;
     std::fs::write(dir.join("session"), session.to_string()).map_err(|e| {
-        ApiError::new(ErrorCode::Internal, format!("Cannot write staging marker: {e}."))
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("Cannot write staging marker: {e}."),
+        )
     })?;
     Ok(DaemonReply::Ok)
 }
@@ -208,7 +267,9 @@ async fn session_and_meta(
         .await
         .map_err(api)?;
     let cipher = d.client.cipher(&s).map_err(api)?;
-    let meta = cipher.open_meta(&s.sealed_meta).map_err(|e| api(e.into()))?;
+    let meta = cipher
+        .open_meta(&s.sealed_meta)
+        .map_err(|e| api(e.into()))?;
     Ok((s, cipher, meta))
 }
 
@@ -233,7 +294,10 @@ async fn export(d: &Daemon, handoff: HandoffId, session: SessionId) -> Reply {
             format!("{} is not known here.", s.provider),
         )
     })?;
-    let provider_ref = meta.provider_ref.clone().unwrap_or_else(|| s.id.to_string());
+    let provider_ref = meta
+        .provider_ref
+        .clone()
+        .unwrap_or_else(|| s.id.to_string());
     let workspace = PathBuf::from(&meta.workspace);
     let bundle = provider
         .export_state(&provider_ref, &workspace)
@@ -270,7 +334,9 @@ async fn import(
         ));
     }
     let cipher = d.client.cipher(session).map_err(api)?;
-    let meta = cipher.open_meta(&session.sealed_meta).map_err(|e| api(e.into()))?;
+    let meta = cipher
+        .open_meta(&session.sealed_meta)
+        .map_err(|e| api(e.into()))?;
     let target = target_workspace(d, &cipher, handoff, &meta, sealed_options)?;
     let sealed = d
         .client
@@ -370,7 +436,11 @@ async fn activate(d: &Arc<Daemon>, handoff: HandoffId, session: SessionRecord) -
 
 /// The transcript's record of the move: where from, where to, and honestly what came along.
 async fn handoff_note(d: &Daemon, handoff: HandoffId, session: &SessionRecord) -> String {
-    let from = match d.client.get::<HandoffRecord>(&format!("/v1/handoffs/{handoff}")).await {
+    let from = match d
+        .client
+        .get::<HandoffRecord>(&format!("/v1/handoffs/{handoff}"))
+        .await
+    {
         Ok(h) => {
             let machines: Vec<MachineInfo> = d.client.get("/v1/machines").await.unwrap_or_default();
             machines
@@ -431,7 +501,10 @@ pub async fn recover_staging(d: &Arc<Daemon>) -> Result<(), ClientError> {
             HandoffResult::Aborted => remove_dir(&dir),
             HandoffResult::Active => {}
             HandoffResult::Committed => {
-                let s: SessionRecord = d.client.get(&format!("/v1/sessions/{}", h.session_id)).await?;
+                let s: SessionRecord = d
+                    .client
+                    .get(&format!("/v1/sessions/{}", h.session_id))
+                    .await?;
                 // Activation not running on the server any more: finish it here.
                 if s.owner == d.machine && s.active_handoff != Some(id) {
                     if let Some(p) = d.provider(&s.provider)
@@ -447,4 +520,31 @@ pub async fn recover_staging(d: &Arc<Daemon>) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_paths;
+
+    #[test]
+    fn absolute_paths_are_redacted_and_the_rest_kept() {
+        assert_eq!(
+            redact_paths("Directory /home/a/ws does not exist on desktop."),
+            "Directory <path> does not exist on desktop."
+        );
+        assert_eq!(
+            redact_paths("cannot write \"/tmp/x y/z\": denied"),
+            "cannot write \"<path>\": denied"
+        );
+        assert_eq!(redact_paths("at /a/b."), "at <path>.");
+        assert_eq!(
+            redact_paths("ratio 1/2 and and/or stay"),
+            "ratio 1/2 and and/or stay"
+        );
+        assert_eq!(redact_paths("(/x/y) [/z]"), "(<path>) [<path>]");
+        assert!(
+            !redact_paths("see /home/me/.scripted-agent/projects/-home-me-ws/1.jsonl")
+                .contains("home")
+        );
+    }
 }

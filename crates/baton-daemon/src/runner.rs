@@ -12,8 +12,7 @@ use std::time::Duration;
 use baton_crypto::SessionCipher;
 use baton_proto::api::{AppendRequest, AppendResponse, NewEntry};
 use baton_proto::{
-    EntryBody, EntryRole, ErrorCode, InputId, InputRecord, SessionId, SessionRecord,
-    SessionStatus,
+    EntryBody, EntryRole, ErrorCode, InputId, InputRecord, SessionId, SessionRecord, SessionStatus,
 };
 use baton_providers::{AgentEvent, AgentSession, Provider, StartSpec};
 use tokio::sync::{mpsc, oneshot};
@@ -106,7 +105,10 @@ impl Writer {
             match self
                 .daemon
                 .client
-                .post::<_, AppendResponse>(&format!("/v1/sessions/{}/entries", self.session_id), &req)
+                .post::<_, AppendResponse>(
+                    &format!("/v1/sessions/{}/entries", self.session_id),
+                    &req,
+                )
                 .await
             {
                 Ok(r) => {
@@ -190,17 +192,26 @@ async fn run(
     };
     let mut writer = Writer::new(daemon.clone(), &session, cipher.clone());
     let Some(provider) = daemon.provider(&session.provider) else {
-        let msg = format!("Provider {} is not known on this machine.", session.provider);
+        let msg = format!(
+            "Provider {} is not known on this machine.",
+            session.provider
+        );
         let _ = writer
             .append(&[error_entry(&msg)], None, Some(SessionStatus::Stopped))
             .await;
         fail_ready(
             ready,
-            ClientError::Api(baton_proto::ApiError::new(ErrorCode::ProviderNotInstalled, msg)),
+            ClientError::Api(baton_proto::ApiError::new(
+                ErrorCode::ProviderNotInstalled,
+                msg,
+            )),
         );
         return Exit::Stopped;
     };
-    let provider_ref = meta.provider_ref.clone().unwrap_or_else(|| session.id.to_string());
+    let provider_ref = meta
+        .provider_ref
+        .clone()
+        .unwrap_or_else(|| session.id.to_string());
     let workspace = PathBuf::from(&meta.workspace);
     if session.status == SessionStatus::Running {
         // A turn was cut short by a restart of this daemon: say so, so no one waits forever.

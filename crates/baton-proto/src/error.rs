@@ -152,7 +152,9 @@ impl ErrorCode {
             Self::SameMachine => "Pick a machine other than the current owner.",
             Self::SeqConflict => "Retry; the writer will resynchronise.",
             Self::DuplicateInput => "Nothing to do: the message was already delivered.",
-            Self::SessionNotActive => "Start a new session, or send a message to resume a stopped one.",
+            Self::SessionNotActive => {
+                "Start a new session, or send a message to resume a stopped one."
+            }
             Self::TransferFailed => {
                 "Nothing changed: the session stays with its owner. Check both daemons' logs and retry."
             }
@@ -164,7 +166,9 @@ impl ErrorCode {
             }
             Self::ProviderFailed => "See `baton log SESSION` for the provider's error.",
             Self::Timeout => "Check that both machines are online and retry.",
-            Self::Interrupted => "Nothing changed: the session stays with its owner. Retry the handoff.",
+            Self::Interrupted => {
+                "Nothing changed: the session stays with its owner. Retry the handoff."
+            }
             Self::TooLarge => "Reduce the size or raise the server's limit.",
             Self::Internal => "Retry; if it persists, check the server and daemon logs.",
         }

@@ -8,10 +8,9 @@ use axum::body::Bytes as BodyBytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use baton_proto::api::{
-    AppendRequest, AppendResponse, ClaimPairingRequest, CreateAccountRequest,
-    CreatePairingRequest, CreatePairingResponse, CreateSessionRequest, EnrolledResponse,
-    EntriesQuery, HandoffRequest, MachineEnrollment, PendingQuery, SendInputRequest,
-    UpdateMetaRequest,
+    AppendRequest, AppendResponse, ClaimPairingRequest, CreateAccountRequest, CreatePairingRequest,
+    CreatePairingResponse, CreateSessionRequest, EnrolledResponse, EntriesQuery, HandoffRequest,
+    MachineEnrollment, PendingQuery, SendInputRequest, UpdateMetaRequest,
 };
 use baton_proto::ws::Event;
 use baton_proto::{
@@ -40,16 +39,17 @@ fn check_name(name: &str) -> ApiResult<()> {
     } else {
         Err(ServerError::new(
             ErrorCode::BadRequest,
-            format!(
-                "Machine name {name:?} is invalid: use 1-64 letters, digits, '-', '_' or '.'."
-            ),
+            format!("Machine name {name:?} is invalid: use 1-64 letters, digits, '-', '_' or '.'."),
         ))
     }
 }
 
 fn machine_row(account: AccountId, m: &MachineEnrollment) -> ApiResult<MachineRow> {
     check_name(&m.name)?;
-    let box_pk: [u8; 32] = match (m.sign_pk.0.len(), <[u8; 32]>::try_from(m.box_pk.0.as_slice())) {
+    let box_pk: [u8; 32] = match (
+        m.sign_pk.0.len(),
+        <[u8; 32]>::try_from(m.box_pk.0.as_slice()),
+    ) {
         (32, Ok(b)) => b,
         _ => {
             return Err(ServerError::new(
@@ -142,7 +142,10 @@ pub async fn claim_pairing(
         return Err(match e {
             StoreError::Conflict(_) => ServerError::new(
                 ErrorCode::Conflict,
-                format!("A machine named {} already exists in the account.", row.name),
+                format!(
+                    "A machine named {} already exists in the account.",
+                    row.name
+                ),
             ),
             other => other.into(),
         });
@@ -218,7 +221,10 @@ pub async fn create_session(
         .filter(|m| m.account_id == caller.account)
         .ok_or_else(|| ServerError::new(ErrorCode::NotFound, "No such machine in the account."))?;
     if req.provider.is_empty() || req.provider.len() > 64 {
-        return Err(ServerError::new(ErrorCode::BadRequest, "Invalid provider name."));
+        return Err(ServerError::new(
+            ErrorCode::BadRequest,
+            "Invalid provider name.",
+        ));
     }
     if let Some(p) = owner.providers.iter().find(|p| p.name == req.provider)
         && !p.installed
@@ -263,12 +269,17 @@ pub async fn update_meta(
     session_of(&state, &caller, id).await?;
     let s = state
         .store
-        .update_meta(id, caller.machine, req.epoch, &req.sealed_meta, now_millis())
+        .update_meta(
+            id,
+            caller.machine,
+            req.epoch,
+            &req.sealed_meta,
+            now_millis(),
+        )
         .await?;
-    state.hub.publish(
-        caller.account,
-        Event::SessionChanged { session: s.clone() },
-    );
+    state
+        .hub
+        .publish(caller.account, Event::SessionChanged { session: s.clone() });
     Ok(Json(s))
 }
 
@@ -282,10 +293,9 @@ pub async fn stop_session(
         .store
         .set_status(caller.account, id, SessionStatus::Stopped, now_millis())
         .await?;
-    state.hub.publish(
-        caller.account,
-        Event::SessionChanged { session: s.clone() },
-    );
+    state
+        .hub
+        .publish(caller.account, Event::SessionChanged { session: s.clone() });
     Ok(Json(s))
 }
 
@@ -376,9 +386,15 @@ pub async fn append_entries(
 ) -> ApiResult<Json<AppendResponse>> {
     let before = session_of(&state, &caller, id).await?;
     if req.entries.is_empty() {
-        return Err(ServerError::new(ErrorCode::BadRequest, "No entries to append."));
+        return Err(ServerError::new(
+            ErrorCode::BadRequest,
+            "No entries to append.",
+        ));
     }
-    if matches!(req.status, Some(SessionStatus::HandingOff | SessionStatus::Archived)) {
+    if matches!(
+        req.status,
+        Some(SessionStatus::HandingOff | SessionStatus::Archived)
+    ) {
         return Err(ServerError::new(
             ErrorCode::BadRequest,
             "An append may only set the status to idle, running or stopped.",
@@ -420,7 +436,10 @@ pub async fn entries(
     Query(q): Query<EntriesQuery>,
 ) -> ApiResult<Json<Vec<SealedEntry>>> {
     session_of(&state, &caller, id).await?;
-    let limit = q.limit.unwrap_or(MAX_ENTRIES_PAGE).clamp(1, MAX_ENTRIES_PAGE);
+    let limit = q
+        .limit
+        .unwrap_or(MAX_ENTRIES_PAGE)
+        .clamp(1, MAX_ENTRIES_PAGE);
     Ok(Json(state.store.entries(id, q.after, limit).await?))
 }
 

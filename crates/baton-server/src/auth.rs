@@ -2,10 +2,12 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::Json;
-use baton_proto::api::{ChallengeRequest, ChallengeResponse, TokenRequest, TokenResponse, auth_message};
+use baton_proto::api::{
+    ChallengeRequest, ChallengeResponse, TokenRequest, TokenResponse, auth_message,
+};
 use baton_proto::{AccountId, Bytes, ErrorCode, MachineId, now_millis};
 use baton_store::TokenRow;
 

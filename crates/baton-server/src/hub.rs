@@ -179,10 +179,16 @@ impl Hub {
         {
             let mut inner = self.lock();
             let Some(conn_id) = inner.daemons.get(&machine).copied() else {
-                return Err(ApiError::new(ErrorCode::TargetOffline, "The machine is offline."));
+                return Err(ApiError::new(
+                    ErrorCode::TargetOffline,
+                    "The machine is offline.",
+                ));
             };
             let Some(conn) = inner.conns.get_mut(&conn_id) else {
-                return Err(ApiError::new(ErrorCode::TargetOffline, "The machine is offline."));
+                return Err(ApiError::new(
+                    ErrorCode::TargetOffline,
+                    "The machine is offline.",
+                ));
             };
             if conn
                 .tx
@@ -264,7 +270,10 @@ mod tests {
             )
             .await
         });
-        assert!(matches!(rx1.recv().await, Some(ServerFrame::Command { .. })));
+        assert!(matches!(
+            rx1.recv().await,
+            Some(ServerFrame::Command { .. })
+        ));
         let (tx2, _rx2) = mpsc::channel(8);
         hub.register(account, machine, ConnRole::Daemon, tx2);
         let err = waiter.await.unwrap().unwrap_err();

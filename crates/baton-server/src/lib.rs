@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::serve::ListenerExt;
 use axum::routing::{get, post, put};
+use axum::serve::ListenerExt;
 use baton_proto::{MAX_BUNDLE_BYTES, MAX_JSON_BODY};
 use baton_store::{PostgresStore, SqliteStore, Store, StoreError};
 use tokio::net::TcpListener;
@@ -141,13 +141,14 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state))
+    let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|source| StartError::Io {
-            context: "serving HTTP".into(),
-            source,
-        })
+        .await;
+    state.store.close().await;
+    served.map_err(|source| StartError::Io {
+        context: "serving HTTP".into(),
+        source,
+    })
 }
 
 /// Opens the store, binds the address and serves until `shutdown`; calls `on_ready` with the

@@ -70,7 +70,9 @@ async fn connection(state: Arc<AppState>, caller: Caller, socket: WebSocket) {
         return;
     }
     let (tx, mut rx) = mpsc::channel::<ServerFrame>(CONN_QUEUE);
-    let conn = state.hub.register(caller.account, caller.machine, role, tx.clone());
+    let conn = state
+        .hub
+        .register(caller.account, caller.machine, role, tx.clone());
     let _ = tx.try_send(ServerFrame::Welcome {
         machine_id: caller.machine,
         account_id: caller.account,

@@ -294,4 +294,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a handoff's bundle (after it finished).
     async fn delete_bundle(&self, handoff: HandoffId) -> Result<()>;
+
+    /// Closes the connections (SQLite checkpoints its WAL); called once at shutdown.
+    async fn close(&self) {}
 }

@@ -100,6 +100,29 @@ impl PostgresStore {
         Ok(PostgresStore { pool })
     }
 
+    /// Removes a schema made by [`PostgresStore::connect_with_schema`] with everything in it
+    /// (test teardown). Same name rules.
+    pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+        let valid = !schema.is_empty()
+            && schema.len() <= 63
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(StoreError::Database(sqlx::Error::Configuration(
+                format!("invalid schema name {schema:?}").into(),
+            )));
+        }
+        let mut conn = PgConnection::connect(url).await.db()?;
+        conn.execute(AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+        )))
+        .await
+        .db()?;
+        conn.close().await.db()?;
+        Ok(())
+    }
+
     /// Closes the pool, waiting for connections in use to come back (graceful shutdown).
     pub async fn close(&self) {
         self.pool.close().await;
@@ -963,5 +986,9 @@ impl Store for PostgresStore {
             .await
             .db()?;
         tx.commit().await.db()
+    }
+
+    async fn close(&self) {
+        PostgresStore::close(self).await;
     }
 }

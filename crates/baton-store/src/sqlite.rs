@@ -926,4 +926,8 @@ impl Store for SqliteStore {
             .db()?;
         tx.commit().await.db()
     }
+
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
 }

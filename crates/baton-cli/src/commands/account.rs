@@ -69,8 +69,8 @@ pub async fn login(args: LoginArgs, home: &Path, json: bool) -> CliResult {
             (resp, AccountSecret::generate(), true)
         }
         Some(code) => {
-            let code = PairingCode::parse(code)
-                .map_err(|e| CliError::Usage(format!("--code: {e}")))?;
+            let code =
+                PairingCode::parse(code).map_err(|e| CliError::Usage(format!("--code: {e}")))?;
             let resp: EnrolledResponse = post_anonymous(
                 &server,
                 &format!("/v1/pairings/{}/claim", code.pairing_id()),
@@ -80,7 +80,9 @@ pub async fn login(args: LoginArgs, home: &Path, json: bool) -> CliResult {
             )
             .await?;
             let sealed = resp.sealed_secret.clone().ok_or_else(|| {
-                CliError::Other(anyhow::anyhow!("the server did not return the sealed account secret"))
+                CliError::Other(anyhow::anyhow!(
+                    "the server did not return the sealed account secret"
+                ))
             })?;
             let secret = code.open_secret(&sealed)?;
             (resp, secret, false)

@@ -62,14 +62,27 @@ fn demo(args: DemoArgs, json: bool) -> Result<()> {
     };
     say(json, format!("Demo directory: {}", root.display()));
     let mut cluster = Cluster::start(&exe, &root)?;
-    say(json, format!("1. Server running at {} (SQLite in {}/server)", cluster.url, root.display()));
+    say(
+        json,
+        format!(
+            "1. Server running at {} (SQLite in {}/server)",
+            cluster.url,
+            root.display()
+        ),
+    );
     let laptop = cluster.add_machine("laptop", true)?;
     let desktop = cluster.add_machine("desktop", true)?;
-    say(json, "2. Enrolled two machines: laptop created the account, desktop joined with a one-time pairing code.");
+    say(
+        json,
+        "2. Enrolled two machines: laptop created the account, desktop joined with a one-time pairing code.",
+    );
     cluster.start_daemon(laptop)?;
     cluster.start_daemon(desktop)?;
     cluster.wait_online(&["laptop", "desktop"], true, Duration::from_secs(30))?;
-    say(json, "3. Both daemons are online (each with its own HOME and BATON_HOME).");
+    say(
+        json,
+        "3. Both daemons are online (each with its own HOME and BATON_HOME).",
+    );
 
     let ws_laptop = cluster.machines[laptop].home.join("projects/demo");
     let ws_desktop = cluster.machines[desktop].home.join("code/demo");
@@ -88,7 +101,13 @@ fn demo(args: DemoArgs, json: bool) -> Result<()> {
         ],
     )?;
     let session = str_of(&created, "session_id")?.to_string();
-    say(json, format!("4. Started session {session} on laptop in {}", ws_laptop.display()));
+    say(
+        json,
+        format!(
+            "4. Started session {session} on laptop in {}",
+            ws_laptop.display()
+        ),
+    );
 
     let mut replies = Vec::new();
     for text in [
@@ -96,7 +115,10 @@ fn demo(args: DemoArgs, json: bool) -> Result<()> {
         "What did I ask you to remember?",
     ] {
         let r = cluster.json(laptop, &["send", &session, text])?;
-        say(json, format!("   you:   {text}\n   agent: {}", str_of(&r, "reply")?));
+        say(
+            json,
+            format!("   you:   {text}\n   agent: {}", str_of(&r, "reply")?),
+        );
         replies.push(r);
     }
     let before = session_row(&cluster, laptop, &session)?;
@@ -108,7 +130,13 @@ fn demo(args: DemoArgs, json: bool) -> Result<()> {
         ),
     );
 
-    say(json, format!("6. Handing the session off to desktop, workspace {}:", ws_desktop.display()));
+    say(
+        json,
+        format!(
+            "6. Handing the session off to desktop, workspace {}:",
+            ws_desktop.display()
+        ),
+    );
     let out = cluster.baton(
         laptop,
         &[
@@ -147,17 +175,29 @@ fn demo(args: DemoArgs, json: bool) -> Result<()> {
             after["workspace"].as_str().unwrap_or("?")
         ),
     );
-    say(json, "   Came along: the transcript and the provider's state (paths rewritten for desktop).");
-    say(json, "   Did not come along: running tool processes and background jobs.");
+    say(
+        json,
+        "   Came along: the transcript and the provider's state (paths rewritten for desktop).",
+    );
+    say(
+        json,
+        "   Did not come along: running tool processes and background jobs.",
+    );
 
     let third = "Which word was it, and where are you working now?";
     let r = cluster.json(laptop, &["send", &session, third])?;
     let reply = str_of(&r, "reply")?.to_string();
-    say(json, format!("8. Sent from laptop, answered on desktop:\n   you:   {third}\n   agent: {reply}"));
+    say(
+        json,
+        format!("8. Sent from laptop, answered on desktop:\n   you:   {third}\n   agent: {reply}"),
+    );
     if !reply.contains("PERSIMMON") || !reply.contains(&*ws_desktop.to_string_lossy()) {
         bail!("the reply does not show the context came along: {reply}");
     }
-    say(json, "   The reply quotes the first message and names desktop's workspace: the provider context came along.");
+    say(
+        json,
+        "   The reply quotes the first message and names desktop's workspace: the provider context came along.",
+    );
 
     let log = cluster.json(laptop, &["log", &session])?;
     say(json, "9. The transcript (seq, epoch, role, text):");
@@ -192,11 +232,21 @@ fn demo(args: DemoArgs, json: bool) -> Result<()> {
             .map(|m| (m.name.clone(), m.home.clone(), m.baton_home.clone()))
             .collect();
         cluster.detach();
-        println!("\nStill running. Server: {url}. Logs: {}/logs/", root.display());
+        println!(
+            "\nStill running. Server: {url}. Logs: {}/logs/",
+            root.display()
+        );
         for (name, home, bh) in homes {
-            println!("As {name}: HOME={} BATON_HOME={} baton sessions", home.display(), bh.display());
+            println!(
+                "As {name}: HOME={} BATON_HOME={} baton sessions",
+                home.display(),
+                bh.display()
+            );
         }
-        println!("Stop everything with: pkill -f '{} (server|daemon)'", exe.display());
+        println!(
+            "Stop everything with: pkill -f '{} (server|daemon)'",
+            exe.display()
+        );
     } else {
         cluster.shutdown();
         say(json, "10. Stopped the server and both daemons. Done.");

@@ -6,8 +6,8 @@ use baton_daemon::client::Client;
 use baton_proto::api::HandoffRequest;
 use baton_proto::handoff::SealedHandoffOptions;
 use baton_proto::{
-    ApiError, HandoffId, HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult,
-    MachineInfo, SessionRecord,
+    ApiError, HandoffId, HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult, MachineInfo,
+    SessionRecord,
 };
 use clap::Args;
 use serde::Serialize;
@@ -173,6 +173,19 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
             )));
         }
         watcher.wait(Duration::from_millis(500)).await;
+    }
+    if let Some(e) = h.error.as_mut()
+        && e.code == baton_proto::ErrorCode::TargetPathMissing
+    {
+        // The daemon never names paths to the server; this machine knows which one it asked for.
+        let wanted = match &args.path {
+            Some(p) => p.clone(),
+            None => cipher
+                .open_meta(&session.sealed_meta)
+                .map(|m| m.workspace)
+                .unwrap_or_default(),
+        };
+        e.message = format!("{} [path on {}: {wanted}]", e.message, target.name);
     }
     let after: SessionRecord = client.get(&format!("/v1/sessions/{}", session.id)).await?;
     let committed = h.result == HandoffResult::Committed;

@@ -75,15 +75,17 @@ pub async fn new(client: &Client, args: NewArgs, json: bool) -> CliResult {
             let me = client.identity().config.machine_id;
             let all: Vec<MachineInfo> = client.get("/v1/machines").await?;
             let info = all.into_iter().find(|m| m.id == me).ok_or_else(|| {
-                api_error(ErrorCode::NotFound, "This machine is not in the account any more.")
+                api_error(
+                    ErrorCode::NotFound,
+                    "This machine is not in the account any more.",
+                )
             })?;
             (info, true)
         }
     };
     let workspace = if local {
-        let p = std::fs::canonicalize(&args.path).map_err(|e| {
-            CliError::Usage(format!("--path {}: {e}", args.path.display()))
-        })?;
+        let p = std::fs::canonicalize(&args.path)
+            .map_err(|e| CliError::Usage(format!("--path {}: {e}", args.path.display())))?;
         if !p.is_dir() {
             return Err(CliError::Usage(format!(
                 "--path {} is not a directory",
@@ -216,7 +218,9 @@ pub async fn read_entries(
     let mut cursor = after;
     loop {
         let page: Vec<SealedEntry> = client
-            .get(&format!("/v1/sessions/{session}/entries?after={cursor}&limit=1000"))
+            .get(&format!(
+                "/v1/sessions/{session}/entries?after={cursor}&limit=1000"
+            ))
             .await?;
         let n = page.len();
         for e in page {
@@ -396,7 +400,10 @@ pub async fn log(client: &Client, args: LogArgs, json: bool) -> CliResult {
 pub async fn stop(client: &Client, arg: SessionArg, json: bool) -> CliResult {
     let session = resolve_session(client, &arg.session).await?;
     let s: SessionRecord = client
-        .post(&format!("/v1/sessions/{}/stop", session.id), &serde_json::json!({}))
+        .post(
+            &format!("/v1/sessions/{}/stop", session.id),
+            &serde_json::json!({}),
+        )
         .await?;
     if json {
         print_json(&serde_json::json!({ "session_id": s.id, "status": s.status }));

@@ -120,7 +120,11 @@ pub fn parse(out: &Output) -> Value {
 pub fn assert_dense(log: &[Value]) {
     let mut last_epoch = 0;
     for (i, e) in log.iter().enumerate() {
-        assert_eq!(e["seq"].as_u64(), Some(i as u64 + 1), "seq gap at {i}: {log:?}");
+        assert_eq!(
+            e["seq"].as_u64(),
+            Some(i as u64 + 1),
+            "seq gap at {i}: {log:?}"
+        );
         let ep = e["epoch"].as_u64().expect("epoch");
         assert!(ep >= last_epoch, "epoch went down at {i}: {log:?}");
         last_epoch = ep;

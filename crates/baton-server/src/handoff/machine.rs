@@ -94,7 +94,10 @@ mod tests {
     #[test]
     fn failures_after_commit_never_abort() {
         assert_eq!(
-            after(HandoffPhase::Activate, Outcome::Failed(ErrorCode::ActivateFailed)),
+            after(
+                HandoffPhase::Activate,
+                Outcome::Failed(ErrorCode::ActivateFailed)
+            ),
             Step::Finish(Some(ErrorCode::ActivateFailed))
         );
         assert_eq!(

@@ -127,7 +127,8 @@ pub async fn resume_unfinished(state: &Arc<AppState>) -> Result<usize, StoreErro
 }
 
 fn spawn_drive(state: Arc<AppState>, account: AccountId, handoff: HandoffRecord, step: Step) {
-    let span = tracing::info_span!("handoff", handoff_id = %handoff.id, session_id = %handoff.session_id);
+    let span =
+        tracing::info_span!("handoff", handoff_id = %handoff.id, session_id = %handoff.session_id);
     tokio::spawn(
         async move {
             Driver {
@@ -594,14 +595,15 @@ fn relabel(e: ApiError, code: ErrorCode) -> ApiError {
 }
 
 fn publish_handoff(state: &AppState, account: AccountId, h: &HandoffRecord) {
-    state.hub.publish(
-        account,
-        Event::HandoffChanged { handoff: h.clone() },
-    );
+    state
+        .hub
+        .publish(account, Event::HandoffChanged { handoff: h.clone() });
 }
 
 async fn publish_session(state: &AppState, account: AccountId, id: SessionId) {
     if let Ok(Some(session)) = state.store.session(account, id).await {
-        state.hub.publish(account, Event::SessionChanged { session });
+        state
+            .hub
+            .publish(account, Event::SessionChanged { session });
     }
 }
