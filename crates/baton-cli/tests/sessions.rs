@@ -106,3 +106,34 @@ fn a_provider_crash_becomes_an_error_entry_and_a_stopped_session() {
         "{reply}"
     );
 }
+
+#[test]
+fn input_sent_while_the_owner_is_offline_is_delivered_once_when_it_returns() {
+    let mut w = World::new(&["laptop", "desktop"]);
+    let ws = w.dir("ws");
+    let s = w.new_session(1, &ws);
+    assert!(w.send(LAPTOP, &s, "one").starts_with("Turn 1."));
+    w.c.stop_daemon(1);
+    w.c.wait_online(&["desktop"], false, Duration::from_secs(30))
+        .unwrap();
+    for text in ["queued a", "queued b"] {
+        let v = w.c.json(LAPTOP, &["send", &s, text, "--no-wait"]).unwrap();
+        assert!(v["input_id"].is_string());
+    }
+    assert_eq!(w.log(LAPTOP, &s).len(), 2, "nothing delivered while offline");
+    w.c.start_daemon(1).unwrap();
+    let log = wait_for(Duration::from_secs(30), || {
+        let log = w.log(LAPTOP, &s);
+        (log.iter().filter(|e| e["role"] == "assistant").count() == 3).then_some(log)
+    })
+    .expect("both queued messages answered");
+    assert_dense(&log);
+    let users: Vec<&str> = log
+        .iter()
+        .filter(|e| e["role"] == "user")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["one", "queued a", "queued b"], "in order, once each");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(w.log(LAPTOP, &s).len(), log.len());
+}
