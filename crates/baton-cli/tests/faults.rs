@@ -45,9 +45,9 @@ fn server_killed_during_transfer_and_restarted_keeps_the_invariants() {
             .starts_with("Turn 1.")
     );
 
-    let m = &w.c.machines[LAPTOP];
-    let handoff = std::process::Command::new(exe())
-        .args([
+    let handoff = w.spawn(
+        LAPTOP,
+        &[
             "--json",
             "handoff",
             &s,
@@ -55,13 +55,8 @@ fn server_killed_during_transfer_and_restarted_keeps_the_invariants() {
             "desktop",
             "--timeout",
             "120",
-        ])
-        .env("HOME", &m.home)
-        .env("BATON_HOME", &m.baton_home)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     wait_for(Duration::from_secs(20), || {
         handoff_phase(&w, &s).filter(|(p, _)| p == "transfer")
     })

@@ -215,16 +215,7 @@ fn message_sent_during_handoff_is_answered_once_by_the_target() {
     })
     .expect("the slow turn started");
 
-    let exe = common::exe();
-    let m = &w.c.machines[LAPTOP];
-    let handoff = std::process::Command::new(&exe)
-        .args(["--json", "handoff", &s, "--to", "desktop"])
-        .env("HOME", &m.home)
-        .env("BATON_HOME", &m.baton_home)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let handoff = w.spawn(LAPTOP, &["--json", "handoff", &s, "--to", "desktop"]);
     wait_for(Duration::from_secs(10), || {
         (w.session(LAPTOP, &s)["status"] == "handing_off").then_some(())
     })

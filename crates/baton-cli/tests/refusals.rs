@@ -162,15 +162,7 @@ fn a_second_handoff_while_one_runs_is_refused() {
         (w.session(LAPTOP, &s)["status"] == "running").then_some(())
     })
     .expect("slow turn running");
-    let m = &w.c.machines[LAPTOP];
-    let first = std::process::Command::new(exe())
-        .args(["--json", "handoff", &s, "--to", "desktop"])
-        .env("HOME", &m.home)
-        .env("BATON_HOME", &m.baton_home)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = w.spawn(LAPTOP, &["--json", "handoff", &s, "--to", "desktop"]);
     wait_for(Duration::from_secs(10), || {
         let h = w.c.json(LAPTOP, &["handoffs", &s]).ok()?;
         (h.as_array()?.len() == 1).then_some(())

@@ -120,7 +120,11 @@ fn input_sent_while_the_owner_is_offline_is_delivered_once_when_it_returns() {
         let v = w.c.json(LAPTOP, &["send", &s, text, "--no-wait"]).unwrap();
         assert!(v["input_id"].is_string());
     }
-    assert_eq!(w.log(LAPTOP, &s).len(), 2, "nothing delivered while offline");
+    assert_eq!(
+        w.log(LAPTOP, &s).len(),
+        2,
+        "nothing delivered while offline"
+    );
     w.c.start_daemon(1).unwrap();
     let log = wait_for(Duration::from_secs(30), || {
         let log = w.log(LAPTOP, &s);
@@ -133,7 +137,11 @@ fn input_sent_while_the_owner_is_offline_is_delivered_once_when_it_returns() {
         .filter(|e| e["role"] == "user")
         .map(|e| e["text"].as_str().unwrap())
         .collect();
-    assert_eq!(users, ["one", "queued a", "queued b"], "in order, once each");
+    assert_eq!(
+        users,
+        ["one", "queued a", "queued b"],
+        "in order, once each"
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(w.log(LAPTOP, &s).len(), log.len());
 }

@@ -41,6 +41,24 @@ const MIGRATION_LOCK: i64 = 0x6261_746f_6e5f_6d69; // "baton_mi"
 /// Largest pool; replicas share the database's connection limit.
 const MAX_CONNECTIONS: u32 = 10;
 
+/// Accepts only plain lower-case identifiers (`[a-z_][a-z0-9_]*`, at most 63 bytes), which are
+/// then safe to quote into DDL.
+fn check_schema_name(schema: &str) -> Result<()> {
+    let valid = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::Database(sqlx::Error::Configuration(
+            format!("invalid schema name {schema:?}").into(),
+        )))
+    }
+}
+
 /// The PostgreSQL implementation of [`Store`].
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
@@ -64,17 +82,7 @@ impl PostgresStore {
     /// its `search_path` to it. Lets tests share one database, one schema each. The name must be
     /// a plain lower-case identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes).
     pub async fn connect_with_schema(url: &str, schema: &str) -> Result<PostgresStore> {
-        let valid = !schema.is_empty()
-            && schema.len() <= 63
-            && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && schema
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !valid {
-            return Err(StoreError::Database(sqlx::Error::Configuration(
-                format!("invalid schema name {schema:?}").into(),
-            )));
-        }
+        check_schema_name(schema)?;
         // The name was checked above to be a plain identifier, so quoting it is enough.
         let mut conn = PgConnection::connect(url).await.db()?;
         conn.execute(AssertSqlSafe(format!(
@@ -103,16 +111,7 @@ impl PostgresStore {
     /// Removes a schema made by [`PostgresStore::connect_with_schema`] with everything in it
     /// (test teardown). Same name rules.
     pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
-        let valid = !schema.is_empty()
-            && schema.len() <= 63
-            && schema
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !valid {
-            return Err(StoreError::Database(sqlx::Error::Configuration(
-                format!("invalid schema name {schema:?}").into(),
-            )));
-        }
+        check_schema_name(schema)?;
         let mut conn = PgConnection::connect(url).await.db()?;
         conn.execute(AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"

@@ -94,6 +94,19 @@ impl World {
         (code(&out), parse(&out))
     }
 
+    /// Starts `baton ARGS` as machine `idx` in the background, output captured.
+    pub fn spawn(&self, idx: usize, args: &[&str]) -> std::process::Child {
+        let m = &self.c.machines[idx];
+        std::process::Command::new(exe())
+            .args(args)
+            .env("HOME", &m.home)
+            .env("BATON_HOME", &m.baton_home)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("baton starts")
+    }
+
     /// Machine `idx`'s HOME.
     pub fn home(&self, idx: usize) -> &Path {
         &self.c.machines[idx].home
