@@ -3,7 +3,14 @@
 //!
 //! `baton-bench handoff` measures the latency of a synced-session handoff without workspace for
 //! transcripts of several lengths. The design says a handoff never copies the transcript (it
-//! stays on the server), so latency should not grow with it.
+//! stays on the server), so latency should not grow with it. Run it with
+//!
+//! ```text
+//! cargo run --release -p baton-bench -- handoff [--runs 20] [--sizes 10,1000,10000] [--sequential]
+//! ```
+//!
+//! It prints tables and writes the figures, raw samples included, to `target/bench/handoff.json`.
+//! Sizes are interleaved by default, which gives fair ratios on a machine shared with other work.
 
 mod measure;
 mod report;
@@ -32,6 +39,7 @@ struct Cli {
     command: BenchCommand,
 }
 
+/// The benchmarks.
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Latency of a synced-session handoff without workspace, on loopback, by transcript length.
@@ -76,6 +84,11 @@ struct HandoffArgs {
     /// Where to write the figures as JSON (default: target/bench/handoff.json).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Measure one size after the other instead of the default: every size's session prepared
+    /// first, then handed off in turn (one handoff per size per round), so slow drifts of the
+    /// machine's load fall on all sizes alike.
+    #[arg(long)]
+    sequential: bool,
     /// Keep the cluster's directory (databases and logs) after a successful run.
     #[arg(long)]
     keep_dir: bool,
@@ -140,7 +153,8 @@ fn locate_baton(args: &HandoffArgs) -> Result<BatonBinary> {
                 "Bringing {} up to date: cargo build --profile {profile} -p baton-cli",
                 path.display()
             );
-            let status = Command::new(&cargo)
+            let mut build = Command::new(&cargo);
+            build
                 .args([
                     "build",
                     "--profile",
@@ -151,9 +165,25 @@ fn locate_baton(args: &HandoffArgs) -> Result<BatonBinary> {
                     "baton",
                 ])
                 .arg("--manifest-path")
-                .arg(&manifest)
-                .status()
-                .context("running cargo build")?;
+                .arg(&manifest);
+            // `cargo run` gives this program the variables cargo sets for a crate (CARGO_PKG_NAME
+            // = baton-bench, ...). Build scripts watch some of them (ring's and cc's ask to rerun
+            // when they change), so passing them on would rebuild ring, rustls and everything
+            // above them here, and again at the user's next plain build.
+            for (key, _) in std::env::vars_os() {
+                let Some(k) = key.to_str() else { continue };
+                if k.starts_with("CARGO_PKG_")
+                    || k.starts_with("CARGO_CFG_")
+                    || k.starts_with("CARGO_MANIFEST_")
+                    || matches!(
+                        k,
+                        "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+                    )
+                {
+                    build.env_remove(&key);
+                }
+            }
+            let status = build.status().context("running cargo build")?;
             if !status.success() {
                 bail!("cargo build --profile {profile} -p baton-cli failed ({status})");
             }
@@ -202,11 +232,17 @@ fn reproduce_command(args: &HandoffArgs, bench_profile: Option<&str>) -> String 
             cmd.push_str(&format!(" --real-budget-secs {}", args.real_budget_secs));
         }
     }
+    if args.sequential {
+        cmd.push_str(" --sequential");
+    }
     if args.entry_bytes != DEFAULT_ENTRY_BYTES {
         cmd.push_str(&format!(" --entry-bytes {}", args.entry_bytes));
     }
     if let Some(b) = &args.baton {
         cmd.push_str(&format!(" --baton {}", b.display()));
+    }
+    if let Some(o) = &args.out {
+        cmd.push_str(&format!(" --out {}", o.display()));
     }
     cmd
 }
@@ -251,6 +287,7 @@ fn handoff(mut args: HandoffArgs) -> Result<()> {
     let root = tmp.path().to_path_buf();
     eprintln!("Cluster directory: {}", root.display());
     let started_at = baton_proto::now_millis();
+    let load_before = load_average();
     let tables = match run(&args, &baton.path, &root) {
         Ok(t) => t,
         Err(e) => {
@@ -262,15 +299,27 @@ fn handoff(mut args: HandoffArgs) -> Result<()> {
             return Err(e);
         }
     };
+    let load_after = load_average();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let order = if !args.sequential {
+        "sizes taken in turn, one handoff each per round (default; --sequential for one size after the other)"
+    } else {
+        "one size after the other"
+    };
+    let load = |l: Option<f64>| l.map_or("?".to_string(), |l| format!("{l:.2}"));
     println!();
     println!(
         "Handoff latency: synced session, no workspace, server and two daemons on loopback, scripted provider."
     );
     println!(
-        "baton: {} ({} build); {cpus} CPUs; {} measured handoffs per size after {WARMUP_PAIRS} warm-up pair, alternating laptop -> desktop -> laptop.",
+        "baton: {} ({} build); {cpus} CPUs, 1-min load average {} before and {} after (other processes compete with the cluster).",
         baton.path.display(),
         baton.profile.as_deref().unwrap_or("unknown"),
+        load(load_before),
+        load(load_after)
+    );
+    println!(
+        "{} measured handoffs per size after {WARMUP_PAIRS} warm-up pair, alternating laptop -> desktop -> laptop; {order}.",
         args.runs
     );
     println!();
@@ -303,6 +352,8 @@ fn handoff(mut args: HandoffArgs) -> Result<()> {
         "started_at_ms": started_at,
         "finished_at_ms": baton_proto::now_millis(),
         "cpus": cpus,
+        "load_average_1min": { "before": load_before, "after": load_after },
+        "interleaved": !args.sequential,
         "runs": args.runs,
         "warmup_pairs": WARMUP_PAIRS,
         "entry_bytes": args.entry_bytes,
@@ -321,6 +372,16 @@ fn handoff(mut args: HandoffArgs) -> Result<()> {
         eprintln!("Cluster directory kept: {}", kept.display());
     }
     Ok(())
+}
+
+/// The 1-minute load average (Linux), to tell a quiet machine's figures from a busy one's.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Creates a scripted session on machine `idx` in `ws` and has one real turn with it, so the
@@ -379,41 +440,27 @@ fn run(args: &HandoffArgs, baton: &Path, root: &Path) -> Result<Vec<Table>> {
         rows: Vec::new(),
         skipped: Vec::new(),
     };
-    for &n in &args.sizes {
+    appended.rows = measure_sizes(&rt, &client, &nodes, args, &args.sizes, |n| {
         eprintln!("[appended {n}] new session, one turn, filling the transcript");
         let id = new_session(&cluster, laptop, &ws)?;
         let t = Instant::now();
         let entries = rt.block_on(measure::fill_by_appends(&client, id, n, args.entry_bytes))?;
         let fill_secs = t.elapsed().as_secs_f64();
-        eprintln!("[appended {n}] {entries} entries in {fill_secs:.1} s; handing off");
-        let samples = rt.block_on(measure::ping_pong(
-            &client,
-            id,
-            &nodes,
-            WARMUP_PAIRS,
-            args.runs,
-        ))?;
-        rt.block_on(measure::stop(&client, id));
-        appended.rows.push(Row {
+        eprintln!("[appended {n}] {entries} entries in {fill_secs:.1} s");
+        Ok(Some(Prepared {
             requested: n,
+            id,
             entries,
             fill_secs,
-            samples,
-        });
-    }
+        }))
+    })?;
     let mut tables = vec![appended];
 
     if !args.no_real {
-        let mut real = Table {
-            key: "real_turns",
-            title: "Table 2: transcript grown by real turns (provider state grows with it and moves with every handoff)".into(),
-            method: "Each size: a new session on laptop, then plain messages queued until the agent has answered up to the size (2 entries per turn).".into(),
-            rows: Vec::new(),
-            skipped: Vec::new(),
-        };
+        let mut skipped = Vec::new();
         // Entries per second of the last real fill, to judge whether the next size fits the budget.
         let mut rate: Option<f64> = None;
-        for &n in &args.real_sizes {
+        let rows = measure_sizes(&rt, &client, &nodes, args, &args.real_sizes, |n| {
             if let Some(r) = rate {
                 let estimate = n as f64 / r;
                 if estimate > args.real_budget_secs as f64 {
@@ -422,8 +469,8 @@ fn run(args: &HandoffArgs, baton: &Path, root: &Path) -> Result<Vec<Table>> {
                         args.real_budget_secs
                     );
                     eprintln!("[real {n}] skipped: {why}");
-                    real.skipped.push((n, why));
-                    continue;
+                    skipped.push((n, why));
+                    return Ok(None);
                 }
             }
             eprintln!("[real {n}] new session, queueing messages");
@@ -444,24 +491,83 @@ fn run(args: &HandoffArgs, baton: &Path, root: &Path) -> Result<Vec<Table>> {
             if entries > before && fill_secs > 0.0 {
                 rate = Some((entries - before) as f64 / fill_secs);
             }
-            eprintln!("[real {n}] {entries} entries in {fill_secs:.1} s; handing off");
-            let samples = rt.block_on(measure::ping_pong(
-                &client,
-                id,
-                &nodes,
-                WARMUP_PAIRS,
-                args.runs,
-            ))?;
-            rt.block_on(measure::stop(&client, id));
-            real.rows.push(Row {
+            eprintln!("[real {n}] {entries} entries in {fill_secs:.1} s");
+            Ok(Some(Prepared {
                 requested: n,
+                id,
                 entries,
                 fill_secs,
-                samples,
-            });
-        }
-        tables.push(real);
+            }))
+        })?;
+        tables.push(Table {
+            key: "real_turns",
+            title: "Table 2: transcript grown by real turns (provider state grows with it and moves with every handoff)".into(),
+            method: "Each size: a new session on laptop, then plain messages queued until the agent has answered up to the size (2 entries per turn).".into(),
+            rows,
+            skipped,
+        });
     }
     cluster.shutdown();
     Ok(tables)
+}
+
+/// A session grown to its size, ready to be handed off.
+struct Prepared {
+    requested: u64,
+    id: SessionId,
+    entries: u64,
+    fill_secs: f64,
+}
+
+/// Prepares a session per size with `prepare` (which may skip a size) and measures its
+/// handoffs: all sessions first and then in turn, or with `--sequential` size after size.
+fn measure_sizes(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    nodes: &[Node; 2],
+    args: &HandoffArgs,
+    sizes: &[u64],
+    mut prepare: impl FnMut(u64) -> Result<Option<Prepared>>,
+) -> Result<Vec<Row>> {
+    let row = |p: Prepared, samples| Row {
+        requested: p.requested,
+        entries: p.entries,
+        fill_secs: p.fill_secs,
+        samples,
+    };
+    let mut rows = Vec::new();
+    if !args.sequential {
+        let mut ready = Vec::new();
+        for &n in sizes {
+            ready.extend(prepare(n)?);
+        }
+        eprintln!("Handing off {} sessions in turn", ready.len());
+        let ids: Vec<SessionId> = ready.iter().map(|p| p.id).collect();
+        let samples = rt.block_on(measure::ping_pong_interleaved(
+            client,
+            &ids,
+            nodes,
+            WARMUP_PAIRS,
+            args.runs,
+        ))?;
+        for (p, s) in ready.into_iter().zip(samples) {
+            rt.block_on(measure::stop(client, p.id));
+            rows.push(row(p, s));
+        }
+    } else {
+        for &n in sizes {
+            let Some(p) = prepare(n)? else { continue };
+            eprintln!("[{n}] handing off");
+            let samples = rt.block_on(measure::ping_pong(
+                client,
+                p.id,
+                nodes,
+                WARMUP_PAIRS,
+                args.runs,
+            ))?;
+            rt.block_on(measure::stop(client, p.id));
+            rows.push(row(p, samples));
+        }
+    }
+    Ok(rows)
 }

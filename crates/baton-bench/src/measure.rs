@@ -267,9 +267,72 @@ impl Sample {
     }
 }
 
-/// Hands session `id` back and forth between `nodes[0]` (its owner now) and `nodes[1]`:
-/// `warmup_pairs` unmeasured pairs first, then `runs` measured handoffs. Before each one it
-/// waits until the session is idle on the expected owner.
+/// A session handed back and forth between `nodes[0]` (its owner at the start) and `nodes[1]`.
+pub struct Shuttle {
+    /// The session.
+    pub id: SessionId,
+    /// Handoffs done so far; even means `nodes[0]` owns it.
+    done: usize,
+}
+
+impl Shuttle {
+    /// A session owned by `nodes[0]` now.
+    pub fn new(id: SessionId) -> Self {
+        Self { id, done: 0 }
+    }
+
+    /// The session's current owner and the other machine.
+    fn ends<'a>(&self, nodes: &'a [Node; 2]) -> (&'a Node, &'a Node) {
+        if self.done.is_multiple_of(2) {
+            (&nodes[0], &nodes[1])
+        } else {
+            (&nodes[1], &nodes[0])
+        }
+    }
+
+    /// Waits until the session is idle on its expected owner, then hands it to the other machine
+    /// and times that. `label` names the handoff in errors.
+    pub async fn hop(&mut self, client: &Client, nodes: &[Node; 2], label: &str) -> Result<Sample> {
+        let (from, to) = self.ends(nodes);
+        settle(client, self.id, from).await?;
+        let sample = handoff(client, self.id, from, to).await.with_context(|| {
+            format!(
+                "{label} of session {} ({} → {})",
+                self.id, from.name, to.name
+            )
+        })?;
+        self.done += 1;
+        Ok(sample)
+    }
+
+    /// `pairs` unmeasured round trips (connections, caches, provider start-up on both sides).
+    pub async fn warm_up(
+        &mut self,
+        client: &Client,
+        nodes: &[Node; 2],
+        pairs: usize,
+    ) -> Result<()> {
+        for i in 0..2 * pairs {
+            self.hop(
+                client,
+                nodes,
+                &format!("warm-up handoff {} of {}", i + 1, 2 * pairs),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the last handoff has settled (idle on its new owner).
+    pub async fn settle(&self, client: &Client, nodes: &[Node; 2]) -> Result<()> {
+        settle(client, self.id, self.ends(nodes).0)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Hands session `id` (owned by `nodes[0]`) back and forth: `warmup_pairs` unmeasured pairs
+/// first, then `runs` measured handoffs, each after the session is idle on the expected owner.
 pub async fn ping_pong(
     client: &Client,
     id: SessionId,
@@ -277,34 +340,42 @@ pub async fn ping_pong(
     warmup_pairs: usize,
     runs: usize,
 ) -> Result<Vec<Sample>> {
-    let warmups = 2 * warmup_pairs;
-    let total = warmups + runs;
+    let mut shuttle = Shuttle::new(id);
+    shuttle.warm_up(client, nodes, warmup_pairs).await?;
     let mut samples = Vec::with_capacity(runs);
-    for i in 0..total {
-        let (from, to) = if i.is_multiple_of(2) {
-            (&nodes[0], &nodes[1])
-        } else {
-            (&nodes[1], &nodes[0])
-        };
-        settle(client, id, from).await?;
-        let label = if i < warmups {
-            format!("warm-up handoff {} of {warmups}", i + 1)
-        } else {
-            format!("measured handoff {} of {runs}", i - warmups + 1)
-        };
-        let sample = handoff(client, id, from, to)
-            .await
-            .with_context(|| format!("{label} ({} → {})", from.name, to.name))?;
-        if i >= warmups {
-            samples.push(sample);
+    for i in 0..runs {
+        let label = format!("measured handoff {} of {runs}", i + 1);
+        samples.push(shuttle.hop(client, nodes, &label).await?);
+    }
+    shuttle.settle(client, nodes).await?;
+    Ok(samples)
+}
+
+/// Like [`ping_pong`] for several sessions at once, taking turns: warm-up pairs for each, then
+/// round after round of one measured handoff per session. Slow drifts of the machine's load
+/// (other processes, thermal limits) then fall on every session alike instead of on whichever
+/// was measured at the time, which keeps the ratios between sessions honest.
+pub async fn ping_pong_interleaved(
+    client: &Client,
+    ids: &[SessionId],
+    nodes: &[Node; 2],
+    warmup_pairs: usize,
+    runs: usize,
+) -> Result<Vec<Vec<Sample>>> {
+    let mut shuttles: Vec<Shuttle> = ids.iter().map(|&id| Shuttle::new(id)).collect();
+    for s in &mut shuttles {
+        s.warm_up(client, nodes, warmup_pairs).await?;
+    }
+    let mut samples: Vec<Vec<Sample>> = ids.iter().map(|_| Vec::with_capacity(runs)).collect();
+    for round in 0..runs {
+        let label = format!("measured handoff {} of {runs}", round + 1);
+        for (s, out) in shuttles.iter_mut().zip(&mut samples) {
+            out.push(s.hop(client, nodes, &label).await?);
         }
     }
-    let last_owner = if total.is_multiple_of(2) {
-        &nodes[0]
-    } else {
-        &nodes[1]
-    };
-    settle(client, id, last_owner).await?;
+    for s in &shuttles {
+        s.settle(client, nodes).await?;
+    }
     Ok(samples)
 }
 

@@ -106,7 +106,7 @@ impl Table {
         let base = measured.first().map(|(r, m)| (r.requested, m));
         let base_label = base.map(|(n, _)| n.to_string()).unwrap_or_default();
         line(format!(
-            "{:>8} {:>11}  {:<16}{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>13} {:>13}",
+            "{:>8} {:>15}  {:<16}{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>13} {:>13}",
             "entries",
             "bundle B",
             "metric (ms)",
@@ -140,7 +140,7 @@ impl Table {
                     (String::new(), String::new())
                 };
                 line(format!(
-                    "{entries:>8} {bytes:>11}  {name:<16}{:>5} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {c50:>13} {c99:>13}",
+                    "{entries:>8} {bytes:>15}  {name:<16}{:>5} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {c50:>13} {c99:>13}",
                     s.n, s.p50, s.p99, s.mean, s.min, s.max
                 ));
             }
