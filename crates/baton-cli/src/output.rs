@@ -127,6 +127,6 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00");
         assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(format_time(1_795_600_000_000), "2026-11-25 08:26:40");
+        assert_eq!(format_time(1_795_600_000_000), "2026-11-25 09:46:40");
     }
 }
