@@ -135,6 +135,7 @@ pub async fn serve(
         Ok(n) => tracing::info!(count = n, "resuming unfinished handoffs"),
         Err(e) => tracing::error!(error = %e, "could not read unfinished handoffs"),
     }
+    spawn_purge(state.clone());
     // Small request/response frames: Nagle plus delayed ACKs would add ~40 ms to each.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -149,6 +150,21 @@ pub async fn serve(
         context: "serving HTTP".into(),
         source,
     })
+}
+
+/// Every few minutes, deletes expired login challenges, tokens and pairing offers.
+fn spawn_purge(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+        loop {
+            every.tick().await;
+            match state.store.purge_expired(baton_proto::now_millis()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(rows = n, "purged expired credentials"),
+                Err(e) => tracing::warn!(error = %e, "purging expired credentials failed"),
+            }
+        }
+    });
 }
 
 /// Opens the store, binds the address and serves until `shutdown`; calls `on_ready` with the

@@ -295,6 +295,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a handoff's bundle (after it finished).
     async fn delete_bundle(&self, handoff: HandoffId) -> Result<()>;
 
+    /// Deletes expired challenges, tokens and pairings; returns how many rows went.
+    async fn purge_expired(&self, now: Millis) -> Result<u64>;
+
     /// Closes the connections (SQLite checkpoints its WAL); called once at shutdown.
     async fn close(&self) {}
 }

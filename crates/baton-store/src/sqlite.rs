@@ -927,6 +927,25 @@ impl Store for SqliteStore {
         tx.commit().await.db()
     }
 
+    async fn purge_expired(&self, now: Millis) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let mut gone = 0;
+        for sql in [
+            "DELETE FROM challenges WHERE expires_at <= ?",
+            "DELETE FROM tokens WHERE expires_at <= ?",
+            "DELETE FROM pairings WHERE expires_at <= ?",
+        ] {
+            gone += sqlx::query(sql)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .db()?
+                .rows_affected();
+        }
+        tx.commit().await.db()?;
+        Ok(gone)
+    }
+
     async fn close(&self) {
         SqliteStore::close(self).await;
     }

@@ -314,6 +314,49 @@ pub async fn token_expires(store: Arc<dyn Store>) {
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
 }
 
+pub async fn purge_removes_only_expired_credentials(store: Arc<dyn Store>) {
+    let w = world(store.clone()).await;
+    let token = |expires_at| TokenRow {
+        machine_id: w.laptop,
+        account_id: w.account,
+        expires_at,
+    };
+    store.put_token(b"old", &token(1_000)).await.expect("put");
+    store.put_token(b"new", &token(50_000)).await.expect("put");
+    store
+        .put_challenge(b"old-nonce", w.laptop, 1_000)
+        .await
+        .expect("put");
+    store
+        .put_challenge(b"new-nonce", w.laptop, 50_000)
+        .await
+        .expect("put");
+    for (id, expires_at) in [("pair-old", 1_000), ("pair-new", 50_000)] {
+        store
+            .put_pairing(&PairingRow {
+                id: id.into(),
+                account_id: w.account,
+                sealed_secret: Sealed(vec![1, 2, 3]),
+                expires_at,
+            })
+            .await
+            .expect("put");
+    }
+    // Everything that expired at or before `now` goes, nothing else.
+    assert_eq!(store.purge_expired(1_000).await.expect("purge"), 3);
+    assert_eq!(store.purge_expired(1_000).await.expect("purge"), 0);
+    assert!(store.token(b"new", 2_000).await.expect("t").is_some());
+    assert_eq!(
+        store.take_challenge(b"new-nonce", 2_000).await.expect("c"),
+        Some(w.laptop)
+    );
+    assert!(store.claim_pairing("pair-new", 2_000).await.is_ok());
+    assert!(matches!(
+        store.claim_pairing("pair-old", 0).await,
+        Err(StoreError::PairingInvalid)
+    ));
+}
+
 pub async fn pairing_is_single_use_and_expires(store: Arc<dyn Store>) {
     let w = world(store.clone()).await;
     let row = PairingRow {

@@ -124,6 +124,7 @@ suite!(
     accounts_and_machines,
     challenge_is_single_use,
     token_expires,
+    purge_removes_only_expired_credentials,
     pairing_is_single_use_and_expires,
     sessions_are_scoped_by_account,
     update_meta_and_status,
