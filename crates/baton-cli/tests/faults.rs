@@ -180,3 +180,152 @@ fn machines_go_offline_and_come_back_online_promptly() {
     assert!(reply.starts_with("Turn 2."), "{reply}");
     assert_eq!(agent_pids(w.home(LAPTOP)).len(), 1, "one provider, not two");
 }
+
+/// Who is killed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Victim {
+    Source,
+    Target,
+    Server,
+}
+
+/// SIGKILLs `victim` while the daemon named by `delayed` (0 = laptop/source, 1 = desktop/target)
+/// is held in command `op` (phase `phase`), restarts it, and checks DESIGN §3's invariants: one
+/// owner with a consistent epoch, no split brain, nothing lost or doubled, the session usable
+/// where it is owned, no staging left where it is not.
+fn crash_case(victim: Victim, delayed: usize, op: &str, phase: &str, expect_commit: bool) {
+    let tmp = tempfile::Builder::new()
+        .prefix("baton-crash-")
+        .tempdir()
+        .unwrap();
+    let mut c = Cluster::start(&exe(), tmp.path()).unwrap();
+    c.add_machine("laptop", true).unwrap();
+    c.add_machine("desktop", true).unwrap();
+    c.machines[delayed]
+        .daemon_env
+        .push((format!("BATON_TEST_DELAY_{op}_MS"), "4000".into()));
+    c.start_daemon(LAPTOP).unwrap();
+    c.start_daemon(DESKTOP).unwrap();
+    c.wait_online(&["laptop", "desktop"], true, Duration::from_secs(30))
+        .unwrap();
+    let mut w = World { c, tmp };
+    let ws = w.dir("ws");
+    let s = w.new_session(LAPTOP, &ws);
+    assert!(
+        w.send(LAPTOP, &s, "before the crash")
+            .starts_with("Turn 1.")
+    );
+
+    let handoff = w.spawn(LAPTOP, &["--json", "handoff", &s, "--to", "desktop"]);
+    wait_for(Duration::from_secs(30), || {
+        handoff_phase(&w, &s).filter(|(p, _)| p == phase)
+    })
+    .unwrap_or_else(|| panic!("the handoff reached {phase}"));
+    match victim {
+        Victim::Source => w.c.kill_daemon(LAPTOP),
+        Victim::Target => w.c.kill_daemon(DESKTOP),
+        Victim::Server => w.c.kill_server(),
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    match victim {
+        Victim::Server => w.c.restart_server().unwrap(),
+        Victim::Source | Victim::Target => {
+            let idx = if victim == Victim::Source {
+                LAPTOP
+            } else {
+                DESKTOP
+            };
+            w.c.machines[idx].daemon_env.clear();
+            w.c.start_daemon(idx).unwrap();
+        }
+    }
+    let _ = handoff.wait_with_output().unwrap();
+    w.c.wait_online(&["laptop", "desktop"], true, Duration::from_secs(30))
+        .unwrap();
+    // The handoff is decided, one way or the other.
+    let h = wait_for(Duration::from_secs(60), || {
+        let list = w.c.json(LAPTOP, &["handoffs", &s]).ok()?;
+        let h = list.as_array()?.last()?.clone();
+        let done = h["result"] == "aborted"
+            || (h["result"] == "committed" && (!h["error"].is_null() || h["phase"] == "done"));
+        done.then_some(h)
+    })
+    .expect("the handoff ended");
+    let committed = h["result"] == "committed";
+    // Before commit a crash aborts; after it the handoff completes (DESIGN §3.3).
+    assert_eq!(committed, expect_commit, "{h}");
+    let (owner, other, epoch) = if committed {
+        (DESKTOP, LAPTOP, 2)
+    } else {
+        (LAPTOP, DESKTOP, 1)
+    };
+    let row = wait_for(Duration::from_secs(30), || {
+        let r = w.session(LAPTOP, &s);
+        (r["status"] != "handing_off").then_some(r)
+    })
+    .expect("the session left handing_off");
+    assert_eq!(row["owner"]["name"], w.c.machines[owner].name, "{h} {row}");
+    assert_eq!(row["epoch"], epoch, "{h} {row}");
+    // Usable where it is owned, with its context.
+    let reply = w.send(LAPTOP, &s, "after the crash");
+    assert!(reply.starts_with("Turn 2."), "{h} / {reply}");
+    assert!(reply.contains("before the crash"), "{reply}");
+    let log = w.log(LAPTOP, &s);
+    assert_dense(&log);
+    assert_eq!(
+        log.iter().filter(|e| e["role"] == "user").count(),
+        2,
+        "{log:?}"
+    );
+    // One provider, on the owner.
+    assert_eq!(agent_pids(w.home(owner)).len(), 1);
+    assert!(
+        wait_for(Duration::from_secs(10), || agent_pids(w.home(other))
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "a provider still runs on the non-owner"
+    );
+    let staging = w.c.machines[other].baton_home.join("handoffs");
+    wait_for(Duration::from_secs(15), || {
+        let n = std::fs::read_dir(&staging).map(|r| r.count()).unwrap_or(0);
+        (n == 0).then_some(())
+    })
+    .expect("no staging left on the non-owner");
+    w.c.shutdown();
+}
+
+#[test]
+fn source_killed_during_quiesce() {
+    crash_case(Victim::Source, LAPTOP, "QUIESCE", "quiesce_source", false);
+}
+
+#[test]
+fn source_killed_during_transfer() {
+    crash_case(Victim::Source, LAPTOP, "EXPORT", "transfer", false);
+}
+
+#[test]
+fn target_killed_during_preflight() {
+    crash_case(Victim::Target, DESKTOP, "PREFLIGHT", "preflight", false);
+}
+
+#[test]
+fn target_killed_during_verify() {
+    crash_case(Victim::Target, DESKTOP, "IMPORT", "verify", false);
+}
+
+#[test]
+fn target_killed_during_activate() {
+    crash_case(Victim::Target, DESKTOP, "ACTIVATE", "activate", true);
+}
+
+#[test]
+fn server_killed_during_verify() {
+    crash_case(Victim::Server, DESKTOP, "IMPORT", "verify", false);
+}
+
+#[test]
+fn server_killed_during_activate() {
+    crash_case(Victim::Server, DESKTOP, "ACTIVATE", "activate", true);
+}

@@ -27,6 +27,7 @@ fn api(e: ClientError) -> ApiError {
 /// Answers one coordinator command.
 pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
     let hid = cmd.handoff_id();
+    test_delay(cmd.op_name()).await;
     let result = match cmd {
         DaemonCommand::Preflight {
             handoff_id,
@@ -273,20 +274,18 @@ async fn session_and_meta(
     Ok((s, cipher, meta))
 }
 
-/// Fault injection for tests: `BATON_TEST_DELAY_EXPORT_MS` holds the source in `transfer` so a
-/// test can kill the server or a daemon in that phase. Unset in normal use.
-async fn test_delay_export() {
-    if let Some(ms) = std::env::var("BATON_TEST_DELAY_EXPORT_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        tracing::warn!(ms, "BATON_TEST_DELAY_EXPORT_MS set: delaying the export");
+/// Fault injection for tests: `BATON_TEST_DELAY_<OP>_MS` (OP = PREFLIGHT, PREPARE_TARGET,
+/// QUIESCE, EXPORT, IMPORT, ACTIVATE, ABORT, CLEANUP) holds this daemon in that command so a
+/// test can kill a process during it. Unset in normal use.
+async fn test_delay(op: &str) {
+    let var = format!("BATON_TEST_DELAY_{op}_MS");
+    if let Some(ms) = std::env::var(&var).ok().and_then(|v| v.parse::<u64>().ok()) {
+        tracing::warn!(ms, "{var} set: delaying the command");
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
 
 async fn export(d: &Daemon, handoff: HandoffId, session: SessionId) -> Reply {
-    test_delay_export().await;
     let (s, cipher, meta) = session_and_meta(d, session).await?;
     let provider = d.provider(&s.provider).ok_or_else(|| {
         ApiError::new(

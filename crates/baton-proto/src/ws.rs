@@ -183,6 +183,20 @@ pub enum DaemonCommand {
 }
 
 impl DaemonCommand {
+    /// The command's name in upper case (`EXPORT`, `ACTIVATE`, …), for logs and test hooks.
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Self::Preflight { .. } => "PREFLIGHT",
+            Self::PrepareTarget { .. } => "PREPARE_TARGET",
+            Self::Quiesce { .. } => "QUIESCE",
+            Self::Export { .. } => "EXPORT",
+            Self::Import { .. } => "IMPORT",
+            Self::Activate { .. } => "ACTIVATE",
+            Self::Abort { .. } => "ABORT",
+            Self::Cleanup { .. } => "CLEANUP",
+        }
+    }
+
     /// The handoff this command belongs to.
     pub fn handoff_id(&self) -> HandoffId {
         match self {
