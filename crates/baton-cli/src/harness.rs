@@ -19,6 +19,8 @@ pub struct Machine {
     pub baton_home: PathBuf,
     /// Extra environment for its daemon.
     pub daemon_env: Vec<(String, String)>,
+    /// Extra arguments for its daemon.
+    pub daemon_args: Vec<String>,
     daemon: Option<Child>,
 }
 
@@ -197,6 +199,7 @@ impl Cluster {
             home: home.clone(),
             baton_home,
             daemon_env: Vec::new(),
+            daemon_args: Vec::new(),
             daemon: None,
         });
         let idx = self.machines.len() - 1;
@@ -233,6 +236,7 @@ impl Cluster {
             home,
             baton_home: base.join("baton"),
             daemon_env: Vec::new(),
+            daemon_args: Vec::new(),
             daemon: None,
         });
         let idx = self.machines.len() - 1;
@@ -250,6 +254,7 @@ impl Cluster {
         let m = &self.machines[idx];
         let child = Command::new(&self.exe)
             .args(["daemon", "--backoff-cap-ms", "1000"])
+            .args(&m.daemon_args)
             .env("HOME", &m.home)
             .env("BATON_HOME", &m.baton_home)
             .env("BATON_LOG", "info,baton_daemon=debug")

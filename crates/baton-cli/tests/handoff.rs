@@ -263,3 +263,52 @@ fn message_sent_during_handoff_is_answered_once_by_the_target() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(w.log(DESKTOP, &s).len(), log.len());
 }
+
+#[test]
+fn a_turn_longer_than_the_grace_is_interrupted_and_the_handoff_goes_on() {
+    let tmp = tempfile::Builder::new()
+        .prefix("baton-grace-")
+        .tempdir()
+        .unwrap();
+    let mut c = baton_cli::harness::Cluster::start(&common::exe(), tmp.path()).unwrap();
+    c.add_machine("laptop", true).unwrap();
+    c.add_machine("desktop", true).unwrap();
+    c.machines[LAPTOP].daemon_args = vec!["--quiesce-grace-ms".into(), "1000".into()];
+    c.start_daemon(LAPTOP).unwrap();
+    c.start_daemon(DESKTOP).unwrap();
+    c.wait_online(&["laptop", "desktop"], true, Duration::from_secs(30))
+        .unwrap();
+    let w = World { c, tmp };
+    let ws = w.dir("ws");
+    let s = w.new_session(LAPTOP, &ws);
+    assert!(w.send(LAPTOP, &s, "first").starts_with("Turn 1."));
+    w.c.json(LAPTOP, &["send", &s, "endless /sleep 600000", "--no-wait"])
+        .unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (w.session(LAPTOP, &s)["status"] == "running").then_some(())
+    })
+    .expect("the long turn runs");
+    let started = std::time::Instant::now();
+    let (code, h) = w.handoff(LAPTOP, &s, "desktop", &[]);
+    assert_eq!(code, 0, "{h}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the handoff waited for the turn: {:?}",
+        started.elapsed()
+    );
+    let log = w.log(LAPTOP, &s);
+    assert_dense(&log);
+    let cut = log
+        .iter()
+        .position(|e| e["text"] == "(the turn was interrupted)")
+        .expect("the interrupted turn is recorded");
+    assert_eq!(
+        log[cut]["epoch"], 1,
+        "recorded by the source before it let go"
+    );
+    let reply = w.send(LAPTOP, &s, "after");
+    assert!(
+        reply.starts_with("Turn 2.") && reply.contains("\"first\""),
+        "{reply}"
+    );
+}

@@ -45,6 +45,8 @@ pub struct DaemonOptions {
     pub home: PathBuf,
     /// Longest wait between reconnects.
     pub backoff_cap: Duration,
+    /// How long a handoff lets the running turn finish before interrupting it.
+    pub quiesce_grace: Duration,
 }
 
 /// Errors that stop the daemon before it runs.
@@ -82,6 +84,7 @@ pub struct Daemon {
     sessions: Mutex<HashMap<SessionId, SessionRecord>>,
     pids: Mutex<HashMap<SessionId, u32>>,
     sources: Mutex<HashMap<HandoffId, SourceState>>,
+    quiesce_grace: Duration,
     me: Mutex<Option<Arc<Daemon>>>,
 }
 
@@ -107,6 +110,7 @@ impl Daemon {
             sessions: Mutex::new(HashMap::new()),
             pids: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
+            quiesce_grace: opts.quiesce_grace,
             me: Mutex::new(None),
         });
         *lock(&d.me) = Some(d.clone());

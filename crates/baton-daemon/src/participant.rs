@@ -15,7 +15,7 @@ use baton_proto::{
 use tokio::sync::oneshot;
 
 use crate::client::ClientError;
-use crate::runner::{QUIESCE_GRACE, RunnerCmd, Writer};
+use crate::runner::{RunnerCmd, Writer};
 use crate::{Daemon, SourceState, lock};
 
 type Reply = Result<DaemonReply, ApiError>;
@@ -244,7 +244,7 @@ async fn quiesce(d: &Daemon, handoff: HandoffId, session: SessionId, epoch: u64)
             if tx.send(RunnerCmd::Quiesce(done_tx)).await.is_err() {
                 d.last_seq_of(session).await
             } else {
-                tokio::time::timeout(QUIESCE_GRACE + Duration::from_secs(30), done_rx)
+                tokio::time::timeout(d.quiesce_grace + Duration::from_secs(30), done_rx)
                     .await
                     .map_err(|_| {
                         ApiError::new(ErrorCode::Timeout, "The session did not stop in time.")

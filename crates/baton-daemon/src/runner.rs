@@ -21,8 +21,8 @@ use tracing::Instrument;
 use crate::Daemon;
 use crate::client::ClientError;
 
-/// How long a quiesce waits for the running turn before interrupting it.
-pub const QUIESCE_GRACE: Duration = Duration::from_secs(30);
+/// How long a quiesce waits for the running turn before interrupting it, by default.
+pub const DEFAULT_QUIESCE_GRACE: Duration = Duration::from_secs(30);
 /// How often a runner re-reads its queue without being woken (a missed wake-up is harmless).
 const POLL_EVERY: Duration = Duration::from_secs(15);
 
@@ -399,7 +399,7 @@ impl Running {
                         match cmd {
                             Some(RunnerCmd::Quiesce(done)) => {
                                 quiesce = Some(done);
-                                interrupt_at = Some(tokio::time::Instant::now() + QUIESCE_GRACE);
+                                interrupt_at = Some(tokio::time::Instant::now() + self.daemon.quiesce_grace);
                             }
                             Some(RunnerCmd::Stop) | None => {
                                 stop = true;

@@ -16,6 +16,9 @@ pub struct DaemonArgs {
     /// Longest wait between reconnect attempts, in milliseconds.
     #[arg(long, default_value_t = DEFAULT_BACKOFF_CAP.as_millis() as u64)]
     pub backoff_cap_ms: u64,
+    /// During a handoff, how long the running turn may go on before it is interrupted (ms).
+    #[arg(long, default_value_t = baton_daemon::runner::DEFAULT_QUIESCE_GRACE.as_millis() as u64)]
+    pub quiesce_grace_ms: u64,
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.
@@ -30,6 +33,7 @@ pub async fn run(args: DaemonArgs, baton_home: PathBuf) -> CliResult {
             baton_home,
             home,
             backoff_cap: Duration::from_millis(args.backoff_cap_ms.max(100)),
+            quiesce_grace: Duration::from_millis(args.quiesce_grace_ms),
         },
         shutdown,
     )
