@@ -30,10 +30,16 @@ use crate::{
 };
 
 /// Migrations in order; a version, once released, never changes.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        "0002_restore_status",
+        include_str!("../migrations/postgres/0002_restore_status.sql"),
+    ),
+];
 
 /// Key of the advisory lock that serialises migrations when several replicas start at once.
 const MIGRATION_LOCK: i64 = 0x6261_746f_6e5f_6d69; // "baton_mi"
@@ -783,6 +789,16 @@ impl Store for PostgresStore {
             s.status = SessionStatus::HandingOff;
             s.updated_at = now;
             save_session(&mut tx, &s).await?;
+            if let Some(handoff) = s.active_handoff {
+                sqlx::query(
+                    "UPDATE handoffs SET restore_status = $1 WHERE id = $2 AND restore_status IS NULL",
+                )
+                .bind(before.as_str())
+                .bind(handoff.to_string())
+                .execute(&mut *tx)
+                .await
+                .db()?;
+            }
         }
         tx.commit().await.db()?;
         Ok(before)
@@ -796,6 +812,18 @@ impl Store for PostgresStore {
     ) -> Result<SessionRecord> {
         let mut tx = self.write().await?;
         let (h, mut s) = lock_handoff_and_session(&mut tx, abort.handoff_id).await?;
+        // The status recorded when the session was quiesced wins over the caller's guess (a
+        // restarted coordinator no longer knows it).
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT restore_status FROM handoffs WHERE id = $1")
+                .bind(abort.handoff_id.to_string())
+                .fetch_one(&mut *tx)
+                .await
+                .db()?;
+        let restore_status = recorded
+            .as_deref()
+            .and_then(SessionStatus::parse)
+            .unwrap_or(restore_status);
         match h.result {
             HandoffResult::Committed => {
                 return Err(StoreError::Conflict(format!(

@@ -35,10 +35,16 @@ use crate::{
 };
 
 /// Migrations in order; a version, once released, never changes.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        "0002_restore_status",
+        include_str!("../migrations/sqlite/0002_restore_status.sql"),
+    ),
+];
 
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -723,6 +729,16 @@ impl Store for SqliteStore {
             s.status = SessionStatus::HandingOff;
             s.updated_at = now;
             save_session(&mut tx, &s).await?;
+            if let Some(handoff) = s.active_handoff {
+                sqlx::query(
+                    "UPDATE handoffs SET restore_status = ? WHERE id = ? AND restore_status IS NULL",
+                )
+                .bind(before.as_str())
+                .bind(handoff.to_string())
+                .execute(&mut *tx)
+                .await
+                .db()?;
+            }
         }
         tx.commit().await.db()?;
         Ok(before)
@@ -736,6 +752,18 @@ impl Store for SqliteStore {
     ) -> Result<SessionRecord> {
         let mut tx = self.write().await?;
         let (h, mut s) = load_handoff_and_session(&mut tx, abort.handoff_id).await?;
+        // The status recorded when the session was quiesced wins over the caller's guess (a
+        // restarted coordinator no longer knows it).
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT restore_status FROM handoffs WHERE id = ?")
+                .bind(abort.handoff_id.to_string())
+                .fetch_one(&mut *tx)
+                .await
+                .db()?;
+        let restore_status = recorded
+            .as_deref()
+            .and_then(SessionStatus::parse)
+            .unwrap_or(restore_status);
         match h.result {
             HandoffResult::Committed => {
                 return Err(StoreError::Conflict(format!(

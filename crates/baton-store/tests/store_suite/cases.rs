@@ -1118,6 +1118,38 @@ pub async fn commit_refused_when_epoch_or_owner_moved(store: Arc<dyn Store>) {
     assert_eq!((now.owner, now.epoch), (w.desktop, 2));
 }
 
+pub async fn abort_after_restart_restores_the_recorded_status(store: Arc<dyn Store>) {
+    let w = world(store.clone()).await;
+    let s = new_session(&w).await;
+    store
+        .set_status(w.account, s.id, SessionStatus::Stopped, 3_000)
+        .await
+        .expect("stopped");
+    let h = handoff_record(&s, w.laptop, w.desktop, 1);
+    store.begin_handoff(&h).await.expect("begin");
+    let before = store.begin_quiesce(s.id, 1, 4_000).await.expect("quiesce");
+    assert_eq!(before, SessionStatus::Stopped);
+    // A restarted coordinator does not know `before` and passes a guess: the record wins.
+    let after = store
+        .abort_handoff(&abort_of(&h), SessionStatus::Idle)
+        .await
+        .expect("abort");
+    assert_eq!(after.status, SessionStatus::Stopped, "the recorded status");
+    assert_eq!(after.active_handoff, None);
+    // A handoff that never quiesced leaves the status as it was.
+    let h2 = handoff_record(&s, w.laptop, w.desktop, 1);
+    store.begin_handoff(&h2).await.expect("begin");
+    let after = store
+        .abort_handoff(&abort_of(&h2), SessionStatus::Idle)
+        .await
+        .expect("abort");
+    assert_eq!(
+        after.status,
+        SessionStatus::Stopped,
+        "untouched: never handing_off"
+    );
+}
+
 pub async fn abort_restores_status_and_keeps_owner(store: Arc<dyn Store>) {
     let w = world(store.clone()).await;
     let s = new_session(&w).await;

@@ -139,6 +139,7 @@ suite!(
     commit_moves_owner_and_fences_old_epoch,
     commit_refused_when_epoch_or_owner_moved,
     abort_restores_status_and_keeps_owner,
+    abort_after_restart_restores_the_recorded_status,
     finish_with_error_stops_session,
     unfinished_handoffs_for_restart,
     handoff_records_round_trip,
@@ -174,7 +175,7 @@ async fn sqlite_reopen_keeps_data() {
         .fetch_all(&mut conn)
         .await
         .expect("read migrations");
-    assert_eq!(rows.len(), 1, "each migration recorded once");
+    assert_eq!(rows.len(), 2, "each migration recorded once");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -249,7 +250,7 @@ async fn postgres_reconnect_keeps_data() {
                 .fetch_all(&mut conn)
                 .await
                 .expect("read migrations");
-            assert_eq!(rows.len(), 1, "each migration recorded once");
+            assert_eq!(rows.len(), 2, "each migration recorded once");
         }
     })
     .await;
