@@ -11,10 +11,10 @@ use std::time::Duration;
 use baton_daemon::client::{Client, ClientError, WsStream};
 use baton_daemon::identity::Identity;
 use baton_proto::api::{AppendRequest, HandoffRequest, NewEntry, SendInputRequest};
-use baton_proto::ws::{ClientFrame, ConnRole, Event, ServerFrame};
+use baton_proto::ws::{Event, ServerFrame};
 use baton_proto::{
-    ErrorCode, HandoffId, HandoffOptions, HandoffRecord, InputId, InputRecord, MachineId,
-    PROTOCOL_VERSION, Sealed, SealedEntry, SessionId, SessionRecord,
+    ErrorCode, HandoffId, HandoffOptions, HandoffRecord, InputId, InputRecord, MachineId, Sealed,
+    SealedEntry, SessionId, SessionRecord,
 };
 use common::{World, code, exe, parse, wait_for};
 use futures_util::{SinkExt, StreamExt};
@@ -241,18 +241,7 @@ fn failed_handoff_leaves_no_plaintext_path_on_server() {
 /// the server welcomed it.
 async fn subscribe(client: &Client, session: SessionId) -> WsStream {
     let mut ws = client.connect_ws().await.expect("websocket connects");
-    let frames = [
-        ClientFrame::Hello {
-            role: ConnRole::Client,
-            protocol: PROTOCOL_VERSION,
-            providers: Vec::new(),
-        },
-        ClientFrame::Subscribe {
-            session_id: Some(session),
-            entries: true,
-        },
-    ];
-    for f in &frames {
+    for f in &baton_cli::commands::watch::subscribe_frames(session) {
         let text = serde_json::to_string(f).expect("frame to JSON");
         ws.send(Message::Text(text.into()))
             .await

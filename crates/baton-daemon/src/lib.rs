@@ -81,11 +81,8 @@ pub struct Daemon {
     baton_home: PathBuf,
     providers: Vec<Box<dyn Provider>>,
     runners: Mutex<HashMap<SessionId, Slot>>,
-    sessions: Mutex<HashMap<SessionId, SessionRecord>>,
-    pids: Mutex<HashMap<SessionId, u32>>,
     sources: Mutex<HashMap<HandoffId, SourceState>>,
     quiesce_grace: Duration,
-    me: Mutex<Option<Arc<Daemon>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,20 +104,10 @@ impl Daemon {
             baton_home: opts.baton_home.clone(),
             providers: baton_providers::all(&env),
             runners: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
-            pids: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
             quiesce_grace: opts.quiesce_grace,
-            me: Mutex::new(None),
         });
-        *lock(&d.me) = Some(d.clone());
         Ok(d)
-    }
-
-    fn arc(&self) -> Arc<Daemon> {
-        lock(&self.me)
-            .clone()
-            .expect("set in Daemon::new and cleared only at shutdown")
     }
 
     /// This machine's id.
@@ -150,46 +137,24 @@ impl Daemon {
         self.baton_home.join("handoffs").join(id.to_string())
     }
 
-    fn note_pid(&self, id: SessionId, pid: Option<u32>) {
-        let mut pids = lock(&self.pids);
-        match pid {
-            Some(p) => pids.insert(id, p),
-            None => pids.remove(&id),
-        };
-    }
-
-    async fn last_seq_of(&self, id: SessionId) -> u64 {
-        match self
-            .client
-            .get::<SessionRecord>(&format!("/v1/sessions/{id}"))
-            .await
-        {
-            Ok(s) => s.last_seq,
-            Err(_) => lock(&self.sessions)
-                .get(&id)
-                .map(|s| s.last_seq)
-                .unwrap_or(0),
-        }
-    }
-
     /// Called by a runner when it ends: frees its slot and reconciles against the server's
     /// current record (not the cache, which may lag), so a session resumed while its runner was
     /// stopping gets a fresh runner and a session whose provider died stays stopped.
-    fn runner_ended(&self, id: SessionId, epoch: u64) {
+    fn runner_ended(self: &Arc<Self>, id: SessionId, epoch: u64) {
         {
             let mut runners = lock(&self.runners);
             if runners.get(&id).map(|s| s.handle.epoch) == Some(epoch) {
                 runners.remove(&id);
             }
         }
-        let me = self.arc();
+        let me = self.clone();
         tokio::spawn(async move {
             match me
                 .client
                 .get::<SessionRecord>(&format!("/v1/sessions/{id}"))
                 .await
             {
-                Ok(s) => me.reconcile(s, true),
+                Ok(s) => me.reconcile(s),
                 Err(e) => {
                     tracing::debug!(error = %e, "re-reading the session after its runner ended failed")
                 }
@@ -198,12 +163,12 @@ impl Daemon {
     }
 
     fn spawn_runner(
-        &self,
+        self: &Arc<Self>,
         session: SessionRecord,
         ready: Option<oneshot::Sender<Result<(), ClientError>>>,
     ) {
         let id = session.id;
-        let handle = runner::spawn(self.arc(), session, ready);
+        let handle = runner::spawn(self.clone(), session, ready);
         lock(&self.runners).insert(
             id,
             Slot {
@@ -215,10 +180,7 @@ impl Daemon {
 
     /// Brings local runners in line with a session record: run it iff this machine owns it at
     /// its epoch, it is idle or running, and no handoff is moving it here (activation starts it).
-    fn reconcile(&self, session: SessionRecord, from_event: bool) {
-        if from_event {
-            lock(&self.sessions).insert(session.id, session.clone());
-        }
+    fn reconcile(self: &Arc<Self>, session: SessionRecord) {
         let mine = session.owner == self.machine;
         let mut runners = lock(&self.runners);
         if let Some(slot) = runners.get_mut(&session.id) {
@@ -255,16 +217,11 @@ impl Daemon {
         }
     }
 
-    /// Process ids of the provider processes this daemon runs, by session.
-    pub fn provider_pids(&self) -> HashMap<SessionId, u32> {
-        lock(&self.pids).clone()
-    }
-
-    async fn reconcile_all(&self) -> Result<(), ClientError> {
+    async fn reconcile_all(self: &Arc<Self>) -> Result<(), ClientError> {
         let sessions: Vec<SessionRecord> = self.client.get("/v1/sessions").await?;
         let ids: Vec<SessionId> = sessions.iter().map(|s| s.id).collect();
         for s in sessions {
-            self.reconcile(s, true);
+            self.reconcile(s);
         }
         // Runners of sessions the server no longer lists are stale.
         let stale: Vec<SessionId> = lock(&self.runners)
@@ -283,7 +240,10 @@ impl Daemon {
 
     /// One connection's life: hello, subscribe, reconcile, then serve events and commands until
     /// the socket ends or `shutdown` fires. `Ok(true)` when the connection had been established.
-    async fn connect_and_serve(&self, shutdown: &CancellationToken) -> Result<bool, ClientError> {
+    async fn connect_and_serve(
+        self: &Arc<Self>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, ClientError> {
         let mut providers = self.detect_all().await;
         let ws = self.client.connect_ws().await?;
         let (mut sink, mut stream) = ws.split();
@@ -308,7 +268,7 @@ impl Daemon {
         .await
         .map_err(net)?;
         tracing::info!(server = self.client.server(), "connected");
-        let me = self.arc();
+        let me = self.clone();
         tokio::spawn(async move {
             if let Err(e) = participant::recover_staging(&me).await {
                 tracing::warn!(error = %e, "recovering handoff staging failed");
@@ -351,7 +311,7 @@ impl Daemon {
                         ServerFrame::Welcome { .. } => {}
                         ServerFrame::Event { event } => self.on_event(event),
                         ServerFrame::Command { id, command } => {
-                            let me = self.arc();
+                            let me = self.clone();
                             let out = out_tx.clone();
                             tokio::spawn(async move {
                                 let result = participant::handle(&me, command).await;
@@ -378,9 +338,9 @@ impl Daemon {
         }
     }
 
-    fn on_event(&self, event: Event) {
+    fn on_event(self: &Arc<Self>, event: Event) {
         match event {
-            Event::SessionChanged { session } => self.reconcile(session, true),
+            Event::SessionChanged { session } => self.reconcile(session),
             Event::InputQueued { input } => self.wake(input.session_id),
             _ => {}
         }
@@ -430,7 +390,6 @@ pub async fn run(opts: DaemonOptions, shutdown: CancellationToken) -> Result<(),
         backoff = (backoff * 2).min(opts.backoff_cap);
     }
     daemon.stop_all().await;
-    *lock(&daemon.me) = None;
     tracing::info!("daemon stopped");
     Ok(())
 }

@@ -242,7 +242,7 @@ async fn quiesce(d: &Daemon, handoff: HandoffId, session: SessionId, epoch: u64)
         Some(tx) => {
             let (done_tx, done_rx) = oneshot::channel();
             if tx.send(RunnerCmd::Quiesce(done_tx)).await.is_err() {
-                d.last_seq_of(session).await
+                stored_last_seq(d, session).await?
             } else {
                 tokio::time::timeout(d.quiesce_grace + Duration::from_secs(30), done_rx)
                     .await
@@ -252,10 +252,19 @@ async fn quiesce(d: &Daemon, handoff: HandoffId, session: SessionId, epoch: u64)
                     .map_err(|_| ApiError::new(ErrorCode::Internal, "The runner vanished."))?
             }
         }
-        None => d.last_seq_of(session).await,
+        None => stored_last_seq(d, session).await?,
     };
     tracing::info!(handoff_id = %handoff, %session, last_seq, "source quiesced");
     Ok(DaemonReply::Quiesced { last_seq })
+}
+
+/// The session's last seq as the server has it (no runner here wrote anything since).
+async fn stored_last_seq(d: &Daemon, id: SessionId) -> Result<u64, ApiError> {
+    d.client
+        .get::<SessionRecord>(&format!("/v1/sessions/{id}"))
+        .await
+        .map(|s| s.last_seq)
+        .map_err(api)
 }
 
 async fn session_and_meta(
@@ -416,7 +425,6 @@ async fn activate(d: &Arc<Daemon>, handoff: HandoffId, session: SessionRecord) -
         .await
         .map_err(api)?;
     session.last_seq = writer.last_seq;
-    lock(&d.sessions).insert(session.id, session.clone());
     let (ready_tx, ready_rx) = oneshot::channel();
     d.spawn_runner(session, Some(ready_tx));
     match tokio::time::timeout(Duration::from_secs(45), ready_rx).await {

@@ -47,7 +47,7 @@ pub struct RunnerHandle {
 /// Why a runner ended.
 #[derive(Debug)]
 enum Exit {
-    Quiesced(oneshot::Sender<u64>),
+    Quiesced,
     Stopped,
     LostOwnership,
     ProviderGone,
@@ -154,10 +154,6 @@ pub fn spawn(
             let exit = run(d.clone(), session, rx, ready).await;
             tracing::info!(?exit, "runner ended");
             d.runner_ended(id, epoch);
-            if let Exit::Quiesced(done) = exit {
-                let last = d.last_seq_of(id).await;
-                let _ = done.send(last);
-            }
         }
         .instrument(span),
     );
@@ -248,7 +244,6 @@ async fn run(
             return Exit::ProviderGone;
         }
     };
-    daemon.note_pid(session.id, agent.pid());
     if let Some(r) = ready {
         let _ = r.send(Ok(()));
     }
@@ -258,6 +253,7 @@ async fn run(
         writer,
         cipher,
         session_id: session.id,
+        quiesced: None,
     };
     let exit = state.serve(&mut rx).await;
     if let Some(agent) = state.agent.take()
@@ -265,7 +261,10 @@ async fn run(
     {
         tracing::warn!(error = %e, "provider shutdown failed");
     }
-    daemon.note_pid(session.id, None);
+    // Answered only now, so the source's provider is stopped before the handoff moves on.
+    if let Some(done) = state.quiesced.take() {
+        let _ = done.send(state.writer.last_seq);
+    }
     exit
 }
 
@@ -294,6 +293,8 @@ struct Running {
     writer: Writer,
     cipher: SessionCipher,
     session_id: SessionId,
+    /// Who waits for this runner to quiesce (answered with the last seq once stopped).
+    quiesced: Option<oneshot::Sender<u64>>,
 }
 
 enum TurnEnd {
@@ -332,7 +333,10 @@ impl Running {
             match cmd {
                 Err(_) | Ok(Some(RunnerCmd::Wake)) => {}
                 Ok(None) | Ok(Some(RunnerCmd::Stop)) => return Exit::Stopped,
-                Ok(Some(RunnerCmd::Quiesce(done))) => return Exit::Quiesced(done),
+                Ok(Some(RunnerCmd::Quiesce(done))) => {
+                    self.quiesced = Some(done);
+                    return Exit::Quiesced;
+                }
             }
         }
     }
@@ -384,7 +388,6 @@ impl Running {
             return TurnEnd::Exit(Exit::ProviderGone);
         }
         let mut held: Option<EntryBody> = None;
-        let mut quiesce: Option<oneshot::Sender<u64>> = None;
         let mut stop = false;
         let mut interrupt_at: Option<tokio::time::Instant> = None;
         loop {
@@ -395,10 +398,10 @@ impl Running {
                 let deadline = interrupt_at;
                 tokio::select! {
                     ev = agent.next_event() => Some(ev),
-                    cmd = rx.recv(), if quiesce.is_none() && !stop => {
+                    cmd = rx.recv(), if self.quiesced.is_none() && !stop => {
                         match cmd {
                             Some(RunnerCmd::Quiesce(done)) => {
-                                quiesce = Some(done);
+                                self.quiesced = Some(done);
                                 interrupt_at = Some(tokio::time::Instant::now() + self.daemon.quiesce_grace);
                             }
                             Some(RunnerCmd::Stop) | None => {
@@ -455,8 +458,8 @@ impl Running {
                         }
                         tracing::error!(error = %e, "append failed");
                     }
-                    if let Some(done) = quiesce {
-                        return TurnEnd::Exit(Exit::Quiesced(done));
+                    if self.quiesced.is_some() {
+                        return TurnEnd::Exit(Exit::Quiesced);
                     }
                     if stop {
                         return TurnEnd::Exit(Exit::Stopped);
@@ -482,8 +485,8 @@ impl Running {
                         .append(&bodies, None, Some(SessionStatus::Stopped))
                         .await;
                     self.agent = None;
-                    if let Some(done) = quiesce {
-                        return TurnEnd::Exit(Exit::Quiesced(done));
+                    if self.quiesced.is_some() {
+                        return TurnEnd::Exit(Exit::Quiesced);
                     }
                     return TurnEnd::Exit(Exit::ProviderGone);
                 }

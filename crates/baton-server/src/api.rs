@@ -384,7 +384,8 @@ pub async fn append_entries(
     Path(id): Path<SessionId>,
     Json(req): Json<AppendRequest>,
 ) -> ApiResult<Json<AppendResponse>> {
-    let before = session_of(&state, &caller, id).await?;
+    // No read before the write: the store's transaction checks the account and that the
+    // caller owns the session at this epoch.
     if req.entries.is_empty() {
         return Err(ServerError::new(
             ErrorCode::BadRequest,
@@ -403,6 +404,7 @@ pub async fn append_entries(
     let (session, entries) = state
         .store
         .append_entries(&AppendEntries {
+            account: caller.account,
             session_id: id,
             machine_id: caller.machine,
             epoch: req.epoch,
@@ -412,7 +414,6 @@ pub async fn append_entries(
         })
         .await?;
     let last_seq = session.last_seq;
-    let status_changed = session.status != before.status;
     state.hub.publish(
         caller.account,
         Event::Entries {
@@ -420,7 +421,7 @@ pub async fn append_entries(
             entries,
         },
     );
-    if status_changed {
+    if req.status.is_some() {
         state
             .hub
             .publish(caller.account, Event::SessionChanged { session });

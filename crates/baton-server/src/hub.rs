@@ -176,7 +176,7 @@ impl Hub {
     ) -> Result<DaemonReply, ApiError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
-        {
+        let conn_id = {
             let mut inner = self.lock();
             let Some(conn_id) = inner.daemons.get(&machine).copied() else {
                 return Err(ApiError::new(
@@ -202,11 +202,12 @@ impl Hub {
             }
             conn.pending.push(id);
             inner.pending.insert(id, tx);
-        }
+            conn_id
+        };
         let result = tokio::time::timeout(timeout, rx).await;
         let mut inner = self.lock();
         inner.pending.remove(&id);
-        for conn in inner.conns.values_mut() {
+        if let Some(conn) = inner.conns.get_mut(&conn_id) {
             conn.pending.retain(|p| *p != id);
         }
         match result {

@@ -306,7 +306,10 @@ pub(crate) fn check_writer(s: &SessionRecord, machine: MachineId, epoch: u64) ->
 /// The refusals of an append that need only the session row, in the documented order:
 /// `StaleEpoch`, then `HandingOff` (input consumption only), then `SeqConflict`.
 /// (`NotFound` comes before, `DuplicateInput` after, from the database.)
-pub(crate) fn check_append(s: &SessionRecord, a: &AppendEntries) -> Result<()> {
+pub(crate) fn check_append(account: AccountId, s: &SessionRecord, a: &AppendEntries) -> Result<()> {
+    if account != a.account {
+        return Err(StoreError::NotFound);
+    }
     check_writer(s, a.machine_id, a.epoch)?;
     if s.status == SessionStatus::HandingOff && a.entries.iter().any(|e| e.input_id.is_some()) {
         return Err(StoreError::HandingOff);

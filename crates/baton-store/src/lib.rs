@@ -75,6 +75,8 @@ pub struct PairingRow {
 /// An entry append, as checked and applied in one transaction.
 #[derive(Clone, Debug)]
 pub struct AppendEntries {
+    /// The writer's account; a session of another account is `NotFound`.
+    pub account: AccountId,
     /// Session appended to.
     pub session_id: SessionId,
     /// Writing machine; must be the owner.
@@ -205,7 +207,8 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<SessionRecord>;
 
-    /// Appends entries in one transaction. Refuses, in this order: unknown session `NotFound`;
+    /// Appends entries in one transaction. Refuses, in this order: unknown session or another
+    /// account's `NotFound`;
     /// writer not owner or epoch differs `StaleEpoch`; an entry with an `input_id` while the
     /// session is `handing_off` `HandingOff`; first seq not `last_seq + 1` or not consecutive
     /// `SeqConflict`; an `input_id` unknown for the session or already consumed `DuplicateInput`.

@@ -509,10 +509,10 @@ impl Store for SqliteStore {
         append: &AppendEntries,
     ) -> Result<(SessionRecord, Vec<SealedEntry>)> {
         let mut tx = self.write().await?;
-        let (_, s) = load_session(&mut tx, append.session_id)
+        let (account, s) = load_session(&mut tx, append.session_id)
             .await?
             .ok_or(StoreError::NotFound)?;
-        check_append(&s, append)?;
+        check_append(account, &s, append)?;
         let session_id = append.session_id.to_string();
         let epoch = to_i64(append.epoch, "epoch")?;
         for e in &append.entries {

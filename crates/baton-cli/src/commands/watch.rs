@@ -11,6 +11,22 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The frames a watching client sends first: hello, then a subscription to `session`'s events
+/// with its transcript entries.
+pub fn subscribe_frames(session: SessionId) -> [ClientFrame; 2] {
+    [
+        ClientFrame::Hello {
+            role: ConnRole::Client,
+            protocol: PROTOCOL_VERSION,
+            providers: Vec::new(),
+        },
+        ClientFrame::Subscribe {
+            session_id: Some(session),
+            entries: true,
+        },
+    ]
+}
+
 /// A live subscription to one session's events.
 pub struct Watcher {
     rx: mpsc::Receiver<()>,
@@ -28,19 +44,8 @@ impl Watcher {
             loop {
                 if let Ok(ws) = client.connect_ws().await {
                     let (mut sink, mut stream) = ws.split();
-                    let frames = [
-                        ClientFrame::Hello {
-                            role: ConnRole::Client,
-                            protocol: PROTOCOL_VERSION,
-                            providers: Vec::new(),
-                        },
-                        ClientFrame::Subscribe {
-                            session_id: Some(session),
-                            entries: true,
-                        },
-                    ];
                     let mut ok = true;
-                    for f in &frames {
+                    for f in &subscribe_frames(session) {
                         let text = serde_json::to_string(f).unwrap_or_default();
                         if sink.send(Message::Text(text.into())).await.is_err() {
                             ok = false;

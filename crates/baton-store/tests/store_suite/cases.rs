@@ -94,6 +94,7 @@ fn entry(seq: u64, input: Option<InputId>) -> NewEntry {
 }
 
 fn append(
+    w: &World,
     s: &SessionRecord,
     machine: MachineId,
     epoch: u64,
@@ -101,6 +102,7 @@ fn append(
     status: Option<SessionStatus>,
 ) -> AppendEntries {
     AppendEntries {
+        account: w.account,
         session_id: s.id,
         machine_id: machine,
         epoch,
@@ -506,6 +508,7 @@ pub async fn append_keeps_seq_dense(store: Arc<dyn Store>) {
     let w = world(store.clone()).await;
     let s = new_session(&w).await;
     let a = append(
+        &w,
         &s,
         w.laptop,
         1,
@@ -530,7 +533,7 @@ pub async fn append_keeps_seq_dense(store: Arc<dyn Store>) {
         ),
     ] {
         let err = store
-            .append_entries(&append(&s, w.laptop, 1, bad, Some(SessionStatus::Idle)))
+            .append_entries(&append(&w, &s, w.laptop, 1, bad, Some(SessionStatus::Idle)))
             .await
             .expect_err(why);
         assert!(
@@ -544,7 +547,7 @@ pub async fn append_keeps_seq_dense(store: Arc<dyn Store>) {
     assert_eq!(store.entries(s.id, 0, 100).await.expect("entries").len(), 3);
 
     let (after, _) = store
-        .append_entries(&append(&s, w.laptop, 1, vec![entry(4, None)], None))
+        .append_entries(&append(&w, &s, w.laptop, 1, vec![entry(4, None)], None))
         .await
         .expect("append 4");
     assert_eq!(after.last_seq, 4);
@@ -578,10 +581,22 @@ pub async fn append_keeps_seq_dense(store: Arc<dyn Store>) {
     let err = store
         .append_entries(&AppendEntries {
             session_id: SessionId::new(),
-            ..append(&s, w.laptop, 1, vec![entry(1, None)], None)
+            ..append(&w, &s, w.laptop, 1, vec![entry(1, None)], None)
         })
         .await
         .expect_err("unknown session");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+
+    // Another account's machine learns nothing, not even the epoch: NotFound comes first.
+    let other = world(store.clone()).await;
+    let err = store
+        .append_entries(&AppendEntries {
+            account: other.account,
+            machine_id: other.laptop,
+            ..append(&w, &s, w.laptop, 1, vec![entry(1, None)], None)
+        })
+        .await
+        .expect_err("other account");
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
 }
 
@@ -589,7 +604,7 @@ pub async fn append_refuses_stale_epoch(store: Arc<dyn Store>) {
     let w = world(store.clone()).await;
     let s = new_session(&w).await;
     let err = store
-        .append_entries(&append(&s, w.desktop, 1, vec![entry(1, None)], None))
+        .append_entries(&append(&w, &s, w.desktop, 1, vec![entry(1, None)], None))
         .await
         .expect_err("not owner");
     assert!(
@@ -597,7 +612,7 @@ pub async fn append_refuses_stale_epoch(store: Arc<dyn Store>) {
         "{err:?}"
     );
     let err = store
-        .append_entries(&append(&s, w.laptop, 0, vec![entry(1, None)], None))
+        .append_entries(&append(&w, &s, w.laptop, 0, vec![entry(1, None)], None))
         .await
         .expect_err("old epoch");
     assert!(
@@ -605,7 +620,7 @@ pub async fn append_refuses_stale_epoch(store: Arc<dyn Store>) {
         "{err:?}"
     );
     let err = store
-        .append_entries(&append(&s, w.laptop, 2, vec![entry(1, None)], None))
+        .append_entries(&append(&w, &s, w.laptop, 2, vec![entry(1, None)], None))
         .await
         .expect_err("future epoch");
     assert!(
@@ -628,13 +643,27 @@ pub async fn append_check_order(store: Arc<dyn Store>) {
 
     // Stale epoch beats handing off and seq conflict.
     let err = store
-        .append_entries(&append(&s, w.desktop, 1, vec![entry(9, Some(input))], None))
+        .append_entries(&append(
+            &w,
+            &s,
+            w.desktop,
+            1,
+            vec![entry(9, Some(input))],
+            None,
+        ))
         .await
         .expect_err("stale");
     assert!(matches!(err, StoreError::StaleEpoch { .. }), "{err:?}");
     // Handing off beats seq conflict.
     let err = store
-        .append_entries(&append(&s, w.laptop, 1, vec![entry(9, Some(input))], None))
+        .append_entries(&append(
+            &w,
+            &s,
+            w.laptop,
+            1,
+            vec![entry(9, Some(input))],
+            None,
+        ))
         .await
         .expect_err("handing off");
     assert!(matches!(err, StoreError::HandingOff), "{err:?}");
@@ -642,6 +671,7 @@ pub async fn append_check_order(store: Arc<dyn Store>) {
     let s2 = new_session(&w).await;
     let err = store
         .append_entries(&append(
+            &w,
             &s2,
             w.laptop,
             1,
@@ -673,6 +703,7 @@ pub async fn input_is_consumed_exactly_once(store: Arc<dyn Store>) {
 
     store
         .append_entries(&append(
+            &w,
             &s,
             w.laptop,
             1,
@@ -691,12 +722,13 @@ pub async fn input_is_consumed_exactly_once(store: Arc<dyn Store>) {
     assert_eq!(stored[1].input_id, None);
 
     let err = store
-        .append_entries(&append(&s, w.laptop, 1, vec![entry(3, Some(a))], None))
+        .append_entries(&append(&w, &s, w.laptop, 1, vec![entry(3, Some(a))], None))
         .await
         .expect_err("consumed twice");
     assert!(matches!(err, StoreError::DuplicateInput), "{err:?}");
     let err = store
         .append_entries(&append(
+            &w,
             &s,
             w.laptop,
             1,
@@ -709,6 +741,7 @@ pub async fn input_is_consumed_exactly_once(store: Arc<dyn Store>) {
     // b twice in one batch: the whole batch is refused, b stays pending.
     let err = store
         .append_entries(&append(
+            &w,
             &s,
             w.laptop,
             1,
@@ -726,7 +759,7 @@ pub async fn input_is_consumed_exactly_once(store: Arc<dyn Store>) {
         .await
         .expect("c");
     let err = store
-        .append_entries(&append(&s, w.laptop, 1, vec![entry(3, Some(c))], None))
+        .append_entries(&append(&w, &s, w.laptop, 1, vec![entry(3, Some(c))], None))
         .await
         .expect_err("other session's input");
     assert!(matches!(err, StoreError::DuplicateInput), "{err:?}");
@@ -745,7 +778,7 @@ pub async fn input_is_consumed_exactly_once(store: Arc<dyn Store>) {
     assert_eq!(store.pending_inputs(other.id).await.expect("p").len(), 1);
 
     store
-        .append_entries(&append(&s, w.laptop, 1, vec![entry(3, Some(b))], None))
+        .append_entries(&append(&w, &s, w.laptop, 1, vec![entry(3, Some(b))], None))
         .await
         .expect("consume b");
     assert!(
@@ -840,6 +873,7 @@ pub async fn handing_off_refuses_input_entries(store: Arc<dyn Store>) {
     let s = new_session(&w).await;
     store
         .append_entries(&append(
+            &w,
             &s,
             w.laptop,
             1,
@@ -863,7 +897,14 @@ pub async fn handing_off_refuses_input_entries(store: Arc<dyn Store>) {
     assert_eq!(now.updated_at, 4_000);
 
     let err = store
-        .append_entries(&append(&s, w.laptop, 1, vec![entry(1, Some(input))], None))
+        .append_entries(&append(
+            &w,
+            &s,
+            w.laptop,
+            1,
+            vec![entry(1, Some(input))],
+            None,
+        ))
         .await
         .expect_err("input while handing off");
     assert!(matches!(err, StoreError::HandingOff), "{err:?}");
@@ -877,6 +918,7 @@ pub async fn handing_off_refuses_input_entries(store: Arc<dyn Store>) {
     // reports does not overwrite handing_off.
     let (after, _) = store
         .append_entries(&append(
+            &w,
             &s,
             w.laptop,
             1,
@@ -967,7 +1009,7 @@ pub async fn commit_moves_owner_and_fences_old_epoch(store: Arc<dyn Store>) {
     let w = world(store.clone()).await;
     let s = new_session(&w).await;
     store
-        .append_entries(&append(&s, w.laptop, 1, vec![entry(1, None)], None))
+        .append_entries(&append(&w, &s, w.laptop, 1, vec![entry(1, None)], None))
         .await
         .expect("append");
     let h = started_handoff(&w, &s).await;
@@ -990,7 +1032,7 @@ pub async fn commit_moves_owner_and_fences_old_epoch(store: Arc<dyn Store>) {
 
     // The old owner is fenced everywhere.
     let err = store
-        .append_entries(&append(&s, w.laptop, 1, vec![entry(2, None)], None))
+        .append_entries(&append(&w, &s, w.laptop, 1, vec![entry(2, None)], None))
         .await
         .expect_err("old owner");
     assert!(
@@ -1006,7 +1048,7 @@ pub async fn commit_moves_owner_and_fences_old_epoch(store: Arc<dyn Store>) {
         "{err:?}"
     );
     let (next, stored) = store
-        .append_entries(&append(&s, w.desktop, 2, vec![entry(2, None)], None))
+        .append_entries(&append(&w, &s, w.desktop, 2, vec![entry(2, None)], None))
         .await
         .expect("new owner appends");
     assert_eq!(next.last_seq, 2);
@@ -1155,6 +1197,7 @@ pub async fn abort_restores_status_and_keeps_owner(store: Arc<dyn Store>) {
     let s = new_session(&w).await;
     store
         .append_entries(&append(
+            &w,
             &s,
             w.laptop,
             1,
@@ -1195,7 +1238,7 @@ pub async fn abort_restores_status_and_keeps_owner(store: Arc<dyn Store>) {
 
     // The source keeps writing at its epoch.
     store
-        .append_entries(&append(&s, w.laptop, 1, vec![entry(1, None)], None))
+        .append_entries(&append(&w, &s, w.laptop, 1, vec![entry(1, None)], None))
         .await
         .expect("source resumes");
 
@@ -1429,6 +1472,7 @@ pub async fn concurrent_appends_never_gap_or_repeat(store: Arc<dyn Store>) {
     for (t, &input) in input_ids.iter().enumerate() {
         let store = store.clone();
         let laptop = w.laptop;
+        let account = w.account;
         tasks.push(tokio::spawn(async move {
             let mut conflicts = 0u32;
             for i in 0..EACH {
@@ -1446,6 +1490,7 @@ pub async fn concurrent_appends_never_gap_or_repeat(store: Arc<dyn Store>) {
                         sealed: sealed(&format!("t{t}-e{i}")),
                     };
                     let a = AppendEntries {
+                        account,
                         session_id: sid,
                         machine_id: laptop,
                         epoch: 1,
