@@ -97,6 +97,7 @@ impl Daemon {
         let env = ProviderEnv {
             home: opts.home.clone(),
             extra_env: Vec::new(),
+            programs: Vec::new(),
         };
         let d = Arc::new(Self {
             client,

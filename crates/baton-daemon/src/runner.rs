@@ -279,6 +279,7 @@ async fn start_agent(
             provider_ref: provider_ref.to_string(),
             workspace: workspace.to_path_buf(),
             resume,
+            env: Vec::new(),
         })
         .await
 }
@@ -428,6 +429,9 @@ impl Running {
             };
             let Some(event) = event else { continue };
             let next = match event {
+                AgentEvent::SessionRef { .. }
+                | AgentEvent::User { .. }
+                | AgentEvent::PermissionRequest { .. } => continue,
                 AgentEvent::Assistant { text } => EntryBody::new(EntryRole::Assistant, text),
                 AgentEvent::ToolCall { name, input } => EntryBody {
                     data: Some(serde_json::json!({ "name": name, "input": input })),

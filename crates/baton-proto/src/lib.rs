@@ -16,7 +16,9 @@ pub mod ws;
 pub use error::{ApiError, ErrorCode};
 pub use handoff::{HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult, PhaseRecord};
 pub use ids::{AccountId, HandoffId, InputId, MachineId, SessionId};
-pub use machine::{AuthState, HandoffSupport, MachineInfo, ProviderInfo};
+pub use machine::{
+    AuthState, HandoffSupport, MachineInfo, ProviderInfo, ProviderSessionInfo, VersionCheck,
+};
 pub use sealed::{Bytes, Sealed};
 pub use session::{
     EntryBody, EntryRole, InputRecord, SealedEntry, SessionMeta, SessionMode, SessionRecord,

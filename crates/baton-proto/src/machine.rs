@@ -28,6 +28,19 @@ pub enum HandoffSupport {
     Unsupported,
 }
 
+/// How the detected CLI version relates to the versions Baton's adapter was tested against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionCheck {
+    /// Within the tested range.
+    #[default]
+    Tested,
+    /// Outside the tested range; handoff is allowed with a warning.
+    Untested,
+    /// Its state format is known to differ; handoff is refused with `agent_version_unsupported`.
+    Incompatible,
+}
+
 /// One provider as detected on a machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderInfo {
@@ -41,6 +54,24 @@ pub struct ProviderInfo {
     pub auth: AuthState,
     /// Handoff support level.
     pub handoff: HandoffSupport,
+    /// How the version relates to the tested range.
+    #[serde(default)]
+    pub version_check: VersionCheck,
+}
+
+/// A conversation found in a provider's own files on a machine (`baton provider-sessions`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderSessionInfo {
+    /// Provider name.
+    pub provider: String,
+    /// The provider's own session id.
+    pub provider_ref: String,
+    /// Title, or the first prompt, when known.
+    pub title: Option<String>,
+    /// Absolute workspace path the conversation ran in.
+    pub cwd: String,
+    /// Last change, in milliseconds since the epoch.
+    pub updated_at: Millis,
 }
 
 /// A machine as shown to clients.

@@ -38,6 +38,19 @@ pub enum ProviderError {
     /// A bundle is malformed or hostile (bad path, wrong provider).
     #[error("invalid bundle: {0}")]
     InvalidBundle(String),
+    /// The provider cannot do this (no tool approvals, no fork, …).
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// The CLI's version is known to store state in a different format.
+    #[error("{provider} {version} is not supported: {detail}")]
+    VersionUnsupported {
+        /// Provider name.
+        provider: String,
+        /// Detected version.
+        version: String,
+        /// What differs.
+        detail: String,
+    },
     /// The agent process failed.
     #[error("provider process failed: {0}")]
     Process(String),
@@ -62,6 +75,8 @@ impl ProviderError {
             Self::TargetIdentityConflict { .. } => ErrorCode::TargetIdentityConflict,
             Self::InvalidBundle(_) => ErrorCode::VerifyFailed,
             Self::Process(_) => ErrorCode::ProviderFailed,
+            Self::Unsupported(_) => ErrorCode::ProviderUnsupported,
+            Self::VersionUnsupported { .. } => ErrorCode::AgentVersionUnsupported,
             Self::Io { .. } => ErrorCode::Internal,
         }
     }

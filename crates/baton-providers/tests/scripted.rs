@@ -32,6 +32,7 @@ impl Machine {
         let env = ProviderEnv {
             home: home.clone(),
             extra_env: vec![],
+            programs: Vec::new(),
         };
         let m = Self {
             _dir: dir,
@@ -60,6 +61,7 @@ impl Machine {
             provider_ref: id.into(),
             workspace: self.ws.clone(),
             resume,
+            env: Vec::new(),
         }
     }
 
@@ -121,6 +123,7 @@ fn end(n: u64) -> AgentEvent {
     AgentEvent::TurnEnd {
         turn: Some(n),
         interrupted: false,
+        usage: None,
     }
 }
 
@@ -188,6 +191,7 @@ async fn resume_in_another_cwd_without_import_fails() {
         provider_ref: "s1".into(),
         workspace: other,
         resume: true,
+        env: Vec::new(),
     };
     let err = match m.provider.start(&spec).await {
         Ok(_) => panic!("resume in another cwd should fail"),
@@ -366,7 +370,8 @@ async fn interrupt_during_sleep_ends_the_turn_unrecorded() {
         collect_turn(&mut s).await,
         vec![AgentEvent::TurnEnd {
             turn: Some(1),
-            interrupted: true
+            interrupted: true,
+            usage: None,
         }]
     );
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -454,6 +459,7 @@ async fn start_refusals() {
         provider_ref: "s1".into(),
         workspace: m.ws.join("missing"),
         resume: false,
+        env: Vec::new(),
     };
     assert!(m.provider.start(&spec).await.is_err());
     let err = m.start_err("../evil", false).await;
@@ -488,6 +494,7 @@ async fn detect_reports_install_and_login() {
     let env = ProviderEnv {
         home: m.home.clone(),
         extra_env: vec![],
+        programs: Vec::new(),
     };
     let missing = ScriptedProvider::with_program(env, m.home.join("no-such-agent"));
     let info = missing.detect().await;

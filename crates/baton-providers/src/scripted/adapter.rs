@@ -7,14 +7,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_proto::ws::{BundleFile, ProviderBundle};
-use baton_proto::{AuthState, Bytes, HandoffSupport, ProviderInfo};
+use baton_proto::{
+    AuthState, Bytes, HandoffSupport, ProviderInfo, ProviderSessionInfo, VersionCheck,
+};
 use tokio::process::Command;
 use tokio::time::timeout;
 
+use super::library;
 use super::session::ScriptedSession;
 use super::state::{activate, plan_import, read_stopped, write_staging};
 use super::{BUNDLE_FORMAT, NAME, SUBCOMMAND, check_ref, session_rel_path, state_dir};
-use crate::{AgentSession, Provider, ProviderEnv, ProviderError, Result, StartSpec};
+use crate::{AgentSession, Provider, ProviderEnv, ProviderError, ReadEntry, Result, StartSpec};
 
 /// Environment variable naming the program to run as `<program> scripted-agent …`.
 pub const PROGRAM_ENV: &str = "BATON_SCRIPTED_AGENT";
@@ -77,12 +80,8 @@ impl ScriptedProvider {
 
     /// A command `<program> scripted-agent <args>` with this machine's HOME and extra env.
     fn command(&self, program: &Path, args: &[&str]) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.arg(SUBCOMMAND)
-            .args(args)
-            .env("HOME", &self.env.home)
-            .envs(self.env.extra_env.iter().map(|(k, v)| (k, v)))
-            .kill_on_drop(true);
+        let mut cmd = self.env.command(program, &[]);
+        cmd.arg(SUBCOMMAND).args(args);
         cmd
     }
 
@@ -148,6 +147,7 @@ impl Provider for ScriptedProvider {
             version: None,
             auth: AuthState::Missing,
             handoff: HandoffSupport::Supported,
+            version_check: VersionCheck::Tested,
         };
         let Ok(program) = self.program().await else {
             return info;
@@ -175,7 +175,8 @@ impl Provider for ScriptedProvider {
             "--session-id"
         };
         let mut cmd = self.command(program, &["run", "--cwd", ws, mode, &spec.provider_ref]);
-        cmd.current_dir(ws)
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(ws)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -277,5 +278,45 @@ impl Provider for ScriptedProvider {
             let _ = tokio::fs::remove_dir(dir).await;
         }
         Ok(())
+    }
+
+    async fn list_sessions(&self) -> Result<Vec<ProviderSessionInfo>> {
+        let state = self.state_dir();
+        tokio::task::spawn_blocking(move || library::list(&state))
+            .await
+            .map_err(|e| ProviderError::Process(format!("list task failed: {e}")))?
+    }
+
+    async fn read_transcript(
+        &self,
+        provider_ref: &str,
+        workspace: &Path,
+    ) -> Result<Vec<ReadEntry>> {
+        let (state, ws, id) = (
+            self.state_dir(),
+            workspace_str(workspace)?,
+            provider_ref.to_string(),
+        );
+        tokio::task::spawn_blocking(move || library::read(&state, &ws, &id))
+            .await
+            .map_err(|e| ProviderError::Process(format!("read task failed: {e}")))?
+    }
+
+    async fn fork_state(
+        &self,
+        provider_ref: &str,
+        workspace: &Path,
+        new_session_id: &str,
+        turns: Option<usize>,
+    ) -> Result<String> {
+        let (state, ws, id, new_id) = (
+            self.state_dir(),
+            workspace_str(workspace)?,
+            provider_ref.to_string(),
+            new_session_id.to_string(),
+        );
+        tokio::task::spawn_blocking(move || library::fork(&state, &ws, &id, &new_id, turns))
+            .await
+            .map_err(|e| ProviderError::Process(format!("fork task failed: {e}")))?
     }
 }

@@ -4,6 +4,7 @@
 
 mod adapter;
 pub mod agent;
+mod library;
 mod session;
 mod state;
 

@@ -311,6 +311,7 @@ fn parse_event(line: &str) -> Option<AgentEvent> {
                 .get("interrupted")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            usage: None,
         }),
         _ => None,
     }
@@ -390,14 +391,16 @@ mod tests {
             parse_event(r#"{"type":"turn_end","turn":2,"interrupted":true}"#),
             Some(AgentEvent::TurnEnd {
                 turn: Some(2),
-                interrupted: true
+                interrupted: true,
+                usage: None,
             })
         );
         assert_eq!(
             parse_event(r#"{"type":"turn_end"}"#),
             Some(AgentEvent::TurnEnd {
                 turn: None,
-                interrupted: false
+                interrupted: false,
+                usage: None,
             })
         );
         assert_eq!(

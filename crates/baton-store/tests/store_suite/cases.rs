@@ -7,7 +7,7 @@ use baton_proto::api::NewEntry;
 use baton_proto::{
     AccountId, ApiError, AuthState, ErrorCode, HandoffId, HandoffOptions, HandoffPhase,
     HandoffRecord, HandoffResult, HandoffSupport, InputId, MachineId, PhaseRecord, ProviderInfo,
-    Sealed, SessionId, SessionMode, SessionRecord, SessionStatus,
+    Sealed, SessionId, SessionMode, SessionRecord, SessionStatus, VersionCheck,
 };
 use baton_store::{
     AbortHandoff, AppendEntries, CommitHandoff, MachineRow, PairingRow, Store, StoreError, TokenRow,
@@ -229,6 +229,7 @@ pub async fn accounts_and_machines(store: Arc<dyn Store>) {
         version: Some("1.0".into()),
         auth: AuthState::MachineLocal,
         handoff: HandoffSupport::Supported,
+        version_check: VersionCheck::Untested,
     }];
     store
         .set_providers(w.laptop, &providers, 9_000)

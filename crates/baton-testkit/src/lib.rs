@@ -1,0 +1,1 @@
+//! Test kit for provider tests: a model server on loopback and the pinned provider CLIs.
