@@ -56,6 +56,18 @@ pub enum Command {
     Handoff(commands::handoff::HandoffArgs),
     /// A session's history of moves.
     Handoffs(commands::session::SessionArg),
+    /// Follow a session live and send what you type.
+    Attach(commands::attach::AttachArgs),
+    /// Start a new session from a session's transcript (up to a seq) and a copy of its provider
+    /// state.
+    Fork(commands::attach::ForkArgs),
+    /// Provider credentials stored in the account (connected services).
+    #[command(subcommand)]
+    Services(commands::library::ServicesCommand),
+    /// List the conversations in the providers' own files on a machine.
+    ProviderSessions(commands::library::ProviderSessionsArgs),
+    /// Link a provider's conversation as a Direct session (or import it with --sync).
+    Open(commands::library::OpenArgs),
     /// Baton's deterministic test agent (used by the `scripted` provider).
     #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
     ScriptedAgent {

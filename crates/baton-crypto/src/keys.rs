@@ -12,6 +12,8 @@ use crate::{CryptoError, Result};
 
 const SESSION_KEY_WRAP_INFO: &[u8] = b"baton/session-key-wrap/v1";
 const SESSION_KEY_AD: &[u8] = b"baton.session-key.v1";
+const ACCOUNT_RECORD_INFO: &[u8] = b"baton/account-record/v1";
+const ACCOUNT_RECORD_AD: &[u8] = b"baton.account-record.v1";
 
 /// The account's 32-byte secret; every enrolled machine and browser holds it. Zeroized on drop.
 #[derive(Zeroize, ZeroizeOnDrop)]
@@ -39,6 +41,45 @@ impl AccountSecret {
     pub(crate) fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+    /// Seals an account-level record (connected service, provider-session listing):
+    /// key = HKDF-SHA256(account secret, "baton/account-record/v1"),
+    /// AD = "baton.account-record.v1" ‖ kind ‖ 0x00 ‖ id, so a record cannot be replayed as
+    /// another kind or under another id.
+    pub fn seal_record<T: serde::Serialize>(&self, kind: &str, id: &str, value: &T) -> Sealed {
+        let json = Zeroizing::new(
+            serde_json::to_vec(value)
+                .expect("record types serialise to JSON: string keys, no failing Serialize impls"),
+        );
+        crate::seal(&self.record_key(), &record_ad(kind, id), &json)
+    }
+    /// Opens a record sealed by [`AccountSecret::seal_record`] with the same kind and id.
+    pub fn open_record<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        id: &str,
+        sealed: &Sealed,
+    ) -> Result<T> {
+        let json = Zeroizing::new(crate::open(
+            &self.record_key(),
+            &record_ad(kind, id),
+            &sealed.0,
+        )?);
+        // serde_json's message may quote plaintext; keep only the position.
+        serde_json::from_slice(&json).map_err(|e| {
+            CryptoError::Decode(format!(
+                "account record {kind}: invalid JSON at line {} column {}",
+                e.line(),
+                e.column()
+            ))
+        })
+    }
+    fn record_key(&self) -> Zeroizing<[u8; 32]> {
+        hkdf32(&self.0, &[ACCOUNT_RECORD_INFO])
+    }
+}
+
+fn record_ad(kind: &str, id: &str) -> Vec<u8> {
+    [ACCOUNT_RECORD_AD, kind.as_bytes(), &[0], id.as_bytes()].concat()
 }
 
 impl fmt::Debug for AccountSecret {

@@ -21,6 +21,7 @@ const META_TAG: &[u8] = b"baton.meta.v1";
 const INPUT_TAG: &[u8] = b"baton.input.v1";
 const OPTIONS_TAG: &[u8] = b"baton.handoff-options.v1";
 const BUNDLE_TAG: &[u8] = b"baton.bundle.v1";
+const DIRECT_TAG: &[u8] = b"baton.direct-transcript.v1";
 
 /// Seals and opens one session's records.
 #[derive(Clone)]
@@ -97,6 +98,16 @@ impl SessionCipher {
     /// Opens a provider-state bundle.
     pub fn open_bundle(&self, handoff: HandoffId, sealed: &[u8]) -> Result<ProviderBundle> {
         self.open_json(&self.ad(BUNDLE_TAG, handoff.as_bytes()), sealed)
+    }
+
+    /// AD = "baton.direct-transcript.v1" ‖ session ‖ request: a Direct session's transcript as
+    /// its owner read it from the provider's files, for one request.
+    pub fn seal_transcript(&self, request: &[u8], entries: &[EntryBody]) -> Sealed {
+        self.seal_json(&self.ad(DIRECT_TAG, request), &entries)
+    }
+    /// Opens a transcript sealed by [`SessionCipher::seal_transcript`] for the same request.
+    pub fn open_transcript(&self, request: &[u8], sealed: &Sealed) -> Result<Vec<EntryBody>> {
+        self.open_json(&self.ad(DIRECT_TAG, request), &sealed.0)
     }
 
     /// `tag ‖ session ‖ rest`; the tags differ within their first seven bytes, so no two record
@@ -254,6 +265,7 @@ mod tests {
             workspace: "/home/ada/project".into(),
             provider_ref: Some("abc".into()),
             title: Some("fix the build".into()),
+            fork_of: None,
         };
         let sealed = c.seal_meta(&meta);
         assert_eq!(c.open_meta(&sealed).unwrap(), meta);
@@ -326,6 +338,7 @@ mod tests {
             workspace: "/w".into(),
             provider_ref: None,
             title: None,
+            fork_of: None,
         });
         let as_entry = SealedEntry {
             seq: 1,

@@ -277,6 +277,17 @@ impl Client {
         decode(&self.base, resp).await
     }
 
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        let resp = self.send(|h, b| h.delete(format!("{b}{path}"))).await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        decode::<serde_json::Value>(&self.base, resp)
+            .await
+            .map(|_| ())
+    }
+
     /// `PUT path` with raw bytes.
     pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
         let resp = self

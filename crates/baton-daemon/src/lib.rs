@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod identity;
+mod library;
 mod participant;
 pub mod runner;
 
@@ -15,9 +16,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_proto::ws::{ClientFrame, ConnRole, Event, ServerFrame};
+use baton_proto::ws::{ClientFrame, ConnRole, DaemonCommand, Event, ServerFrame};
 use baton_proto::{
-    HandoffId, MachineId, PROTOCOL_VERSION, ProviderInfo, SessionId, SessionRecord, SessionStatus,
+    AuthState, HandoffId, MachineId, PROTOCOL_VERSION, ProviderInfo, ServiceRecord, ServiceSecret,
+    SessionId, SessionMode, SessionRecord, SessionStatus,
 };
 use baton_providers::{Provider, ProviderEnv};
 use futures_util::{SinkExt, StreamExt};
@@ -47,6 +49,9 @@ pub struct DaemonOptions {
     pub backoff_cap: Duration,
     /// How long a handoff lets the running turn finish before interrupting it.
     pub quiesce_grace: Duration,
+    /// Configured provider programs (`--provider-bin claude=/opt/claude/bin/claude`); others
+    /// are looked up on `PATH`.
+    pub programs: Vec<(String, PathBuf)>,
 }
 
 /// Errors that stop the daemon before it runs.
@@ -83,6 +88,8 @@ pub struct Daemon {
     runners: Mutex<HashMap<SessionId, Slot>>,
     sources: Mutex<HashMap<HandoffId, SourceState>>,
     quiesce_grace: Duration,
+    /// Connected services of the account: provider name → environment for its CLI.
+    services: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -97,7 +104,7 @@ impl Daemon {
         let env = ProviderEnv {
             home: opts.home.clone(),
             extra_env: Vec::new(),
-            programs: Vec::new(),
+            programs: opts.programs.clone(),
         };
         let d = Arc::new(Self {
             client,
@@ -107,6 +114,7 @@ impl Daemon {
             runners: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
             quiesce_grace: opts.quiesce_grace,
+            services: Mutex::new(HashMap::new()),
         });
         Ok(d)
     }
@@ -114,6 +122,11 @@ impl Daemon {
     /// This machine's id.
     pub fn machine_id(&self) -> MachineId {
         self.machine
+    }
+
+    /// Every provider adapter.
+    pub fn providers(&self) -> impl Iterator<Item = &dyn Provider> {
+        self.providers.iter().map(|p| p.as_ref())
     }
 
     /// The adapter for a provider name.
@@ -128,9 +141,47 @@ impl Daemon {
     pub async fn detect_all(&self) -> Vec<ProviderInfo> {
         let mut out = Vec::new();
         for p in &self.providers {
-            out.push(p.detect().await);
+            out.push(self.detect(p.as_ref()).await);
         }
         out
+    }
+
+    /// Detects one provider; a connected service of the account counts as its login, since the
+    /// daemon passes that credential to every process it starts.
+    pub async fn detect(&self, provider: &dyn Provider) -> ProviderInfo {
+        let mut info = provider.detect().await;
+        if info.installed && lock(&self.services).contains_key(provider.name()) {
+            info.auth = AuthState::ConnectedService;
+        }
+        info
+    }
+
+    /// The environment a connected service adds to `provider`'s processes (empty without one).
+    pub fn service_env(&self, provider: &str) -> Vec<(String, String)> {
+        lock(&self.services)
+            .get(provider)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Fetches and opens the account's connected services. A service that does not open (sealed
+    /// by another account secret, corrupt) is skipped with a warning rather than failing all.
+    async fn refresh_services(&self) -> Result<(), ClientError> {
+        let records: Vec<ServiceRecord> = self.client.get("/v1/services").await?;
+        let secret = &self.client.identity().secret;
+        let mut map = HashMap::new();
+        for r in records {
+            match secret.open_record::<ServiceSecret>("service", &r.provider, &r.sealed) {
+                Ok(s) => {
+                    map.insert(r.provider, s.env);
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %r.provider, error = %e, "a connected service does not open; ignored")
+                }
+            }
+        }
+        *lock(&self.services) = map;
+        Ok(())
     }
 
     /// Staging directory of a handoff on this machine.
@@ -204,7 +255,10 @@ impl Daemon {
             return;
         }
         drop(runners);
+        // A Direct session's conversation is driven from the provider's own tools; Baton only
+        // reads it (and moves it in a handoff), so no runner serves it.
         if mine
+            && session.mode == SessionMode::Synced
             && matches!(session.status, SessionStatus::Idle | SessionStatus::Running)
             && session.active_handoff.is_none()
         {
@@ -245,6 +299,9 @@ impl Daemon {
         self: &Arc<Self>,
         shutdown: &CancellationToken,
     ) -> Result<bool, ClientError> {
+        if let Err(e) = self.refresh_services().await {
+            tracing::warn!(error = %e, "reading connected services failed");
+        }
         let mut providers = self.detect_all().await;
         let ws = self.client.connect_ws().await?;
         let (mut sink, mut stream) = ws.split();
@@ -310,12 +367,25 @@ impl Daemon {
                     };
                     match frame {
                         ServerFrame::Welcome { .. } => {}
+                        ServerFrame::Event { event: Event::ServicesChanged } => {
+                            if let Err(e) = self.refresh_services().await {
+                                tracing::warn!(error = %e, "reading connected services failed");
+                            }
+                            providers = self.detect_all().await;
+                            sink.send(send(&ClientFrame::Capabilities { providers: providers.clone() }))
+                                .await
+                                .map_err(net)?;
+                        }
                         ServerFrame::Event { event } => self.on_event(event),
                         ServerFrame::Command { id, command } => {
                             let me = self.clone();
                             let out = out_tx.clone();
                             tokio::spawn(async move {
-                                let result = participant::handle(&me, command).await;
+                                let result = match command {
+                                    DaemonCommand::ListProviderSessions { .. }
+                                    | DaemonCommand::ReadTranscript { .. } => library::handle(&me, command).await,
+                                    _ => participant::handle(&me, command).await,
+                                };
                                 let _ = out.send(ClientFrame::Reply { id, result }).await;
                             });
                         }

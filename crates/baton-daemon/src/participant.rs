@@ -10,7 +10,7 @@ use baton_proto::handoff::SealedHandoffOptions;
 use baton_proto::ws::{DaemonCommand, DaemonReply};
 use baton_proto::{
     ApiError, AuthState, EntryBody, EntryRole, ErrorCode, HandoffId, HandoffRecord, HandoffResult,
-    MachineInfo, Sealed, SessionId, SessionMeta, SessionRecord,
+    MachineInfo, Sealed, SessionId, SessionMeta, SessionRecord, VersionCheck,
 };
 use tokio::sync::oneshot;
 
@@ -61,13 +61,16 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
             Ok(DaemonReply::Ok)
         }
         DaemonCommand::Cleanup { handoff_id, .. } => cleanup(d, handoff_id).await,
+        DaemonCommand::ListProviderSessions { .. } | DaemonCommand::ReadTranscript { .. } => Err(
+            ApiError::new(ErrorCode::BadRequest, "not a handoff command"),
+        ),
     };
     match result {
         Ok(r) => Ok(r),
         Err(e) => {
             // Full detail stays in this machine's log; the server gets the code and a message
             // with no paths in it, since it must never hold workspace or home paths in clear.
-            tracing::warn!(handoff_id = %hid, code = %e.code, message = %e.message, "handoff command failed");
+            tracing::warn!(handoff_id = ?hid, code = %e.code, message = %e.message, "handoff command failed");
             Err(ApiError::raw(e.code, redact_paths(&e.message)))
         }
     }
@@ -188,7 +191,7 @@ async fn preflight(
             format!("{} is not known on {name}.", session.provider),
         ));
     };
-    let info = provider.detect().await;
+    let info = d.detect(provider).await;
     if !info.installed {
         return Err(ApiError::new(
             ErrorCode::ProviderNotInstalled,
@@ -199,6 +202,16 @@ async fn preflight(
         return Err(ApiError::new(
             ErrorCode::ProviderAuthMissing,
             format!("{} is not logged in on {name}.", session.provider),
+        ));
+    }
+    if info.version_check == VersionCheck::Incompatible {
+        return Err(ApiError::new(
+            ErrorCode::AgentVersionUnsupported,
+            format!(
+                "{} {} on {name} stores sessions in a format Baton cannot move.",
+                session.provider,
+                info.version.as_deref().unwrap_or("(unknown version)")
+            ),
         ));
     }
     let cipher = d.client.cipher(session).map_err(api)?;
@@ -386,6 +399,7 @@ async fn import(
         workspace: target.to_string_lossy().into_owned(),
         provider_ref: Some(bundle.provider_ref.clone()),
         title: meta.title,
+        fork_of: None,
     };
     Ok(DaemonReply::Imported {
         sealed_meta: cipher.seal_meta(&new_meta),

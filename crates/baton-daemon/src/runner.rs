@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_crypto::SessionCipher;
-use baton_proto::api::{AppendRequest, AppendResponse, NewEntry};
+use baton_proto::api::{AppendRequest, AppendResponse, NewEntry, UpdateMetaRequest};
 use baton_proto::{
-    EntryBody, EntryRole, ErrorCode, InputId, InputRecord, SessionId, SessionRecord, SessionStatus,
+    EntryBody, EntryRole, ErrorCode, InputId, InputRecord, SessionId, SessionMeta, SessionMode,
+    SessionRecord, SessionStatus,
 };
 use baton_providers::{AgentEvent, AgentSession, Provider, StartSpec};
 use tokio::sync::{mpsc, oneshot};
@@ -222,7 +223,31 @@ async fn run(
             )
             .await;
     }
-    let agent = match start_agent(provider, &provider_ref, &workspace).await {
+    let mut meta = meta;
+    let provider_ref =
+        match prepare(&daemon, provider, &session, &mut meta, &cipher, &mut writer).await {
+            Ok(r) => r.unwrap_or(provider_ref),
+            Err(msg) => {
+                tracing::warn!(%msg);
+                let _ = writer
+                    .append(
+                        &[EntryBody {
+                            turn_end: true,
+                            ..error_entry(&msg)
+                        }],
+                        None,
+                        Some(SessionStatus::Stopped),
+                    )
+                    .await;
+                fail_ready(
+                    ready,
+                    ClientError::Api(baton_proto::ApiError::new(ErrorCode::ProviderFailed, msg)),
+                );
+                return Exit::ProviderGone;
+            }
+        };
+    let service_env = daemon.service_env(&session.provider);
+    let agent = match start_agent(provider, &provider_ref, &workspace, service_env).await {
         Ok(a) => a,
         Err(e) => {
             let msg = format!("Could not start {}: {e}", session.provider);
@@ -254,6 +279,7 @@ async fn run(
         cipher,
         session_id: session.id,
         quiesced: None,
+        meta,
     };
     let exit = state.serve(&mut rx).await;
     if let Some(agent) = state.agent.take()
@@ -272,6 +298,7 @@ async fn start_agent(
     provider: &dyn Provider,
     provider_ref: &str,
     workspace: &std::path::Path,
+    env: Vec<(String, String)>,
 ) -> baton_providers::Result<Box<dyn AgentSession>> {
     let resume = provider.has_state(provider_ref, workspace).await?;
     provider
@@ -279,9 +306,130 @@ async fn start_agent(
             provider_ref: provider_ref.to_string(),
             workspace: workspace.to_path_buf(),
             resume,
-            env: Vec::new(),
+            env,
         })
         .await
+}
+
+/// Entries appended per request when copying a transcript.
+const COPY_BATCH: usize = 100;
+
+/// Work a session needs before its provider first starts here. A fork copies its parent's
+/// transcript (up to the fork point) and provider state; a synced session that has provider
+/// state but no transcript yet (opened with `--sync`, or a Direct session converted by a
+/// handoff) imports the provider's transcript. Returns the provider id to run, when it changed.
+async fn prepare(
+    daemon: &Arc<Daemon>,
+    provider: &dyn Provider,
+    session: &SessionRecord,
+    meta: &mut SessionMeta,
+    cipher: &SessionCipher,
+    writer: &mut Writer,
+) -> Result<Option<String>, String> {
+    let workspace = PathBuf::from(&meta.workspace);
+    if let Some(fork) = meta.fork_of {
+        let parent: SessionRecord = daemon
+            .client
+            .get(&format!("/v1/sessions/{}", fork.session))
+            .await
+            .map_err(|e| format!("Cannot read the parent session of this fork: {e}"))?;
+        let parent_cipher = daemon
+            .client
+            .cipher(&parent)
+            .map_err(|e| format!("Cannot open the parent session: {e}"))?;
+        let parent_meta = parent_cipher
+            .open_meta(&parent.sealed_meta)
+            .map_err(|e| format!("Cannot open the parent session: {e}"))?;
+        // The fork's seq n is the parent's seq n, so after a restart copying resumes where it
+        // stopped.
+        let mut turns = 0usize;
+        let mut after = 0u64;
+        while after < fork.at_seq {
+            let page: Vec<baton_proto::SealedEntry> = daemon
+                .client
+                .get(&format!(
+                    "/v1/sessions/{}/entries?after={after}&limit={COPY_BATCH}",
+                    fork.session
+                ))
+                .await
+                .map_err(|e| format!("Cannot read the parent's transcript: {e}"))?;
+            if page.is_empty() {
+                break;
+            }
+            let mut bodies = Vec::new();
+            for e in page.iter().filter(|e| e.seq <= fork.at_seq) {
+                let body = parent_cipher
+                    .open_entry(e)
+                    .map_err(|err| format!("Entry {} of the parent does not open: {err}", e.seq))?;
+                turns += usize::from(body.turn_end);
+                if e.seq > writer.last_seq {
+                    bodies.push(body);
+                }
+            }
+            after = page.last().map_or(fork.at_seq, |e| e.seq);
+            if !bodies.is_empty() {
+                writer
+                    .append(&bodies, None, None)
+                    .await
+                    .map_err(|e| format!("Copying the parent's transcript failed: {e}"))?;
+            }
+        }
+        let parent_ref = parent_meta
+            .provider_ref
+            .clone()
+            .unwrap_or_else(|| parent.id.to_string());
+        let new_ref = provider
+            .fork_state(
+                &parent_ref,
+                &PathBuf::from(&parent_meta.workspace),
+                &session.id.to_string(),
+                // A Direct parent has no transcript in Baton: the fork takes it whole.
+                (parent.mode == SessionMode::Synced).then_some(turns),
+            )
+            .await
+            .map_err(|e| format!("Could not fork the {} conversation: {e}", session.provider))?;
+        let mut next = meta.clone();
+        next.provider_ref = Some(new_ref.clone());
+        next.fork_of = None;
+        let req = UpdateMetaRequest {
+            epoch: writer.epoch,
+            sealed_meta: cipher.seal_meta(&next),
+        };
+        let _: SessionRecord = daemon
+            .client
+            .put(&format!("/v1/sessions/{}/meta", session.id), &req)
+            .await
+            .map_err(|e| format!("Recording the fork failed: {e}"))?;
+        *meta = next;
+        return Ok(Some(new_ref));
+    }
+    let provider_ref = meta
+        .provider_ref
+        .clone()
+        .unwrap_or_else(|| session.id.to_string());
+    if writer.last_seq == 0
+        && provider
+            .has_state(&provider_ref, &workspace)
+            .await
+            .unwrap_or(false)
+    {
+        let read = provider
+            .read_transcript(&provider_ref, &workspace)
+            .await
+            .map_err(|e| format!("Could not read the {} conversation: {e}", session.provider))?;
+        let bodies = crate::library::to_entries(read);
+        tracing::info!(
+            entries = bodies.len(),
+            "importing the provider's transcript"
+        );
+        for chunk in bodies.chunks(COPY_BATCH) {
+            writer
+                .append(chunk, None, None)
+                .await
+                .map_err(|e| format!("Importing the transcript failed: {e}"))?;
+        }
+    }
+    Ok(None)
 }
 
 fn error_entry(text: &str) -> EntryBody {
@@ -296,6 +444,8 @@ struct Running {
     session_id: SessionId,
     /// Who waits for this runner to quiesce (answered with the last seq once stopped).
     quiesced: Option<oneshot::Sender<u64>>,
+    /// The session's metadata as last written.
+    meta: SessionMeta,
 }
 
 enum TurnEnd {
@@ -304,6 +454,27 @@ enum TurnEnd {
 }
 
 impl Running {
+    /// Stores the provider's own id for the conversation in the session's metadata, so that a
+    /// restarted runner or a handoff target resumes it instead of starting a new one.
+    async fn record_provider_ref(&mut self, provider_ref: String) -> Result<(), ClientError> {
+        if self.meta.provider_ref.as_deref() == Some(provider_ref.as_str()) {
+            return Ok(());
+        }
+        let mut meta = self.meta.clone();
+        meta.provider_ref = Some(provider_ref);
+        let req = UpdateMetaRequest {
+            epoch: self.writer.epoch,
+            sealed_meta: self.cipher.seal_meta(&meta),
+        };
+        let _: SessionRecord = self
+            .daemon
+            .client
+            .put(&format!("/v1/sessions/{}/meta", self.session_id), &req)
+            .await?;
+        self.meta = meta;
+        Ok(())
+    }
+
     async fn serve(&mut self, rx: &mut mpsc::Receiver<RunnerCmd>) -> Exit {
         loop {
             let pending: Vec<InputRecord> = match self
@@ -429,9 +600,16 @@ impl Running {
             };
             let Some(event) = event else { continue };
             let next = match event {
-                AgentEvent::SessionRef { .. }
-                | AgentEvent::User { .. }
-                | AgentEvent::PermissionRequest { .. } => continue,
+                AgentEvent::SessionRef { provider_ref } => {
+                    if let Err(e) = self.record_provider_ref(provider_ref).await {
+                        if e.code() == Some(ErrorCode::StaleEpoch) {
+                            return TurnEnd::Exit(Exit::LostOwnership);
+                        }
+                        tracing::error!(error = %e, "recording the provider's session id failed");
+                    }
+                    continue;
+                }
+                AgentEvent::User { .. } | AgentEvent::PermissionRequest { .. } => continue,
                 AgentEvent::Assistant { text } => EntryBody::new(EntryRole::Assistant, text),
                 AgentEvent::ToolCall { name, input } => EntryBody {
                     data: Some(serde_json::json!({ "name": name, "input": input })),

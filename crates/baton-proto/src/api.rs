@@ -206,3 +206,28 @@ pub struct Capabilities {
     /// Providers detected on the machine.
     pub providers: Vec<ProviderInfo>,
 }
+
+/// `PUT /v1/services/{provider}`: store a connected service.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PutServiceRequest {
+    /// Sealed [`crate::ServiceSecret`] (account record kind `service`, id = provider).
+    pub sealed: Sealed,
+}
+
+/// `GET /v1/machines/{id}/provider-sessions?provider=P`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProviderSessionsResponse {
+    /// Request id the listing is bound to.
+    pub request: String,
+    /// Sealed `Vec<ProviderSessionInfo>` (account record kind `provider-sessions`, id = request).
+    pub sealed: Sealed,
+}
+
+/// `GET /v1/sessions/{id}/direct-transcript`: a Direct session's transcript, read by its owner.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DirectTranscriptResponse {
+    /// Request id the transcript is bound to.
+    pub request: String,
+    /// Sealed `Vec<EntryBody>` ([`crate::SessionMeta`]'s session cipher, `seal_transcript`).
+    pub sealed: Sealed,
+}

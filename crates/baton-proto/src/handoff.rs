@@ -126,6 +126,30 @@ pub struct HandoffOptions {
     /// Transfer the workspace too (off by default).
     #[serde(default)]
     pub workspace: bool,
+    /// What a Direct session becomes on the target (ignored for synced sessions).
+    #[serde(default)]
+    pub direct: DirectTarget,
+}
+
+/// What a Direct session becomes on the target of a handoff.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectTarget {
+    /// The provider's files move and stay the truth: the session stays direct.
+    #[default]
+    Keep,
+    /// The target imports the provider's transcript into Baton: the session becomes synced.
+    Sync,
+}
+
+impl DirectTarget {
+    /// The stable string, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Keep => "keep",
+            Self::Sync => "sync",
+        }
+    }
 }
 
 /// Options only the participants may read (sealed with the session's data key).

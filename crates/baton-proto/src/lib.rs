@@ -14,15 +14,17 @@ pub mod session;
 pub mod ws;
 
 pub use error::{ApiError, ErrorCode};
-pub use handoff::{HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult, PhaseRecord};
+pub use handoff::{
+    DirectTarget, HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult, PhaseRecord,
+};
 pub use ids::{AccountId, HandoffId, InputId, MachineId, SessionId};
 pub use machine::{
     AuthState, HandoffSupport, MachineInfo, ProviderInfo, ProviderSessionInfo, VersionCheck,
 };
 pub use sealed::{Bytes, Sealed};
 pub use session::{
-    EntryBody, EntryRole, InputRecord, SealedEntry, SessionMeta, SessionMode, SessionRecord,
-    SessionStatus,
+    EntryBody, EntryRole, ForkOf, InputRecord, SealedEntry, ServiceRecord, ServiceSecret,
+    SessionMeta, SessionMode, SessionRecord, SessionStatus,
 };
 
 /// Version of the HTTP/WebSocket protocol; bumped on any incompatible change.

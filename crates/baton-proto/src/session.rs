@@ -113,6 +113,46 @@ pub struct SessionMeta {
     /// Short title (first prompt), when known.
     #[serde(default)]
     pub title: Option<String>,
+    /// Set on a fork until its owner has copied the parent's state and transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_of: Option<ForkOf>,
+}
+
+/// Where a forked session comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkOf {
+    /// The parent session (same account, same owner).
+    pub session: SessionId,
+    /// The fork holds the parent's transcript up to this seq.
+    pub at_seq: u64,
+}
+
+/// A provider credential stored in the account (a connected service): the daemon passes its
+/// variables to the provider's CLI so a machine needs no local login.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// Provider name (`claude`, `codex`, `opencode`).
+    pub provider: String,
+    /// Sealed [`ServiceSecret`] (account secret; the server cannot read it).
+    pub sealed: Sealed,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// The plaintext of a connected service.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSecret {
+    /// Environment variables to set for the provider's processes.
+    pub env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ServiceSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("ServiceSecret")
+            .field("env", &names)
+            .finish()
+    }
 }
 
 /// Kind of a transcript entry.

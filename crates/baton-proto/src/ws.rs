@@ -107,6 +107,8 @@ pub enum Event {
         /// The handoff now.
         handoff: HandoffRecord,
     },
+    /// The account's connected services changed; daemons fetch them again.
+    ServicesChanged,
     /// A machine came online, went offline or reported new providers.
     MachineChanged {
         /// The machine now.
@@ -180,6 +182,22 @@ pub enum DaemonCommand {
         /// Session.
         session_id: SessionId,
     },
+    /// List the conversations in the providers' own files on this machine
+    /// (`baton provider-sessions`); the answer is sealed under the account secret.
+    ListProviderSessions {
+        /// Request id, bound into the sealed answer.
+        request: String,
+        /// Only this provider, when set.
+        provider: Option<String>,
+    },
+    /// Read a Direct session's transcript from the provider's files; the answer is sealed with
+    /// the session's data key.
+    ReadTranscript {
+        /// Request id, bound into the sealed answer.
+        request: String,
+        /// The session (owned by this machine).
+        session: SessionRecord,
+    },
 }
 
 impl DaemonCommand {
@@ -194,12 +212,14 @@ impl DaemonCommand {
             Self::Activate { .. } => "ACTIVATE",
             Self::Abort { .. } => "ABORT",
             Self::Cleanup { .. } => "CLEANUP",
+            Self::ListProviderSessions { .. } => "LIST_PROVIDER_SESSIONS",
+            Self::ReadTranscript { .. } => "READ_TRANSCRIPT",
         }
     }
 
     /// The handoff this command belongs to.
-    pub fn handoff_id(&self) -> HandoffId {
-        match self {
+    pub fn handoff_id(&self) -> Option<HandoffId> {
+        Some(match self {
             Self::Preflight { handoff_id, .. }
             | Self::PrepareTarget { handoff_id, .. }
             | Self::Quiesce { handoff_id, .. }
@@ -208,7 +228,8 @@ impl DaemonCommand {
             | Self::Activate { handoff_id, .. }
             | Self::Abort { handoff_id, .. }
             | Self::Cleanup { handoff_id, .. } => *handoff_id,
-        }
+            Self::ListProviderSessions { .. } | Self::ReadTranscript { .. } => return None,
+        })
     }
 }
 
@@ -232,6 +253,17 @@ pub enum DaemonReply {
     Imported {
         /// New sealed [`crate::SessionMeta`] to store at commit.
         sealed_meta: Sealed,
+    },
+    /// Answer to [`DaemonCommand::ListProviderSessions`]: a sealed
+    /// `Vec<ProviderSessionInfo>` (account record kind `provider-sessions`, id = request).
+    ProviderSessions {
+        /// The sealed listing.
+        sealed: Sealed,
+    },
+    /// Answer to [`DaemonCommand::ReadTranscript`]: a sealed `Vec<EntryBody>`.
+    Transcript {
+        /// The sealed entries.
+        sealed: Sealed,
     },
 }
 

@@ -15,7 +15,8 @@ use baton_proto::api::{
 use baton_proto::ws::Event;
 use baton_proto::{
     AccountId, ErrorCode, HandoffId, HandoffPhase, HandoffRecord, HandoffResult, InputRecord,
-    MachineId, MachineInfo, SealedEntry, SessionId, SessionRecord, SessionStatus, now_millis,
+    MachineId, MachineInfo, SealedEntry, SessionId, SessionMode, SessionRecord, SessionStatus,
+    now_millis,
 };
 use baton_store::{AppendEntries, MachineRow, PairingRow, StoreError};
 
@@ -311,6 +312,12 @@ pub async fn send_input(
         return Err(ServerError::new(
             ErrorCode::SessionNotActive,
             "The session is archived.",
+        ));
+    }
+    if session.mode == SessionMode::Direct {
+        return Err(ServerError::new(
+            ErrorCode::SessionNotActive,
+            "The session is Direct: its provider's own tools drive it. To send messages from Baton, convert it with `baton handoff SESSION --to MACHINE --direct sync` or open it again with `baton open REF --sync`.",
         ));
     }
     let (input, created) = state

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod error;
 pub mod handoff;
 pub mod hub;
+pub mod library;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -102,6 +103,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/pairings", post(api::create_pairing))
         .route("/v1/pairings/{id}/claim", post(api::claim_pairing))
         .route("/v1/machines", get(api::machines))
+        .route(
+            "/v1/machines/{id}/provider-sessions",
+            get(library::provider_sessions),
+        )
+        .route("/v1/services", get(library::services))
+        .route(
+            "/v1/services/{provider}",
+            put(library::put_service).delete(library::delete_service),
+        )
+        .route(
+            "/v1/sessions/{id}/direct-transcript",
+            get(library::direct_transcript),
+        )
         .route("/v1/sessions", get(api::sessions).post(api::create_session))
         .route("/v1/sessions/{id}", get(api::session))
         .route("/v1/sessions/{id}/meta", put(api::update_meta))

@@ -7,8 +7,8 @@ use std::str::FromStr;
 
 use baton_proto::{
     AccountId, ApiError, HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult, InputRecord,
-    MachineId, PhaseRecord, ProviderInfo, Sealed, SealedEntry, SessionMode, SessionRecord,
-    SessionStatus,
+    MachineId, PhaseRecord, ProviderInfo, Sealed, SealedEntry, ServiceRecord, SessionMode,
+    SessionRecord, SessionStatus,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -260,6 +260,23 @@ pub(crate) fn handoff_from(r: &impl Cols) -> Result<HandoffRecord> {
         sealed_options: r.opt_blob("sealed_options")?.map(Sealed),
         bytes: to_u64(r.int("bytes")?, "bytes")?,
         created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+    })
+}
+
+/// Columns read by [`service_from`], in SQL.
+macro_rules! service_cols {
+    () => {
+        "provider, sealed, updated_at"
+    };
+}
+pub(crate) use service_cols;
+
+/// A connected service row.
+pub(crate) fn service_from(r: &impl Cols) -> Result<ServiceRecord> {
+    Ok(ServiceRecord {
+        provider: r.text("provider")?,
+        sealed: Sealed(r.blob("sealed")?),
         updated_at: r.int("updated_at")?,
     })
 }

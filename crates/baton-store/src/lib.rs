@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use baton_proto::api::NewEntry;
 use baton_proto::{
     AccountId, ApiError, HandoffId, HandoffPhase, HandoffRecord, InputId, InputRecord, MachineId,
-    Millis, PhaseRecord, ProviderInfo, Sealed, SealedEntry, SessionId, SessionRecord,
-    SessionStatus,
+    Millis, PhaseRecord, ProviderInfo, Sealed, SealedEntry, ServiceRecord, SessionId, SessionMode,
+    SessionRecord, SessionStatus,
 };
 
 /// Result type of store operations.
@@ -115,6 +115,8 @@ pub struct CommitHandoff {
     pub phases: Vec<PhaseRecord>,
     /// Bytes moved.
     pub bytes: u64,
+    /// The session's mode after the commit (a Direct session may become synced).
+    pub mode: SessionMode,
     /// Server time.
     pub now: Millis,
 }
@@ -264,8 +266,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits a handoff in one transaction, only if the session's owner and epoch are still
     /// the handoff's `from` and `from_epoch` (`StaleEpoch` else): owner := to, epoch + 1,
-    /// status idle, sealed meta replaced, handoff phase `commit`, result committed. The session's
-    /// active handoff stays set until [`Store::finish_handoff`]. Returns the session.
+    /// status idle, mode := `commit.mode`, sealed meta replaced, handoff phase `commit`, result
+    /// committed. The session's active handoff stays set until [`Store::finish_handoff`].
+    /// Returns the session.
     async fn commit_handoff(&self, commit: &CommitHandoff) -> Result<SessionRecord>;
 
     /// Ends a committed handoff: phase and phases saved, optional error (activation failed),
@@ -297,6 +300,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a handoff's bundle (after it finished).
     async fn delete_bundle(&self, handoff: HandoffId) -> Result<()>;
+
+    // ---- connected services ----
+
+    /// Stores a connected service of the account, replacing the one for the same provider.
+    async fn put_service(&self, account: AccountId, service: &ServiceRecord) -> Result<()>;
+
+    /// The account's connected services, ordered by provider name.
+    async fn services(&self, account: AccountId) -> Result<Vec<ServiceRecord>>;
+
+    /// Deletes the account's connected service for `provider`; `NotFound` when there is none.
+    async fn delete_service(&self, account: AccountId, provider: &str) -> Result<()>;
 
     /// Deletes expired challenges, tokens and pairings; returns how many rows went.
     async fn purge_expired(&self, now: Millis) -> Result<u64>;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use baton_proto::{
     AccountId, ApiError, HandoffId, HandoffPhase, HandoffRecord, HandoffResult, InputId,
-    InputRecord, MachineId, Millis, PhaseRecord, ProviderInfo, Sealed, SealedEntry, SessionId,
-    SessionRecord, SessionStatus,
+    InputRecord, MachineId, Millis, PhaseRecord, ProviderInfo, Sealed, SealedEntry, ServiceRecord,
+    SessionId, SessionRecord, SessionStatus,
 };
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Executor, Postgres, Transaction};
@@ -21,8 +21,8 @@ use sqlx::{AssertSqlSafe, Connection, Executor, Postgres, Transaction};
 use crate::common::{
     Cols, CommitStep, DbResult, account_from, appended, check_append, check_writer, commit_step,
     entry_cols, entry_from, handoff_cols, handoff_from, input_cols, input_from, machine_cols,
-    machine_from, machine_id_from, pairing_from, session_cols, session_from, stored_entries,
-    to_i64, to_json, to_u64, token_from,
+    machine_from, machine_id_from, pairing_from, service_cols, service_from, session_cols,
+    session_from, stored_entries, to_i64, to_json, to_u64, token_from,
 };
 use crate::{
     AbortHandoff, AppendEntries, CommitHandoff, MachineRow, PairingRow, Result, Store, StoreError,
@@ -38,6 +38,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_restore_status",
         include_str!("../migrations/postgres/0002_restore_status.sql"),
+    ),
+    (
+        "0003_services",
+        include_str!("../migrations/postgres/0003_services.sql"),
     ),
 ];
 
@@ -232,7 +236,7 @@ async fn lock_handoff_and_session(
 async fn save_session(conn: &mut PgConnection, s: &SessionRecord) -> Result<()> {
     sqlx::query(
         "UPDATE sessions SET owner = $1, epoch = $2, status = $3, last_seq = $4, active_handoff = $5, \
-         sealed_meta = $6, updated_at = $7 WHERE id = $8",
+         sealed_meta = $6, mode = $7, updated_at = $8 WHERE id = $9",
     )
     .bind(s.owner.to_string())
     .bind(to_i64(s.epoch, "epoch")?)
@@ -240,6 +244,7 @@ async fn save_session(conn: &mut PgConnection, s: &SessionRecord) -> Result<()> 
     .bind(to_i64(s.last_seq, "last_seq")?)
     .bind(s.active_handoff.map(|h| h.to_string()))
     .bind(s.sealed_meta.0.as_slice())
+    .bind(s.mode.as_str())
     .bind(s.updated_at)
     .bind(s.id.to_string())
     .execute(conn)
@@ -872,6 +877,7 @@ impl Store for PostgresStore {
             .ok_or_else(|| StoreError::Corrupt("epoch overflow".into()))?;
         s.status = SessionStatus::Idle;
         s.sealed_meta = commit.sealed_meta.clone();
+        s.mode = commit.mode;
         s.updated_at = commit.now;
         save_session(&mut tx, &s).await?;
         sqlx::query(
@@ -1012,6 +1018,52 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await
             .db()?;
+        tx.commit().await.db()
+    }
+
+    async fn put_service(&self, account: AccountId, service: &ServiceRecord) -> Result<()> {
+        // An unknown account fails the foreign key: `NotFound`.
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO services (account_id, provider, sealed, updated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, provider) \
+             DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+        )
+        .bind(account.to_string())
+        .bind(service.provider.as_str())
+        .bind(service.sealed.0.as_slice())
+        .bind(service.updated_at)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        tx.commit().await.db()
+    }
+
+    async fn services(&self, account: AccountId) -> Result<Vec<ServiceRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            service_cols!(),
+            // Byte order, as SQLite's BINARY collation sorts, whatever the database's collation.
+            " FROM services WHERE account_id = $1 ORDER BY provider COLLATE \"C\""
+        ))
+        .bind(account.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(service_from).collect()
+    }
+
+    async fn delete_service(&self, account: AccountId, provider: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query("DELETE FROM services WHERE account_id = $1 AND provider = $2")
+            .bind(account.to_string())
+            .bind(provider)
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
         tx.commit().await.db()
     }
 

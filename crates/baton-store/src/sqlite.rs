@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use baton_proto::{
     AccountId, ApiError, HandoffId, HandoffPhase, HandoffRecord, HandoffResult, InputId,
-    InputRecord, MachineId, Millis, PhaseRecord, ProviderInfo, Sealed, SealedEntry, SessionId,
-    SessionRecord, SessionStatus,
+    InputRecord, MachineId, Millis, PhaseRecord, ProviderInfo, Sealed, SealedEntry, ServiceRecord,
+    SessionId, SessionRecord, SessionStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -26,8 +26,8 @@ use sqlx::{Sqlite, Transaction};
 use crate::common::{
     Cols, CommitStep, DbResult, account_from, appended, check_append, check_writer, commit_step,
     entry_cols, entry_from, handoff_cols, handoff_from, input_cols, input_from, machine_cols,
-    machine_from, machine_id_from, pairing_from, session_cols, session_from, stored_entries,
-    to_i64, to_json, to_u64, token_from,
+    machine_from, machine_id_from, pairing_from, service_cols, service_from, session_cols,
+    session_from, stored_entries, to_i64, to_json, to_u64, token_from,
 };
 use crate::{
     AbortHandoff, AppendEntries, CommitHandoff, MachineRow, PairingRow, Result, Store, StoreError,
@@ -43,6 +43,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_restore_status",
         include_str!("../migrations/sqlite/0002_restore_status.sql"),
+    ),
+    (
+        "0003_services",
+        include_str!("../migrations/sqlite/0003_services.sql"),
     ),
 ];
 
@@ -181,7 +185,7 @@ async fn load_handoff_and_session(
 async fn save_session(conn: &mut SqliteConnection, s: &SessionRecord) -> Result<()> {
     sqlx::query(
         "UPDATE sessions SET owner = ?, epoch = ?, status = ?, last_seq = ?, active_handoff = ?, \
-         sealed_meta = ?, updated_at = ? WHERE id = ?",
+         sealed_meta = ?, mode = ?, updated_at = ? WHERE id = ?",
     )
     .bind(s.owner.to_string())
     .bind(to_i64(s.epoch, "epoch")?)
@@ -189,6 +193,7 @@ async fn save_session(conn: &mut SqliteConnection, s: &SessionRecord) -> Result<
     .bind(to_i64(s.last_seq, "last_seq")?)
     .bind(s.active_handoff.map(|h| h.to_string()))
     .bind(s.sealed_meta.0.as_slice())
+    .bind(s.mode.as_str())
     .bind(s.updated_at)
     .bind(s.id.to_string())
     .execute(conn)
@@ -812,6 +817,7 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::Corrupt("epoch overflow".into()))?;
         s.status = SessionStatus::Idle;
         s.sealed_meta = commit.sealed_meta.clone();
+        s.mode = commit.mode;
         s.updated_at = commit.now;
         save_session(&mut tx, &s).await?;
         sqlx::query(
@@ -952,6 +958,51 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .db()?;
+        tx.commit().await.db()
+    }
+
+    async fn put_service(&self, account: AccountId, service: &ServiceRecord) -> Result<()> {
+        // An unknown account fails the foreign key: `NotFound`.
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO services (account_id, provider, sealed, updated_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (account_id, provider) \
+             DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+        )
+        .bind(account.to_string())
+        .bind(service.provider.as_str())
+        .bind(service.sealed.0.as_slice())
+        .bind(service.updated_at)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        tx.commit().await.db()
+    }
+
+    async fn services(&self, account: AccountId) -> Result<Vec<ServiceRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            service_cols!(),
+            " FROM services WHERE account_id = ? ORDER BY provider"
+        ))
+        .bind(account.to_string())
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        rows.iter().map(service_from).collect()
+    }
+
+    async fn delete_service(&self, account: AccountId, provider: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query("DELETE FROM services WHERE account_id = ? AND provider = ?")
+            .bind(account.to_string())
+            .bind(provider)
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
         tx.commit().await.db()
     }
 

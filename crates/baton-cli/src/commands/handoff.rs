@@ -6,8 +6,8 @@ use baton_daemon::client::Client;
 use baton_proto::api::HandoffRequest;
 use baton_proto::handoff::SealedHandoffOptions;
 use baton_proto::{
-    ApiError, HandoffId, HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult, MachineInfo,
-    SessionRecord,
+    ApiError, DirectTarget, HandoffId, HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult,
+    HandoffSupport, MachineInfo, SessionRecord, VersionCheck,
 };
 use clap::Args;
 use serde::Serialize;
@@ -35,6 +35,19 @@ pub struct HandoffArgs {
     /// Give up waiting after this many seconds (the handoff itself goes on).
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// For a Direct session: `keep` moves the provider's files and it stays direct; `sync`
+    /// imports its transcript into Baton on the target (it becomes synced).
+    #[arg(long, value_enum, default_value_t = DirectArg::Keep)]
+    pub direct: DirectArg,
+}
+
+/// `--direct` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DirectArg {
+    /// Stay direct.
+    Keep,
+    /// Become synced.
+    Sync,
 }
 
 #[derive(Serialize)]
@@ -121,7 +134,13 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
             &HandoffRequest {
                 id,
                 to: target.id,
-                options: HandoffOptions::default(),
+                options: HandoffOptions {
+                    direct: match args.direct {
+                        DirectArg::Keep => DirectTarget::Keep,
+                        DirectArg::Sync => DirectTarget::Sync,
+                    },
+                    ..HandoffOptions::default()
+                },
                 sealed_options,
             },
         )
@@ -131,6 +150,21 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
             "Handing off session {} from {} to {} (epoch {})",
             session.id, source.name, target.name, session.epoch
         );
+        let info = target.providers.iter().find(|p| p.name == session.provider);
+        if info.is_some_and(|p| p.handoff == HandoffSupport::Experimental) {
+            eprintln!(
+                "warning: handoff of {} sessions is experimental.",
+                session.provider
+            );
+        }
+        if let Some(p) = info.filter(|p| p.version_check == VersionCheck::Untested) {
+            eprintln!(
+                "warning: {} {} on {} is outside the versions Baton was tested with.",
+                p.name,
+                p.version.as_deref().unwrap_or("?"),
+                target.name
+            );
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut printed = 0usize;

@@ -1,9 +1,11 @@
 //! One module per group of commands.
 
 pub mod account;
+pub mod attach;
 pub mod daemon;
 pub mod demo;
 pub mod handoff;
+pub mod library;
 pub mod server;
 pub mod session;
 pub mod watch;
@@ -35,6 +37,13 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::Stop(arg) => session::stop(&client(&home)?, arg, json).await,
         Command::Handoff(args) => handoff::run(&client(&home)?, args, json).await,
         Command::Handoffs(arg) => handoff::history(&client(&home)?, arg, json).await,
+        Command::Services(cmd) => library::services(&client(&home)?, cmd, json).await,
+        Command::ProviderSessions(args) => {
+            library::provider_sessions(&client(&home)?, args, json).await
+        }
+        Command::Open(args) => library::open(&client(&home)?, args, json).await,
+        Command::Attach(args) => attach::attach(&client(&home)?, args, json).await,
+        Command::Fork(args) => attach::fork(&client(&home)?, args, json).await,
         Command::ScriptedAgent { .. } => Ok(()),
     }
 }

@@ -108,6 +108,7 @@ pub async fn new(client: &Client, args: NewArgs, json: bool) -> CliResult {
         workspace: workspace.to_string_lossy().into_owned(),
         provider_ref: Some(id.to_string()),
         title: None,
+        fork_of: None,
     };
     let record: SessionRecord = client
         .post(
@@ -335,7 +336,8 @@ struct EntryOut<'a> {
     text: &'a str,
 }
 
-fn print_entry(e: &SealedEntry, body: &EntryBody, json_line: bool) {
+/// Prints one entry: a line of text, or one JSON object per line.
+pub fn print_entry(e: &SealedEntry, body: &EntryBody, json_line: bool) {
     if json_line {
         let out = EntryOut {
             seq: e.seq,
@@ -360,6 +362,9 @@ fn print_entry(e: &SealedEntry, body: &EntryBody, json_line: bool) {
 /// `baton log`.
 pub async fn log(client: &Client, args: LogArgs, json: bool) -> CliResult {
     let session = resolve_session(client, &args.session).await?;
+    if session.mode == SessionMode::Direct {
+        return log_direct(client, &session, args.follow, json).await;
+    }
     let cipher = client.cipher(&session)?;
     let mut watcher = if args.follow {
         Some(Watcher::open(client, session.id).await)
@@ -393,6 +398,56 @@ pub async fn log(client: &Client, args: LogArgs, json: bool) -> CliResult {
             cursor = e.seq;
             print_entry(&e, &b, json);
         }
+    }
+}
+
+/// `log` of a Direct session: the owner reads the provider's files (so the owner must be
+/// online); entries have no seq in Baton, so they are numbered by position.
+async fn log_direct(
+    client: &Client,
+    session: &SessionRecord,
+    follow: bool,
+    json: bool,
+) -> CliResult {
+    let show = |i: usize, b: &EntryBody| {
+        let e = SealedEntry {
+            seq: i as u64 + 1,
+            epoch: session.epoch,
+            input_id: None,
+            sealed: baton_proto::Sealed(Vec::new()),
+            created_at: 0,
+        };
+        print_entry(&e, b, json);
+    };
+    let entries = super::library::direct_transcript(client, session).await?;
+    if json && !follow {
+        let out: Vec<EntryOut> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, b)| EntryOut {
+                seq: i as u64 + 1,
+                epoch: session.epoch,
+                role: b.role.as_str(),
+                text: &b.text,
+            })
+            .collect();
+        print_json(&out);
+        return Ok(());
+    }
+    for (i, b) in entries.iter().enumerate() {
+        show(i, b);
+    }
+    if !follow {
+        return Ok(());
+    }
+    let mut seen = entries.len();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = super::library::direct_transcript(client, session).await?;
+        for (i, b) in now.iter().enumerate().skip(seen) {
+            show(i, b);
+        }
+        seen = seen.max(now.len());
     }
 }
 

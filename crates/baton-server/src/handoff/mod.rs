@@ -9,8 +9,9 @@ use std::time::Duration;
 use baton_proto::api::HandoffRequest;
 use baton_proto::ws::{DaemonCommand, DaemonReply, Event};
 use baton_proto::{
-    AccountId, ApiError, AuthState, ErrorCode, HandoffPhase, HandoffRecord, HandoffResult,
-    HandoffSupport, PhaseRecord, Sealed, SessionId, SessionRecord, SessionStatus, now_millis,
+    AccountId, ApiError, AuthState, DirectTarget, ErrorCode, HandoffPhase, HandoffRecord,
+    HandoffResult, HandoffSupport, PhaseRecord, Sealed, SessionId, SessionMode, SessionRecord,
+    SessionStatus, VersionCheck, now_millis,
 };
 use baton_store::{AbortHandoff, CommitHandoff, StoreError};
 use tracing::Instrument;
@@ -385,6 +386,17 @@ impl Driver {
                     format!("{} sessions cannot be handed off.", session.provider),
                 ));
             }
+            Some(p) if p.version_check == VersionCheck::Incompatible => {
+                return Err(ApiError::new(
+                    ErrorCode::AgentVersionUnsupported,
+                    format!(
+                        "{} {} on {} stores sessions in a format Baton cannot move.",
+                        session.provider,
+                        p.version.as_deref().unwrap_or("(unknown version)"),
+                        target.name
+                    ),
+                ));
+            }
             Some(_) => {}
         }
         // The daemon re-checks live (the report may be stale) and checks the path.
@@ -410,12 +422,17 @@ impl Driver {
                 "The target did not hand back the session's metadata.",
             ));
         };
+        let mode = match (self.session().await?.mode, self.h.options.direct) {
+            (SessionMode::Direct, DirectTarget::Sync) => SessionMode::Synced,
+            (mode, _) => mode,
+        };
         self.end_phase(true);
         let commit = CommitHandoff {
             handoff_id: self.h.id,
             sealed_meta,
             phases: self.h.phases.clone(),
             bytes: self.h.bytes,
+            mode,
             now: now_millis(),
         };
         let mut delay = Duration::from_millis(100);

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use baton_proto::api::NewEntry;
 use baton_proto::{
-    AccountId, ApiError, AuthState, ErrorCode, HandoffId, HandoffOptions, HandoffPhase,
-    HandoffRecord, HandoffResult, HandoffSupport, InputId, MachineId, PhaseRecord, ProviderInfo,
-    Sealed, SessionId, SessionMode, SessionRecord, SessionStatus, VersionCheck,
+    AccountId, ApiError, AuthState, DirectTarget, ErrorCode, HandoffId, HandoffOptions,
+    HandoffPhase, HandoffRecord, HandoffResult, HandoffSupport, InputId, MachineId, PhaseRecord,
+    ProviderInfo, Sealed, ServiceRecord, SessionId, SessionMode, SessionRecord, SessionStatus,
+    VersionCheck,
 };
 use baton_store::{
     AbortHandoff, AppendEntries, CommitHandoff, MachineRow, PairingRow, Store, StoreError, TokenRow,
@@ -123,7 +124,10 @@ fn handoff_record(s: &SessionRecord, from: MachineId, to: MachineId, epoch: u64)
         result: HandoffResult::Active,
         phases: vec![phase(HandoffPhase::Requested, true)],
         error: None,
-        options: HandoffOptions { workspace: true },
+        options: HandoffOptions {
+            workspace: true,
+            ..HandoffOptions::default()
+        },
         sealed_options: Some(sealed("opts")),
         bytes: 0,
         created_at: 3_000,
@@ -149,6 +153,7 @@ fn commit_of(h: &HandoffRecord) -> CommitHandoff {
             phase(HandoffPhase::Commit, true),
         ],
         bytes: 4_242,
+        mode: SessionMode::Synced,
         now: 6_000,
     }
 }
@@ -1528,4 +1533,206 @@ pub async fn concurrent_appends_never_gap_or_repeat(store: Arc<dyn Store>) {
         let seq = rec.consumed_seq.expect("consumed");
         assert_eq!(all[(seq - 1) as usize].input_id, Some(id));
     }
+}
+
+// ---- commit and mode ----
+
+/// The commit sets the session's mode: a Direct session becomes synced; an equal mode stays.
+pub async fn commit_sets_mode(store: Arc<dyn Store>) {
+    let w = world(store.clone()).await;
+    let direct = SessionRecord {
+        mode: SessionMode::Direct,
+        ..session_record(w.laptop, 2_000)
+    };
+    store
+        .create_session(w.account, &direct)
+        .await
+        .expect("create direct session");
+    assert_eq!(session_of(&w, direct.id).await.mode, SessionMode::Direct);
+    // Asked to become synced on the target; the option round-trips.
+    let h = HandoffRecord {
+        options: HandoffOptions {
+            workspace: false,
+            direct: DirectTarget::Sync,
+        },
+        ..handoff_record(&direct, w.laptop, w.desktop, 1)
+    };
+    store.begin_handoff(&h).await.expect("begin handoff");
+    store
+        .begin_quiesce(direct.id, 1, 4_000)
+        .await
+        .expect("quiesce");
+    assert_eq!(handoff_of(&w, h.id).await.options, h.options);
+    let c = CommitHandoff {
+        mode: SessionMode::Synced,
+        ..commit_of(&h)
+    };
+    let after = store.commit_handoff(&c).await.expect("commit");
+    assert_eq!(after.mode, SessionMode::Synced);
+    assert_eq!(after.owner, w.desktop);
+    assert_eq!(after.epoch, 2);
+    assert_eq!(session_of(&w, direct.id).await, after, "mode stored");
+
+    // A retried commit changes nothing, whatever mode it carries.
+    let again = store
+        .commit_handoff(&CommitHandoff {
+            mode: SessionMode::Direct,
+            ..c
+        })
+        .await
+        .expect("retry");
+    assert_eq!(again.mode, SessionMode::Synced);
+    assert_eq!(session_of(&w, direct.id).await.mode, SessionMode::Synced);
+
+    // A synced session committed as synced stays synced.
+    let synced = new_session(&w).await;
+    let h = started_handoff(&w, &synced).await;
+    let after = store.commit_handoff(&commit_of(&h)).await.expect("commit");
+    assert_eq!(after.mode, SessionMode::Synced);
+    assert_eq!(session_of(&w, synced.id).await, after);
+
+    // A direct session committed as direct stays direct.
+    let kept = SessionRecord {
+        mode: SessionMode::Direct,
+        ..session_record(w.laptop, 2_100)
+    };
+    store
+        .create_session(w.account, &kept)
+        .await
+        .expect("create direct session");
+    let h = started_handoff(&w, &kept).await;
+    let after = store
+        .commit_handoff(&CommitHandoff {
+            mode: SessionMode::Direct,
+            ..commit_of(&h)
+        })
+        .await
+        .expect("commit");
+    assert_eq!(after.mode, SessionMode::Direct);
+    assert_eq!(session_of(&w, kept.id).await, after);
+}
+
+// ---- connected services ----
+
+fn service(provider: &str, secret: &str, updated_at: i64) -> ServiceRecord {
+    ServiceRecord {
+        provider: provider.to_string(),
+        sealed: sealed(secret),
+        updated_at,
+    }
+}
+
+pub async fn services_put_list_replace_delete(store: Arc<dyn Store>) {
+    let w = world(store.clone()).await;
+    assert!(store.services(w.account).await.expect("list").is_empty());
+
+    let codex = service("codex", "codex-key", 1_000);
+    let claude = service("claude", "claude-key", 1_100);
+    store
+        .put_service(w.account, &codex)
+        .await
+        .expect("put codex");
+    store
+        .put_service(w.account, &claude)
+        .await
+        .expect("put claude");
+    assert_eq!(
+        store.services(w.account).await.expect("list"),
+        vec![claude.clone(), codex.clone()],
+        "ordered by provider"
+    );
+
+    // A put for the same provider replaces the stored one.
+    let rotated = service("claude", "claude-key-2", 2_000);
+    store
+        .put_service(w.account, &rotated)
+        .await
+        .expect("replace claude");
+    assert_eq!(
+        store.services(w.account).await.expect("list"),
+        vec![rotated.clone(), codex.clone()]
+    );
+
+    store
+        .delete_service(w.account, "claude")
+        .await
+        .expect("delete claude");
+    assert_eq!(
+        store.services(w.account).await.expect("list"),
+        vec![codex.clone()]
+    );
+    let err = store
+        .delete_service(w.account, "claude")
+        .await
+        .expect_err("deleted twice");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+    let err = store
+        .delete_service(w.account, "opencode")
+        .await
+        .expect_err("never stored");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+
+    // An account that does not exist cannot hold services.
+    let nobody = AccountId::new();
+    let err = store
+        .put_service(nobody, &codex)
+        .await
+        .expect_err("unknown account");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+    assert!(store.services(nobody).await.expect("list").is_empty());
+    let err = store
+        .delete_service(nobody, "codex")
+        .await
+        .expect_err("unknown account");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+}
+
+pub async fn services_are_scoped_by_account(store: Arc<dyn Store>) {
+    let w = world(store.clone()).await;
+    let other = world(store.clone()).await;
+    let mine = service("claude", "mine", 1_000);
+    store.put_service(w.account, &mine).await.expect("put");
+
+    assert!(
+        store
+            .services(other.account)
+            .await
+            .expect("list")
+            .is_empty(),
+        "another account sees none"
+    );
+    let err = store
+        .delete_service(other.account, "claude")
+        .await
+        .expect_err("another account's service");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+    assert_eq!(
+        store.services(w.account).await.expect("list"),
+        vec![mine.clone()],
+        "still there"
+    );
+
+    // The same provider name in another account is a separate row.
+    let theirs = service("claude", "theirs", 1_500);
+    store
+        .put_service(other.account, &theirs)
+        .await
+        .expect("put");
+    assert_eq!(
+        store.services(w.account).await.expect("list"),
+        vec![mine.clone()]
+    );
+    assert_eq!(
+        store.services(other.account).await.expect("list"),
+        vec![theirs.clone()]
+    );
+    store
+        .delete_service(other.account, "claude")
+        .await
+        .expect("delete theirs");
+    assert_eq!(
+        store.services(w.account).await.expect("list"),
+        vec![mine],
+        "deleting theirs keeps mine"
+    );
 }

@@ -145,6 +145,9 @@ suite!(
     handoff_records_round_trip,
     bundles,
     concurrent_appends_never_gap_or_repeat,
+    commit_sets_mode,
+    services_put_list_replace_delete,
+    services_are_scoped_by_account,
 );
 
 // ---- backend-specific cases ----
@@ -175,7 +178,7 @@ async fn sqlite_reopen_keeps_data() {
         .fetch_all(&mut conn)
         .await
         .expect("read migrations");
-    assert_eq!(rows.len(), 2, "each migration recorded once");
+    assert_eq!(rows.len(), 3, "each migration recorded once");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -250,7 +253,7 @@ async fn postgres_reconnect_keeps_data() {
                 .fetch_all(&mut conn)
                 .await
                 .expect("read migrations");
-            assert_eq!(rows.len(), 2, "each migration recorded once");
+            assert_eq!(rows.len(), 3, "each migration recorded once");
         }
     })
     .await;

@@ -1,0 +1,10 @@
+-- Connected services: a provider credential per account and provider name, sealed with the
+-- account secret (the server cannot read it). Keep the meaning identical to
+-- migrations/postgres/0003_services.sql.
+CREATE TABLE services (
+    account_id  TEXT NOT NULL REFERENCES accounts (id),
+    provider    TEXT NOT NULL,
+    sealed      BLOB NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (account_id, provider)
+);
