@@ -55,7 +55,7 @@ async fn list(d: &Daemon, request: &str, only: Option<&str>) -> Reply {
             format!("Provider {name} is not known on this machine."),
         ));
     }
-    all.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    all.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
     let sealed = d
         .client
         .identity()

@@ -10,7 +10,7 @@ use baton_proto::handoff::SealedHandoffOptions;
 use baton_proto::ws::{DaemonCommand, DaemonReply};
 use baton_proto::{
     ApiError, AuthState, EntryBody, EntryRole, ErrorCode, HandoffId, HandoffRecord, HandoffResult,
-    MachineInfo, Sealed, SessionId, SessionMeta, SessionRecord, VersionCheck,
+    MachineInfo, Sealed, SessionId, SessionMeta, SessionMode, SessionRecord, VersionCheck,
 };
 use tokio::sync::oneshot;
 
@@ -430,10 +430,34 @@ async fn activate(d: &Arc<Daemon>, handoff: HandoffId, session: SessionRecord) -
         })?;
     }
     remove_dir(&dir);
+    // A Direct session's provider files are in place, and that is all it is: no Baton
+    // transcript to note the move in and no runner.
+    if session.mode == SessionMode::Direct {
+        return Ok(DaemonReply::Ok);
+    }
     let mut session = session;
     let note = handoff_note(d, handoff, &session).await;
     let cipher = d.client.cipher(&session).map_err(api)?;
-    let mut writer = Writer::new(d.clone(), &session, cipher);
+    let mut writer = Writer::new(d.clone(), &session, cipher.clone());
+    if session.last_seq == 0 {
+        // A Direct session converted to synced: its transcript comes from the provider's files,
+        // before the note of the move.
+        let meta = cipher
+            .open_meta(&session.sealed_meta)
+            .map_err(|e| api(e.into()))?;
+        let provider_ref = meta
+            .provider_ref
+            .clone()
+            .unwrap_or_else(|| session.id.to_string());
+        crate::runner::import_transcript(
+            provider,
+            &provider_ref,
+            &std::path::PathBuf::from(&meta.workspace),
+            &mut writer,
+        )
+        .await
+        .map_err(|msg| ApiError::new(ErrorCode::ActivateFailed, msg))?;
+    }
     writer
         .append(&[EntryBody::new(EntryRole::System, note)], None, None)
         .await

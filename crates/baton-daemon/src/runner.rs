@@ -407,29 +407,44 @@ async fn prepare(
         .provider_ref
         .clone()
         .unwrap_or_else(|| session.id.to_string());
-    if writer.last_seq == 0
-        && provider
-            .has_state(&provider_ref, &workspace)
-            .await
-            .unwrap_or(false)
-    {
-        let read = provider
-            .read_transcript(&provider_ref, &workspace)
-            .await
-            .map_err(|e| format!("Could not read the {} conversation: {e}", session.provider))?;
-        let bodies = crate::library::to_entries(read);
-        tracing::info!(
-            entries = bodies.len(),
-            "importing the provider's transcript"
-        );
-        for chunk in bodies.chunks(COPY_BATCH) {
-            writer
-                .append(chunk, None, None)
-                .await
-                .map_err(|e| format!("Importing the transcript failed: {e}"))?;
-        }
+    if writer.last_seq == 0 {
+        import_transcript(provider, &provider_ref, &workspace, writer).await?;
     }
     Ok(None)
+}
+
+/// Appends the conversation from the provider's own files to an empty Baton transcript (a
+/// session opened with `--sync`, or a Direct session converted by a handoff). Nothing happens
+/// when the provider has no state for it.
+pub(crate) async fn import_transcript(
+    provider: &dyn Provider,
+    provider_ref: &str,
+    workspace: &std::path::Path,
+    writer: &mut Writer,
+) -> Result<(), String> {
+    if !provider
+        .has_state(provider_ref, workspace)
+        .await
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    let read = provider
+        .read_transcript(provider_ref, workspace)
+        .await
+        .map_err(|e| format!("Could not read the {} conversation: {e}", provider.name()))?;
+    let bodies = crate::library::to_entries(read);
+    tracing::info!(
+        entries = bodies.len(),
+        "importing the provider's transcript"
+    );
+    for chunk in bodies.chunks(COPY_BATCH) {
+        writer
+            .append(chunk, None, None)
+            .await
+            .map_err(|e| format!("Importing the transcript failed: {e}"))?;
+    }
+    Ok(())
 }
 
 fn error_entry(text: &str) -> EntryBody {

@@ -7,8 +7,11 @@
 //! processes on the local machine only. It never copies machine-local secrets (credentials, auth
 //! files) into a bundle.
 
+pub mod claude;
+pub mod codex;
 pub mod enc;
 mod error;
+pub mod opencode;
 pub mod rewrite;
 pub mod scripted;
 
@@ -281,5 +284,10 @@ pub trait Provider: Send + Sync {
 
 /// All adapters this build knows, for a machine with `env`.
 pub fn all(env: &ProviderEnv) -> Vec<Box<dyn Provider>> {
-    vec![Box::new(scripted::ScriptedProvider::new(env.clone()))]
+    vec![
+        Box::new(scripted::ScriptedProvider::new(env.clone())),
+        Box::new(claude::ClaudeProvider::new(env.clone())),
+        Box::new(codex::CodexProvider::new(env.clone())),
+        Box::new(opencode::OpenCodeProvider::new(env.clone())),
+    ]
 }

@@ -280,6 +280,10 @@ impl Provider for ScriptedProvider {
         Ok(())
     }
 
+    fn service_env_vars(&self) -> &'static [&'static str] {
+        &[super::API_KEY_ENV]
+    }
+
     async fn list_sessions(&self) -> Result<Vec<ProviderSessionInfo>> {
         let state = self.state_dir();
         tokio::task::spawn_blocking(move || library::list(&state))

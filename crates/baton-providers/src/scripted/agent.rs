@@ -48,7 +48,7 @@ pub fn main(args: Vec<String>) -> i32 {
     match args.as_slice() {
         ["--version"] => emit_text(&format!("{SUBCOMMAND} {VERSION}")),
         ["auth", "status"] => {
-            if state.join("auth").is_file() {
+            if logged_in(&state) {
                 emit_text("logged in")
             } else {
                 // Like `claude auth status`: the answer goes to stdout, the exit code says it.
@@ -97,6 +97,13 @@ fn emit(v: &Value) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "{v}")?;
     out.flush()
+}
+
+/// Logged in: the machine-local `auth` file, or a key in the environment (as Claude Code takes
+/// `ANTHROPIC_API_KEY`), which is how a connected service reaches it.
+fn logged_in(state: &Path) -> bool {
+    state.join("auth").is_file()
+        || std::env::var_os(super::API_KEY_ENV).is_some_and(|v| !v.is_empty())
 }
 
 /// Creates `auth` (0600) in the state directory.
@@ -160,7 +167,7 @@ struct Conversation {
 
 /// `run`: opens or creates the conversation, prints `ready`, then serves turns until EOF.
 fn run(state: &Path, args: RunArgs) -> i32 {
-    if !state.join("auth").is_file() {
+    if !logged_in(state) {
         return fail("not logged in · run `scripted-agent auth login`");
     }
     if !Path::new(&args.cwd).is_absolute() || !Path::new(&args.cwd).is_dir() {

@@ -97,7 +97,7 @@ pub(super) fn list(state: &Path) -> Result<Vec<ProviderSessionInfo>> {
             });
         }
     }
-    out.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    out.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
     Ok(out)
 }
 

@@ -24,6 +24,9 @@ pub const VERSION: &str = "1.0.0";
 /// The agent's state directory, relative to `$HOME`.
 pub const STATE_DIR: &str = ".scripted-agent";
 
+/// Environment variable that logs the agent in without the `auth` file (a connected service).
+pub const API_KEY_ENV: &str = "SCRIPTED_AGENT_API_KEY";
+
 /// Subcommand of the `baton` binary that runs the agent program.
 pub const SUBCOMMAND: &str = "scripted-agent";
 
