@@ -11,7 +11,9 @@ pub mod claude;
 pub mod codex;
 pub mod enc;
 mod error;
+mod files;
 pub mod opencode;
+mod process;
 pub mod rewrite;
 pub mod scripted;
 

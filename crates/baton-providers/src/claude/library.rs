@@ -9,8 +9,9 @@ use baton_proto::ProviderSessionInfo;
 use serde_json::Value;
 
 use super::session::result_text;
-use super::state::{find_transcript, write_atomic};
+use super::state::find_transcript;
 use super::{NAME, check_ref, is_valid_session_id};
+use crate::files::write_atomic;
 use crate::rewrite::PathMap;
 use crate::{AgentEvent, ProviderError, ReadEntry, Result};
 

@@ -6,25 +6,20 @@
 //! `control_request{subtype:"can_use_tool"}` and waits for our `control_response`.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::unix::process::ExitStatusExt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use crate::process::{LineReader, StderrTail};
 use crate::{AgentEvent, AgentSession, ProviderError, Result, Usage};
 
 /// Longest stdout line accepted (the `init` line alone is tens of KB; tool results can be big).
 const MAX_LINE: usize = 64 * 1024 * 1024;
-/// Longest stderr line kept in the tail.
-const MAX_STDERR_LINE: usize = 4096;
-/// Stderr lines kept for the `Exited` event.
-const STDERR_TAIL_LINES: usize = 20;
 /// How long to wait for the process to exit once its stdout ended.
 const EXIT_WAIT: Duration = Duration::from_secs(5);
 /// How long `shutdown` lets the process end on its own after closing its stdin.
@@ -35,86 +30,6 @@ const STDERR_DRAIN: Duration = Duration::from_secs(1);
 const INIT_REQUEST: &str = "baton-init";
 /// Message the model sees when a tool use is denied.
 const DENY_MESSAGE: &str = "The user denied this tool use.";
-
-/// Reads newline-terminated lines with a length cap. Cancel-safe: bytes taken from the reader
-/// stay in `partial` until a whole line is returned, so a dropped `next_line` loses nothing.
-struct LineReader<R> {
-    inner: BufReader<R>,
-    partial: Vec<u8>,
-    /// True while dropping the rest of an over-long line.
-    skipping: bool,
-    max: usize,
-}
-
-impl<R: AsyncRead + Unpin> LineReader<R> {
-    fn new(inner: R, max: usize) -> Self {
-        Self {
-            inner: BufReader::new(inner),
-            partial: Vec::new(),
-            skipping: false,
-            max,
-        }
-    }
-
-    /// The next line without its newline (lossily decoded; over-long lines are cut to `max`
-    /// bytes); `None` at EOF or on a read error.
-    async fn next_line(&mut self) -> Option<String> {
-        loop {
-            let buf = match self.inner.fill_buf().await {
-                Ok([]) | Err(_) if self.partial.is_empty() => return None,
-                Ok([]) | Err(_) => return Some(self.take_line()),
-                Ok(buf) => buf,
-            };
-            let nl = buf.iter().position(|&b| b == b'\n');
-            let used = nl.map_or(buf.len(), |n| n + 1);
-            if !self.skipping {
-                let chunk = &buf[..nl.unwrap_or(used)];
-                let room = self.max.saturating_sub(self.partial.len());
-                self.partial
-                    .extend_from_slice(&chunk[..chunk.len().min(room)]);
-                self.skipping = chunk.len() > room;
-            }
-            self.inner.consume(used);
-            if nl.is_some() {
-                if std::mem::take(&mut self.skipping) {
-                    tracing::warn!(max = self.max, "claude output line too long, cut");
-                }
-                return Some(self.take_line());
-            }
-        }
-    }
-
-    fn take_line(&mut self) -> String {
-        let line = std::mem::take(&mut self.partial);
-        String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
-    }
-}
-
-/// The last lines of the process's stderr, filled by a background task.
-#[derive(Clone, Default)]
-struct StderrTail(Arc<Mutex<VecDeque<String>>>);
-
-impl StderrTail {
-    fn collect<R: AsyncRead + Unpin + Send + 'static>(&self, stderr: R) -> JoinHandle<()> {
-        let tail = self.clone();
-        tokio::spawn(async move {
-            let mut lines = LineReader::new(stderr, MAX_STDERR_LINE);
-            while let Some(line) = lines.next_line().await {
-                tracing::debug!(target: "baton_providers::claude::stderr", "{line}");
-                let mut q = tail.0.lock().unwrap_or_else(|p| p.into_inner());
-                q.push_back(line);
-                if q.len() > STDERR_TAIL_LINES {
-                    q.pop_front();
-                }
-            }
-        })
-    }
-
-    fn text(&self) -> String {
-        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        q.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
-    }
-}
 
 /// A running Claude Code process.
 pub(super) struct ClaudeSession {
@@ -149,12 +64,12 @@ impl ClaudeSession {
         let stdout = child.stdout.take().ok_or_else(missing)?;
         let stderr = child.stderr.take().ok_or_else(missing)?;
         let tail = StderrTail::default();
-        let stderr_task = Some(tail.collect(stderr));
+        let stderr_task = Some(tail.collect(stderr, "claude", |_| true));
         Ok(Self {
             pid: child.id(),
             child,
             stdin: Some(stdin),
-            stdout: LineReader::new(stdout, MAX_LINE),
+            stdout: LineReader::truncating(stdout, MAX_LINE),
             tail,
             stderr_task,
             reaped: false,
@@ -323,17 +238,7 @@ impl ClaudeSession {
             }
             self.stderr_task = None;
         }
-        let mut stderr_tail = self.tail.text();
-        if let Some(sig) = status.and_then(|s| s.signal()) {
-            if !stderr_tail.is_empty() {
-                stderr_tail.push('\n');
-            }
-            stderr_tail.push_str(&format!("terminated by signal {sig}"));
-        }
-        let ev = AgentEvent::Exited {
-            code: status.and_then(|s| s.code()),
-            stderr_tail,
-        };
+        let ev = crate::process::exited(status, self.tail.text());
         self.exited = Some(ev.clone());
         ev
     }
@@ -668,16 +573,5 @@ mod tests {
         );
         assert_eq!(parse(during, true).len(), 1);
         assert!(parse(r#"{"type":"system","subtype":"init"}"#, false).is_empty());
-    }
-
-    #[tokio::test]
-    async fn line_reader_cuts_long_lines() {
-        let data: &[u8] = b"one\ntoo-long-line\ntwo\nlast";
-        let mut r = LineReader::new(data, 8);
-        assert_eq!(r.next_line().await.as_deref(), Some("one"));
-        assert_eq!(r.next_line().await.as_deref(), Some("too-long"));
-        assert_eq!(r.next_line().await.as_deref(), Some("two"));
-        assert_eq!(r.next_line().await.as_deref(), Some("last"));
-        assert_eq!(r.next_line().await, None);
     }
 }

@@ -8,11 +8,9 @@
 //! (live-process registry), `shell-snapshots/`, `.credentials.json` or `~/.claude.json`.
 
 use std::collections::HashSet;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use baton_proto::Bytes;
 use baton_proto::ws::{BundleFile, ProviderBundle};
@@ -20,6 +18,7 @@ use serde_json::Value;
 
 use super::{BUNDLE_FORMAT, NAME, check_ref};
 use crate::enc::enc;
+use crate::files::{check_bundle_header, check_identity, staged_files, write_atomic};
 use crate::rewrite::PathMap;
 use crate::{ProviderError, Result};
 
@@ -236,25 +235,9 @@ pub(super) fn plan_import(
     cfg: &Path,
 ) -> Result<Vec<StagedFile>> {
     let invalid = |msg: String| ProviderError::InvalidBundle(msg);
-    if bundle.provider != NAME {
-        return Err(invalid(format!(
-            "bundle is for provider {:?}, not {NAME}",
-            bundle.provider
-        )));
-    }
-    if bundle.format != BUNDLE_FORMAT {
-        return Err(invalid(format!("unknown bundle format {}", bundle.format)));
-    }
+    check_bundle_header(bundle, NAME, BUNDLE_FORMAT)?;
     let id = bundle.provider_ref.as_str();
     check_ref(id)?;
-    for (what, p) in [
-        ("source workspace", &bundle.source_workspace),
-        ("source home", &bundle.source_home),
-    ] {
-        if !p.starts_with('/') {
-            return Err(invalid(format!("{what} {p:?} is not absolute")));
-        }
-    }
     let mut seen = HashSet::new();
     let mut source_cfg = format!("{}/.claude", bundle.source_home.trim_end_matches('/'));
     let mut project: Option<&str> = None;
@@ -428,20 +411,6 @@ fn check_transcript(data: &[u8], id: &str) -> Result<()> {
     }
 }
 
-/// Refuses when different state for the same file already exists here.
-fn check_identity(cfg: &Path, rel: &str, data: &[u8], id: &str) -> Result<()> {
-    let dest = cfg.join(rel);
-    match fs::read(&dest) {
-        Ok(existing) if existing == data => Ok(()),
-        Ok(_) => Err(ProviderError::TargetIdentityConflict {
-            provider_ref: id.into(),
-            path: dest.display().to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ProviderError::io(format!("read {}", dest.display()), e)),
-    }
-}
-
 /// Writes planned files under `staging`.
 pub(super) fn write_staging(plan: &[StagedFile], staging: &Path) -> Result<()> {
     for file in plan {
@@ -457,8 +426,7 @@ pub(super) fn activate(staging: &Path, cfg: &Path) -> Result<()> {
         tracing::debug!(staging = %staging.display(), "nothing staged, already activated");
         return Ok(());
     }
-    let mut files = Vec::new();
-    staged_files(staging, staging, &mut files)?;
+    let files = staged_files(staging)?;
     // Check everything before moving anything: state that appeared since staging must not be
     // overwritten.
     let mut staged = Vec::with_capacity(files.len());
@@ -498,33 +466,6 @@ fn session_of(parts: &[&str]) -> String {
     }
 }
 
-/// Lists regular files under `dir` as paths relative to `root`; anything else is refused.
-fn staged_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries =
-        fs::read_dir(dir).map_err(|e| ProviderError::io(format!("list {}", dir.display()), e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| ProviderError::io(format!("list {}", dir.display()), e))?;
-        let path = entry.path();
-        let kind = entry
-            .file_type()
-            .map_err(|e| ProviderError::io(format!("stat {}", path.display()), e))?;
-        if kind.is_dir() {
-            staged_files(root, &path, out)?;
-        } else if kind.is_file() {
-            let rel = path
-                .strip_prefix(root)
-                .expect("read_dir yields paths under the directory listed");
-            out.push(rel.to_path_buf());
-        } else {
-            return Err(ProviderError::InvalidBundle(format!(
-                "staged entry {} is not a regular file",
-                path.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Removes the session's files (transcript, `<id>/`, file history, tasks); absent ones are fine.
 pub(super) fn remove(cfg: &Path, ws: &str, id: &str) -> Result<()> {
     check_ref(id)?;
@@ -553,41 +494,4 @@ fn remove_path(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(ProviderError::io(format!("remove {}", path.display()), e)),
     }
-}
-
-/// Distinguishes temp files of concurrent writers within this process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `data` to `dest` so that readers see either the old file or the whole new one: temp
-/// file in the same directory, fsync, rename, fsync the directory. Directories are made 0700.
-pub(super) fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = dest
-        .parent()
-        .ok_or_else(|| ProviderError::InvalidBundle(format!("no parent for {}", dest.display())))?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| ProviderError::io(format!("create {}", dir.display()), e))?;
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(
-        ".{name}.baton-tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, dest)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| ProviderError::io(format!("write {}", dest.display()), e))
 }

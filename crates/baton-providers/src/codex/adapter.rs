@@ -12,6 +12,7 @@ use tokio::time::timeout;
 use super::session::{CodexSession, TurnConfig};
 use super::state::{self, Target};
 use super::{BUNDLE_FORMAT, NAME, check_ref, codex_home, library, parse_version, version_check};
+use crate::files::workspace_str;
 use crate::{AgentSession, Provider, ProviderEnv, ProviderError, ReadEntry, Result, StartSpec};
 
 /// Time limit of `--version` and `login status` probes.
@@ -156,18 +157,6 @@ impl CodexProvider {
 fn utf8<'a>(what: &str, p: &'a Path) -> Result<&'a str> {
     p.to_str()
         .ok_or_else(|| ProviderError::Process(format!("{what} {} is not UTF-8", p.display())))
-}
-
-/// The workspace as an absolute UTF-8 path without `.` parts or trailing `/`.
-fn workspace_str(workspace: &Path) -> Result<String> {
-    if !workspace.is_absolute() {
-        return Err(ProviderError::Process(format!(
-            "workspace {} is not absolute",
-            workspace.display()
-        )));
-    }
-    let normal: PathBuf = workspace.components().collect();
-    Ok(utf8("workspace", &normal)?.to_string())
 }
 
 /// Runs blocking work off the async executor.

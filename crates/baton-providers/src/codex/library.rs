@@ -8,8 +8,9 @@ use std::path::Path;
 use baton_proto::ProviderSessionInfo;
 use serde_json::Value;
 
-use super::state::{find_rollouts, rollout_path, session_meta, walk_rollouts, write_atomic};
+use super::state::{find_rollouts, rollout_path, session_meta, walk_rollouts};
 use super::{NAME, check_ref, is_injected_user_text, is_thread_id, rollout_id};
+use crate::files::write_atomic;
 use crate::{AgentEvent, ProviderError, ReadEntry, Result};
 
 /// Every thread with a plain rollout under `codex_home`, newest first; unreadable rollouts are
@@ -288,7 +289,7 @@ pub(super) fn fork(
         });
     }
     let dest = src.with_file_name(name);
-    write_atomic(&dest, forked.as_bytes())?;
+    write_atomic(&dest, forked.as_bytes(), 0o600)?;
     Ok(new_id)
 }
 

@@ -7,28 +7,23 @@
 //! and an open stdin, `exec` waits for stdin's EOF and appends it as a `<stdin>` block.
 
 use std::collections::{HashSet, VecDeque};
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdout};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
 use super::NAME;
+use crate::process::{LineReader, StderrTail};
 use crate::{AgentEvent, AgentSession, ProviderEnv, ProviderError, Result, Usage};
 
 /// Longest stdout line accepted; longer lines are dropped.
 const MAX_LINE: usize = 16 * 1024 * 1024;
-/// Longest stderr line kept in the tail.
-const MAX_STDERR_LINE: usize = 4096;
-/// Stderr lines kept for error messages.
-const STDERR_TAIL_LINES: usize = 20;
 /// How long a turn's process may take to exit after its stdout ended or its turn ended.
 const EXIT_WAIT: Duration = Duration::from_secs(5);
 /// How long an interrupted turn gets to stop on SIGINT before its group is killed.
@@ -255,17 +250,7 @@ impl CodexSession {
             // A crash (signal, or a failure Codex did not report as an event, e.g. a thread
             // that cannot be resumed): the daemon records it as an error and stops the
             // session, instead of waiting for a turn end that never comes.
-            let mut tail = stderr_tail;
-            if let Some(sig) = status.and_then(|s| s.signal()) {
-                if !tail.is_empty() {
-                    tail.push('\n');
-                }
-                tail.push_str(&format!("terminated by signal {sig}"));
-            }
-            let ev = AgentEvent::Exited {
-                code,
-                stderr_tail: tail,
-            };
+            let ev = crate::process::exited(status, stderr_tail);
             self.exited = Some(ev.clone());
             self.pending.push_back(ev);
         }
@@ -421,7 +406,7 @@ impl AgentSession for CodexSession {
         let stdout = child.stdout.take().ok_or_else(missing)?;
         let stderr = child.stderr.take().ok_or_else(missing)?;
         let tail = StderrTail::default();
-        let stderr_task = Some(tail.collect(stderr));
+        let stderr_task = Some(tail.collect(stderr, "codex", codex_stderr_filter()));
         let prompt = text.to_string();
         // Written on a task so that a prompt larger than the pipe buffer cannot block us; EOF
         // (dropping stdin) is what tells `exec -` the prompt is complete.
@@ -522,115 +507,19 @@ impl Drop for Turn {
     }
 }
 
-/// Reads newline-terminated lines with a length cap. Cancel-safe: bytes taken from the reader
-/// stay in `self` until a whole line is returned, so a dropped `next_line` loses nothing (the
-/// daemon `select!`s on [`AgentSession::next_event`]).
-struct LineReader<R> {
-    inner: BufReader<R>,
-    partial: Vec<u8>,
-    /// True while skipping the rest of an over-long line.
-    skipping: bool,
-    max: usize,
-    /// Over-long lines: keep their first `max` bytes (true) or drop them (false).
-    truncate: bool,
-}
-
-impl<R: AsyncRead + Unpin> LineReader<R> {
-    fn new(inner: R, max: usize) -> Self {
-        Self {
-            inner: BufReader::new(inner),
-            partial: Vec::new(),
-            skipping: false,
-            max,
-            truncate: false,
+/// Keeps Codex's stderr readable: after a panic Codex prints a `Stack backtrace:` of
+/// `<unknown>` frames, and on some systems a warning about PATH aliases; neither says what
+/// went wrong.
+fn codex_stderr_filter() -> impl FnMut(&str) -> bool + Send + 'static {
+    let mut in_backtrace = false;
+    move |line: &str| {
+        if line.starts_with("Stack backtrace:") {
+            in_backtrace = true;
         }
-    }
-
-    /// The next line without its newline (lossily decoded); `None` at EOF or on a read error.
-    async fn next_line(&mut self) -> Option<String> {
-        loop {
-            let buf = match self.inner.fill_buf().await {
-                Ok([]) | Err(_) => {
-                    if self.partial.is_empty() {
-                        return None;
-                    }
-                    return Some(self.take_line());
-                }
-                Ok(buf) => buf,
-            };
-            let (used, done) = match buf.iter().position(|&b| b == b'\n') {
-                Some(nl) => (nl + 1, true),
-                None => (buf.len(), false),
-            };
-            let chunk = &buf[..if done { used - 1 } else { used }];
-            if !self.skipping {
-                let room = self.max.saturating_sub(self.partial.len());
-                if chunk.len() > room {
-                    if self.truncate {
-                        self.partial.extend_from_slice(&chunk[..room]);
-                    } else {
-                        tracing::warn!(max = self.max, "codex output line too long, dropped");
-                        self.partial.clear();
-                    }
-                    self.skipping = true;
-                } else {
-                    self.partial.extend_from_slice(chunk);
-                }
-            }
-            self.inner.consume(used);
-            if done {
-                if std::mem::take(&mut self.skipping) && !self.truncate {
-                    continue;
-                }
-                return Some(self.take_line());
-            }
-        }
-    }
-
-    fn take_line(&mut self) -> String {
-        let line = std::mem::take(&mut self.partial);
-        String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
-    }
-}
-
-/// The last lines of a process's stderr, filled by a background task. Codex follows an error
-/// with a `Stack backtrace:` of `<unknown>` frames; that part is dropped so the tail keeps the
-/// error itself.
-#[derive(Clone, Default)]
-struct StderrTail(Arc<Mutex<VecDeque<String>>>);
-
-impl StderrTail {
-    fn collect<R: AsyncRead + Unpin + Send + 'static>(&self, stderr: R) -> JoinHandle<()> {
-        let tail = self.clone();
-        tokio::spawn(async move {
-            let mut lines = LineReader::new(stderr, MAX_STDERR_LINE);
-            lines.truncate = true;
-            let mut in_backtrace = false;
-            while let Some(line) = lines.next_line().await {
-                tracing::debug!(target: "baton_providers::codex::stderr", "{line}");
-                if line.starts_with("Stack backtrace:") {
-                    in_backtrace = true;
-                }
-                let noise = in_backtrace
-                    || line.trim().is_empty()
-                    || line.starts_with(
-                        "WARNING: proceeding, even though we could not create PATH aliases",
-                    );
-                if noise {
-                    continue;
-                }
-                let mut q = tail.0.lock().unwrap_or_else(|p| p.into_inner());
-                q.push_back(line);
-                if q.len() > STDERR_TAIL_LINES {
-                    q.pop_front();
-                }
-            }
-        })
-    }
-
-    fn text(&self) -> String {
-        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        q.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+        !(in_backtrace
+            || line.trim().is_empty()
+            || line
+                .starts_with("WARNING: proceeding, even though we could not create PATH aliases"))
     }
 }
 
@@ -690,15 +579,5 @@ mod tests {
             })
         );
         assert_eq!(tool_call(&json!({"type":"reasoning","text":"x"})), None);
-    }
-
-    #[tokio::test]
-    async fn line_reader_caps_and_splits() {
-        let data: &[u8] = b"one\ntoo-long-line\ntwo\nlast";
-        let mut r = LineReader::new(data, 8);
-        assert_eq!(r.next_line().await.as_deref(), Some("one"));
-        assert_eq!(r.next_line().await.as_deref(), Some("two"));
-        assert_eq!(r.next_line().await.as_deref(), Some("last"));
-        assert_eq!(r.next_line().await, None);
     }
 }

@@ -6,16 +6,16 @@
 //! rebuilt by Codex from rollouts; `auth.json`, `history.jsonl` and `shell_snapshots/` are
 //! machine-local.
 
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use baton_proto::ws::ProviderBundle;
 use serde_json::Value;
 
 use super::{BUNDLE_FORMAT, NAME, check_ref, check_rel_path, rollout_id};
+use crate::files::{check_bundle_header, write_atomic};
 use crate::rewrite::PathMap;
 use crate::{ProviderError, Result};
 
@@ -238,24 +238,8 @@ pub(super) fn plan_import(
     codex_home: &Path,
 ) -> Result<StagedFile> {
     let invalid = ProviderError::InvalidBundle;
-    if bundle.provider != NAME {
-        return Err(invalid(format!(
-            "bundle is for provider {:?}, not {NAME}",
-            bundle.provider
-        )));
-    }
-    if bundle.format != BUNDLE_FORMAT {
-        return Err(invalid(format!("unknown bundle format {}", bundle.format)));
-    }
+    check_bundle_header(bundle, NAME, BUNDLE_FORMAT)?;
     check_ref(&bundle.provider_ref)?;
-    for (what, p) in [
-        ("source workspace", &bundle.source_workspace),
-        ("source home", &bundle.source_home),
-    ] {
-        if !p.starts_with('/') {
-            return Err(invalid(format!("{what} {p:?} is not absolute")));
-        }
-    }
     let [file] = bundle.files.as_slice() else {
         return Err(invalid(format!(
             "a codex bundle holds exactly one rollout, this one has {} files",
@@ -315,7 +299,7 @@ pub(super) fn existing(codex_home: &Path, id: &str, incoming: &[u8]) -> Result<E
 
 /// Writes the planned rollout under `staging`.
 pub(super) fn write_staging(file: &StagedFile, staging: &Path) -> Result<()> {
-    write_atomic(&staging.join(&file.rel), &file.data)
+    write_atomic(&staging.join(&file.rel), &file.data, 0o600)
 }
 
 /// A staged rollout found by [`read_staging`].
@@ -378,7 +362,7 @@ pub(super) fn place(codex_home: &Path, staged: &Staged) -> Result<()> {
         }
         Existing::None => {}
     }
-    write_atomic(&codex_home.join(&staged.rel), &staged.data)
+    write_atomic(&codex_home.join(&staged.rel), &staged.data, 0o600)
 }
 
 /// Removes a file; a missing one is fine.
@@ -431,46 +415,6 @@ fn file_contains(path: &Path, needle: &[u8]) -> bool {
             filled = keep;
         }
     }
-}
-
-/// Distinguishes temp files of concurrent writers within this process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `data` to `dest` (mode 0600, like Codex) so that readers see the old file or the
-/// whole new one: temp file in the same directory, fsync, rename, fsync the directory.
-pub(super) fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
-    let dir = dest
-        .parent()
-        .ok_or_else(|| ProviderError::InvalidBundle(format!("no parent for {}", dest.display())))?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| ProviderError::io(format!("create {}", dir.display()), e))?;
-    let name = dest
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("rollout");
-    let tmp = dir.join(format!(
-        ".{name}.baton-tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, dest)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| ProviderError::io(format!("write {}", dest.display()), e))
 }
 
 #[cfg(test)]

@@ -11,11 +11,12 @@ use super::cli::{Cli, VERSION_TIMEOUT, not_installed};
 use super::session::{OpenCodeSession, Running};
 use super::state::{
     ExportCompare, Plan, bundle_order, compare_exports, foreign_run_alive, read_staging,
-    write_atomic, write_staging,
+    write_staging,
 };
 use super::{
     BIN, BUNDLE_DIR, BUNDLE_FORMAT, NAME, check_ref, config, library, version_check, workspace_str,
 };
+use crate::files::write_atomic;
 use crate::rewrite::PathMap;
 use crate::{AgentSession, Provider, ProviderEnv, ProviderError, ReadEntry, Result, StartSpec};
 
@@ -441,7 +442,7 @@ impl Provider for OpenCodeProvider {
             .map_err(|e| ProviderError::Process(format!("cannot encode the fork: {e}")))?;
         let file = config::data_dir(&self.env).join(format!("baton-fork-{new_id}.json"));
         let f = file.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&f, &data))
+        tokio::task::spawn_blocking(move || write_atomic(&f, &data, 0o600))
             .await
             .map_err(|e| ProviderError::Process(format!("fork task failed: {e}")))??;
         let imported = cli.import(&file, &ws).await;

@@ -18,6 +18,7 @@ pub use state::{ExportCompare, compare_exports, rewrite_export};
 
 use baton_proto::VersionCheck;
 
+use crate::files::workspace_str;
 use crate::{ProviderError, Result};
 
 /// Provider name.
@@ -74,24 +75,8 @@ fn version_check(version: &str) -> VersionCheck {
         (Some(1), Some(18)) => VersionCheck::Tested,
         (Some(1), Some(m)) if m >= 14 => VersionCheck::Untested,
         (Some(0 | 1), Some(_)) => VersionCheck::Incompatible,
-        (Some(_), Some(_)) => VersionCheck::Untested,
         _ => VersionCheck::Untested,
     }
-}
-
-/// The workspace as a UTF-8 absolute path without `.` parts or a trailing `/`: OpenCode records
-/// the directory it ran in as this exact string.
-fn workspace_str(workspace: &std::path::Path) -> Result<String> {
-    if !workspace.is_absolute() {
-        return Err(ProviderError::Process(format!(
-            "workspace {} is not absolute",
-            workspace.display()
-        )));
-    }
-    let normal: std::path::PathBuf = workspace.components().collect();
-    normal.into_os_string().into_string().map_err(|_| {
-        ProviderError::Process(format!("workspace {} is not UTF-8", workspace.display()))
-    })
 }
 
 #[cfg(test)]

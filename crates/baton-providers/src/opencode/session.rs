@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
 use super::cli::{Cli, clean_stderr, kill_group};
+use crate::process::LineReader;
 use crate::{AgentEvent, AgentSession, ProviderError, Result, Usage};
 
 /// Longest stdout line accepted; longer lines are dropped.
@@ -46,64 +47,6 @@ impl Running {
     pub(super) fn contains(&self, id: &str) -> bool {
         let ids = self.0.lock().unwrap_or_else(|p| p.into_inner());
         ids.contains(id)
-    }
-}
-
-/// Reads newline-terminated lines with a length cap. Cancel-safe: bytes already taken from the
-/// pipe stay in `partial` until a whole line is returned, so a dropped `next_line` future loses
-/// nothing (the daemon `select!`s on [`AgentSession::next_event`]).
-struct LineReader<R> {
-    inner: BufReader<R>,
-    partial: Vec<u8>,
-    skipping: bool,
-}
-
-impl<R: AsyncRead + Unpin> LineReader<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner: BufReader::new(inner),
-            partial: Vec::new(),
-            skipping: false,
-        }
-    }
-
-    /// The next line, lossily decoded; `None` at EOF or on a read error.
-    async fn next_line(&mut self) -> Option<String> {
-        loop {
-            let buf = match self.inner.fill_buf().await {
-                Ok([]) | Err(_) => {
-                    if self.partial.is_empty() || self.skipping {
-                        return None;
-                    }
-                    return Some(self.take());
-                }
-                Ok(buf) => buf,
-            };
-            let nl = buf.iter().position(|&b| b == b'\n');
-            let used = nl.map_or(buf.len(), |n| n + 1);
-            if !self.skipping {
-                let chunk = &buf[..nl.unwrap_or(used)];
-                if self.partial.len() + chunk.len() > MAX_LINE {
-                    tracing::warn!("opencode output line too long, dropped");
-                    self.partial.clear();
-                    self.skipping = true;
-                } else {
-                    self.partial.extend_from_slice(chunk);
-                }
-            }
-            self.inner.consume(used);
-            if nl.is_some() {
-                if std::mem::take(&mut self.skipping) {
-                    continue;
-                }
-                return Some(self.take());
-            }
-        }
-    }
-
-    fn take(&mut self) -> String {
-        let line = std::mem::take(&mut self.partial);
-        String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
     }
 }
 
@@ -289,7 +232,7 @@ impl OpenCodeSession {
         Ok(Turn {
             child,
             pid,
-            stdout: LineReader::new(stdout),
+            stdout: LineReader::new(stdout, MAX_LINE),
             tail,
             stderr_task,
             reaped: false,
@@ -679,18 +622,5 @@ mod tests {
         );
         assert!(parse(r#"{"type":"step_start","part":{}}"#, &mut u).is_empty());
         assert!(parse(r#"{"type":"reasoning","part":{"text":"hm"}}"#, &mut u).is_empty());
-    }
-
-    #[tokio::test]
-    async fn line_reader_caps_and_splits() {
-        let long = vec![b'x'; MAX_LINE + 10];
-        let mut data = b"one\n".to_vec();
-        data.extend_from_slice(&long);
-        data.extend_from_slice(b"\ntwo\nlast");
-        let mut r = LineReader::new(&data[..]);
-        assert_eq!(r.next_line().await.as_deref(), Some("one"));
-        assert_eq!(r.next_line().await.as_deref(), Some("two"));
-        assert_eq!(r.next_line().await.as_deref(), Some("last"));
-        assert_eq!(r.next_line().await, None);
     }
 }

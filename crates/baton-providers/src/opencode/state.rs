@@ -2,16 +2,14 @@
 //! staged as files, then put in place with `opencode session delete` / `opencode import`.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use baton_proto::ws::ProviderBundle;
 use serde_json::{Value, json};
 
 use super::{BUNDLE_DIR, BUNDLE_FORMAT, NAME, check_ref, is_valid_id};
+use crate::files::{check_bundle_header, write_atomic};
 use crate::rewrite::PathMap;
 use crate::{ProviderError, Result};
 
@@ -123,24 +121,8 @@ fn check_export(v: &Value, expected_id: &str) -> Result<()> {
 /// unexpected paths, duplicates and children that do not descend from the main session.
 pub(super) fn bundle_order(bundle: &ProviderBundle) -> Result<Vec<(String, Value)>> {
     let invalid = |m: String| ProviderError::InvalidBundle(m);
-    if bundle.provider != NAME {
-        return Err(invalid(format!(
-            "bundle is for provider {:?}, not {NAME}",
-            bundle.provider
-        )));
-    }
-    if bundle.format != BUNDLE_FORMAT {
-        return Err(invalid(format!("unknown bundle format {}", bundle.format)));
-    }
+    check_bundle_header(bundle, NAME, BUNDLE_FORMAT)?;
     check_ref(&bundle.provider_ref)?;
-    for (what, p) in [
-        ("source workspace", &bundle.source_workspace),
-        ("source home", &bundle.source_home),
-    ] {
-        if !p.starts_with('/') {
-            return Err(invalid(format!("{what} {p:?} is not absolute")));
-        }
-    }
     let mut docs: HashMap<String, Value> = HashMap::new();
     for file in &bundle.files {
         let id = file
@@ -214,11 +196,11 @@ pub(super) fn write_staging(staging: &Path, plan: &Plan, docs: &[(String, Value)
     for (id, v) in docs {
         let data = serde_json::to_vec_pretty(v)
             .map_err(|e| ProviderError::Process(format!("cannot encode {id}: {e}")))?;
-        write_atomic(&dir.join(format!("{id}.json")), &data)?;
+        write_atomic(&dir.join(format!("{id}.json")), &data, 0o600)?;
     }
     let data = serde_json::to_vec_pretty(&json!(plan))
         .map_err(|e| ProviderError::Process(format!("cannot encode the plan: {e}")))?;
-    write_atomic(&dir.join(PLAN_FILE), &data)
+    write_atomic(&dir.join(PLAN_FILE), &data, 0o600)
 }
 
 /// One staged export: session id, file, parsed content.
@@ -257,43 +239,6 @@ pub(super) fn read_staging(staging: &Path) -> Result<Option<(Plan, Vec<StagedExp
         docs.push((id.clone(), path, v));
     }
     Ok(Some((plan, docs)))
-}
-
-/// Distinguishes temp files of concurrent writers within this process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `data` to `dest` (mode 0600) so that readers see either no file or the whole one:
-/// temp file in the same directory, fsync, rename, fsync the directory.
-pub(super) fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
-    let dir = dest
-        .parent()
-        .ok_or_else(|| ProviderError::InvalidBundle(format!("no parent for {}", dest.display())))?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| ProviderError::io(format!("create {}", dir.display()), e))?;
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(
-        ".{name}.baton-tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, dest)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| ProviderError::io(format!("write {}", dest.display()), e))
 }
 
 /// True when a process other than us runs `opencode` with `id` among its arguments (a `run -s

@@ -17,6 +17,7 @@ use super::library;
 use super::session::ScriptedSession;
 use super::state::{activate, plan_import, read_stopped, write_staging};
 use super::{BUNDLE_FORMAT, NAME, SUBCOMMAND, check_ref, session_rel_path, state_dir};
+use crate::files::workspace_str;
 use crate::{AgentSession, Provider, ProviderEnv, ProviderError, ReadEntry, Result, StartSpec};
 
 /// Environment variable naming the program to run as `<program> scripted-agent …`.
@@ -117,21 +118,6 @@ impl ScriptedProvider {
         let version = line.strip_prefix(SUBCOMMAND)?.trim();
         (!version.is_empty()).then(|| version.to_string())
     }
-}
-
-/// The workspace as a UTF-8 absolute path string without `.` parts, doubled or trailing `/`:
-/// the agent's state names derive from this exact string, so every operation must agree on it.
-fn workspace_str(workspace: &Path) -> Result<String> {
-    if !workspace.is_absolute() {
-        return Err(ProviderError::Process(format!(
-            "workspace {} is not absolute",
-            workspace.display()
-        )));
-    }
-    let normal: PathBuf = workspace.components().collect();
-    normal.into_os_string().into_string().map_err(|_| {
-        ProviderError::Process(format!("workspace {} is not UTF-8", workspace.display()))
-    })
 }
 
 #[async_trait]

@@ -1,142 +1,25 @@
 //! A running scripted agent process, seen through [`AgentSession`].
 
-use std::collections::VecDeque;
-use std::os::unix::process::ExitStatusExt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use crate::process::{LineReader, StderrTail};
 use crate::{AgentEvent, AgentSession, ProviderError, Result};
 
 /// Longest stdout line accepted from the agent; longer lines are dropped.
 const MAX_LINE: usize = 16 * 1024 * 1024;
-/// Longest stderr line kept in the tail (the rest of the line is cut).
-const MAX_STDERR_LINE: usize = 4096;
-/// Stderr lines kept for the `Exited` event.
-const STDERR_TAIL_LINES: usize = 20;
 /// How long to wait for the process to exit once its stdout ended.
 const EXIT_WAIT: Duration = Duration::from_secs(5);
 /// How long `shutdown` lets the process end on its own after closing its stdin.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long to wait for the stderr collector to drain after the process exited.
 const STDERR_DRAIN: Duration = Duration::from_secs(1);
-
-/// Reads newline-terminated lines with a length cap. Cancel-safe: bytes taken from the reader
-/// are kept in `self` until a whole line is returned, so a dropped `next_line` future loses
-/// nothing (the daemon may `select!` on [`AgentSession::next_event`]).
-pub(super) struct LineReader<R> {
-    inner: BufReader<R>,
-    partial: Vec<u8>,
-    /// True while skipping the rest of an over-long line.
-    skipping: bool,
-    max: usize,
-    /// Over-long lines: keep their first `max` bytes (true) or drop them (false).
-    truncate: bool,
-}
-
-impl<R: AsyncRead + Unpin> LineReader<R> {
-    /// Wraps `inner`, accepting lines up to `max` bytes and dropping longer ones.
-    pub(super) fn new(inner: R, max: usize) -> Self {
-        Self {
-            inner: BufReader::new(inner),
-            partial: Vec::new(),
-            skipping: false,
-            max,
-            truncate: false,
-        }
-    }
-
-    /// Wraps `inner`, cutting lines after `max` bytes.
-    pub(super) fn truncating(inner: R, max: usize) -> Self {
-        Self {
-            truncate: true,
-            ..Self::new(inner, max)
-        }
-    }
-
-    /// The next line (without its newline, lossily decoded); `None` at EOF or on a read error.
-    pub(super) async fn next_line(&mut self) -> Option<String> {
-        loop {
-            let buf = match self.inner.fill_buf().await {
-                Ok([]) | Err(_) => {
-                    if self.partial.is_empty() {
-                        return None;
-                    }
-                    return Some(self.take_line());
-                }
-                Ok(buf) => buf,
-            };
-            let (used, done) = match buf.iter().position(|&b| b == b'\n') {
-                Some(nl) => (nl + 1, Some(nl)),
-                None => (buf.len(), None),
-            };
-            let chunk = &buf[..done.unwrap_or(used)];
-            if !self.skipping {
-                let room = self.max.saturating_sub(self.partial.len());
-                if chunk.len() > room {
-                    if self.truncate {
-                        self.partial.extend_from_slice(&chunk[..room]);
-                    } else {
-                        tracing::warn!(max = self.max, "agent output line too long, dropped");
-                        self.partial.clear();
-                    }
-                    self.skipping = true;
-                } else {
-                    self.partial.extend_from_slice(chunk);
-                }
-            }
-            self.inner.consume(used);
-            if done.is_some() {
-                if std::mem::take(&mut self.skipping) && !self.truncate {
-                    continue;
-                }
-                return Some(self.take_line());
-            }
-        }
-    }
-
-    fn take_line(&mut self) -> String {
-        let line = std::mem::take(&mut self.partial);
-        String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
-    }
-}
-
-/// The last lines of a process's stderr, filled by a background task.
-#[derive(Clone, Default)]
-pub(super) struct StderrTail(Arc<Mutex<VecDeque<String>>>);
-
-impl StderrTail {
-    /// Starts collecting `stderr` on a task.
-    pub(super) fn collect<R: AsyncRead + Unpin + Send + 'static>(
-        &self,
-        stderr: R,
-    ) -> JoinHandle<()> {
-        let tail = self.clone();
-        tokio::spawn(async move {
-            let mut lines = LineReader::truncating(stderr, MAX_STDERR_LINE);
-            while let Some(line) = lines.next_line().await {
-                tracing::debug!(target: "baton_providers::scripted::stderr", "{line}");
-                let mut q = tail.0.lock().unwrap_or_else(|p| p.into_inner());
-                q.push_back(line);
-                if q.len() > STDERR_TAIL_LINES {
-                    q.pop_front();
-                }
-            }
-        })
-    }
-
-    /// The collected lines, joined by newlines.
-    pub(super) fn text(&self) -> String {
-        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        q.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
-    }
-}
 
 /// A running `scripted-agent run` process.
 pub(super) struct ScriptedSession {
@@ -160,7 +43,7 @@ impl ScriptedSession {
         let stdout = child.stdout.take().ok_or_else(missing)?;
         let stderr = child.stderr.take().ok_or_else(missing)?;
         let tail = StderrTail::default();
-        let stderr_task = Some(tail.collect(stderr));
+        let stderr_task = Some(tail.collect(stderr, "scripted", |_| true));
         Ok(Self {
             pid: child.id(),
             child,
@@ -251,17 +134,7 @@ impl ScriptedSession {
             }
             self.stderr_task = None;
         }
-        let mut stderr_tail = self.tail.text();
-        if let Some(sig) = status.and_then(|s| s.signal()) {
-            if !stderr_tail.is_empty() {
-                stderr_tail.push('\n');
-            }
-            stderr_tail.push_str(&format!("terminated by signal {sig}"));
-        }
-        let ev = AgentEvent::Exited {
-            code: status.and_then(|s| s.code()),
-            stderr_tail,
-        };
+        let ev = crate::process::exited(status, self.tail.text());
         self.exited = Some(ev.clone());
         ev
     }
@@ -413,20 +286,5 @@ mod tests {
         assert_eq!(parse_event(r#"{"type":"ready"}"#), None);
         assert_eq!(parse_event(r#"{"type":"future_thing"}"#), None);
         assert_eq!(parse_event("not json"), None);
-    }
-
-    #[tokio::test]
-    async fn line_reader_caps_and_splits() {
-        let data: &[u8] = b"one\ntoo-long-line\ntwo\nlast";
-        let mut r = LineReader::new(data, 8);
-        assert_eq!(r.next_line().await.as_deref(), Some("one"));
-        assert_eq!(r.next_line().await.as_deref(), Some("two"));
-        assert_eq!(r.next_line().await.as_deref(), Some("last"));
-        assert_eq!(r.next_line().await, None);
-
-        let mut r = LineReader::truncating(data, 8);
-        assert_eq!(r.next_line().await.as_deref(), Some("one"));
-        assert_eq!(r.next_line().await.as_deref(), Some("too-long"));
-        assert_eq!(r.next_line().await.as_deref(), Some("two"));
     }
 }

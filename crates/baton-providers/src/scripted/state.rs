@@ -2,17 +2,17 @@
 //! rewrite paths, stage, activate atomically).
 
 use std::collections::HashSet;
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
-use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Component, Path};
 
 use baton_proto::ws::ProviderBundle;
 
 use super::{BUNDLE_FORMAT, NAME, check_ref, session_rel_path};
 use crate::enc::enc;
+use crate::files::{check_bundle_header, check_identity, staged_files, write_atomic};
 use crate::rewrite::PathMap;
 use crate::{ProviderError, Result};
 
@@ -65,24 +65,8 @@ pub(super) fn plan_import(
     state: &Path,
 ) -> Result<Vec<StagedFile>> {
     let invalid = |msg: String| ProviderError::InvalidBundle(msg);
-    if bundle.provider != NAME {
-        return Err(invalid(format!(
-            "bundle is for provider {:?}, not {NAME}",
-            bundle.provider
-        )));
-    }
-    if bundle.format != BUNDLE_FORMAT {
-        return Err(invalid(format!("unknown bundle format {}", bundle.format)));
-    }
+    check_bundle_header(bundle, NAME, BUNDLE_FORMAT)?;
     check_ref(&bundle.provider_ref)?;
-    for (what, p) in [
-        ("source workspace", &bundle.source_workspace),
-        ("source home", &bundle.source_home),
-    ] {
-        if !p.starts_with('/') {
-            return Err(invalid(format!("{what} {p:?} is not absolute")));
-        }
-    }
     let (old_enc, new_enc) = (enc(&bundle.source_workspace), enc(target_ws));
     let map = PathMap::new(vec![
         (bundle.source_workspace.as_str(), target_ws),
@@ -175,20 +159,6 @@ fn check_meta(text: &str, provider_ref: &str, target_ws: &str) -> Result<()> {
     Ok(())
 }
 
-/// Refuses when different state for the same file already exists here.
-fn check_identity(state: &Path, rel: &str, data: &[u8], provider_ref: &str) -> Result<()> {
-    let dest = state.join(rel);
-    match fs::read(&dest) {
-        Ok(existing) if existing == data => Ok(()),
-        Ok(_) => Err(ProviderError::TargetIdentityConflict {
-            provider_ref: provider_ref.into(),
-            path: dest.display().to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ProviderError::io(format!("read {}", dest.display()), e)),
-    }
-}
-
 /// Writes planned files under `staging`.
 pub(super) fn write_staging(plan: &[StagedFile], staging: &Path) -> Result<()> {
     for file in plan {
@@ -204,8 +174,7 @@ pub(super) fn activate(staging: &Path, state: &Path) -> Result<()> {
         tracing::debug!(staging = %staging.display(), "nothing staged, already activated");
         return Ok(());
     }
-    let mut files = Vec::new();
-    collect_files(staging, staging, &mut files)?;
+    let files = staged_files(staging)?;
     // Check everything before moving anything: state that appeared since staging must not be
     // overwritten.
     let mut staged = Vec::with_capacity(files.len());
@@ -235,70 +204,6 @@ pub(super) fn activate(staging: &Path, state: &Path) -> Result<()> {
     }
     fs::remove_dir_all(staging)
         .map_err(|e| ProviderError::io(format!("remove {}", staging.display()), e))
-}
-
-/// Lists regular files under `dir` as paths relative to `root`; anything else is refused.
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries =
-        fs::read_dir(dir).map_err(|e| ProviderError::io(format!("list {}", dir.display()), e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| ProviderError::io(format!("list {}", dir.display()), e))?;
-        let path = entry.path();
-        let kind = entry
-            .file_type()
-            .map_err(|e| ProviderError::io(format!("stat {}", path.display()), e))?;
-        if kind.is_dir() {
-            collect_files(root, &path, out)?;
-        } else if kind.is_file() {
-            let rel = path
-                .strip_prefix(root)
-                .expect("read_dir yields paths under the directory listed");
-            out.push(rel.to_path_buf());
-        } else {
-            return Err(ProviderError::InvalidBundle(format!(
-                "staged entry {} is not a regular file",
-                path.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Distinguishes temp files of concurrent writers within this process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `data` to `dest` so that readers see either the old file or the whole new one: temp
-/// file in the same directory, fsync, rename, fsync the directory.
-fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = dest
-        .parent()
-        .ok_or_else(|| ProviderError::InvalidBundle(format!("no parent for {}", dest.display())))?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| ProviderError::io(format!("create {}", dir.display()), e))?;
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(
-        ".{name}.baton-tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, dest)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| ProviderError::io(format!("write {}", dest.display()), e))
 }
 
 #[cfg(test)]
