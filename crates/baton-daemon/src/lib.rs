@@ -139,11 +139,10 @@ impl Daemon {
 
     /// Detects every provider.
     pub async fn detect_all(&self) -> Vec<ProviderInfo> {
-        let mut out = Vec::new();
-        for p in &self.providers {
-            out.push(self.detect(p.as_ref()).await);
-        }
-        out
+        // Concurrently: each probe runs a CLI (OpenCode's `--version` alone takes seconds), and
+        // the daemon says hello only once all have answered.
+        futures_util::future::join_all(self.providers.iter().map(|p| self.detect(p.as_ref())))
+            .await
     }
 
     /// Detects one provider; a connected service of the account counts as its login, since the

@@ -11,7 +11,7 @@ use baton_proto::{
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::resolve_machine;
+use super::machine_or_self;
 use crate::output::{CliError, CliResult, api_error, print_json};
 
 /// `baton services …`.
@@ -165,23 +165,6 @@ pub struct ProviderSessionsArgs {
     /// Only this provider.
     #[arg(long)]
     pub provider: Option<String>,
-}
-
-/// The machine named, or this one.
-async fn machine_or_self(client: &Client, name: Option<&str>) -> CliResult<MachineInfo> {
-    match name {
-        Some(m) => resolve_machine(client, m).await,
-        None => {
-            let me = client.identity().config.machine_id;
-            let all: Vec<MachineInfo> = client.get("/v1/machines").await?;
-            all.into_iter().find(|m| m.id == me).ok_or_else(|| {
-                api_error(
-                    ErrorCode::NotFound,
-                    "This machine is not in the account any more.",
-                )
-            })
-        }
-    }
 }
 
 async fn fetch_listing(

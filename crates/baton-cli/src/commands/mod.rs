@@ -93,3 +93,20 @@ pub async fn resolve_machine(client: &Client, reference: &str) -> CliResult<Mach
             )
         })
 }
+
+/// The machine named, or this one.
+pub async fn machine_or_self(client: &Client, name: Option<&str>) -> CliResult<MachineInfo> {
+    match name {
+        Some(m) => resolve_machine(client, m).await,
+        None => {
+            let me = client.identity().config.machine_id;
+            let all: Vec<MachineInfo> = client.get("/v1/machines").await?;
+            all.into_iter().find(|m| m.id == me).ok_or_else(|| {
+                api_error(
+                    ErrorCode::NotFound,
+                    "This machine is not in the account any more.",
+                )
+            })
+        }
+    }
+}

@@ -14,7 +14,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::watch::Watcher;
-use super::{resolve_machine, resolve_session};
+use super::{machine_or_self, resolve_session};
 use crate::output::{CliError, CliResult, api_error, print_json};
 
 /// Arguments of `new`.
@@ -65,24 +65,8 @@ pub struct LogArgs {
 
 /// `baton new`.
 pub async fn new(client: &Client, args: NewArgs, json: bool) -> CliResult {
-    let (owner, local) = match &args.machine {
-        Some(m) => {
-            let info = resolve_machine(client, m).await?;
-            let local = info.id == client.identity().config.machine_id;
-            (info, local)
-        }
-        None => {
-            let me = client.identity().config.machine_id;
-            let all: Vec<MachineInfo> = client.get("/v1/machines").await?;
-            let info = all.into_iter().find(|m| m.id == me).ok_or_else(|| {
-                api_error(
-                    ErrorCode::NotFound,
-                    "This machine is not in the account any more.",
-                )
-            })?;
-            (info, true)
-        }
-    };
+    let owner = machine_or_self(client, args.machine.as_deref()).await?;
+    let local = owner.id == client.identity().config.machine_id;
     let workspace = if local {
         let p = std::fs::canonicalize(&args.path)
             .map_err(|e| CliError::Usage(format!("--path {}: {e}", args.path.display())))?;
