@@ -141,8 +141,7 @@ impl Daemon {
     pub async fn detect_all(&self) -> Vec<ProviderInfo> {
         // Concurrently: each probe runs a CLI (OpenCode's `--version` alone takes seconds), and
         // the daemon says hello only once all have answered.
-        futures_util::future::join_all(self.providers.iter().map(|p| self.detect(p.as_ref())))
-            .await
+        futures_util::future::join_all(self.providers.iter().map(|p| self.detect(p.as_ref()))).await
     }
 
     /// Detects one provider; a connected service of the account counts as its login, since the

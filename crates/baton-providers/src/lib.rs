@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use baton_proto::ws::ProviderBundle;
-use baton_proto::{ProviderInfo, ProviderSessionInfo};
+use baton_proto::{AuthState, HandoffSupport, ProviderInfo, ProviderSessionInfo, VersionCheck};
 
 /// Result type of provider operations.
 pub type Result<T> = std::result::Result<T, ProviderError>;
@@ -83,6 +83,30 @@ impl ProviderEnv {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true);
         cmd
+    }
+}
+
+/// Runs blocking work (file walks, hashing, parsing) on the blocking pool; a panicked task
+/// becomes a process error naming `what`.
+pub(crate) async fn blocking<T, F>(what: &str, f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ProviderError::Process(format!("{what} task failed: {e}")))?
+}
+
+/// What `detect` reports before it finds the CLI: not installed, not logged in.
+pub(crate) fn undetected(name: &str, handoff: HandoffSupport) -> ProviderInfo {
+    ProviderInfo {
+        name: name.into(),
+        installed: false,
+        version: None,
+        auth: AuthState::Missing,
+        handoff,
+        version_check: VersionCheck::Tested,
     }
 }
 

@@ -12,7 +12,8 @@ use tokio::time::timeout;
 
 use super::session::ClaudeSession;
 use super::state::{self, Target};
-use super::{BUNDLE_FORMAT, NAME, blocking, check_ref, config_dir, library, utf8, workspace_str};
+use super::{BUNDLE_FORMAT, NAME, check_ref, config_dir, library, utf8, workspace_str};
+use crate::blocking;
 use crate::{AgentSession, Provider, ProviderEnv, ProviderError, ReadEntry, Result, StartSpec};
 
 /// Time limit of `--version` and `auth status` probes.
@@ -130,14 +131,7 @@ impl Provider for ClaudeProvider {
     }
 
     async fn detect(&self) -> ProviderInfo {
-        let mut info = ProviderInfo {
-            name: NAME.into(),
-            installed: false,
-            version: None,
-            auth: AuthState::Missing,
-            handoff: HandoffSupport::Supported,
-            version_check: VersionCheck::Tested,
-        };
+        let mut info = crate::undetected(NAME, HandoffSupport::Supported);
         let Ok(program) = self.program() else {
             return info;
         };

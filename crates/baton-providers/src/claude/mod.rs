@@ -74,17 +74,6 @@ fn utf8(path: &Path, what: &str) -> Result<String> {
         .ok_or_else(|| ProviderError::Process(format!("{what} {} is not UTF-8", path.display())))
 }
 
-/// Runs blocking work on the blocking pool, mapping a panicked task to a process error.
-async fn blocking<T, F>(what: &'static str, f: F) -> Result<T>
-where
-    F: FnOnce() -> Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProviderError::Process(format!("{what} task failed: {e}")))?
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use tokio::time::timeout;
 use super::session::{CodexSession, TurnConfig};
 use super::state::{self, Target};
 use super::{BUNDLE_FORMAT, NAME, check_ref, codex_home, library, parse_version, version_check};
+use crate::blocking;
 use crate::files::workspace_str;
 use crate::{AgentSession, Provider, ProviderEnv, ProviderError, ReadEntry, Result, StartSpec};
 
@@ -159,16 +160,6 @@ fn utf8<'a>(what: &str, p: &'a Path) -> Result<&'a str> {
         .ok_or_else(|| ProviderError::Process(format!("{what} {} is not UTF-8", p.display())))
 }
 
-/// Runs blocking work off the async executor.
-async fn blocking<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProviderError::Process(format!("{what} task failed: {e}")))?
-}
-
 #[async_trait]
 impl Provider for CodexProvider {
     fn name(&self) -> &'static str {
@@ -176,16 +167,9 @@ impl Provider for CodexProvider {
     }
 
     async fn detect(&self) -> ProviderInfo {
-        let mut info = ProviderInfo {
-            name: NAME.into(),
-            installed: false,
-            version: None,
-            auth: AuthState::Missing,
-            // Allowed and flagged: rollouts move well in tests, but Codex's indexes are
-            // rebuilt behind our back and its format changes quickly.
-            handoff: HandoffSupport::Experimental,
-            version_check: Default::default(),
-        };
+        // Allowed and flagged: rollouts move well in tests, but Codex's indexes are
+        // rebuilt behind our back and its format changes quickly.
+        let mut info = crate::undetected(NAME, HandoffSupport::Experimental);
         let Ok(program) = self.program() else {
             return info;
         };

@@ -165,14 +165,7 @@ impl Provider for OpenCodeProvider {
     }
 
     async fn detect(&self) -> ProviderInfo {
-        let mut info = ProviderInfo {
-            name: NAME.into(),
-            installed: false,
-            version: None,
-            auth: AuthState::Missing,
-            handoff: HandoffSupport::Supported,
-            version_check: Default::default(),
-        };
+        let mut info = crate::undetected(NAME, HandoffSupport::Supported);
         let Ok(cli) = self.cli() else {
             return info;
         };

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_proto::ws::{BundleFile, ProviderBundle};
-use baton_proto::{
-    AuthState, Bytes, HandoffSupport, ProviderInfo, ProviderSessionInfo, VersionCheck,
-};
+use baton_proto::{AuthState, Bytes, HandoffSupport, ProviderInfo, ProviderSessionInfo};
 use tokio::process::Command;
 use tokio::time::timeout;
 
@@ -127,14 +125,7 @@ impl Provider for ScriptedProvider {
     }
 
     async fn detect(&self) -> ProviderInfo {
-        let mut info = ProviderInfo {
-            name: NAME.into(),
-            installed: false,
-            version: None,
-            auth: AuthState::Missing,
-            handoff: HandoffSupport::Supported,
-            version_check: VersionCheck::Tested,
-        };
+        let mut info = crate::undetected(NAME, HandoffSupport::Supported);
         let Ok(program) = self.program().await else {
             return info;
         };
@@ -196,9 +187,7 @@ impl Provider for ScriptedProvider {
         let rel = session_rel_path(ws, provider_ref);
         let path = self.state_dir().join(&rel);
         let id = provider_ref.to_string();
-        let (data, mode) = tokio::task::spawn_blocking(move || read_stopped(&path, &id))
-            .await
-            .map_err(|e| ProviderError::Process(format!("export task failed: {e}")))??;
+        let (data, mode) = crate::blocking("export", move || read_stopped(&path, &id)).await?;
         let provider_version = match self.program().await {
             Ok(program) => self.version(program).await,
             Err(_) => None,
@@ -243,9 +232,7 @@ impl Provider for ScriptedProvider {
 
     async fn activate_import(&self, staging: &Path) -> Result<()> {
         let (state, staging) = (self.state_dir(), staging.to_path_buf());
-        tokio::task::spawn_blocking(move || activate(&staging, &state))
-            .await
-            .map_err(|e| ProviderError::Process(format!("activate task failed: {e}")))?
+        crate::blocking("activate", move || activate(&staging, &state)).await
     }
 
     #[tracing::instrument(skip(self, workspace))]
@@ -272,9 +259,7 @@ impl Provider for ScriptedProvider {
 
     async fn list_sessions(&self) -> Result<Vec<ProviderSessionInfo>> {
         let state = self.state_dir();
-        tokio::task::spawn_blocking(move || library::list(&state))
-            .await
-            .map_err(|e| ProviderError::Process(format!("list task failed: {e}")))?
+        crate::blocking("list", move || library::list(&state)).await
     }
 
     async fn read_transcript(
@@ -287,9 +272,7 @@ impl Provider for ScriptedProvider {
             workspace_str(workspace)?,
             provider_ref.to_string(),
         );
-        tokio::task::spawn_blocking(move || library::read(&state, &ws, &id))
-            .await
-            .map_err(|e| ProviderError::Process(format!("read task failed: {e}")))?
+        crate::blocking("read", move || library::read(&state, &ws, &id)).await
     }
 
     async fn fork_state(
@@ -305,8 +288,9 @@ impl Provider for ScriptedProvider {
             provider_ref.to_string(),
             new_session_id.to_string(),
         );
-        tokio::task::spawn_blocking(move || library::fork(&state, &ws, &id, &new_id, turns))
-            .await
-            .map_err(|e| ProviderError::Process(format!("fork task failed: {e}")))?
+        crate::blocking("fork", move || {
+            library::fork(&state, &ws, &id, &new_id, turns)
+        })
+        .await
     }
 }
