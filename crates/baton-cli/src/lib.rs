@@ -61,6 +61,12 @@ pub enum Command {
     /// Start a new session from a session's transcript (up to a seq) and a copy of its provider
     /// state.
     Fork(commands::attach::ForkArgs),
+    /// List a session's open tool approval requests.
+    Permissions(commands::session::SessionArg),
+    /// Let the agent run the tool it asks for (the session's open request, or --request SEQ).
+    Allow(commands::permissions::AnswerArgs),
+    /// Refuse the tool the agent asks for (the session's open request, or --request SEQ).
+    Deny(commands::permissions::AnswerArgs),
     /// Provider credentials stored in the account (connected services).
     #[command(subcommand)]
     Services(commands::library::ServicesCommand),

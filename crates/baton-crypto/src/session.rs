@@ -7,7 +7,8 @@ use std::fmt;
 use baton_proto::handoff::SealedHandoffOptions;
 use baton_proto::ws::ProviderBundle;
 use baton_proto::{
-    EntryBody, HandoffId, InputId, InputRecord, Sealed, SealedEntry, SessionId, SessionMeta,
+    EntryBody, HandoffId, InputId, InputRecord, PermissionAnswer, Sealed, SealedEntry, SessionId,
+    SessionMeta,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,6 +23,7 @@ const INPUT_TAG: &[u8] = b"baton.input.v1";
 const OPTIONS_TAG: &[u8] = b"baton.handoff-options.v1";
 const BUNDLE_TAG: &[u8] = b"baton.bundle.v1";
 const DIRECT_TAG: &[u8] = b"baton.direct-transcript.v1";
+const ANSWER_TAG: &[u8] = b"baton.permission-answer.v1";
 
 /// Seals and opens one session's records.
 #[derive(Clone)]
@@ -108,6 +110,16 @@ impl SessionCipher {
     /// Opens a transcript sealed by [`SessionCipher::seal_transcript`] for the same request.
     pub fn open_transcript(&self, request: &[u8], sealed: &Sealed) -> Result<Vec<EntryBody>> {
         self.open_json(&self.ad(DIRECT_TAG, request), &sealed.0)
+    }
+
+    /// AD = "baton.permission-answer.v1" ‖ session ‖ request seq (u64 BE): a person's answer
+    /// to one tool approval request.
+    pub fn seal_answer(&self, request: u64, answer: &PermissionAnswer) -> Sealed {
+        self.seal_json(&self.ad(ANSWER_TAG, &request.to_be_bytes()), answer)
+    }
+    /// Opens an answer sealed by [`SessionCipher::seal_answer`] for the same request.
+    pub fn open_answer(&self, request: u64, sealed: &Sealed) -> Result<PermissionAnswer> {
+        self.open_json(&self.ad(ANSWER_TAG, &request.to_be_bytes()), &sealed.0)
     }
 
     /// `tag ‖ session ‖ rest`; the tags differ within their first seven bytes, so no two record
@@ -323,6 +335,23 @@ mod tests {
         assert!(is_open_err(c.open_bundle(HandoffId::new(), &sealed.0)));
         let other = SessionCipher::new(c.key.clone(), SessionId::new());
         assert!(is_open_err(other.open_bundle(handoff, &sealed.0)));
+    }
+
+    #[test]
+    fn answer_round_trip_and_binding() {
+        let c = cipher();
+        let yes = PermissionAnswer { allow: true };
+        let sealed = c.seal_answer(7, &yes);
+        assert_eq!(c.open_answer(7, &sealed).unwrap(), yes);
+        assert!(
+            is_open_err(c.open_answer(8, &sealed)),
+            "bound to the request"
+        );
+        let other = SessionCipher::new(c.key.clone(), SessionId::new());
+        assert!(
+            is_open_err(other.open_answer(7, &sealed)),
+            "bound to the session"
+        );
     }
 
     #[test]

@@ -16,10 +16,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_proto::ws::{ClientFrame, ConnRole, DaemonCommand, Event, ServerFrame};
+use baton_proto::ws::{ClientFrame, ConnRole, DaemonCommand, DaemonReply, Event, ServerFrame};
 use baton_proto::{
-    AuthState, HandoffId, MachineId, PROTOCOL_VERSION, ProviderInfo, ServiceRecord, ServiceSecret,
-    SessionId, SessionMode, SessionRecord, SessionStatus,
+    ApiError, AuthState, ErrorCode, HandoffId, MachineId, PROTOCOL_VERSION, ProviderInfo, Sealed,
+    ServiceRecord, ServiceSecret, SessionId, SessionMode, SessionRecord, SessionStatus,
 };
 use baton_providers::{Provider, ProviderEnv};
 use futures_util::{SinkExt, StreamExt};
@@ -35,6 +35,8 @@ use runner::{RunnerCmd, RunnerHandle};
 pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// The server pings every 10 s; silence this long means the connection is dead.
 const SERVER_SILENCE: Duration = Duration::from_secs(35);
+/// How long an answer to a permission request may wait for the session's runner.
+const ANSWER_WAIT: Duration = Duration::from_secs(20);
 /// How often provider detection is refreshed (logins and installs change).
 const REDETECT_EVERY: Duration = Duration::from_secs(60);
 
@@ -264,6 +266,42 @@ impl Daemon {
         }
     }
 
+    /// Passes a person's answer to the runner of `session`, which owns the open requests.
+    async fn answer_permission(
+        &self,
+        session: SessionId,
+        request: u64,
+        sealed: Sealed,
+    ) -> Result<DaemonReply, ApiError> {
+        let not_running = || {
+            ApiError::new(
+                ErrorCode::PermissionNotOpen,
+                "No agent runs this session here; an open request is asked again when it resumes (send a message).",
+            )
+        };
+        let tx = lock(&self.runners)
+            .get(&session)
+            .filter(|s| !s.stopping)
+            .map(|s| s.handle.tx.clone())
+            .ok_or_else(not_running)?;
+        let (done, answered) = oneshot::channel();
+        tx.send(RunnerCmd::Answer {
+            request,
+            sealed,
+            done,
+        })
+        .await
+        .map_err(|_| not_running())?;
+        match tokio::time::timeout(ANSWER_WAIT, answered).await {
+            Ok(Ok(r)) => r.map(|()| DaemonReply::Ok),
+            Ok(Err(_)) => Err(not_running()),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Timeout,
+                "The session's runner did not take the answer in time.",
+            )),
+        }
+    }
+
     fn wake(&self, id: SessionId) {
         if let Some(slot) = lock(&self.runners).get(&id) {
             let _ = slot.handle.tx.try_send(RunnerCmd::Wake);
@@ -382,6 +420,9 @@ impl Daemon {
                                 let result = match command {
                                     DaemonCommand::ListProviderSessions { .. }
                                     | DaemonCommand::ReadTranscript { .. } => library::handle(&me, command).await,
+                                    DaemonCommand::AnswerPermission { session_id, request, sealed } => {
+                                        me.answer_permission(session_id, request, sealed).await
+                                    }
                                     _ => participant::handle(&me, command).await,
                                 };
                                 let _ = out.send(ClientFrame::Reply { id, result }).await;

@@ -61,9 +61,12 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
             Ok(DaemonReply::Ok)
         }
         DaemonCommand::Cleanup { handoff_id, .. } => cleanup(d, handoff_id).await,
-        DaemonCommand::ListProviderSessions { .. } | DaemonCommand::ReadTranscript { .. } => Err(
-            ApiError::new(ErrorCode::BadRequest, "not a handoff command"),
-        ),
+        DaemonCommand::ListProviderSessions { .. }
+        | DaemonCommand::ReadTranscript { .. }
+        | DaemonCommand::AnswerPermission { .. } => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "not a handoff command",
+        )),
     };
     match result {
         Ok(r) => Ok(r),

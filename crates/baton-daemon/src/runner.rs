@@ -4,7 +4,15 @@
 //! Input is consumed by appending the user entry that names it, in one store transaction on the
 //! server, so a message is delivered exactly once whatever crashes. Assistant output is appended
 //! as it streams, one entry behind, so that the last entry of a turn can carry `turn_end`.
+//!
+//! Tool approvals: a request becomes a `permission` entry that every watcher sees; the first
+//! answer relayed from any client goes to the agent. A request still open when the agent process
+//! goes away (a handoff quiesced it, the daemon restarted) stays open in the transcript, and the
+//! next runner of the session, here or on a handoff's target, asks it again. Approving such a
+//! re-raised request asks the new process to repeat the call, and that call is let through
+//! without asking twice.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +20,10 @@ use std::time::Duration;
 use baton_crypto::SessionCipher;
 use baton_proto::api::{AppendRequest, AppendResponse, NewEntry, UpdateMetaRequest};
 use baton_proto::{
-    EntryBody, EntryRole, ErrorCode, InputId, InputRecord, SessionId, SessionMeta, SessionMode,
-    SessionRecord, SessionStatus,
+    ApiError, EntryBody, EntryRole, ErrorCode, InputId, InputRecord, PermissionNote, Sealed,
+    SealedEntry, SessionId, SessionMeta, SessionMode, SessionRecord, SessionStatus,
 };
-use baton_providers::{AgentEvent, AgentSession, Provider, StartSpec};
+use baton_providers::{AgentEvent, AgentSession, Provider, StartSpec, approval};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -35,6 +43,16 @@ pub enum RunnerCmd {
     Quiesce(oneshot::Sender<u64>),
     /// Stop the provider and exit.
     Stop,
+    /// A person answered the permission request at seq `request` (sealed
+    /// [`baton_proto::PermissionAnswer`]); `done` learns whether it reached an open request.
+    Answer {
+        /// Seq of the request entry.
+        request: u64,
+        /// The sealed answer.
+        sealed: Sealed,
+        /// Told once the answer is recorded, or why it was refused.
+        done: oneshot::Sender<Result<(), ApiError>>,
+    },
 }
 
 /// Handle to a running runner.
@@ -278,10 +296,22 @@ async fn run(
         writer,
         cipher,
         session_id: session.id,
+        provider: session.provider.clone(),
         quiesced: None,
         meta,
+        open: Vec::new(),
+        approved: Vec::new(),
+        retries: VecDeque::new(),
     };
-    let exit = state.serve(&mut rx).await;
+    let exit = match state.reraise_open().await {
+        Ok(()) => state.serve(&mut rx).await,
+        Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => Exit::LostOwnership,
+        Err(e) => {
+            // The requests stay open in the transcript; the next start asks them again.
+            tracing::warn!(error = %e, "asking open permission requests again failed");
+            state.serve(&mut rx).await
+        }
+    };
     if let Some(agent) = state.agent.take()
         && let Err(e) = agent.shutdown().await
     {
@@ -451,21 +481,64 @@ fn error_entry(text: &str) -> EntryBody {
     EntryBody::new(EntryRole::Error, text)
 }
 
+/// A permission request this runner knows to be open.
+struct OpenRequest {
+    /// Seq of its entry.
+    seq: u64,
+    /// The provider's id for it, when the process that asked is this runner's; `None` for a
+    /// request asked again after that process went away.
+    provider_id: Option<String>,
+    tool: String,
+    input: serde_json::Value,
+}
+
+/// How many entries back a new runner looks for open permission requests. A request blocks its
+/// turn, so an open one is among the last entries of the transcript.
+const RERAISE_WINDOW: u64 = 200;
+
 struct Running {
     daemon: Arc<Daemon>,
     agent: Option<Box<dyn AgentSession>>,
     writer: Writer,
     cipher: SessionCipher,
     session_id: SessionId,
+    /// Provider name, for the transcript's wording.
+    provider: String,
     /// Who waits for this runner to quiesce (answered with the last seq once stopped).
     quiesced: Option<oneshot::Sender<u64>>,
     /// The session's metadata as last written.
     meta: SessionMeta,
+    /// Open permission requests, oldest first.
+    open: Vec<OpenRequest>,
+    /// Tool calls a person approved after their process went away: the repeated call is let
+    /// through once without asking again.
+    approved: Vec<(String, serde_json::Value)>,
+    /// Messages to send as turns of their own before queued input (asking the agent to repeat
+    /// an approved call).
+    retries: VecDeque<String>,
 }
 
 enum TurnEnd {
     Done,
     Exit(Exit),
+}
+
+/// What woke a running turn.
+enum Step {
+    Event(AgentEvent),
+    Answer {
+        request: u64,
+        sealed: Sealed,
+        done: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Nothing,
+}
+
+fn permission_entry(text: String, note: PermissionNote) -> EntryBody {
+    EntryBody {
+        permission: Some(note),
+        ..EntryBody::new(EntryRole::Permission, text)
+    }
 }
 
 impl Running {
@@ -490,8 +563,125 @@ impl Running {
         Ok(())
     }
 
+    /// Asks again every permission request the transcript holds open: the process that asked
+    /// is gone, so it can only be answered through this runner now.
+    async fn reraise_open(&mut self) -> Result<(), ClientError> {
+        let after = self.writer.last_seq.saturating_sub(RERAISE_WINDOW);
+        let page: Vec<SealedEntry> = self
+            .daemon
+            .client
+            .get(&format!(
+                "/v1/sessions/{}/entries?after={after}&limit={RERAISE_WINDOW}",
+                self.session_id
+            ))
+            .await?;
+        let mut bodies = Vec::new();
+        for e in &page {
+            match self.cipher.open_entry(e) {
+                Ok(b) => bodies.push((e.seq, b)),
+                Err(err) => tracing::warn!(seq = e.seq, error = %err, "an entry does not open"),
+            }
+        }
+        let open = baton_proto::open_permissions(bodies.iter().map(|(s, b)| (*s, b)));
+        for old in open {
+            let text = format!(
+                "{} asks again to use {} (the process that first asked stopped before an answer).",
+                self.provider,
+                approval::describe(&old.tool, &old.input)
+            );
+            let body = permission_entry(
+                text,
+                PermissionNote::Request {
+                    tool: old.tool.clone(),
+                    input: old.input.clone(),
+                    reraises: Some(old.seq),
+                },
+            );
+            self.writer.append(&[body], None, None).await?;
+            tracing::info!(
+                request = old.seq,
+                seq = self.writer.last_seq,
+                "permission request asked again"
+            );
+            self.open.push(OpenRequest {
+                seq: self.writer.last_seq,
+                provider_id: None,
+                tool: old.tool,
+                input: old.input,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a person's answer and passes it to the agent. `held` is the turn's entry not yet
+    /// written (written first, to keep the transcript in order); `in_turn` says whether a turn
+    /// is running (else an approved re-raised call starts one, so the session is running).
+    async fn answer(
+        &mut self,
+        request: u64,
+        sealed: &Sealed,
+        held: &mut Option<EntryBody>,
+        in_turn: bool,
+    ) -> Result<(), ApiError> {
+        let allow = self
+            .cipher
+            .open_answer(request, sealed)
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("The answer does not open with this session's key: {e}."),
+                )
+            })?
+            .allow;
+        let Some(i) = self.open.iter().position(|p| p.seq == request) else {
+            return Err(ApiError::new(
+                ErrorCode::PermissionNotOpen,
+                format!("Entry {request} is not an open permission request."),
+            ));
+        };
+        if let Some(id) = &self.open[i].provider_id {
+            let agent = self.agent.as_mut().ok_or_else(|| {
+                ApiError::new(ErrorCode::PermissionNotOpen, "The agent process is gone.")
+            })?;
+            agent.answer_permission(id, allow).await.map_err(|e| {
+                ApiError::new(
+                    ErrorCode::PermissionNotOpen,
+                    format!("The agent no longer waits for it: {e}."),
+                )
+            })?;
+        }
+        let p = self.open.remove(i);
+        let retry = p.provider_id.is_none() && allow;
+        let verb = if allow { "Allowed" } else { "Denied" };
+        let mut bodies: Vec<EntryBody> = held.take().into_iter().collect();
+        bodies.push(permission_entry(
+            format!("{verb} {}.", approval::describe(&p.tool, &p.input)),
+            PermissionNote::Answer { request, allow },
+        ));
+        let status = (retry && !in_turn).then_some(SessionStatus::Running);
+        self.writer
+            .append(&bodies, None, status)
+            .await
+            .map_err(|e| match e {
+                ClientError::Api(api) => api,
+                other => ApiError::new(ErrorCode::Internal, other.to_string()),
+            })?;
+        if retry {
+            self.retries
+                .push_back(approval::retry_prompt(&p.tool, &p.input));
+            self.approved.push((p.tool, p.input));
+        }
+        Ok(())
+    }
+
     async fn serve(&mut self, rx: &mut mpsc::Receiver<RunnerCmd>) -> Exit {
         loop {
+            while let Some(prompt) = self.retries.pop_front() {
+                match self.run_turn(&prompt, rx).await {
+                    TurnEnd::Done => {}
+                    TurnEnd::Exit(exit) => return exit,
+                }
+            }
             let pending: Vec<InputRecord> = match self
                 .daemon
                 .client
@@ -523,6 +713,14 @@ impl Running {
                 Ok(Some(RunnerCmd::Quiesce(done))) => {
                     self.quiesced = Some(done);
                     return Exit::Quiesced;
+                }
+                Ok(Some(RunnerCmd::Answer {
+                    request,
+                    sealed,
+                    done,
+                })) => {
+                    let r = self.answer(request, &sealed, &mut None, false).await;
+                    let _ = done.send(r);
                 }
             }
         }
@@ -560,10 +758,15 @@ impl Running {
                 return TurnEnd::Done;
             }
         }
+        self.run_turn(&text, rx).await
+    }
+
+    /// Sends `text` to the agent and writes what it streams until the turn ends.
+    async fn run_turn(&mut self, text: &str, rx: &mut mpsc::Receiver<RunnerCmd>) -> TurnEnd {
         let Some(agent) = self.agent.as_mut() else {
             return TurnEnd::Exit(Exit::ProviderGone);
         };
-        if let Err(e) = agent.send_turn(&text).await {
+        if let Err(e) = agent.send_turn(text).await {
             let body = EntryBody {
                 turn_end: true,
                 ..error_entry(&format!("The provider did not take the message: {e}"))
@@ -578,26 +781,34 @@ impl Running {
         let mut stop = false;
         let mut interrupt_at: Option<tokio::time::Instant> = None;
         loop {
-            let event = {
+            let step = {
                 let Some(agent) = self.agent.as_mut() else {
                     return TurnEnd::Exit(Exit::ProviderGone);
                 };
                 let deadline = interrupt_at;
+                // A turn that waits for a person cannot finish by itself: a handoff interrupts
+                // it at once (its requests are asked again on the target).
+                let waiting = self.open.iter().any(|p| p.provider_id.is_some());
                 tokio::select! {
-                    ev = agent.next_event() => Some(ev),
+                    ev = agent.next_event() => Step::Event(ev),
                     cmd = rx.recv(), if self.quiesced.is_none() && !stop => {
                         match cmd {
                             Some(RunnerCmd::Quiesce(done)) => {
                                 self.quiesced = Some(done);
-                                interrupt_at = Some(tokio::time::Instant::now() + self.daemon.quiesce_grace);
+                                let grace = if waiting { Duration::ZERO } else { self.daemon.quiesce_grace };
+                                interrupt_at = Some(tokio::time::Instant::now() + grace);
+                                Step::Nothing
                             }
                             Some(RunnerCmd::Stop) | None => {
                                 stop = true;
                                 interrupt_at = Some(tokio::time::Instant::now());
+                                Step::Nothing
                             }
-                            Some(RunnerCmd::Wake) => {}
+                            Some(RunnerCmd::Wake) => Step::Nothing,
+                            Some(RunnerCmd::Answer { request, sealed, done }) => {
+                                Step::Answer { request, sealed, done }
+                            }
                         }
-                        None
                     }
                     _ = async {
                         match deadline {
@@ -609,11 +820,27 @@ impl Running {
                         if let Err(e) = agent.interrupt().await {
                             tracing::warn!(error = %e, "interrupt failed");
                         }
-                        None
+                        Step::Nothing
                     }
                 }
             };
-            let Some(event) = event else { continue };
+            let event = match step {
+                Step::Event(ev) => ev,
+                Step::Nothing => continue,
+                Step::Answer {
+                    request,
+                    sealed,
+                    done,
+                } => {
+                    let r = self.answer(request, &sealed, &mut held, true).await;
+                    let lost = matches!(&r, Err(e) if e.code == ErrorCode::StaleEpoch);
+                    let _ = done.send(r);
+                    if lost {
+                        return TurnEnd::Exit(Exit::LostOwnership);
+                    }
+                    continue;
+                }
+            };
             let next = match event {
                 AgentEvent::SessionRef { provider_ref } => {
                     if let Err(e) = self.record_provider_ref(provider_ref).await {
@@ -624,7 +851,59 @@ impl Running {
                     }
                     continue;
                 }
-                AgentEvent::User { .. } | AgentEvent::PermissionRequest { .. } => continue,
+                AgentEvent::User { .. } => continue,
+                AgentEvent::PermissionRequest {
+                    request_id,
+                    tool,
+                    input,
+                } => {
+                    if let Some(i) = self
+                        .approved
+                        .iter()
+                        .position(|(t, v)| *t == tool && *v == input)
+                    {
+                        // The repeat of a call a person already approved.
+                        self.approved.remove(i);
+                        let answered = match self.agent.as_mut() {
+                            Some(agent) => agent.answer_permission(&request_id, true).await,
+                            None => return TurnEnd::Exit(Exit::ProviderGone),
+                        };
+                        if let Err(e) = answered {
+                            tracing::warn!(error = %e, "approving the repeated call failed");
+                        }
+                        continue;
+                    }
+                    let mut bodies: Vec<EntryBody> = held.take().into_iter().collect();
+                    bodies.push(permission_entry(
+                        format!(
+                            "{} asks to use {}",
+                            self.provider,
+                            approval::describe(&tool, &input)
+                        ),
+                        PermissionNote::Request {
+                            tool: tool.clone(),
+                            input: input.clone(),
+                            reraises: None,
+                        },
+                    ));
+                    if let Err(e) = self.writer.append(&bodies, None, None).await {
+                        if e.code() == Some(ErrorCode::StaleEpoch) {
+                            return TurnEnd::Exit(Exit::LostOwnership);
+                        }
+                        tracing::error!(error = %e, "append failed");
+                        continue;
+                    }
+                    self.open.push(OpenRequest {
+                        seq: self.writer.last_seq,
+                        provider_id: Some(request_id),
+                        tool,
+                        input,
+                    });
+                    if self.quiesced.is_some() || stop {
+                        interrupt_at = Some(tokio::time::Instant::now());
+                    }
+                    continue;
+                }
                 AgentEvent::Assistant { text } => EntryBody::new(EntryRole::Assistant, text),
                 AgentEvent::ToolCall { name, input } => EntryBody {
                     data: Some(serde_json::json!({ "name": name, "input": input })),
@@ -633,23 +912,43 @@ impl Running {
                 AgentEvent::ToolResult { output } => EntryBody::new(EntryRole::ToolResult, output),
                 AgentEvent::Error { message } => error_entry(&message),
                 AgentEvent::TurnEnd { interrupted, .. } => {
-                    let mut last = held.take().unwrap_or_else(|| {
-                        EntryBody::new(EntryRole::System, "(the turn ended without output)")
-                    });
-                    if interrupted {
-                        last = match last.role {
-                            EntryRole::System => {
-                                EntryBody::new(EntryRole::System, "(the turn was interrupted)")
-                            }
-                            _ => last,
-                        };
+                    let mut bodies: Vec<EntryBody> = held.take().into_iter().collect();
+                    let leaving = self.quiesced.is_some() || stop;
+                    let (live, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.open)
+                        .into_iter()
+                        .partition(|p| p.provider_id.is_some());
+                    self.open = kept;
+                    // Requests of a process that is going away stay open in the transcript, to
+                    // be asked again by the next runner; the agent gave up on the others.
+                    if !leaving {
+                        for p in live {
+                            bodies.push(permission_entry(
+                                format!(
+                                    "The request to use {} ended unanswered.",
+                                    approval::describe(&p.tool, &p.input)
+                                ),
+                                PermissionNote::Closed { request: p.seq },
+                            ));
+                        }
                     }
-                    last.turn_end = true;
-                    if let Err(e) = self
-                        .writer
-                        .append(&[last], None, Some(SessionStatus::Idle))
-                        .await
-                    {
+                    if bodies.is_empty() {
+                        let text = if interrupted {
+                            "(the turn was interrupted)"
+                        } else {
+                            "(the turn ended without output)"
+                        };
+                        bodies.push(EntryBody::new(EntryRole::System, text));
+                    }
+                    if let Some(last) = bodies.last_mut() {
+                        last.turn_end = true;
+                    }
+                    // An approved call to repeat starts the next turn right away.
+                    let status = if self.retries.is_empty() || leaving {
+                        SessionStatus::Idle
+                    } else {
+                        SessionStatus::Running
+                    };
+                    if let Err(e) = self.writer.append(&bodies, None, Some(status)).await {
                         if e.code() == Some(ErrorCode::StaleEpoch) {
                             return TurnEnd::Exit(Exit::LostOwnership);
                         }

@@ -139,6 +139,23 @@ pub struct SendInputRequest {
     pub sealed: Sealed,
 }
 
+/// `POST /v1/sessions/{id}/permissions/{seq}`: answers the tool approval request at `seq`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AnswerPermissionRequest {
+    /// Sealed [`crate::session::PermissionAnswer`] (session key, bound to the request's seq).
+    pub sealed: Sealed,
+}
+
+/// Answer of `POST /v1/sessions/{id}/permissions/{seq}`: the answer reached the agent and is in
+/// the transcript.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AnswerPermissionResponse {
+    /// Session.
+    pub session_id: crate::SessionId,
+    /// Seq of the request answered.
+    pub request: u64,
+}
+
 /// One entry to append.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NewEntry {

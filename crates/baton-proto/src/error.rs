@@ -59,6 +59,8 @@ pub enum ErrorCode {
     ActivateFailed,
     /// The provider process failed.
     ProviderFailed,
+    /// The permission request is not open (already answered, or its turn ended).
+    PermissionNotOpen,
     /// A participant did not answer in time.
     Timeout,
     /// The server restarted during the handoff before it committed; nothing moved.
@@ -99,6 +101,7 @@ impl ErrorCode {
             Self::VerifyFailed => "verify_failed",
             Self::ActivateFailed => "activate_failed",
             Self::ProviderFailed => "provider_failed",
+            Self::PermissionNotOpen => "permission_not_open",
             Self::Timeout => "timeout",
             Self::Interrupted => "interrupted",
             Self::TooLarge => "too_large",
@@ -165,6 +168,9 @@ impl ErrorCode {
                 "The target owns the session but could not start it; see `baton log` and send a message to retry."
             }
             Self::ProviderFailed => "See `baton log SESSION` for the provider's error.",
+            Self::PermissionNotOpen => {
+                "Nothing to answer: it was already answered or its turn ended. See `baton permissions SESSION`."
+            }
             Self::Timeout => "Check that both machines are online and retry.",
             Self::Interrupted => {
                 "Nothing changed: the session stays with its owner. Retry the handoff."
@@ -257,6 +263,7 @@ mod tests {
             ErrorCode::TargetPathMissing,
             ErrorCode::HandoffInProgress,
             ErrorCode::StaleEpoch,
+            ErrorCode::PermissionNotOpen,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -23,8 +23,9 @@ pub use machine::{
 };
 pub use sealed::{Bytes, Sealed};
 pub use session::{
-    EntryBody, EntryRole, ForkOf, InputRecord, SealedEntry, ServiceRecord, ServiceSecret,
-    SessionMeta, SessionMode, SessionRecord, SessionStatus,
+    EntryBody, EntryRole, ForkOf, InputRecord, OpenPermission, PermissionAnswer, PermissionNote,
+    SealedEntry, ServiceRecord, ServiceSecret, SessionMeta, SessionMode, SessionRecord,
+    SessionStatus, open_permissions,
 };
 
 /// Version of the HTTP/WebSocket protocol; bumped on any incompatible change.

@@ -171,6 +171,8 @@ pub enum EntryRole {
     Error,
     /// A note from Baton itself (e.g. a handoff happened).
     System,
+    /// A tool approval: the agent's request, or its answer ([`EntryBody::permission`]).
+    Permission,
 }
 
 impl EntryRole {
@@ -183,6 +185,7 @@ impl EntryRole {
             Self::ToolResult => "tool_result",
             Self::Error => "error",
             Self::System => "system",
+            Self::Permission => "permission",
         }
     }
 }
@@ -203,6 +206,88 @@ pub struct EntryBody {
     /// Structured details (tool input, usage), provider-specific.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<serde_json::Value>,
+    /// On [`EntryRole::Permission`] entries: what happened to which request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission: Option<PermissionNote>,
+}
+
+/// A tool approval as the transcript records it. A request is named by the seq of the entry
+/// that carries it, so it stays the same request across handoffs and restarts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PermissionNote {
+    /// The agent asks to use a tool; open until a later entry answers, closes or re-raises it.
+    Request {
+        /// Tool name, as the provider calls it.
+        tool: String,
+        /// Tool input, as the provider gave it.
+        input: serde_json::Value,
+        /// The request (seq) this one asks again: its process is gone (the session moved to
+        /// another machine, or its daemon restarted) and this one replaces it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reraises: Option<u64>,
+    },
+    /// The request at seq `request` was answered.
+    Answer {
+        /// Seq of the request.
+        request: u64,
+        /// True when the tool may run.
+        allow: bool,
+    },
+    /// The request at seq `request` ended unanswered (the agent gave up on it).
+    Closed {
+        /// Seq of the request.
+        request: u64,
+    },
+}
+
+/// A person's answer to a tool approval request (sealed from the client to the owning daemon).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermissionAnswer {
+    /// True when the tool may run.
+    pub allow: bool,
+}
+
+/// An open tool approval request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenPermission {
+    /// Seq of the entry that asks.
+    pub seq: u64,
+    /// Tool name.
+    pub tool: String,
+    /// Tool input.
+    pub input: serde_json::Value,
+}
+
+/// The requests still open after `entries` (seq, body) in transcript order: asked, and neither
+/// answered, closed nor re-raised by a later entry.
+pub fn open_permissions<'a>(
+    entries: impl IntoIterator<Item = (u64, &'a EntryBody)>,
+) -> Vec<OpenPermission> {
+    let mut open: Vec<OpenPermission> = Vec::new();
+    for (seq, body) in entries {
+        match &body.permission {
+            Some(PermissionNote::Request {
+                tool,
+                input,
+                reraises,
+            }) => {
+                if let Some(old) = reraises {
+                    open.retain(|p| p.seq != *old);
+                }
+                open.push(OpenPermission {
+                    seq,
+                    tool: tool.clone(),
+                    input: input.clone(),
+                });
+            }
+            Some(PermissionNote::Answer { request, .. } | PermissionNote::Closed { request }) => {
+                open.retain(|p| p.seq != *request);
+            }
+            None => {}
+        }
+    }
+    open
 }
 
 impl EntryBody {
@@ -214,6 +299,7 @@ impl EntryBody {
             input_id: None,
             turn_end: false,
             data: None,
+            permission: None,
         }
     }
 }
@@ -250,4 +336,68 @@ pub struct InputRecord {
     pub consumed_seq: Option<u64>,
     /// Arrival time.
     pub created_at: Millis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(p: PermissionNote) -> EntryBody {
+        EntryBody {
+            permission: Some(p),
+            ..EntryBody::new(EntryRole::Permission, "")
+        }
+    }
+
+    fn ask(reraises: Option<u64>) -> EntryBody {
+        note(PermissionNote::Request {
+            tool: "Bash".into(),
+            input: serde_json::json!({"command": "ls"}),
+            reraises,
+        })
+    }
+
+    #[test]
+    fn open_permissions_follow_answers_closes_and_reraises() {
+        let entries = [
+            (1, EntryBody::new(EntryRole::User, "hi")),
+            (2, ask(None)),
+            (3, ask(None)),
+            (4, ask(None)),
+            (
+                5,
+                note(PermissionNote::Answer {
+                    request: 2,
+                    allow: true,
+                }),
+            ),
+            (6, note(PermissionNote::Closed { request: 3 })),
+            (7, ask(Some(4))),
+        ];
+        let open = open_permissions(entries.iter().map(|(s, b)| (*s, b)));
+        assert_eq!(open.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(open[0].tool, "Bash");
+        let more = [(
+            8,
+            note(PermissionNote::Answer {
+                request: 7,
+                allow: false,
+            }),
+        )];
+        let all = entries.iter().chain(more.iter()).map(|(s, b)| (*s, b));
+        assert!(open_permissions(all).is_empty());
+    }
+
+    #[test]
+    fn permission_notes_have_stable_json() {
+        let v = serde_json::to_value(ask(Some(4))).unwrap();
+        assert_eq!(v["role"], "permission");
+        assert_eq!(v["permission"]["kind"], "request");
+        assert_eq!(v["permission"]["reraises"], 4);
+        let plain = serde_json::to_value(EntryBody::new(EntryRole::User, "x")).unwrap();
+        assert!(
+            plain.get("permission").is_none(),
+            "absent when not a permission"
+        );
+    }
 }

@@ -198,6 +198,15 @@ pub enum DaemonCommand {
         /// The session (owned by this machine).
         session: SessionRecord,
     },
+    /// Answer the tool approval request at seq `request` of a session this machine runs.
+    AnswerPermission {
+        /// Session.
+        session_id: SessionId,
+        /// Seq of the request entry.
+        request: u64,
+        /// Sealed [`crate::PermissionAnswer`], bound to the session and `request`.
+        sealed: Sealed,
+    },
 }
 
 impl DaemonCommand {
@@ -214,6 +223,7 @@ impl DaemonCommand {
             Self::Cleanup { .. } => "CLEANUP",
             Self::ListProviderSessions { .. } => "LIST_PROVIDER_SESSIONS",
             Self::ReadTranscript { .. } => "READ_TRANSCRIPT",
+            Self::AnswerPermission { .. } => "ANSWER_PERMISSION",
         }
     }
 
@@ -228,7 +238,9 @@ impl DaemonCommand {
             | Self::Activate { handoff_id, .. }
             | Self::Abort { handoff_id, .. }
             | Self::Cleanup { handoff_id, .. } => *handoff_id,
-            Self::ListProviderSessions { .. } | Self::ReadTranscript { .. } => return None,
+            Self::ListProviderSessions { .. }
+            | Self::ReadTranscript { .. }
+            | Self::AnswerPermission { .. } => return None,
         })
     }
 }

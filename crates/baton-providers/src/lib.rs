@@ -7,6 +7,7 @@
 //! processes on the local machine only. It never copies machine-local secrets (credentials, auth
 //! files) into a bundle.
 
+pub mod approval;
 pub mod claude;
 pub mod codex;
 pub mod enc;

@@ -116,6 +116,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/sessions/{id}/direct-transcript",
             get(library::direct_transcript),
         )
+        .route(
+            "/v1/sessions/{id}/permissions/{seq}",
+            post(library::answer_permission),
+        )
         .route("/v1/sessions", get(api::sessions).post(api::create_session))
         .route("/v1/sessions/{id}", get(api::session))
         .route("/v1/sessions/{id}/meta", put(api::update_meta))

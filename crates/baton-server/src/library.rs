@@ -1,6 +1,6 @@
-//! Connected services and the relays that let clients read the providers' own files on a
-//! machine (provider-session listings, Direct sessions' transcripts). The server stores and
-//! relays these sealed; it never reads them.
+//! Connected services and the relays between clients and a machine's daemon: provider-session
+//! listings, Direct sessions' transcripts, answers to tool approval requests. The server stores
+//! and relays these sealed; it never reads them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +8,14 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use baton_proto::api::{DirectTranscriptResponse, ProviderSessionsResponse, PutServiceRequest};
+use baton_proto::api::{
+    AnswerPermissionRequest, AnswerPermissionResponse, DirectTranscriptResponse,
+    ProviderSessionsResponse, PutServiceRequest,
+};
 use baton_proto::ws::{DaemonCommand, DaemonReply, Event};
-use baton_proto::{ErrorCode, MachineId, ServiceRecord, SessionId, SessionMode, now_millis};
+use baton_proto::{
+    ErrorCode, MachineId, ServiceRecord, SessionId, SessionMode, SessionStatus, now_millis,
+};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -186,6 +191,77 @@ pub async fn direct_transcript(
         DaemonReply::Transcript { sealed } => {
             Ok(Json(DirectTranscriptResponse { request, sealed }))
         }
+        _ => Err(ServerError::new(
+            ErrorCode::Internal,
+            "The machine answered with something else.",
+        )),
+    }
+}
+
+/// Longest sealed permission answer accepted (a boolean, sealed).
+const MAX_ANSWER_BYTES: usize = 4 * 1024;
+
+/// `POST /v1/sessions/{id}/permissions/{seq}`: relays a person's answer to the tool approval
+/// request at `seq` to the daemon running the session. The first answer wins; the daemon refuses
+/// later ones with `permission_not_open`.
+pub async fn answer_permission(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((id, request)): Path<(SessionId, u64)>,
+    Json(req): Json<AnswerPermissionRequest>,
+) -> ApiResult<Json<AnswerPermissionResponse>> {
+    if req.sealed.0.len() > MAX_ANSWER_BYTES {
+        return Err(ServerError::new(
+            ErrorCode::TooLarge,
+            "A permission answer is larger than 4 KiB.",
+        ));
+    }
+    let session = state
+        .store
+        .session(caller.account, id)
+        .await?
+        .ok_or_else(|| ServerError::new(ErrorCode::NotFound, format!("No session {id}.")))?;
+    if session.mode == SessionMode::Direct {
+        return Err(ServerError::new(
+            ErrorCode::BadRequest,
+            "The session is Direct: answer its tool approvals in the provider's own tool.",
+        ));
+    }
+    if request == 0 || request > session.last_seq {
+        return Err(ServerError::new(
+            ErrorCode::PermissionNotOpen,
+            format!("Session {id} has no entry {request}."),
+        ));
+    }
+    if session.status == SessionStatus::HandingOff || session.active_handoff.is_some() {
+        return Err(ServerError::new(
+            ErrorCode::HandoffInProgress,
+            "The session is moving to another machine; its open requests will be asked again there.",
+        ));
+    }
+    if !state.hub.is_online(session.owner) {
+        return Err(ServerError::new(
+            ErrorCode::TargetOffline,
+            "The machine that runs this session is offline; the request will be asked again when it is back.",
+        ));
+    }
+    let reply = state
+        .hub
+        .command(
+            session.owner,
+            DaemonCommand::AnswerPermission {
+                session_id: id,
+                request,
+                sealed: req.sealed,
+            },
+            RELAY_TIMEOUT,
+        )
+        .await?;
+    match reply {
+        DaemonReply::Ok => Ok(Json(AnswerPermissionResponse {
+            session_id: id,
+            request,
+        })),
         _ => Err(ServerError::new(
             ErrorCode::Internal,
             "The machine answered with something else.",

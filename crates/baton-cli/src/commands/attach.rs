@@ -7,7 +7,8 @@ use baton_crypto::{DataKey, SessionCipher};
 use baton_daemon::client::Client;
 use baton_proto::api::{CreateSessionRequest, SendInputRequest};
 use baton_proto::{
-    EntryRole, ErrorCode, ForkOf, InputId, InputRecord, SessionId, SessionMode, SessionRecord,
+    EntryRole, ErrorCode, ForkOf, InputId, InputRecord, PermissionNote, SessionId, SessionMode,
+    SessionRecord,
 };
 use clap::Args;
 use tokio::io::AsyncBufReadExt;
@@ -28,7 +29,8 @@ pub struct AttachArgs {
 }
 
 /// `baton attach`: prints the session's entries as they arrive and sends every line typed on
-/// stdin as a message; ends at end of input (Ctrl-D).
+/// stdin as a message; ends at end of input (Ctrl-D). `/allow [SEQ]` and `/deny [SEQ]` answer a
+/// tool approval request instead.
 pub async fn attach(client: &Client, args: AttachArgs, json: bool) -> CliResult {
     let session = resolve_session(client, &args.session).await?;
     if session.mode == SessionMode::Direct {
@@ -47,7 +49,7 @@ pub async fn attach(client: &Client, args: AttachArgs, json: bool) -> CliResult 
     let mut cursor = history.last().map_or(0, |(e, _)| e.seq);
     if !json {
         eprintln!(
-            "Attached to {}. Type a message and press Enter; Ctrl-D detaches.",
+            "Attached to {}. Type a message and press Enter; /allow or /deny answers a tool request; Ctrl-D detaches.",
             session.id
         );
     }
@@ -66,14 +68,19 @@ pub async fn attach(client: &Client, args: AttachArgs, json: bool) -> CliResult 
         tokio::select! {
             line = lines.recv(), if input_open => match line {
                 Some(text) if text.trim().is_empty() => {}
-                Some(text) => {
+                Some(text) => if let Some((allow, seq)) = answer_command(&text) {
+                    // A wrong answer is reported, not fatal: the attachment goes on.
+                    if let Err(e) = answer(client, &cipher, &session, allow, seq).await {
+                        crate::output::report_error(&e, json);
+                    }
+                } else {
                     let id = InputId::new();
                     let req = SendInputRequest { id, sealed: cipher.seal_input(id, &text) };
                     let _: InputRecord = client
                         .post(&format!("/v1/sessions/{}/inputs", session.id), &req)
                         .await?;
                     waiting.push(id);
-                }
+                },
                 None => {
                     input_open = false;
                     if waiting.is_empty() {
@@ -86,6 +93,9 @@ pub async fn attach(client: &Client, args: AttachArgs, json: bool) -> CliResult 
         for (e, b) in read_entries(client, &cipher, session.id, cursor).await? {
             cursor = e.seq;
             print_entry(&e, &b, json);
+            if !json && matches!(b.permission, Some(PermissionNote::Request { .. })) {
+                eprintln!("      ↳ type /allow or /deny (request {})", e.seq);
+            }
             if b.role == EntryRole::User
                 && let Some(id) = b.input_id
             {
@@ -101,6 +111,37 @@ pub async fn attach(client: &Client, args: AttachArgs, json: bool) -> CliResult 
             return Ok(());
         }
     }
+}
+
+/// `/allow [SEQ]` or `/deny [SEQ]`: (allow, request).
+fn answer_command(line: &str) -> Option<(bool, Option<u64>)> {
+    let mut words = line.split_whitespace();
+    let allow = match words.next()? {
+        "/allow" => true,
+        "/deny" => false,
+        _ => return None,
+    };
+    let seq = words.next().and_then(|w| w.parse().ok());
+    Some((allow, seq))
+}
+
+async fn answer(
+    client: &Client,
+    cipher: &SessionCipher,
+    session: &SessionRecord,
+    allow: bool,
+    seq: Option<u64>,
+) -> CliResult {
+    let fresh: SessionRecord = client.get(&format!("/v1/sessions/{}", session.id)).await?;
+    let seq = match seq {
+        Some(s) => s,
+        None => {
+            let open = super::permissions::open_requests(client, cipher, &fresh).await?;
+            super::permissions::pick(&open, &fresh)?
+        }
+    };
+    super::permissions::send_answer(client, cipher, &fresh, seq, allow).await?;
+    Ok(())
 }
 
 /// Arguments of `fork`.

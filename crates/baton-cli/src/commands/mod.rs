@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod demo;
 pub mod handoff;
 pub mod library;
+pub mod permissions;
 pub mod server;
 pub mod session;
 pub mod watch;
@@ -44,6 +45,9 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::Open(args) => library::open(&client(&home)?, args, json).await,
         Command::Attach(args) => attach::attach(&client(&home)?, args, json).await,
         Command::Fork(args) => attach::fork(&client(&home)?, args, json).await,
+        Command::Permissions(arg) => permissions::list(&client(&home)?, &arg.session, json).await,
+        Command::Allow(args) => permissions::answer(&client(&home)?, args, true, json).await,
+        Command::Deny(args) => permissions::answer(&client(&home)?, args, false, json).await,
         Command::ScriptedAgent { .. } => Ok(()),
     }
 }

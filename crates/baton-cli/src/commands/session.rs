@@ -274,6 +274,19 @@ pub async fn send(client: &Client, args: SendArgs, json: bool) -> CliResult {
                 EntryRole::Assistant => reply.push(body.text.clone()),
                 EntryRole::Error => errors.push(body.text.clone()),
                 EntryRole::ToolCall if !json => eprintln!("· tool call: {}", body.text),
+                // Someone must answer before the turn can go on; say how, and keep waiting.
+                EntryRole::Permission if !json => {
+                    eprintln!("· {}", body.text);
+                    if matches!(
+                        body.permission,
+                        Some(baton_proto::PermissionNote::Request { .. })
+                    ) {
+                        eprintln!(
+                            "  answer with `baton allow {0} --request {1}` or `baton deny {0} --request {1}`",
+                            session.id, e.seq
+                        );
+                    }
+                }
                 _ => {}
             }
             if body.turn_end {
@@ -318,18 +331,26 @@ struct EntryOut<'a> {
     epoch: u64,
     role: &'a str,
     text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permission: Option<&'a baton_proto::PermissionNote>,
+}
+
+impl<'a> EntryOut<'a> {
+    fn of(e: &SealedEntry, b: &'a EntryBody) -> Self {
+        Self {
+            seq: e.seq,
+            epoch: e.epoch,
+            role: b.role.as_str(),
+            text: &b.text,
+            permission: b.permission.as_ref(),
+        }
+    }
 }
 
 /// Prints one entry: a line of text, or one JSON object per line.
 pub fn print_entry(e: &SealedEntry, body: &EntryBody, json_line: bool) {
     if json_line {
-        let out = EntryOut {
-            seq: e.seq,
-            epoch: e.epoch,
-            role: body.role.as_str(),
-            text: &body.text,
-        };
-        if let Ok(s) = serde_json::to_string(&out) {
+        if let Ok(s) = serde_json::to_string(&EntryOut::of(e, body)) {
             println!("{s}");
         }
     } else {
@@ -358,15 +379,7 @@ pub async fn log(client: &Client, args: LogArgs, json: bool) -> CliResult {
     let entries = read_entries(client, &cipher, session.id, 0).await?;
     let mut cursor = entries.last().map(|(e, _)| e.seq).unwrap_or(0);
     if json && !args.follow {
-        let out: Vec<EntryOut> = entries
-            .iter()
-            .map(|(e, b)| EntryOut {
-                seq: e.seq,
-                epoch: e.epoch,
-                role: b.role.as_str(),
-                text: &b.text,
-            })
-            .collect();
+        let out: Vec<EntryOut> = entries.iter().map(|(e, b)| EntryOut::of(e, b)).collect();
         print_json(&out);
         return Ok(());
     }
@@ -413,6 +426,7 @@ async fn log_direct(
                 epoch: session.epoch,
                 role: b.role.as_str(),
                 text: &b.text,
+                permission: None,
             })
             .collect();
         print_json(&out);

@@ -8,8 +8,9 @@
 //! and rewritten for a new cwd is not found.
 //!
 //! Protocol: stdout carries one JSON object per line (`ready`, `tool_call`, `tool_result`,
-//! `assistant`, `error`, `turn_end`), flushed after every line; stdin takes `{"type":"user",
-//! "text":…}` and `{"type":"interrupt"}` lines; stdin EOF ends the program with exit code 0.
+//! `permission`, `assistant`, `error`, `turn_end`), flushed after every line; stdin takes
+//! `{"type":"user","text":…}`, `{"type":"interrupt"}` and `{"type":"permission_answer","id":…,
+//! "allow":…}` lines; stdin EOF ends the program with exit code 0.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -330,6 +331,7 @@ impl Conversation {
 enum Input {
     User(String),
     Interrupt,
+    Answer { id: String, allow: bool },
     Eof,
 }
 
@@ -352,6 +354,14 @@ fn spawn_stdin_reader() -> Receiver<Input> {
                         }
                     },
                     Some("interrupt") => Input::Interrupt,
+                    Some("permission_answer") => Input::Answer {
+                        id: v
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                        allow: v.get("allow").and_then(Value::as_bool).unwrap_or(false),
+                    },
                     other => {
                         eprintln!("{SUBCOMMAND}: input type {other:?} ignored");
                         continue;
@@ -392,8 +402,11 @@ fn serve(conv: &mut Conversation, rx: Receiver<Input>) -> i32 {
                 // stdout or the state file is gone: nothing sensible is left to do.
                 Err(e) => return fail(&format!("turn failed: {e}")),
             },
-            // Nothing is running between turns, so there is nothing to interrupt.
+            // Nothing is running between turns, so there is nothing to interrupt or answer.
             Input::Interrupt => {}
+            Input::Answer { id, .. } => {
+                eprintln!("{SUBCOMMAND}: answer to {id:?}, which is not open, ignored");
+            }
             Input::Eof => return 0,
         }
     }
@@ -404,12 +417,15 @@ fn serve(conv: &mut Conversation, rx: Receiver<Input>) -> i32 {
 struct Commands {
     sleep: Option<Duration>,
     tool: bool,
+    /// `/ask WORD`: ask permission to run the `echo` tool on WORD first.
+    ask: Option<String>,
     crash: bool,
     error: bool,
 }
 
 impl Commands {
-    /// Finds `/sleep MS`, `/tool`, `/crash` and `/error` as whitespace-separated words.
+    /// Finds `/sleep MS`, `/tool`, `/ask WORD`, `/crash` and `/error` as whitespace-separated
+    /// words.
     fn parse(text: &str) -> Self {
         let mut c = Self::default();
         let mut words = text.split_whitespace().peekable();
@@ -422,6 +438,7 @@ impl Commands {
                     }
                 }
                 "/tool" => c.tool = true,
+                "/ask" => c.ask = words.next().map(str::to_string),
                 "/crash" => c.crash = true,
                 "/error" => c.error = true,
                 _ => {}
@@ -479,6 +496,42 @@ fn turn(
     if cmds.tool {
         emit(&json!({"type": "tool_call", "name": "echo", "input": {"text": text}}))?;
         emit(&json!({"type": "tool_result", "output": text}))?;
+    }
+    // Like a model that follows Baton's instruction to repeat an approved call.
+    let ask = cmds
+        .ask
+        .map(|w| ("echo".to_string(), json!({ "text": w })))
+        .or_else(|| crate::approval::parse_retry_prompt(text));
+    if let Some((tool, input)) = ask {
+        let id = format!("perm-{n}");
+        emit(&json!({"type": "permission", "id": id, "tool": tool, "input": input}))?;
+        let allow = loop {
+            match rx.recv() {
+                Ok(Input::Answer { id: got, allow }) if got == id => break allow,
+                Ok(Input::Answer { id: got, .. }) => {
+                    eprintln!("{SUBCOMMAND}: answer to {got:?}, which is not open, ignored");
+                }
+                Ok(Input::Interrupt) => {
+                    emit(&json!({"type": "turn_end", "turn": n, "interrupted": true}))?;
+                    return Ok(TurnOutcome::Done);
+                }
+                Ok(other @ Input::User(_)) => pending.push_back(other),
+                // Stdin closed while waiting: the session is being shut down.
+                Ok(Input::Eof) | Err(_) => return Ok(TurnOutcome::Exit(0)),
+            }
+        };
+        if allow {
+            let output = input
+                .get("text")
+                .and_then(Value::as_str)
+                .map_or_else(|| input.to_string(), str::to_string);
+            emit(&json!({"type": "tool_call", "name": tool, "input": input}))?;
+            emit(&json!({"type": "tool_result", "output": output}))?;
+        } else {
+            emit(
+                &json!({"type": "assistant", "text": format!("The {tool} tool was not allowed.")}),
+            )?;
+        }
     }
     let first = conv
         .first_message
@@ -538,6 +591,7 @@ mod tests {
         );
         assert_eq!(Commands::parse("/toolbox /sleep x"), Commands::default());
         assert!(Commands::parse("/crash").crash);
+        assert_eq!(Commands::parse("x /ask hi y").ask.as_deref(), Some("hi"));
         assert!(Commands::parse("x /error").error);
     }
 

@@ -33,6 +33,8 @@ pub(super) struct ScriptedSession {
     /// True once the child was waited for; its pid may then belong to someone else.
     reaped: bool,
     exited: Option<AgentEvent>,
+    /// Permission requests the agent waits for.
+    asked: std::collections::HashSet<String>,
 }
 
 impl ScriptedSession {
@@ -53,6 +55,7 @@ impl ScriptedSession {
             stderr_task,
             reaped: false,
             exited: None,
+            asked: std::collections::HashSet::new(),
         })
     }
 
@@ -175,6 +178,11 @@ fn parse_event(line: &str) -> Option<AgentEvent> {
         "tool_result" => Some(AgentEvent::ToolResult {
             output: s("output").unwrap_or_default(),
         }),
+        "permission" => Some(AgentEvent::PermissionRequest {
+            request_id: s("id")?,
+            tool: s("tool").unwrap_or_default(),
+            input: v.get("input").cloned().unwrap_or(Value::Null),
+        }),
         "error" => Some(AgentEvent::Error {
             message: s("message").unwrap_or_else(|| "unknown agent error".into()),
         }),
@@ -203,7 +211,17 @@ impl AgentSession for ScriptedSession {
         }
         while let Some(line) = self.stdout.next_line().await {
             match parse_event(&line) {
-                Some(ev) => return ev,
+                Some(ev) => {
+                    match &ev {
+                        AgentEvent::PermissionRequest { request_id, .. } => {
+                            self.asked.insert(request_id.clone());
+                        }
+                        // A request the turn did not wait for any more cannot be answered.
+                        AgentEvent::TurnEnd { .. } => self.asked.clear(),
+                        _ => {}
+                    }
+                    return ev;
+                }
                 None => tracing::debug!(%line, "agent line ignored"),
             }
         }
@@ -212,6 +230,16 @@ impl AgentSession for ScriptedSession {
 
     async fn interrupt(&mut self) -> Result<()> {
         self.write_line(&json!({"type": "interrupt"})).await
+    }
+
+    async fn answer_permission(&mut self, request_id: &str, allow: bool) -> Result<()> {
+        if !self.asked.remove(request_id) {
+            return Err(ProviderError::Process(format!(
+                "no open permission request {request_id}"
+            )));
+        }
+        self.write_line(&json!({"type": "permission_answer", "id": request_id, "allow": allow}))
+            .await
     }
 
     async fn shutdown(mut self: Box<Self>) -> Result<()> {
