@@ -67,6 +67,12 @@ pub enum ErrorCode {
     Interrupted,
     /// Too large for the configured limits.
     TooLarge,
+    /// The destination's filesystem lacks the space the workspace needs.
+    InsufficientSpace,
+    /// The workspace selection exceeds the transfer limits (files or bytes).
+    TransferTooLarge,
+    /// A received workspace manifest or chunk is malformed or unsafe.
+    InvalidWorkspaceManifest,
     /// Something unexpected failed on the server or daemon.
     Internal,
 }
@@ -105,6 +111,9 @@ impl ErrorCode {
             Self::Timeout => "timeout",
             Self::Interrupted => "interrupted",
             Self::TooLarge => "too_large",
+            Self::InsufficientSpace => "insufficient_space",
+            Self::TransferTooLarge => "transfer_too_large",
+            Self::InvalidWorkspaceManifest => "invalid_workspace_manifest",
             Self::Internal => "internal",
         }
     }
@@ -176,6 +185,15 @@ impl ErrorCode {
                 "Nothing changed: the session stays with its owner. Retry the handoff."
             }
             Self::TooLarge => "Reduce the size or raise the server's limit.",
+            Self::InsufficientSpace => {
+                "Free space on the target's disk or pick another --path, then retry; nothing changed."
+            }
+            Self::TransferTooLarge => {
+                "Leave large ignored files behind (--ignored skip), or transfer less, then retry; nothing changed."
+            }
+            Self::InvalidWorkspaceManifest => {
+                "Nothing changed at the destination. Update Baton on both machines and retry; if it persists, report it."
+            }
             Self::Internal => "Retry; if it persists, check the server and daemon logs.",
         }
     }
@@ -183,10 +201,11 @@ impl ErrorCode {
     /// The HTTP status the server answers with for this code.
     pub fn http_status(self) -> u16 {
         match self {
-            Self::BadRequest | Self::UnsafeWorkspacePath => 400,
+            Self::BadRequest | Self::UnsafeWorkspacePath | Self::InvalidWorkspaceManifest => 400,
             Self::Unauthorized | Self::PairingInvalid => 401,
             Self::NotFound => 404,
-            Self::TooLarge => 413,
+            Self::TooLarge | Self::TransferTooLarge => 413,
+            Self::InsufficientSpace => 507,
             Self::Internal => 500,
             Self::Timeout => 504,
             _ => 409,
@@ -209,6 +228,8 @@ impl ErrorCode {
                 | Self::TargetIdentityConflict
                 | Self::HandoffInProgress
                 | Self::SameMachine
+                | Self::InsufficientSpace
+                | Self::TransferTooLarge
         )
     }
 }
@@ -264,6 +285,9 @@ mod tests {
             ErrorCode::HandoffInProgress,
             ErrorCode::StaleEpoch,
             ErrorCode::PermissionNotOpen,
+            ErrorCode::InsufficientSpace,
+            ErrorCode::TransferTooLarge,
+            ErrorCode::InvalidWorkspaceManifest,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
