@@ -11,12 +11,35 @@
 //!
 //! It prints tables and writes the figures, raw samples included, to `target/bench/handoff.json`.
 //! Sizes are interleaved by default, which gives fair ratios on a machine shared with other work.
+//!
+//! `baton-bench providers` measures, per provider (`scripted`, the baseline, and the real Claude
+//! Code, Codex and OpenCode CLIs against the loopback model server of `baton-testkit`), the time
+//! of a handoff from the client's confirm to the first entry the resumed provider writes on the
+//! target, as a client watching the session over its WebSocket receives it. It splits that time
+//! into quiesce / transfer / import / resume at the server's phase ends (the output says which
+//! phases each part covers) and reports the sealed provider-state bytes moved. One session per
+//! provider gets a first turn that writes a file, then `--runs` handoffs alternate laptop ->
+//! desktop -> laptop into a different workspace path per machine; at each, a message queued
+//! right after the request is answered by the target's resumed provider. Run it with
+//!
+//! ```text
+//! cargo run --release -p baton-bench -- providers [--runs 10] [--providers scripted,claude,codex,opencode]
+//! ```
+//!
+//! It prints a table per provider (median, p90 and min of each part and the total, the bytes, and
+//! the ratio of the median total to `scripted` measured in the same run) and writes the figures,
+//! raw samples included, to `target/bench/providers.json`. The CLIs are installed on first use
+//! (`npm ci`, about 1.2 GB under `target/provider-clis/`); when that fails the real providers are
+//! skipped with the reason and `scripted` still runs.
 
+mod follow;
 mod measure;
+mod providers;
 mod report;
+mod setup;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +67,9 @@ struct Cli {
 enum BenchCommand {
     /// Latency of a synced-session handoff without workspace, on loopback, by transcript length.
     Handoff(HandoffArgs),
+    /// Per provider: confirm -> first provider entry on the target, split into quiesce /
+    /// transfer / import / resume, and the provider state moved.
+    Providers(providers::ProvidersArgs),
 }
 
 const DEFAULT_SIZES: &str = "10,1000,10000";
@@ -98,6 +124,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         BenchCommand::Handoff(args) => handoff(args),
+        BenchCommand::Providers(args) => providers::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,114 +135,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The cargo profile a binary in `dir` was built with, when `dir` is a cargo profile directory
-/// (`target/release`, `target/debug`, …).
-fn cargo_profile_of(dir: &Path) -> Option<String> {
-    if !dir.join(".fingerprint").is_dir() {
-        return None;
-    }
-    let name = dir.file_name()?.to_str()?;
-    // The dev profile's directory is called `debug`.
-    Some(if name == "debug" { "dev" } else { name }.to_string())
-}
-
-/// The `baton` binary to benchmark, and how it was found (for the report).
-struct BatonBinary {
-    path: PathBuf,
-    /// Cargo profile it was built with, when known.
-    profile: Option<String>,
-}
-
-/// Finds the `baton` binary. By default it is the one beside this executable, and it is first
-/// built with the same profile: a benchmark of a stale binary would report figures for code that
-/// no longer exists, and an up-to-date build costs cargo about a second. (`cargo run` has
-/// released the build lock before it starts this program, so the nested build does not wait on
-/// it; another build in progress only makes it wait.)
-fn locate_baton(args: &HandoffArgs) -> Result<BatonBinary> {
-    if let Some(p) = &args.baton {
-        let path = std::fs::canonicalize(p)
-            .with_context(|| format!("--baton {}: no such file", p.display()))?;
-        let profile = path.parent().and_then(cargo_profile_of);
-        return Ok(BatonBinary { path, profile });
-    }
-    let exe = std::env::current_exe().context("finding this executable")?;
-    let dir = exe
-        .parent()
-        .context("this executable has no directory")?
-        .to_path_buf();
-    let path = dir.join("baton");
-    let profile = cargo_profile_of(&dir);
-    match (&profile, args.no_build) {
-        (Some(profile), false) => {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-            eprintln!(
-                "Bringing {} up to date: cargo build --profile {profile} -p baton-cli",
-                path.display()
-            );
-            let mut build = Command::new(&cargo);
-            build
-                .args([
-                    "build",
-                    "--profile",
-                    profile,
-                    "-p",
-                    "baton-cli",
-                    "--bin",
-                    "baton",
-                ])
-                .arg("--manifest-path")
-                .arg(&manifest);
-            // `cargo run` gives this program the variables cargo sets for a crate (CARGO_PKG_NAME
-            // = baton-bench, ...). Build scripts watch some of them (ring's and cc's ask to rerun
-            // when they change), so passing them on would rebuild ring, rustls and everything
-            // above them here, and again at the user's next plain build.
-            for (key, _) in std::env::vars_os() {
-                let Some(k) = key.to_str() else { continue };
-                if k.starts_with("CARGO_PKG_")
-                    || k.starts_with("CARGO_CFG_")
-                    || k.starts_with("CARGO_MANIFEST_")
-                    || matches!(
-                        k,
-                        "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
-                    )
-                {
-                    build.env_remove(&key);
-                }
-            }
-            let status = build.status().context("running cargo build")?;
-            if !status.success() {
-                bail!("cargo build --profile {profile} -p baton-cli failed ({status})");
-            }
-        }
-        _ if !path.is_file() => bail!(
-            "{} does not exist; build it with `cargo build --release -p baton-cli` or pass --baton PATH",
-            path.display()
-        ),
-        _ => {}
-    }
-    if !path.is_file() {
-        bail!("{} does not exist after the build", path.display());
-    }
-    Ok(BatonBinary { path, profile })
-}
-
-/// Where the JSON goes by default: `bench/handoff.json` in the workspace's target directory.
-fn default_out() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let target = std::fs::canonicalize(&target).unwrap_or(target);
-    target.join("bench").join("handoff.json")
-}
-
 /// The command that reproduces this run.
 fn reproduce_command(args: &HandoffArgs, bench_profile: Option<&str>) -> String {
-    let profile = match bench_profile {
-        Some("release") | None => " --release".to_string(),
-        Some("dev") => String::new(),
-        Some(p) => format!(" --profile {p}"),
-    };
+    let profile = setup::profile_flag(bench_profile);
     let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let mut cmd = format!(
         "cargo run{profile} -p baton-bench -- handoff --runs {} --sizes {}",
@@ -268,10 +190,8 @@ fn handoff(mut args: HandoffArgs) -> Result<()> {
     if args.real_sizes.first() == Some(&0) {
         bail!("--real-sizes must be at least 1 entry");
     }
-    let baton = locate_baton(&args)?;
-    let bench_profile = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().and_then(cargo_profile_of));
+    let baton = setup::locate_baton(args.baton.as_deref(), args.no_build)?;
+    let bench_profile = setup::bench_profile();
     if baton.profile.as_deref() == Some("dev") {
         eprintln!(
             "warning: {} is a debug build; its figures are not representative",
@@ -279,7 +199,10 @@ fn handoff(mut args: HandoffArgs) -> Result<()> {
         );
     }
     let command = reproduce_command(&args, bench_profile.as_deref());
-    let out = args.out.clone().unwrap_or_else(default_out);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| setup::default_out("handoff.json"));
     let tmp = tempfile::Builder::new()
         .prefix("baton-bench-")
         .tempdir()
@@ -287,7 +210,7 @@ fn handoff(mut args: HandoffArgs) -> Result<()> {
     let root = tmp.path().to_path_buf();
     eprintln!("Cluster directory: {}", root.display());
     let started_at = baton_proto::now_millis();
-    let load_before = load_average();
+    let load_before = setup::load_average();
     let tables = match run(&args, &baton.path, &root) {
         Ok(t) => t,
         Err(e) => {
@@ -299,7 +222,7 @@ fn handoff(mut args: HandoffArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let load_after = load_average();
+    let load_after = setup::load_average();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let order = if !args.sequential {
         "sizes taken in turn, one handoff each per round (default; --sequential for one size after the other)"
@@ -361,27 +284,13 @@ fn handoff(mut args: HandoffArgs) -> Result<()> {
         "percentiles": "nearest-rank: pK is the ceil(K*n/100)-th smallest of n values; p99 of 20 runs is the 20th",
         "tables": tables.iter().map(|t| (t.key.to_string(), t.to_json())).collect::<serde_json::Map<_, _>>(),
     });
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&out, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing {}", out.display()))?;
+    setup::write_json(&out, &report)?;
     println!("Figures as JSON: {}", out.display());
     if args.keep_dir {
         let kept = tmp.keep();
         eprintln!("Cluster directory kept: {}", kept.display());
     }
     Ok(())
-}
-
-/// The 1-minute load average (Linux), to tell a quiet machine's figures from a busy one's.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Creates a scripted session on machine `idx` in `ws` and has one real turn with it, so the

@@ -5,8 +5,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use baton_bench::split::{phase_end, phase_start};
+use baton_crypto::SessionCipher;
 use baton_daemon::client::Client;
 use baton_proto::api::{AppendRequest, AppendResponse, HandoffRequest, NewEntry, SendInputRequest};
+use baton_proto::handoff::SealedHandoffOptions;
 use baton_proto::{
     ApiError, EntryBody, EntryRole, HandoffId, HandoffOptions, HandoffPhase, HandoffRecord,
     HandoffResult, InputId, InputRecord, MachineId, MachineInfo, SessionId, SessionRecord,
@@ -169,16 +172,8 @@ pub async fn fill_by_turns(
     let turns = (target - s.last_seq).div_ceil(2);
     let mut last_input = None;
     for k in 1..=turns {
-        let input = InputId::new();
         let text = format!("Benchmark message {k} of {turns}: please answer.");
-        let _: InputRecord = client
-            .post(
-                &format!("/v1/sessions/{id}/inputs"),
-                &SendInputRequest {
-                    id: input,
-                    sealed: cipher.seal_input(input, &text),
-                },
-            )
+        let input = queue_input(client, &cipher, id, &text)
             .await
             .with_context(|| format!("queueing message {k} of {turns}"))?;
         last_input = Some(input);
@@ -222,6 +217,50 @@ pub async fn fill_by_turns(
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Queues a message for session `id` (sealed with its key), as `baton send --no-wait` does.
+/// Returns the message's id, which the user entry that consumes it will name.
+pub async fn queue_input(
+    client: &Client,
+    cipher: &SessionCipher,
+    id: SessionId,
+    text: &str,
+) -> Result<InputId> {
+    let input = InputId::new();
+    let _: InputRecord = client
+        .post(
+            &format!("/v1/sessions/{id}/inputs"),
+            &SendInputRequest {
+                id: input,
+                sealed: cipher.seal_input(input, text),
+            },
+        )
+        .await
+        .with_context(|| format!("queueing a message for session {id}"))?;
+    Ok(input)
+}
+
+/// A client's request to hand a session to `to`. With `target_path`, the target's workspace
+/// path, sealed with the session's key as `baton handoff --path` does; without, the same path.
+pub fn handoff_request(
+    id: HandoffId,
+    to: &Node,
+    target_path: Option<(&SessionCipher, &str)>,
+) -> HandoffRequest {
+    HandoffRequest {
+        id,
+        to: to.id,
+        options: HandoffOptions::default(),
+        sealed_options: target_path.map(|(cipher, path)| {
+            cipher.seal_options(
+                id,
+                &SealedHandoffOptions {
+                    target_path: Some(path.to_string()),
+                },
+            )
+        }),
     }
 }
 
@@ -382,7 +421,17 @@ pub async fn ping_pong_interleaved(
 /// Waits (at most [`SETTLE_TIMEOUT`]) until session `id` is idle, owned by `owner` and not
 /// handing off.
 async fn settle(client: &Client, id: SessionId, owner: &Node) -> Result<SessionRecord> {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    settle_within(client, id, owner, SETTLE_TIMEOUT).await
+}
+
+/// Waits (at most `timeout`) until session `id` is idle, owned by `owner` and not handing off.
+pub async fn settle_within(
+    client: &Client,
+    id: SessionId,
+    owner: &Node,
+    timeout: Duration,
+) -> Result<SessionRecord> {
+    let deadline = Instant::now() + timeout;
     loop {
         let s = session(client, id).await?;
         if s.owner == owner.id && s.status == SessionStatus::Idle && s.active_handoff.is_none() {
@@ -392,7 +441,7 @@ async fn settle(client: &Client, id: SessionId, owner: &Node) -> Result<SessionR
             bail!(
                 "session {id} is not idle on {} after {} s: owner {}, status {}, active handoff {:?}",
                 owner.name,
-                SETTLE_TIMEOUT.as_secs(),
+                timeout.as_secs(),
                 s.owner,
                 s.status.as_str(),
                 s.active_handoff
@@ -402,7 +451,8 @@ async fn settle(client: &Client, id: SessionId, owner: &Node) -> Result<SessionR
     }
 }
 
-fn describe(e: Option<&ApiError>) -> String {
+/// An error of a handoff record for a message.
+pub fn describe(e: Option<&ApiError>) -> String {
     e.map(|e| format!("{}: {}", e.code, e.message))
         .unwrap_or_else(|| "no error recorded".into())
 }
@@ -410,7 +460,7 @@ fn describe(e: Option<&ApiError>) -> String {
 /// True once the handoff has committed and its `done` phase has ended (the server has written
 /// the final record and released the session). Phase `done` alone is not enough: it is recorded
 /// when the source's clean-up starts.
-fn finished(h: &HandoffRecord) -> bool {
+pub fn finished(h: &HandoffRecord) -> bool {
     h.result == HandoffResult::Committed
         && h.phase == HandoffPhase::Done
         && h.phases
@@ -421,12 +471,7 @@ fn finished(h: &HandoffRecord) -> bool {
 /// Hands session `id` from `from` to `to` and times it.
 async fn handoff(client: &Client, id: SessionId, from: &Node, to: &Node) -> Result<Sample> {
     let hid = HandoffId::new();
-    let request = HandoffRequest {
-        id: hid,
-        to: to.id,
-        options: HandoffOptions::default(),
-        sealed_options: None,
-    };
+    let request = handoff_request(hid, to, None);
     let path = format!("/v1/handoffs/{hid}");
     let t0 = Instant::now();
     let _: HandoffRecord = client
@@ -461,21 +506,9 @@ async fn handoff(client: &Client, id: SessionId, from: &Node, to: &Node) -> Resu
         }
         tokio::time::sleep(POLL).await;
     };
-    let started = |phase| {
-        h.phases
-            .iter()
-            .find(|p| p.phase == phase)
-            .map(|p| p.started_at)
-    };
-    let ended = |phase| {
-        h.phases
-            .iter()
-            .find(|p| p.phase == phase)
-            .and_then(|p| p.ended_at)
-    };
     let (Some(quiesce_start), Some(activate_end)) = (
-        started(HandoffPhase::QuiesceSource),
-        ended(HandoffPhase::Activate),
+        phase_start(&h.phases, HandoffPhase::QuiesceSource),
+        phase_end(&h.phases, HandoffPhase::Activate),
     ) else {
         bail!("handoff {hid} finished without quiesce_source and activate times: {h:?}");
     };

@@ -23,6 +23,8 @@ pub struct Summary {
     pub n: usize,
     /// Nearest-rank median.
     pub p50: f64,
+    /// Nearest-rank 90th percentile.
+    pub p90: f64,
     /// Nearest-rank 99th percentile.
     pub p99: f64,
     /// Arithmetic mean.
@@ -44,6 +46,7 @@ impl Summary {
         Some(Self {
             n: sorted.len(),
             p50: percentile(&sorted, 50)?,
+            p90: percentile(&sorted, 90)?,
             p99: percentile(&sorted, 99)?,
             mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
             min: *sorted.first()?,
@@ -51,11 +54,12 @@ impl Summary {
         })
     }
 
-    /// As a JSON object (`n`, `p50`, `p99`, `mean`, `min`, `max`).
+    /// As a JSON object (`n`, `p50`, `p90`, `p99`, `mean`, `min`, `max`).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "n": self.n,
             "p50": self.p50,
+            "p90": self.p90,
             "p99": self.p99,
             "mean": self.mean,
             "min": self.min,
@@ -75,6 +79,7 @@ mod tests {
         // p99 of 20 runs is the 20th value: the maximum.
         assert_eq!(percentile(&v, 99), Some(20.0));
         assert_eq!(percentile(&v, 95), Some(19.0));
+        assert_eq!(percentile(&v, 90), Some(18.0));
         assert_eq!(percentile(&v, 100), Some(20.0));
         assert_eq!(percentile(&v, 1), Some(1.0));
     }
@@ -88,6 +93,14 @@ mod tests {
         assert_eq!(percentile(&[1.0, 2.0, 3.0], 50), Some(2.0));
         assert_eq!(percentile(&[1.0, 2.0, 3.0], 99), Some(3.0));
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 50), Some(2.0));
+    }
+
+    #[test]
+    fn p90_of_ten_runs_is_the_ninth() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&v, 90), Some(9.0));
+        let s = Summary::of(&v).unwrap();
+        assert_eq!((s.p50, s.p90, s.p99), (5.0, 9.0, 10.0));
     }
 
     #[test]

@@ -283,3 +283,133 @@ fn preflight_names_a_missing_cli_and_a_missing_login_and_a_connected_service_fix
         );
     }
 }
+
+/// The open requests of `s`, as `permissions --json` lists them from machine `idx`.
+fn open_requests(rig: &Rig, idx: usize, s: &str) -> Vec<Value> {
+    let (rc, v) = rig.json(idx, &["permissions", s]);
+    assert_eq!(rc, 0, "{v}");
+    v.as_array().cloned().expect("array")
+}
+
+/// Waits until exactly one request other than `not` is open; returns its seq.
+fn wait_request(rig: &Rig, idx: usize, s: &str, not: Option<u64>) -> u64 {
+    common::wait_for(Duration::from_secs(120), || {
+        let open = open_requests(rig, idx, s);
+        let seq = open.first()?["request"].as_u64()?;
+        (open.len() == 1 && Some(seq) != not).then_some(seq)
+    })
+    .expect("a permission request opens")
+}
+
+/// Waits until the session is idle with more than `after` entries; returns the log.
+fn wait_idle_after(rig: &Rig, idx: usize, s: &str, after: u64) -> Vec<Value> {
+    common::wait_for(Duration::from_secs(120), || {
+        let (_, list) = rig.json(idx, &["sessions"]);
+        let row = list.as_array()?.iter().find(|r| r["id"] == s)?.clone();
+        if row["status"] != "idle" {
+            return None;
+        }
+        let (_, log) = rig.json(idx, &["log", s]);
+        let log = log.as_array()?.clone();
+        (log.len() as u64 > after).then_some(log)
+    })
+    .expect("the turn ends")
+}
+
+#[test]
+fn claude_asks_before_running_a_command_and_a_request_open_at_handoff_is_asked_again_on_the_target()
+{
+    let Some(rig) = Rig::new(&[
+        ("laptop", Some(Login::LoggedIn)),
+        ("desktop", Some(Login::LoggedIn)),
+    ]) else {
+        return;
+    };
+    let ws_a = rig.dir("laptop-ws/proj");
+    let ws_b = rig.dir("desktop-ws/elsewhere/proj");
+    let (rc, v) = rig.json(LAPTOP, &["new", "--provider", "claude", "--path", &ws_a]);
+    assert_eq!(rc, 0, "{v}");
+    let s = v["session_id"].as_str().expect("id").to_string();
+
+    // A shell command that writes asks first; desktop's client answers.
+    let (rc, v) = rig.json(
+        LAPTOP,
+        &["send", &s, "RUNCMD sh -c 'echo one > one.txt'", "--no-wait"],
+    );
+    assert_eq!(rc, 0, "{v}");
+    let first = wait_request(&rig, 1, &s, None);
+    let (_, log) = rig.json(1, &["log", &s]);
+    let asked = &log[usize::try_from(first - 1).unwrap()];
+    assert_eq!(asked["permission"]["tool"], "Bash", "{asked}");
+    assert!(
+        !Path::new(&ws_a).join("one.txt").exists(),
+        "ran before the answer"
+    );
+    let (rc, v) = rig.json(1, &["allow", &s]);
+    assert_eq!(rc, 0, "{v}");
+    wait_idle_after(&rig, LAPTOP, &s, first + 1);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&ws_a).join("one.txt")).expect("one.txt"),
+        "one\n"
+    );
+
+    // Open when the handoff starts: interrupted on laptop, asked again on desktop.
+    let (rc, v) = rig.json(
+        LAPTOP,
+        &["send", &s, "RUNCMD sh -c 'echo two > two.txt'", "--no-wait"],
+    );
+    assert_eq!(rc, 0, "{v}");
+    let old = wait_request(&rig, LAPTOP, &s, Some(first));
+    let (rc, v) = rig.json(
+        LAPTOP,
+        &[
+            "handoff",
+            &s,
+            "--to",
+            "desktop",
+            "--path",
+            &ws_b,
+            "--timeout",
+            "300",
+        ],
+    );
+    assert_eq!(rc, 0, "handoff: {v}");
+    let new = wait_request(&rig, 1, &s, Some(old));
+    let (_, log) = rig.json(1, &["log", &s]);
+    let log = log.as_array().cloned().expect("log");
+    assert_dense(&log);
+    let again = &log[usize::try_from(new - 1).unwrap()];
+    assert_eq!(again["permission"]["reraises"], old, "{again}");
+    assert_eq!(again["permission"]["tool"], "Bash");
+    assert!(!Path::new(&ws_a).join("two.txt").exists());
+
+    // Approved on the target: desktop's claude repeats the call, which runs there without a
+    // second question.
+    rig.model.clear_requests();
+    let (rc, v) = rig.json(LAPTOP, &["allow", &s]);
+    assert_eq!(rc, 0, "{v}");
+    let log = wait_idle_after(&rig, 1, &s, new + 2);
+    assert_dense(&log);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&ws_b).join("two.txt")).expect("two.txt on desktop"),
+        "two\n"
+    );
+    assert!(!Path::new(&ws_a).join("two.txt").exists());
+    let tail = &log[usize::try_from(new).unwrap()..];
+    assert!(
+        !tail.iter().skip(1).any(|e| e["role"] == "permission"),
+        "asked twice: {tail:?}"
+    );
+    assert!(
+        tail.iter()
+            .any(|e| e["role"] == "tool_call" && e["text"] == "Bash"),
+        "{tail:?}"
+    );
+    assert!(open_requests(&rig, 1, &s).is_empty());
+    for r in rig.model.requests_to("/v1/messages") {
+        assert!(
+            !r.body_text().contains(&ws_a),
+            "old workspace sent to the model"
+        );
+    }
+}

@@ -314,6 +314,30 @@ impl Conversation {
             .is_some_and(|m| m.parts.iter().any(|p| matches!(p, Part::ToolResult)))
     }
 
+    /// Baton's request to repeat a tool call a person approved after the process that asked
+    /// was gone ("Make exactly this tool call again:" then `<tool name="N">JSON</tool>`), when
+    /// it is in the conversation's last message: the model makes that call.
+    fn repeat_call(&self) -> Option<ToolCall> {
+        const ASK: &str = "Make exactly this tool call again:";
+        let last = self
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role != Role::System)?;
+        last.parts.iter().find_map(|p| {
+            let Part::Text(t) = p else { return None };
+            let rest = &t[t.find(ASK)? + ASK.len()..];
+            let rest = &rest[rest.find("<tool name=\"")? + "<tool name=\"".len()..];
+            let (name, rest) = rest.split_once("\">")?;
+            let input: Value = serde_json::from_str(&rest[..rest.rfind("</tool>")?]).ok()?;
+            Some(ToolCall {
+                name: name.to_owned(),
+                input,
+                custom: false,
+            })
+        })
+    }
+
     fn is_title_request(&self) -> bool {
         self.system.contains("You are a title generator")
     }
@@ -330,6 +354,12 @@ impl Conversation {
             return Plan {
                 delay: None,
                 reply: Reply::Text("Test title".to_owned()),
+            };
+        }
+        if let Some(call) = self.repeat_call() {
+            return Plan {
+                delay: None,
+                reply: Reply::Tool(call),
             };
         }
         if self.ends_with_tool_result() {
@@ -556,6 +586,39 @@ mod tests {
         assert_eq!(
             conv.plan(Dialect::Anthropic).reply,
             Reply::Text("First message was: remember PELICAN".into())
+        );
+    }
+
+    #[test]
+    fn repeats_an_approved_call_from_the_last_message_only() {
+        let ask = "The user has now approved it. Make exactly this tool call again:\n<tool name=\"Bash\">{\"command\":\"echo hi > x\"}</tool>";
+        let body = json!({"messages": [
+            {"role": "user", "content": "RUNCMD echo hi > x"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "interrupted"},
+                {"type": "text", "text": ask}
+            ]}
+        ]});
+        let conv = Conversation::parse(Dialect::Anthropic, &body);
+        assert_eq!(
+            conv.plan(Dialect::Anthropic).reply,
+            Reply::Tool(ToolCall {
+                name: "Bash".into(),
+                input: json!({"command": "echo hi > x"}),
+                custom: false
+            })
+        );
+        // Once the call ran, its result is the last message: the model answers in text.
+        let mut body = body;
+        body["messages"].as_array_mut().unwrap().extend([
+            json!({"role": "assistant", "content": [{"type": "tool_use", "id": "t2", "name": "Bash", "input": {}}]}),
+            json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t2", "content": ""}]}),
+        ]);
+        let conv = Conversation::parse(Dialect::Anthropic, &body);
+        assert_eq!(
+            conv.plan(Dialect::Anthropic).reply,
+            Reply::Text("Wrote it.".into())
         );
     }
 
