@@ -1,0 +1,34 @@
+//! Workspace transfer for handoffs (DESIGN §5): path safety, selection with gitignore semantics,
+//! manifests of content-defined chunks, delta planning, a resumable staging writer, and apply
+//! with a conflict policy.
+//!
+//! The flow: the source checks its directory ([`check_source`]) and [`scan`]s it into a
+//! manifest; the target validates what it receives ([`validate`]), indexes what it already holds
+//! ([`ChunkIndex`]), [`plan`]s the transfer, writes into a [`Stager`] beside the destination,
+//! verifies ([`Stager::finish`]) and puts the result in place ([`StagedTree::apply`]).
+//!
+//! This crate never networks and never touches the destination path except through a rename of
+//! a fully verified staging tree (invariant 5): an existing destination is moved only under
+//! [`ConflictPolicy::Replace`], and then kept as a backup until commit. All I/O here blocks; the
+//! daemon runs it on a blocking thread.
+
+mod chunk;
+mod error;
+mod fsutil;
+mod pool;
+mod progress;
+pub mod safety;
+mod scan;
+mod select;
+pub mod validate;
+
+pub use baton_proto::workspace::{
+    ChunkParams, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles, PlanSummary,
+    WorkspaceManifest,
+};
+pub use error::{Error, Result};
+pub use fsutil::available_bytes;
+pub use progress::{Progress, ProgressSnapshot};
+pub use safety::{check_destination, check_source, destination_state};
+pub use scan::{ScanOptions, ScanStats, Scanned, scan};
+pub use validate::{Limits, validate};

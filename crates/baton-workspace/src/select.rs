@@ -1,0 +1,233 @@
+//! Which paths of a source tree travel: the walk with gitignore semantics, the ignored-files
+//! policy, `.git/`, and symlinks. No file content is read here.
+//!
+//! Rules:
+//! - `.gitignore`, `.ignore`, `.git/info/exclude` and the global git excludes are honoured, also
+//!   in trees that are not git repositories (`require_git(false)`): the files say what their
+//!   author considers generated, whatever holds the tree's history; ignore files of parent
+//!   directories apply too, as git applies them to a subdirectory of a repository.
+//! - Hidden files are ordinary files (`hidden(false)`): dotfiles travel unless ignored.
+//! - Every `.git` directory the walk reaches (always the root's) travels whole, unfiltered: git
+//!   never applies ignore rules to its own directory, and a repository without its history is
+//!   not the same workspace.
+//! - Symlinks are never followed; one travels as a link when its target is relative and stays
+//!   inside the tree, both by its text and, when it resolves, by where it resolves.
+
+use std::collections::BTreeMap;
+use std::fs::{self, Metadata};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use baton_proto::workspace::{IgnoredFiles, SkipReason};
+use ignore::WalkBuilder;
+use ignore::overrides::{Override, OverrideBuilder};
+
+use crate::error::{Error, Result};
+use crate::validate::symlink_stays_inside;
+
+/// One selected path and what the walk saw of it (`lstat`).
+pub(crate) struct Found {
+    pub(crate) md: Metadata,
+    pub(crate) what: What,
+}
+
+/// The kind of a selected path.
+pub(crate) enum What {
+    Dir,
+    File,
+    Symlink(String),
+}
+
+/// The outcome of selection: travelling paths in path order, and those left behind.
+#[derive(Default)]
+pub(crate) struct Selection {
+    pub(crate) found: BTreeMap<String, Found>,
+    pub(crate) skipped: BTreeMap<String, SkipReason>,
+}
+
+/// Walks `root` (canonical) and applies the rules of this module.
+pub(crate) fn select(root: &Path, ignored: &IgnoredFiles) -> Result<Selection> {
+    let mut sel = Selection::default();
+    let git_dirs = Arc::new(Mutex::new(Vec::new()));
+    let mut main = builder(root, ignored, &git_dirs);
+    sel.walk(root, &mut main, false)?;
+    if let IgnoredFiles::Globs(globs) = ignored {
+        // A second pass where the globs override the ignore rules. Overrides that whitelist
+        // anything exclude every file they do not match, so this pass adds the ignored matches
+        // and the first pass supplies the rest.
+        let mut extra = builder(root, ignored, &git_dirs);
+        extra.overrides(overrides(root, globs)?);
+        sel.walk(root, &mut extra, false)?;
+    }
+    let mut dirs = git_dirs.lock().map(|v| v.clone()).unwrap_or_default();
+    let root_git = root.join(".git");
+    if fs::symlink_metadata(&root_git).is_ok_and(|m| m.is_dir()) {
+        dirs.push(root_git);
+    }
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        let parent_selected = dir
+            .parent()
+            .and_then(|p| p.strip_prefix(root).ok())
+            .and_then(Path::to_str)
+            .is_some_and(|p| p.is_empty() || sel.found.contains_key(p));
+        if parent_selected {
+            let mut all = WalkBuilder::new(&dir);
+            all.standard_filters(false).follow_links(false);
+            sel.walk(root, &mut all, true)?;
+        }
+    }
+    Ok(sel)
+}
+
+fn builder(root: &Path, ignored: &IgnoredFiles, git_dirs: &Arc<Mutex<Vec<PathBuf>>>) -> WalkBuilder {
+    let mut b = WalkBuilder::new(root);
+    match ignored {
+        IgnoredFiles::Include => {
+            b.standard_filters(false);
+        }
+        IgnoredFiles::Skip | IgnoredFiles::Globs(_) => {
+            b.standard_filters(true).hidden(false).require_git(false);
+        }
+    }
+    b.follow_links(false);
+    let seen = Arc::clone(git_dirs);
+    b.filter_entry(move |e| {
+        let is_git_dir = e.depth() > 0
+            && e.file_name() == ".git"
+            && e.file_type().is_some_and(|t| t.is_dir());
+        if is_git_dir && let Ok(mut v) = seen.lock() {
+            v.push(e.path().to_path_buf());
+        }
+        !is_git_dir
+    });
+    b
+}
+
+/// Whitelist overrides for the globs, each also covering everything under a directory it names.
+fn overrides(root: &Path, globs: &[String]) -> Result<Override> {
+    let mut b = OverrideBuilder::new(root);
+    for g in globs {
+        if g.starts_with('!') {
+            return Err(Error::BadOption(format!(
+                "ignored-files glob {g:?} is a negation; list only what should travel"
+            )));
+        }
+        let core = g.trim_end_matches('/');
+        // Gitignore syntax: a glob without an inner `/` matches at any depth.
+        let under = if core.contains('/') {
+            format!("{core}/**")
+        } else {
+            format!("**/{core}/**")
+        };
+        for pat in [g.as_str(), under.as_str()] {
+            b.add(pat).map_err(|e| {
+                Error::BadOption(format!("ignored-files glob {g:?} is not valid: {e}"))
+            })?;
+        }
+    }
+    b.build()
+        .map_err(|e| Error::BadOption(format!("ignored-files globs are not valid: {e}")))
+}
+
+impl Selection {
+    fn walk(&mut self, root: &Path, b: &mut WalkBuilder, include_top: bool) -> Result<()> {
+        for item in b.build() {
+            let ent = match item {
+                Ok(ent) => ent,
+                Err(e) => match error_path(&e) {
+                    Some(p) => {
+                        self.skip(root, p, SkipReason::Unreadable);
+                        continue;
+                    }
+                    None => {
+                        return Err(Error::Io {
+                            action: "walk",
+                            path: root.to_path_buf(),
+                            source: io::Error::other(e.to_string()),
+                        });
+                    }
+                },
+            };
+            if ent.depth() == 0 && !include_top {
+                continue;
+            }
+            let path = ent.path();
+            let Some(rel) = path.strip_prefix(root).ok().filter(|r| !r.as_os_str().is_empty())
+            else {
+                continue;
+            };
+            let Some(rel) = rel.to_str() else {
+                self.skip(root, path, SkipReason::NonUtf8Name);
+                continue;
+            };
+            if self.found.contains_key(rel) {
+                continue;
+            }
+            let md = match ent.metadata() {
+                Ok(md) => md,
+                Err(_) => {
+                    self.skip(root, path, SkipReason::Unreadable);
+                    continue;
+                }
+            };
+            let ft = md.file_type();
+            let what = if ft.is_dir() {
+                What::Dir
+            } else if ft.is_file() {
+                What::File
+            } else if ft.is_symlink() {
+                match symlink_verdict(root, path, rel) {
+                    Ok(target) => What::Symlink(target),
+                    Err(reason) => {
+                        self.skip(root, path, reason);
+                        continue;
+                    }
+                }
+            } else {
+                self.skip(root, path, SkipReason::SpecialFile);
+                continue;
+            };
+            self.found.insert(rel.to_string(), Found { md, what });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn skip(&mut self, root: &Path, path: &Path, reason: SkipReason) {
+        let rel = path.strip_prefix(root).unwrap_or(path);
+        self.skipped
+            .insert(rel.to_string_lossy().into_owned(), reason);
+    }
+}
+
+/// The link's target when it may travel, or why not.
+fn symlink_verdict(root: &Path, link: &Path, rel: &str) -> Result<String, SkipReason> {
+    let target = fs::read_link(link).map_err(|_| SkipReason::Unreadable)?;
+    let text = target.to_str().ok_or(SkipReason::NonUtf8Name)?;
+    if target.is_absolute() {
+        return Err(SkipReason::SymlinkAbsolute);
+    }
+    if !symlink_stays_inside(rel, text) {
+        return Err(SkipReason::SymlinkOutside);
+    }
+    // Lexically inside, but `..` after another symlink can still lead out; where the link
+    // resolves decides. A dangling link has nowhere to lead and travels as it is.
+    match fs::canonicalize(link) {
+        Ok(real) if !real.starts_with(root) => Err(SkipReason::SymlinkOutside),
+        _ => Ok(text.to_string()),
+    }
+}
+
+fn error_path(e: &ignore::Error) -> Option<&Path> {
+    match e {
+        ignore::Error::WithPath { path, .. } => Some(path),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            error_path(err)
+        }
+        ignore::Error::Loop { child, .. } => Some(child),
+        ignore::Error::Partial(errs) => errs.iter().find_map(error_path),
+        _ => None,
+    }
+}

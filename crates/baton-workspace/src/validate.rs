@@ -1,0 +1,302 @@
+//! Validation of a manifest received from elsewhere. The target runs it before creating anything:
+//! afterwards every path joins under the staging root without escaping it, and every file's
+//! chunks account for exactly its bytes.
+
+use std::collections::HashMap;
+
+use baton_proto::workspace::{EntryKind, MANIFEST_VERSION, WorkspaceManifest};
+
+use crate::error::{Error, Result};
+
+/// Longest relative path accepted, in bytes (Linux's `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// Longest single name accepted, in bytes (`NAME_MAX` on common filesystems).
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Caps on what one workspace transfer may hold; above them the transfer is refused with
+/// `transfer_too_large`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most entries (files, directories, symlinks) in one manifest.
+    pub max_entries: usize,
+    /// Most bytes of file content in one manifest.
+    pub max_total_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_entries: 1_000_000,
+            max_total_bytes: 256 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+const WHOLE: &str = "(manifest)";
+
+/// Checks a received manifest; the error names the offending path and the broken rule.
+///
+/// Refused: another version; chunk parameters this build cannot reproduce; more entries or bytes
+/// than `limits`; paths that are empty, absolute, contain empty, `.` or `..` components or NUL,
+/// or are too long; paths out of order or duplicated; entries whose parent is not a directory
+/// listed before them (so nothing is reached through a symlink or a file); mode bits outside
+/// `0o7777`; files whose chunks are empty, longer than `max_size`, shorter than `min_size` before
+/// the last, or do not sum to the file's size; symlinks whose target is absolute or leaves the
+/// tree.
+pub fn validate(m: &WorkspaceManifest, limits: &Limits) -> Result<()> {
+    if m.version != MANIFEST_VERSION {
+        return Err(Error::manifest(
+            WHOLE,
+            format!(
+                "version {} is not the supported {MANIFEST_VERSION}",
+                m.version
+            ),
+        ));
+    }
+    m.params
+        .check()
+        .map_err(|e| Error::manifest(WHOLE, format!("unknown chunk parameters: {e}")))?;
+    if m.entries.len() > limits.max_entries {
+        return Err(Error::TooLarge(format!(
+            "{} entries, the limit is {}",
+            m.entries.len(),
+            limits.max_entries
+        )));
+    }
+    if m.skipped.len() > limits.max_entries {
+        return Err(Error::manifest(WHOLE, "too many skipped entries"));
+    }
+    if let Some(s) = m.skipped.iter().find(|s| s.path.len() > MAX_PATH_BYTES) {
+        return Err(Error::manifest(
+            format!("{}…", truncate(&s.path)),
+            "skipped path is too long",
+        ));
+    }
+    check_mode(WHOLE, m.root_mode)?;
+    let (min, max) = (m.params.min_size, m.params.max_size);
+    // Kind of every path seen so far; sorted order puts each parent before its children.
+    let mut kinds: HashMap<&str, Kind> = HashMap::with_capacity(m.entries.len());
+    let mut total: u64 = 0;
+    let mut prev: Option<&str> = None;
+    for e in &m.entries {
+        let path = e.path.as_str();
+        check_relative_path(path).map_err(|r| Error::manifest(truncate(path), r))?;
+        if let Some(p) = prev {
+            if p == path {
+                return Err(Error::manifest(path, "duplicate path"));
+            }
+            if p > path {
+                return Err(Error::manifest(
+                    path,
+                    format!("out of order (after {p}); entries must be sorted by path"),
+                ));
+            }
+        }
+        prev = Some(path);
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            match kinds.get(parent) {
+                Some(Kind::Dir) => {}
+                Some(Kind::File) => {
+                    return Err(Error::manifest(
+                        path,
+                        format!("is inside {parent}, which is a file"),
+                    ));
+                }
+                Some(Kind::Symlink) => {
+                    return Err(Error::manifest(
+                        path,
+                        format!("goes through the symlink {parent}"),
+                    ));
+                }
+                None => {
+                    return Err(Error::manifest(
+                        path,
+                        format!("its parent directory {parent} is not listed before it"),
+                    ));
+                }
+            }
+        }
+        check_mode(path, e.mode)?;
+        let kind = match &e.kind {
+            EntryKind::Dir => Kind::Dir,
+            EntryKind::Symlink { target } => {
+                check_symlink(path, target)?;
+                Kind::Symlink
+            }
+            EntryKind::File(f) => {
+                if f.size > 0 && f.chunks.is_empty() {
+                    return Err(Error::manifest(path, "non-empty file lists no chunks"));
+                }
+                let mut sum: u64 = 0;
+                let last = f.chunks.len().saturating_sub(1);
+                for (i, c) in f.chunks.iter().enumerate() {
+                    if c.len == 0 {
+                        return Err(Error::manifest(path, format!("chunk {i} is empty")));
+                    }
+                    if c.len > max {
+                        return Err(Error::manifest(
+                            path,
+                            format!("chunk {i} is {} bytes, above max_size {max}", c.len),
+                        ));
+                    }
+                    if i < last && c.len < min {
+                        return Err(Error::manifest(
+                            path,
+                            format!(
+                                "chunk {i} is {} bytes, below min_size {min} and not the last",
+                                c.len
+                            ),
+                        ));
+                    }
+                    sum += u64::from(c.len);
+                }
+                if sum != f.size {
+                    return Err(Error::manifest(
+                        path,
+                        format!(
+                            "chunk lengths sum to {sum} bytes but the file is {} bytes",
+                            f.size
+                        ),
+                    ));
+                }
+                total = total.saturating_add(f.size);
+                if total > limits.max_total_bytes {
+                    return Err(Error::TooLarge(format!(
+                        "more than {} bytes of files, the limit",
+                        limits.max_total_bytes
+                    )));
+                }
+                Kind::File
+            }
+        };
+        kinds.insert(path, kind);
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// Checks a manifest path: relative, `/`-separated, no empty/`.`/`..` components, no NUL, within
+/// [`MAX_PATH_BYTES`] and [`MAX_NAME_BYTES`]. Such a path joined under a directory stays under it.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(format!("path longer than {MAX_PATH_BYTES} bytes"));
+    }
+    if path.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    if path.starts_with('/') {
+        return Err("absolute path".into());
+    }
+    for c in path.split('/') {
+        match c {
+            "" => return Err("empty path component (`//` or trailing `/`)".into()),
+            "." => return Err("`.` component".into()),
+            ".." => return Err("`..` component".into()),
+            c if c.len() > MAX_NAME_BYTES => {
+                return Err(format!("name longer than {MAX_NAME_BYTES} bytes"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// True when a relative symlink target, read from the link at `link_path`, stays inside the tree
+/// without looking at the disk (`..` cannot climb above the root).
+pub fn symlink_stays_inside(link_path: &str, target: &str) -> bool {
+    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+        return false;
+    }
+    let mut depth = link_path.split('/').count() - 1;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+fn check_symlink(path: &str, target: &str) -> Result<()> {
+    if target.is_empty() {
+        return Err(Error::manifest(path, "symlink with an empty target"));
+    }
+    if target.len() > MAX_PATH_BYTES || target.contains('\0') {
+        return Err(Error::manifest(path, "symlink target too long or has a NUL"));
+    }
+    if target.starts_with('/') {
+        return Err(Error::manifest(
+            path,
+            format!("symlink to the absolute path {target}"),
+        ));
+    }
+    if !symlink_stays_inside(path, target) {
+        return Err(Error::manifest(
+            path,
+            format!("symlink target {target} leaves the workspace"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_mode(path: &str, mode: u32) -> Result<()> {
+    if mode & !0o7777 != 0 {
+        return Err(Error::manifest(
+            path,
+            format!("mode {mode:o} has bits outside 0o7777"),
+        ));
+    }
+    Ok(())
+}
+
+/// At most 200 bytes of a hostile path, cut on a character boundary, for error messages.
+fn truncate(path: &str) -> String {
+    let mut end = path.len().min(200);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    path[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlink_depth_rules() {
+        assert!(symlink_stays_inside("l", "a/b"));
+        assert!(symlink_stays_inside("d/l", ".."));
+        assert!(symlink_stays_inside("d/l", "../x/../y"));
+        assert!(!symlink_stays_inside("l", ".."));
+        assert!(!symlink_stays_inside("d/l", "../.."));
+        assert!(!symlink_stays_inside("d/l", "a/../../../b"));
+        assert!(!symlink_stays_inside("l", "/etc"));
+        assert!(!symlink_stays_inside("l", ""));
+    }
+
+    #[test]
+    fn relative_path_rules() {
+        for ok in ["a", "a/b", ".env", "a/.git/x", "with space/ü", "a\\b"] {
+            assert_eq!(check_relative_path(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "/a", "a//b", "a/", "./a", "a/./b", "..", "a/../b", "a\0b"] {
+            assert!(check_relative_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_relative_path(&"x".repeat(256)).is_err());
+        assert!(check_relative_path(&["x"; 2100].join("/")).is_err());
+    }
+}
