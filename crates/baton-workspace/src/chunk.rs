@@ -149,15 +149,14 @@ mod tests {
     fn matches_whole_buffer_chunking_and_b3sum() {
         let p = ChunkParams::DEFAULT;
         let data = noise(7, 3 * 1024 * 1024 + 12345);
-        let expected: Vec<usize> =
-            v2020::FastCDC::new(
-                &data,
-                p.min_size as usize,
-                p.avg_size as usize,
-                p.max_size as usize,
-            )
-                .map(|c| c.length)
-                .collect();
+        let expected: Vec<usize> = v2020::FastCDC::new(
+            &data,
+            p.min_size as usize,
+            p.avg_size as usize,
+            p.max_size as usize,
+        )
+        .map(|c| c.length)
+        .collect();
         let mut c = Chunker::new(&p);
         for step in [data.len(), 1 << 20, 4096, 777] {
             let d = c.digest(Dribble(&data, step)).unwrap();

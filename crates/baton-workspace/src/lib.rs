@@ -12,23 +12,31 @@
 //! [`ConflictPolicy::Replace`], and then kept as a backup until commit. All I/O here blocks; the
 //! daemon runs it on a blocking thread.
 
+mod apply;
 mod chunk;
 mod error;
 mod fsutil;
+mod index;
+mod plan;
 mod pool;
 mod progress;
 pub mod safety;
 mod scan;
 mod select;
+mod stage;
 pub mod validate;
 
+pub use apply::{Applied, Leftover, StagedTree, leftovers};
 pub use baton_proto::workspace::{
     ChunkParams, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles, PlanSummary,
     WorkspaceManifest,
 };
 pub use error::{Error, Result};
 pub use fsutil::available_bytes;
+pub use index::ChunkIndex;
+pub use plan::{Plan, check_space, plan};
 pub use progress::{Progress, ProgressSnapshot};
 pub use safety::{check_destination, check_source, destination_state};
 pub use scan::{ScanOptions, ScanStats, Scanned, scan};
+pub use stage::{Filled, Stager, check_transfer_id, staging_dir};
 pub use validate::{Limits, validate};

@@ -69,10 +69,15 @@ mod tests {
     #[test]
     fn keeps_order_across_threads() {
         let items: Vec<u64> = (0..1000).collect();
-        let out = super::map(&items, 3, || 0u64, |n, x| {
-            *n += 1;
-            x * 2
-        });
+        let out = super::map(
+            &items,
+            3,
+            || 0u64,
+            |n, x| {
+                *n += 1;
+                x * 2
+            },
+        );
         assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
         assert!(super::map(&[] as &[u8], 4, || (), |_, x| *x).is_empty());
     }

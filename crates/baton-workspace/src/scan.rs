@@ -21,8 +21,9 @@ use crate::progress::Progress;
 use crate::select::{Found, What, select};
 use crate::validate::Limits;
 
-/// A file changed less than this long before the previous scan started is hashed again: its
-/// timestamps may not have ticked since it was read (git calls this "racily clean").
+/// A file whose change time was less than this before it was read is hashed again next time: a
+/// later write might leave its timestamps unchanged (coarse kernel clocks, 1–2 s granularity on
+/// some filesystems), which git calls "racily clean".
 const RACY_NS: i64 = 2_000_000_000;
 
 /// How to scan.
@@ -49,7 +50,6 @@ pub struct Scanned {
     /// Per entry (files only): identity and change time, which cannot travel but tell a rescan
     /// whether the file is the one that was hashed.
     local: Vec<Option<LocalStat>>,
-    started_ns: i64,
     stats: ScanStats,
 }
 
@@ -69,15 +69,22 @@ struct LocalStat {
     dev: u64,
     ino: u64,
     ctime_ns: i64,
+    /// When the content was read (before opening it).
+    read_ns: i64,
 }
 
 impl LocalStat {
-    fn of(md: &Metadata) -> Self {
+    fn of(md: &Metadata, read_ns: i64) -> Self {
         Self {
             dev: md.dev(),
             ino: md.ino(),
             ctime_ns: ctime_ns(md),
+            read_ns,
         }
+    }
+
+    fn same_file(&self, md: &Metadata) -> bool {
+        self.dev == md.dev() && self.ino == md.ino() && self.ctime_ns == ctime_ns(md)
     }
 }
 
@@ -93,7 +100,7 @@ impl Scanned {
     }
 
     /// The previous hashes of `rel` when the file at `md` is provably the one they describe.
-    fn reusable(&self, rel: &str, md: &Metadata) -> Option<&FileData> {
+    fn reusable(&self, rel: &str, md: &Metadata) -> Option<(&FileData, LocalStat)> {
         let i = self
             .manifest
             .entries
@@ -104,9 +111,9 @@ impl Scanned {
         let local = self.local.get(i).copied().flatten()?;
         let same = file.size == md.len()
             && entry.mtime_ns == mtime_ns(md)
-            && local == LocalStat::of(md)
-            && local.ctime_ns < self.started_ns.saturating_sub(RACY_NS);
-        same.then_some(file)
+            && local.same_file(md)
+            && local.ctime_ns < local.read_ns.saturating_sub(RACY_NS);
+        same.then_some((file, local))
     }
 }
 
@@ -119,7 +126,6 @@ pub fn scan(root: &Path, opts: &ScanOptions, previous: Option<&Scanned>) -> Resu
     opts.params
         .check()
         .map_err(|e| Error::BadOption(format!("chunk parameters: {e}")))?;
-    let started_ns = now_ns();
     let root = std::fs::canonicalize(root).map_err(io_err("resolve", root))?;
     let root_md = std::fs::metadata(&root).map_err(io_err("stat", &root))?;
     if !root_md.is_dir() {
@@ -151,14 +157,16 @@ pub fn scan(root: &Path, opts: &ScanOptions, previous: Option<&Scanned>) -> Resu
     let previous = previous.filter(|p| p.root == root && p.manifest.params == opts.params);
     let mut stats = ScanStats::default();
     let mut jobs: Vec<(&str, PathBuf)> = Vec::new();
-    let mut reused: Vec<Option<FileData>> = Vec::with_capacity(sel.found.len());
+    let mut reused: Vec<Option<(FileData, LocalStat)>> = Vec::with_capacity(sel.found.len());
     for (rel, f) in &sel.found {
         let prior = match f.what {
-            What::File => previous.and_then(|p| p.reusable(rel, &f.md)).cloned(),
+            What::File => previous
+                .and_then(|p| p.reusable(rel, &f.md))
+                .map(|(d, l)| (d.clone(), l)),
             _ => None,
         };
         match (&f.what, &prior) {
-            (What::File, Some(d)) => {
+            (What::File, Some((d, _))) => {
                 stats.reused_files += 1;
                 progress.add(1, d.size);
             }
@@ -179,7 +187,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, previous: Option<&Scanned>) -> Resu
         || Chunker::new(&opts.params),
         |chunker, (_, path)| {
             let r = hash_file(chunker, path);
-            if let Ok(Some((d, _))) = &r {
+            if let Ok(Some((d, _, _))) = &r {
                 progress.add(1, d.size);
             }
             r
@@ -202,16 +210,16 @@ pub fn scan(root: &Path, opts: &ScanOptions, previous: Option<&Scanned>) -> Resu
             What::Dir => (EntryKind::Dir, md.clone(), None),
             What::Symlink(t) => (EntryKind::Symlink { target: t.clone() }, md.clone(), None),
             What::File => match prior {
-                Some(d) => (EntryKind::File(d), md.clone(), Some(LocalStat::of(md))),
+                Some((d, l)) => (EntryKind::File(d), md.clone(), Some(l)),
                 None => {
                     let (_, result) = hashed
                         .next_if(|(r, _)| *r == rel.as_str())
                         .expect("every file without a prior hash was queued, in order");
                     match result? {
-                        Some((d, fresh)) => {
+                        Some((d, fresh, read_ns)) => {
                             stats.hashed_files += 1;
                             stats.hashed_bytes += d.size;
-                            let stat = Some(LocalStat::of(&fresh));
+                            let stat = Some(LocalStat::of(&fresh, read_ns));
                             (EntryKind::File(d), fresh, stat)
                         }
                         None => {
@@ -242,14 +250,14 @@ pub fn scan(root: &Path, opts: &ScanOptions, previous: Option<&Scanned>) -> Resu
         manifest,
         root,
         local,
-        started_ns,
         stats,
     })
 }
 
 /// Reads one file; `None` when it vanished or became unreadable since the walk (it is then
 /// listed as skipped rather than failing the scan).
-fn hash_file(chunker: &mut Chunker, path: &Path) -> Result<Option<(FileData, Metadata)>> {
+fn hash_file(chunker: &mut Chunker, path: &Path) -> Result<Option<(FileData, Metadata, i64)>> {
+    let read_ns = now_ns();
     // O_NOFOLLOW: the walk saw a regular file; if a symlink took its place, do not read through
     // it. O_NONBLOCK: a FIFO that took its place must not hang the scan.
     let opened = OpenOptions::new()
@@ -266,7 +274,7 @@ fn hash_file(chunker: &mut Chunker, path: &Path) -> Result<Option<(FileData, Met
         return Ok(None);
     }
     match chunker.digest(&file) {
-        Ok(d) => Ok(Some((d, md))),
+        Ok(d) => Ok(Some((d, md, read_ns))),
         Err(e) if vanished(&e) => Ok(None),
         Err(e) => Err(io_err("read", path)(e)),
     }

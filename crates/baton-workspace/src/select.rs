@@ -82,7 +82,11 @@ pub(crate) fn select(root: &Path, ignored: &IgnoredFiles) -> Result<Selection> {
     Ok(sel)
 }
 
-fn builder(root: &Path, ignored: &IgnoredFiles, git_dirs: &Arc<Mutex<Vec<PathBuf>>>) -> WalkBuilder {
+fn builder(
+    root: &Path,
+    ignored: &IgnoredFiles,
+    git_dirs: &Arc<Mutex<Vec<PathBuf>>>,
+) -> WalkBuilder {
     let mut b = WalkBuilder::new(root);
     match ignored {
         IgnoredFiles::Include => {
@@ -95,9 +99,8 @@ fn builder(root: &Path, ignored: &IgnoredFiles, git_dirs: &Arc<Mutex<Vec<PathBuf
     b.follow_links(false);
     let seen = Arc::clone(git_dirs);
     b.filter_entry(move |e| {
-        let is_git_dir = e.depth() > 0
-            && e.file_name() == ".git"
-            && e.file_type().is_some_and(|t| t.is_dir());
+        let is_git_dir =
+            e.depth() > 0 && e.file_name() == ".git" && e.file_type().is_some_and(|t| t.is_dir());
         if is_git_dir && let Ok(mut v) = seen.lock() {
             v.push(e.path().to_path_buf());
         }
@@ -155,7 +158,10 @@ impl Selection {
                 continue;
             }
             let path = ent.path();
-            let Some(rel) = path.strip_prefix(root).ok().filter(|r| !r.as_os_str().is_empty())
+            let Some(rel) = path
+                .strip_prefix(root)
+                .ok()
+                .filter(|r| !r.as_os_str().is_empty())
             else {
                 continue;
             };

@@ -236,7 +236,10 @@ fn check_symlink(path: &str, target: &str) -> Result<()> {
         return Err(Error::manifest(path, "symlink with an empty target"));
     }
     if target.len() > MAX_PATH_BYTES || target.contains('\0') {
-        return Err(Error::manifest(path, "symlink target too long or has a NUL"));
+        return Err(Error::manifest(
+            path,
+            "symlink target too long or has a NUL",
+        ));
     }
     if target.starts_with('/') {
         return Err(Error::manifest(
@@ -293,7 +296,9 @@ mod tests {
         for ok in ["a", "a/b", ".env", "a/.git/x", "with space/ü", "a\\b"] {
             assert_eq!(check_relative_path(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "/a", "a//b", "a/", "./a", "a/./b", "..", "a/../b", "a\0b"] {
+        for bad in [
+            "", "/a", "a//b", "a/", "./a", "a/./b", "..", "a/../b", "a\0b",
+        ] {
             assert!(check_relative_path(bad).is_err(), "{bad:?}");
         }
         assert!(check_relative_path(&"x".repeat(256)).is_err());

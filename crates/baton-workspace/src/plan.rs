@@ -1,0 +1,241 @@
+//! The delta: which chunks must travel, and what the transfer will do to the destination.
+
+use std::cmp::Ordering;
+use std::collections::HashSet;
+use std::path::Path;
+
+use baton_proto::workspace::{
+    ConflictPolicy, ContentHash, DestinationState, EntryKind, PLAN_LIST_CAP, PlanSummary,
+    WorkspaceEntry, WorkspaceManifest,
+};
+
+use crate::error::{Error, Result, io_err};
+use crate::fsutil::available_bytes;
+use crate::index::ChunkIndex;
+
+/// Space kept free beyond the estimate, for metadata the estimate cannot see.
+const SPACE_RESERVE: u64 = 16 * 1024 * 1024;
+
+/// Block size the space estimate rounds files up to.
+const BLOCK: u64 = 4096;
+
+/// A transfer plan: the summary to show, and the chunks to ask the source for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Counts and bytes, for the user and for the space check.
+    pub summary: PlanSummary,
+    /// Distinct chunks the target lacks, in the order the manifest first uses them.
+    pub needed: Vec<ContentHash>,
+}
+
+/// Plans the transfer of `source` to a destination in `state`, whose current contents are
+/// `existing` (a scan of it, `None` when absent or not a directory), given the chunks `index`
+/// holds, under `policy`.
+pub fn plan(
+    source: &WorkspaceManifest,
+    state: DestinationState,
+    existing: Option<&WorkspaceManifest>,
+    index: &ChunkIndex,
+    policy: ConflictPolicy,
+) -> Plan {
+    let mut s = PlanSummary {
+        destination: state,
+        policy,
+        ..PlanSummary::default()
+    };
+    let list = policy == ConflictPolicy::Replace;
+    let old: &[WorkspaceEntry] = existing.map(|m| &m.entries[..]).unwrap_or(&[]);
+    let new = &source.entries[..];
+    let (mut i, mut j) = (0, 0);
+    // The last path listed as removed: its descendants are not listed again.
+    let mut removed_top: Option<&str> = None;
+    while i < new.len() || j < old.len() {
+        let ord = match (new.get(i), old.get(j)) {
+            (Some(a), Some(b)) => a.path.cmp(&b.path),
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
+        };
+        match ord {
+            Ordering::Less => {
+                if let Some(f) = new[i].file() {
+                    s.add_files += 1;
+                    s.add_bytes += f.size;
+                }
+                i += 1;
+            }
+            Ordering::Greater => {
+                let e = &old[j];
+                if let Some(f) = e.file() {
+                    s.remove_files += 1;
+                    s.remove_bytes += f.size;
+                }
+                let under_removed = removed_top.is_some_and(|top| is_under(&e.path, top));
+                if list && !under_removed {
+                    push_capped(&mut s.removed, &e.path, &mut s.lists_truncated);
+                    removed_top = Some(&e.path);
+                }
+                j += 1;
+            }
+            Ordering::Equal => {
+                let (a, b) = (&new[i], &old[j]);
+                let same = match (&a.kind, &b.kind) {
+                    (EntryKind::Dir, EntryKind::Dir) => true,
+                    (EntryKind::File(x), EntryKind::File(y)) => {
+                        x.hash == y.hash && x.size == y.size && a.mode == b.mode
+                    }
+                    (EntryKind::Symlink { target: x }, EntryKind::Symlink { target: y }) => x == y,
+                    _ => false,
+                };
+                match (a.file(), b.file()) {
+                    (Some(_), Some(_)) if same => s.unchanged_files += 1,
+                    (Some(f), _) => {
+                        s.change_files += 1;
+                        s.change_bytes += f.size;
+                    }
+                    (None, Some(f)) => {
+                        s.remove_files += 1;
+                        s.remove_bytes += f.size;
+                    }
+                    (None, None) => {}
+                }
+                if list && !same {
+                    push_capped(&mut s.overwritten, &a.path, &mut s.lists_truncated);
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+
+    let mut seen = HashSet::new();
+    let mut needed = Vec::new();
+    let mut other_entries = 1u64; // the root
+    for e in &source.entries {
+        let Some(f) = e.file() else {
+            other_entries += 1;
+            continue;
+        };
+        s.files += 1;
+        s.bytes += f.size;
+        s.disk_bytes += f.size.div_ceil(BLOCK) * BLOCK;
+        for c in &f.chunks {
+            if !index.contains(&c.hash) && seen.insert(c.hash) {
+                needed.push(c.hash);
+                s.transfer_bytes += u64::from(c.len);
+            }
+        }
+    }
+    s.disk_bytes += other_entries * BLOCK;
+    s.transfer_chunks = needed.len() as u64;
+    s.reused_bytes = s.bytes.saturating_sub(s.transfer_bytes);
+    Plan { summary: s, needed }
+}
+
+/// Refuses early (`insufficient_space`) when the filesystem that will hold `dest` has less free
+/// space than the plan's staging tree needs, plus a reserve.
+pub fn check_space(summary: &PlanSummary, dest: &Path) -> Result<()> {
+    let available = available_bytes(dest).map_err(io_err("statvfs", dest))?;
+    let needed = summary.disk_bytes.saturating_add(SPACE_RESERVE);
+    if available < needed {
+        return Err(Error::InsufficientSpace {
+            path: dest.to_path_buf(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
+}
+
+fn is_under(path: &str, dir: &str) -> bool {
+    path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+}
+
+fn push_capped(list: &mut Vec<String>, path: &str, truncated: &mut bool) {
+    if list.len() < PLAN_LIST_CAP {
+        list.push(path.to_string());
+    } else {
+        *truncated = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::workspace::{ChunkParams, ChunkRef, FileData};
+
+    fn file(path: &str, byte: u8, size: u32) -> WorkspaceEntry {
+        let h = ContentHash([byte; 32]);
+        WorkspaceEntry {
+            path: path.into(),
+            mode: 0o644,
+            mtime_ns: 0,
+            kind: EntryKind::File(FileData {
+                size: u64::from(size),
+                hash: h,
+                chunks: vec![ChunkRef { hash: h, len: size }],
+            }),
+        }
+    }
+
+    fn dir(path: &str) -> WorkspaceEntry {
+        WorkspaceEntry {
+            path: path.into(),
+            mode: 0o755,
+            mtime_ns: 0,
+            kind: EntryKind::Dir,
+        }
+    }
+
+    fn manifest(entries: Vec<WorkspaceEntry>) -> WorkspaceManifest {
+        let mut m = WorkspaceManifest::new(ChunkParams::DEFAULT);
+        m.entries = entries;
+        m
+    }
+
+    #[test]
+    fn counts_adds_changes_removals_and_lists_under_replace() {
+        let src = manifest(vec![
+            file("a", 1, 10),
+            file("b", 2, 20),
+            file("c", 3, 30),
+            file("d", 3, 30),
+        ]);
+        let old = manifest(vec![
+            file("a", 1, 10),
+            file("b", 9, 25),
+            dir("gone"),
+            file("gone/x", 7, 5),
+            file("gone/y", 8, 5),
+        ]);
+        let mut idx = ChunkIndex::new(ChunkParams::DEFAULT);
+        idx.add(Path::new("/nowhere"), &old);
+        let p = plan(
+            &src,
+            DestinationState::Exists,
+            Some(&old),
+            &idx,
+            ConflictPolicy::Replace,
+        );
+        let s = &p.summary;
+        assert_eq!((s.files, s.bytes), (4, 90));
+        assert_eq!((s.add_files, s.add_bytes), (2, 60));
+        assert_eq!((s.change_files, s.change_bytes), (1, 20));
+        assert_eq!((s.remove_files, s.remove_bytes), (2, 10));
+        assert_eq!(s.unchanged_files, 1);
+        assert_eq!(s.overwritten, vec!["b".to_string()]);
+        assert_eq!(s.removed, vec!["gone".to_string()]);
+        // "a" is held; "c" and "d" share one chunk, so it travels once.
+        assert_eq!(p.needed, vec![ContentHash([2; 32]), ContentHash([3; 32])]);
+        assert_eq!((s.transfer_chunks, s.transfer_bytes), (2, 50));
+        assert_eq!(s.reused_bytes, 40);
+
+        let sib = plan(
+            &src,
+            DestinationState::Exists,
+            Some(&old),
+            &idx,
+            ConflictPolicy::Sibling,
+        );
+        assert!(sib.summary.overwritten.is_empty() && sib.summary.removed.is_empty());
+    }
+}
