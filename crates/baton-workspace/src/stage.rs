@@ -51,6 +51,16 @@ pub struct Stager {
     progress: Arc<Progress>,
 }
 
+impl std::fmt::Debug for Stager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stager")
+            .field("dir", &self.dir)
+            .field("chunks", &self.order.len())
+            .field("written", &self.written.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What [`Stager::fill_from_index`] copied locally.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Filled {

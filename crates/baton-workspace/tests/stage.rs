@@ -1,0 +1,138 @@
+//! The staging writer: resume after a crash, refusal of bad chunks, verification at finish.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+
+use baton_proto::workspace::ContentHash;
+use baton_workspace::{ChunkIndex, IgnoredFiles, Limits, Stager, scan, staging_dir};
+use common::*;
+
+fn source(root: &std::path::Path) {
+    write(root, "big.bin", &noise(9, 1_200_000));
+    for i in 0..12 {
+        write(
+            root,
+            &format!("small/{i}.txt"),
+            &noise(100 + i, 500 + i as usize),
+        );
+    }
+}
+
+#[test]
+fn reopened_stager_asks_only_for_what_is_missing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    source(&src);
+    let s = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
+    let chunks = ChunkIndex::from_scan(&s);
+
+    let mut st = Stager::create(&dest, "res", s.manifest.clone(), &Limits::default()).unwrap();
+    let all = st.missing();
+    assert!(all.len() > 12, "{} chunks", all.len());
+    let (even, odd): (Vec<_>, Vec<_>) = all.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    for (_, h) in &even {
+        st.put_chunk(h, &chunks.read(h).unwrap()).unwrap();
+    }
+    let half = st.progress().snapshot();
+    assert!(half.bytes > 0 && half.bytes < half.total_bytes);
+    drop(st); // the process dies here
+
+    // A torn journal record, as a crash mid-append leaves one.
+    let journal = staging_dir(&dest, "res").unwrap().join("journal");
+    OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap()
+        .write_all(&[1, 2, 3])
+        .unwrap();
+
+    let mut st = Stager::create(&dest, "res", s.manifest.clone(), &Limits::default()).unwrap();
+    let want: Vec<ContentHash> = odd.iter().map(|(_, h)| **h).collect();
+    assert_eq!(st.missing(), want);
+    assert_eq!(st.progress().snapshot(), half);
+    // Re-sending a chunk already written is harmless.
+    let (_, first) = even[0];
+    assert!(!st.put_chunk(first, &chunks.read(first).unwrap()).unwrap());
+    for h in &want {
+        st.put_chunk(h, &chunks.read(h).unwrap()).unwrap();
+    }
+    let p = st.progress().snapshot();
+    assert_eq!((p.files, p.bytes), (p.total_files, p.total_bytes));
+    let landed = st
+        .finish(2)
+        .unwrap()
+        .apply(Default::default())
+        .unwrap()
+        .commit()
+        .unwrap();
+    assert_same(&listing(&src), &listing(&landed));
+}
+
+#[test]
+fn another_manifest_starts_over() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    source(&src);
+    let s = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
+    let chunks = ChunkIndex::from_scan(&s);
+    let mut st = Stager::create(&dest, "x", s.manifest.clone(), &Limits::default()).unwrap();
+    let h = st.missing()[0];
+    st.put_chunk(&h, &chunks.read(&h).unwrap()).unwrap();
+    drop(st);
+
+    write(&src, "small/0.txt", b"changed");
+    let s2 = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
+    let st = Stager::create(&dest, "x", s2.manifest.clone(), &Limits::default()).unwrap();
+    assert_eq!(st.missing().len(), ChunkIndex::from_scan(&s2).len());
+    st.abort().unwrap();
+    assert!(!staging_dir(&dest, "x").unwrap().exists());
+}
+
+#[test]
+fn bad_chunks_are_refused_and_write_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    write(&src, "a.txt", b"alpha");
+    write(&src, "b.txt", b"bravo");
+    let s = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
+    let mut st = Stager::create(&dest, "bad", s.manifest.clone(), &Limits::default()).unwrap();
+    let missing = st.missing();
+    let a = s.manifest.get("a.txt").unwrap().file().unwrap().hash;
+
+    let wrong = st.put_chunk(&a, b"bravo").unwrap_err();
+    assert_eq!(wrong.code().as_str(), "verify_failed");
+    assert!(wrong.to_string().contains("does not match"), "{wrong}");
+    let short = st.put_chunk(&a, b"alp").unwrap_err();
+    assert!(short.to_string().contains("3 bytes"), "{short}");
+    let unknown = st.put_chunk(&ContentHash([7; 32]), b"x").unwrap_err();
+    assert!(unknown.to_string().contains("not part of"), "{unknown}");
+
+    let staged_a = staging_dir(&dest, "bad").unwrap().join("tree/a.txt");
+    assert_eq!(fs::read(&staged_a).unwrap(), vec![0u8; 5]);
+    assert_eq!(st.missing(), missing);
+    let early = st.finish(1).unwrap_err();
+    assert_eq!(early.code().as_str(), "transfer_failed");
+}
+
+#[test]
+fn finish_catches_a_file_damaged_after_its_chunks_were_written() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    source(&src);
+    let s = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
+    let chunks = ChunkIndex::from_scan(&s);
+    let mut st = Stager::create(&dest, "dmg", s.manifest.clone(), &Limits::default()).unwrap();
+    for h in st.missing() {
+        st.put_chunk(&h, &chunks.read(&h).unwrap()).unwrap();
+    }
+    let staged = staging_dir(&dest, "dmg").unwrap().join("tree/small/3.txt");
+    let mut f = OpenOptions::new().write(true).open(&staged).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    let e = st.finish(2).unwrap_err();
+    assert_eq!(e.code().as_str(), "verify_failed");
+    assert!(e.to_string().contains("small/3.txt"), "{e}");
+    assert!(!dest.exists());
+}
