@@ -11,6 +11,7 @@ pub mod ids;
 pub mod machine;
 pub mod sealed;
 pub mod session;
+pub mod transfer;
 pub mod workspace;
 pub mod ws;
 
