@@ -73,7 +73,13 @@ pub fn check_destination(path: &Path, home: Option<&Path>) -> Result<PathBuf> {
     loop {
         match fs::symlink_metadata(existing) {
             Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // ENOTDIR: a file sits where a directory should; the check below names it.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
                 rest.push(existing.file_name().map(ToOwned::to_owned));
                 existing = existing.parent().unwrap_or(Path::new("/"));
             }
