@@ -40,6 +40,17 @@ pub fn seal_with_nonce(key: &[u8; 32], nonce: &[u8; 12], ad: &[u8], plaintext: &
     Sealed(out)
 }
 
+/// Appends the envelope [`seal`] makes to `out` (random nonce), so a caller can seal straight
+/// into a larger buffer such as a transfer frame.
+///
+/// # Panics
+/// If the OS random number generator fails, or `plaintext` exceeds AES-GCM's 64 GiB limit.
+pub(crate) fn seal_append(out: &mut Vec<u8>, key: &[u8; 32], ad: &[u8], plaintext: &[u8]) {
+    out.reserve(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
+    out.push(V_SYMMETRIC);
+    encrypt_into(out, key, &random(), ad, plaintext);
+}
+
 /// Opens [`seal`]'s output.
 pub fn open(key: &[u8; 32], ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
     let body = strip_version(sealed, V_SYMMETRIC)?;

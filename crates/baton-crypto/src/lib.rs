@@ -23,6 +23,7 @@ mod error;
 mod keys;
 mod pairing;
 mod session;
+mod transfer;
 
 #[doc(hidden)]
 pub use envelope::derive_seal_to_key;
@@ -31,6 +32,7 @@ pub use error::CryptoError;
 pub use keys::{AccountSecret, DataKey, MachineKeys, verify_signature};
 pub use pairing::PairingCode;
 pub use session::SessionCipher;
+pub use transfer::{SealedBlob, SealedChunk, TransferCipher, VerifiedChunk};
 
 /// Result type of crypto operations.
 pub type Result<T> = std::result::Result<T, CryptoError>;

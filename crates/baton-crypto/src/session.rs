@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 use zeroize::Zeroizing;
 
-use crate::{CryptoError, DataKey, Result};
+use crate::{CryptoError, DataKey, Result, TransferCipher};
 
 const ENTRY_TAG: &[u8] = b"baton.entry.v1";
 const META_TAG: &[u8] = b"baton.meta.v1";
@@ -40,6 +40,11 @@ impl SessionCipher {
     /// The session this cipher is bound to.
     pub fn session_id(&self) -> SessionId {
         self.session
+    }
+    /// The cipher of one workspace transfer of this session, keyed apart from every other
+    /// record kind (see [`TransferCipher`]).
+    pub fn transfer(&self, transfer: HandoffId) -> TransferCipher {
+        TransferCipher::derive(&self.key, self.session, transfer)
     }
     /// AD = "baton.entry.v1" ‖ session ‖ seq(u64 BE) ‖ epoch(u64 BE).
     pub fn seal_entry(&self, seq: u64, epoch: u64, body: &EntryBody) -> Sealed {
