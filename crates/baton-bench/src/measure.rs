@@ -258,6 +258,7 @@ pub fn handoff_request(
                 id,
                 &SealedHandoffOptions {
                     target_path: Some(path.to_string()),
+                    ..SealedHandoffOptions::default()
                 },
             )
         }),

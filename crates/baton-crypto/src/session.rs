@@ -323,6 +323,7 @@ mod tests {
         let handoff = HandoffId::new();
         let options = SealedHandoffOptions {
             target_path: Some("/srv/project".into()),
+            ignored: baton_proto::workspace::IgnoredFiles::Globs(vec![".env".into()]),
         };
         let sealed = c.seal_options(handoff, &options);
         assert_eq!(c.open_options(handoff, &sealed).unwrap(), options);

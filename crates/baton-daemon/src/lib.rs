@@ -10,6 +10,7 @@ pub mod identity;
 mod library;
 mod participant;
 pub mod runner;
+mod workspace;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -86,6 +87,8 @@ pub struct Daemon {
     pub client: Client,
     machine: MachineId,
     baton_home: PathBuf,
+    /// The user's home: a workspace may never be it (nor `/`).
+    home: PathBuf,
     providers: Vec<Box<dyn Provider>>,
     runners: Mutex<HashMap<SessionId, Slot>>,
     sources: Mutex<HashMap<HandoffId, SourceState>>,
@@ -112,6 +115,7 @@ impl Daemon {
             client,
             machine: identity.config.machine_id,
             baton_home: opts.baton_home.clone(),
+            home: opts.home.clone(),
             providers: baton_providers::all(&env),
             runners: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),

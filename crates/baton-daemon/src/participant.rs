@@ -20,7 +20,7 @@ use crate::{Daemon, SourceState, lock};
 
 type Reply = Result<DaemonReply, ApiError>;
 
-fn api(e: ClientError) -> ApiError {
+pub(crate) fn api(e: ClientError) -> ApiError {
     e.to_api()
 }
 
@@ -33,7 +33,22 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
             handoff_id,
             session,
             sealed_options,
-        } => preflight(d, handoff_id, &session, sealed_options.as_ref()).await,
+            workspace_bytes,
+        } => {
+            preflight(
+                d,
+                handoff_id,
+                &session,
+                sealed_options.as_ref(),
+                workspace_bytes,
+            )
+            .await
+        }
+        DaemonCommand::WorkspaceCheck {
+            handoff_id,
+            session,
+            sealed_options,
+        } => crate::workspace::check(d, handoff_id, &session, sealed_options.as_ref()).await,
         DaemonCommand::PrepareTarget {
             handoff_id,
             session_id,
@@ -128,6 +143,20 @@ fn machine_name(d: &Daemon) -> String {
     d.client.identity().config.name.clone()
 }
 
+/// The participant-only options of a handoff (defaults when none were given).
+pub(crate) fn open_options(
+    cipher: &SessionCipher,
+    handoff: HandoffId,
+    sealed_options: Option<&Sealed>,
+) -> Result<SealedHandoffOptions, ApiError> {
+    match sealed_options {
+        Some(s) => cipher
+            .open_options(handoff, s)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("Handoff options: {e}."))),
+        None => Ok(SealedHandoffOptions::default()),
+    }
+}
+
 /// Where the session's workspace is on this machine: `--path` if given, else the source's path,
 /// resolved to its physical location (providers key state by the physical cwd).
 fn target_workspace(
@@ -137,12 +166,7 @@ fn target_workspace(
     meta: &SessionMeta,
     sealed_options: Option<&Sealed>,
 ) -> Result<PathBuf, ApiError> {
-    let options = match sealed_options {
-        Some(s) => cipher
-            .open_options(handoff, s)
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("Handoff options: {e}.")))?,
-        None => SealedHandoffOptions::default(),
-    };
+    let options = open_options(cipher, handoff, sealed_options)?;
     let wanted = options
         .target_path
         .unwrap_or_else(|| meta.workspace.clone());
@@ -186,6 +210,7 @@ async fn preflight(
     handoff: HandoffId,
     session: &SessionRecord,
     sealed_options: Option<&Sealed>,
+    workspace_bytes: Option<u64>,
 ) -> Reply {
     let name = machine_name(d);
     let Some(provider) = d.provider(&session.provider) else {
@@ -221,7 +246,15 @@ async fn preflight(
     let meta = cipher
         .open_meta(&session.sealed_meta)
         .map_err(|e| api(e.into()))?;
-    target_workspace(d, &cipher, handoff, &meta, sealed_options)?;
+    match workspace_bytes {
+        Some(bytes) => {
+            crate::workspace::check_destination(d, &cipher, handoff, &meta, sealed_options, bytes)
+                .await?;
+        }
+        None => {
+            target_workspace(d, &cipher, handoff, &meta, sealed_options)?;
+        }
+    }
     Ok(DaemonReply::Ok)
 }
 

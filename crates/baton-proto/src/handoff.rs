@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::workspace::{ConflictPolicy, IgnoredFiles};
 use crate::{ApiError, HandoffId, MachineId, Millis, Sealed, SessionId};
 
 /// Phases of a handoff, in the order they run.
@@ -129,6 +130,9 @@ pub struct HandoffOptions {
     /// What a Direct session becomes on the target (ignored for synced sessions).
     #[serde(default)]
     pub direct: DirectTarget,
+    /// With `workspace`: what happens when the destination already exists.
+    #[serde(default)]
+    pub conflict: ConflictPolicy,
 }
 
 /// What a Direct session becomes on the target of a handoff.
@@ -157,6 +161,9 @@ impl DirectTarget {
 pub struct SealedHandoffOptions {
     /// Workspace path on the target; default: the same path as on the source.
     pub target_path: Option<String>,
+    /// With workspace transfer: which ignored files travel (globs are the user's, so sealed).
+    #[serde(default)]
+    pub ignored: IgnoredFiles,
 }
 
 /// A handoff as stored and shown.

@@ -128,6 +128,21 @@ pub enum DaemonCommand {
         session: SessionRecord,
         /// Sealed participant-only options.
         sealed_options: Option<Sealed>,
+        /// With workspace transfer, the bytes the source selected: the destination may then be
+        /// absent (it is created), must be a safe path, and its disk must hold this much.
+        #[serde(default)]
+        workspace_bytes: Option<u64>,
+    },
+    /// Source, in preflight of a handoff with workspace transfer: check that the session's
+    /// workspace may be sent (never `/`, the home directory or a non-directory) and measure
+    /// the selection. Read-only.
+    WorkspaceCheck {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// The session as it is now.
+        session: SessionRecord,
+        /// Sealed participant-only options (ignored-files policy).
+        sealed_options: Option<Sealed>,
     },
     /// Target: make the staging area.
     PrepareTarget {
@@ -214,6 +229,7 @@ impl DaemonCommand {
     pub fn op_name(&self) -> &'static str {
         match self {
             Self::Preflight { .. } => "PREFLIGHT",
+            Self::WorkspaceCheck { .. } => "WORKSPACE_CHECK",
             Self::PrepareTarget { .. } => "PREPARE_TARGET",
             Self::Quiesce { .. } => "QUIESCE",
             Self::Export { .. } => "EXPORT",
@@ -231,6 +247,7 @@ impl DaemonCommand {
     pub fn handoff_id(&self) -> Option<HandoffId> {
         Some(match self {
             Self::Preflight { handoff_id, .. }
+            | Self::WorkspaceCheck { handoff_id, .. }
             | Self::PrepareTarget { handoff_id, .. }
             | Self::Quiesce { handoff_id, .. }
             | Self::Export { handoff_id, .. }
@@ -255,6 +272,14 @@ pub enum DaemonReply {
     Quiesced {
         /// Last seq the source wrote.
         last_seq: u64,
+    },
+    /// Answer to [`DaemonCommand::WorkspaceCheck`]: the size of the selected tree, which the
+    /// server needs for its per-account caps (counts only; paths stay on the machines).
+    WorkspaceChecked {
+        /// Regular files selected.
+        files: u64,
+        /// Their bytes.
+        bytes: u64,
     },
     /// Bundle uploaded.
     Exported {

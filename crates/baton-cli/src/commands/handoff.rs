@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use baton_daemon::client::Client;
 use baton_proto::api::HandoffRequest;
 use baton_proto::handoff::SealedHandoffOptions;
+use baton_proto::workspace::{ConflictPolicy, IgnoredFiles};
 use baton_proto::{
     ApiError, DirectTarget, HandoffId, HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult,
     HandoffSupport, MachineInfo, SessionRecord, VersionCheck,
@@ -39,6 +40,21 @@ pub struct HandoffArgs {
     /// imports its transcript into Baton on the target (it becomes synced).
     #[arg(long, value_enum, default_value_t = DirectArg::Keep)]
     pub direct: DirectArg,
+    /// Move the workspace too (off by default: the target's files are then never touched).
+    #[arg(long)]
+    pub workspace: bool,
+    /// With --workspace, when the destination exists: `sibling` puts the result beside it at
+    /// `<path>-handoff` (then `-handoff-2`, …); `replace` puts it in place of the existing tree.
+    #[arg(long, value_parser = parse_conflict, default_value = "sibling", requires = "workspace")]
+    pub conflict: ConflictPolicy,
+    /// With --workspace, which git-ignored files travel: `skip`, `include`, or comma-separated
+    /// globs of ignored files to bring (e.g. `.env,*.local`).
+    #[arg(long, value_parser = IgnoredFiles::parse, default_value = "skip", requires = "workspace")]
+    pub ignored: IgnoredFiles,
+}
+
+fn parse_conflict(s: &str) -> Result<ConflictPolicy, String> {
+    ConflictPolicy::parse(s).ok_or_else(|| format!("{s:?}: use sibling or replace"))
 }
 
 /// `--direct` values.
@@ -119,14 +135,12 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
     }
     let cipher = client.cipher(&session)?;
     let id = HandoffId::new();
-    let sealed_options = args.path.as_ref().map(|p| {
-        cipher.seal_options(
-            id,
-            &SealedHandoffOptions {
-                target_path: Some(p.clone()),
-            },
-        )
-    });
+    let sealed = SealedHandoffOptions {
+        target_path: args.path.clone(),
+        ignored: args.ignored.clone(),
+    };
+    let sealed_options =
+        (sealed != SealedHandoffOptions::default()).then(|| cipher.seal_options(id, &sealed));
     let mut watcher = Watcher::open(client, session.id).await;
     let _started: HandoffRecord = client
         .post(
@@ -139,7 +153,8 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
                         DirectArg::Keep => DirectTarget::Keep,
                         DirectArg::Sync => DirectTarget::Sync,
                     },
-                    ..HandoffOptions::default()
+                    workspace: args.workspace,
+                    conflict: args.conflict,
                 },
                 sealed_options,
             },

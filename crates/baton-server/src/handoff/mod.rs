@@ -75,12 +75,6 @@ pub async fn request(
             "The session is archived.",
         ));
     }
-    if req.options.workspace {
-        return Err(ServerError::new(
-            ErrorCode::BadRequest,
-            "Workspace transfer is not available on this server yet; hand off without it.",
-        ));
-    }
     let now = now_millis();
     let record = HandoffRecord {
         id: req.id,
@@ -399,6 +393,34 @@ impl Driver {
             }
             Some(_) => {}
         }
+        // The source refuses an unsafe workspace and measures the selection before anything
+        // is stopped; the target then knows how much space to check.
+        let workspace_bytes = if self.h.options.workspace {
+            match self
+                .state
+                .hub
+                .command(
+                    self.h.from,
+                    DaemonCommand::WorkspaceCheck {
+                        handoff_id: self.h.id,
+                        session: session.clone(),
+                        sealed_options: self.h.sealed_options.clone(),
+                    },
+                    self.state.timeouts.transfer,
+                )
+                .await?
+            {
+                DaemonReply::WorkspaceChecked { bytes, .. } => Some(bytes),
+                other => {
+                    return Err(ApiError::new(
+                        ErrorCode::Internal,
+                        format!("The source answered the workspace check with {other:?}."),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         // The daemon re-checks live (the report may be stale) and checks the path.
         self.state
             .hub
@@ -408,11 +430,20 @@ impl Driver {
                     handoff_id: self.h.id,
                     session,
                     sealed_options: self.h.sealed_options.clone(),
+                    workspace_bytes,
                 },
                 self.state.timeouts.preflight,
             )
-            .await
-            .map(|_| ())
+            .await?;
+        if self.h.options.workspace {
+            // Every check above passed and nothing was touched; the transfer itself is not
+            // wired into the phases yet, so stop here rather than hand off without the files.
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "Workspace transfer passed its checks, but this server cannot move workspaces yet; hand off without --workspace.",
+            ));
+        }
+        Ok(())
     }
 
     async fn commit(&mut self) -> Result<(), ApiError> {

@@ -1552,8 +1552,8 @@ pub async fn commit_sets_mode(store: Arc<dyn Store>) {
     // Asked to become synced on the target; the option round-trips.
     let h = HandoffRecord {
         options: HandoffOptions {
-            workspace: false,
             direct: DirectTarget::Sync,
+            ..HandoffOptions::default()
         },
         ..handoff_record(&direct, w.laptop, w.desktop, 1)
     };
