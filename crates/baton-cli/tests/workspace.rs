@@ -73,7 +73,10 @@ fn unsafe_workspaces_are_refused_by_the_source_before_it_stops() {
     );
     std::fs::remove_file(&linked).expect("rm link");
     std::fs::create_dir(&linked).expect("mkdir");
-    assert!(w.send(LAPTOP, &via_link, "still here").starts_with("Turn 2."));
+    assert!(
+        w.send(LAPTOP, &via_link, "still here")
+            .starts_with("Turn 2.")
+    );
     assert_dense(&w.log(LAPTOP, &via_link));
     assert!(Path::new(&home).is_dir(), "home untouched");
 }

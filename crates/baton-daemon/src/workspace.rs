@@ -60,7 +60,11 @@ pub async fn check_destination(
     bytes: u64,
 ) -> Result<(), ApiError> {
     let options = open_options(cipher, handoff, sealed_options)?;
-    let wanted = PathBuf::from(options.target_path.unwrap_or_else(|| meta.workspace.clone()));
+    let wanted = PathBuf::from(
+        options
+            .target_path
+            .unwrap_or_else(|| meta.workspace.clone()),
+    );
     let home = d.home.clone();
     tokio::task::spawn_blocking(move || {
         let dest = baton_workspace::check_destination(&wanted, Some(&home))?;
@@ -73,13 +77,12 @@ pub async fn check_destination(
                 None => break,
             }
         }
-        let available = baton_workspace::available_bytes(&probe).map_err(|e| {
-            baton_workspace::Error::Io {
+        let available =
+            baton_workspace::available_bytes(&probe).map_err(|e| baton_workspace::Error::Io {
                 action: "measure free space on",
                 path: probe.clone(),
                 source: e,
-            }
-        })?;
+            })?;
         let needed = bytes.saturating_add(SPACE_RESERVE);
         if available < needed {
             return Err(baton_workspace::Error::InsufficientSpace {
