@@ -91,6 +91,18 @@ impl TransferRole {
     }
 }
 
+/// Query of `GET /v1/transfers/{id}/ws`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferQuery {
+    /// Which end the connecting machine is.
+    pub role: TransferRole,
+}
+
+/// The path of a transfer's WebSocket for one end.
+pub fn transfer_ws_path(transfer: crate::HandoffId, role: TransferRole) -> String {
+    format!("/v1/transfers/{transfer}/ws?role={}", role.as_str())
+}
+
 /// What the server tells one side of a transfer (JSON text frames).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -731,6 +743,15 @@ mod tests {
         assert!(!FrameKind::Done.allowed_from(Source));
         assert!(FrameKind::Abort.allowed_from(Source) && FrameKind::Abort.allowed_from(Target));
         assert_eq!(Source.peer(), Target);
+    }
+
+    #[test]
+    fn ws_path_carries_the_role() {
+        let id: crate::HandoffId = "0196a3c2-7d4e-7f00-8a1b-2c3d4e5f6071".parse().unwrap();
+        assert_eq!(
+            transfer_ws_path(id, TransferRole::Target),
+            "/v1/transfers/0196a3c2-7d4e-7f00-8a1b-2c3d4e5f6071/ws?role=target"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod error;
 pub mod handoff;
 pub mod hub;
 pub mod library;
+pub mod transfer;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use handoff::Timeouts;
 pub use hub::Hub;
+pub use transfer::{TransferLimits, TransferRegistry};
 
 /// Shared state of all handlers.
 pub struct AppState {
@@ -39,6 +41,8 @@ pub struct AppState {
     pub timeouts: Timeouts,
     /// Whether `POST /v1/accounts` is allowed.
     pub open_registration: bool,
+    /// Workspace transfers in progress and their limits.
+    pub transfers: TransferRegistry,
 }
 
 /// How to run a server.
@@ -52,6 +56,8 @@ pub struct ServerConfig {
     pub database_url: Option<String>,
     /// Accept new accounts.
     pub open_registration: bool,
+    /// Limits of workspace transfers (`--transfer-max-bytes`, `--transfer-max-concurrent`).
+    pub transfers: TransferLimits,
 }
 
 /// Errors of starting a server.
@@ -137,6 +143,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/handoffs/{id}", get(api::handoff))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/transfers/{id}/ws", get(transfer::upgrade))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(bundle)
         .with_state(state)
@@ -208,6 +215,7 @@ pub async fn run(
         hub: Hub::default(),
         timeouts: Timeouts::default(),
         open_registration: config.open_registration,
+        transfers: TransferRegistry::new(config.transfers),
     });
     on_ready(addr);
     serve(listener, state, shutdown).await

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use baton_server::ServerConfig;
+use baton_server::{ServerConfig, TransferLimits};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,12 @@ pub struct ServerArgs {
     /// Refuse new accounts (only pairing into existing ones).
     #[arg(long)]
     pub closed_registration: bool,
+    /// Largest workspace transfer, in bytes.
+    #[arg(long, env = "BATON_TRANSFER_MAX_BYTES", default_value_t = TransferLimits::DEFAULT_MAX_BYTES)]
+    pub transfer_max_bytes: u64,
+    /// Workspace transfers one account may run at once.
+    #[arg(long, env = "BATON_TRANSFER_MAX_CONCURRENT", default_value_t = TransferLimits::DEFAULT_MAX_CONCURRENT)]
+    pub transfer_max_concurrent: usize,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -65,6 +71,11 @@ pub async fn run(args: ServerArgs) -> CliResult {
         data_dir: args.data_dir.clone(),
         database_url: args.database_url.clone(),
         open_registration: !args.closed_registration,
+        transfers: TransferLimits {
+            max_bytes: args.transfer_max_bytes,
+            max_concurrent: args.transfer_max_concurrent,
+            ..TransferLimits::default()
+        },
     };
     let store = match &args.database_url {
         Some(_) => "PostgreSQL".to_string(),
