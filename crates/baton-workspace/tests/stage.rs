@@ -117,20 +117,46 @@ fn bad_chunks_are_refused_and_write_nothing() {
 }
 
 #[test]
-fn finish_catches_a_file_damaged_after_its_chunks_were_written() {
+fn a_file_is_verified_when_its_last_chunk_lands() {
     let t = tempfile::tempdir().unwrap();
     let (src, dest) = (t.path().join("src"), t.path().join("dest"));
     source(&src);
     let s = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
     let chunks = ChunkIndex::from_scan(&s);
+    let big = s.manifest.get("big.bin").unwrap().file().unwrap().clone();
+    let last = big.chunks.last().unwrap().hash;
     let mut st = Stager::create(&dest, "dmg", s.manifest.clone(), &Limits::default()).unwrap();
-    for h in st.missing() {
+    for h in st.missing().into_iter().filter(|h| *h != last) {
         st.put_chunk(&h, &chunks.read(&h).unwrap()).unwrap();
     }
-    let staged = staging_dir(&dest, "dmg").unwrap().join("tree/small/3.txt");
+    // Damage what is already staged, as a faulty disk or a stray writer would.
+    let staged = staging_dir(&dest, "dmg").unwrap().join("tree/big.bin");
     let mut f = OpenOptions::new().write(true).open(&staged).unwrap();
     f.write_all(b"!").unwrap();
     drop(f);
+    let e = st
+        .put_chunk(&last, &chunks.read(&last).unwrap())
+        .unwrap_err();
+    assert_eq!(e.code().as_str(), "verify_failed");
+    assert!(e.to_string().contains("big.bin"), "{e}");
+}
+
+#[test]
+fn a_reopened_stager_verifies_everything_again_at_finish() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    source(&src);
+    let s = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
+    let chunks = ChunkIndex::from_scan(&s);
+    let mut st = Stager::create(&dest, "rv", s.manifest.clone(), &Limits::default()).unwrap();
+    for h in st.missing() {
+        st.put_chunk(&h, &chunks.read(&h).unwrap()).unwrap();
+    }
+    drop(st);
+    let staged = staging_dir(&dest, "rv").unwrap().join("tree/small/3.txt");
+    fs::write(&staged, b"not what was sent").unwrap();
+    let st = Stager::create(&dest, "rv", s.manifest.clone(), &Limits::default()).unwrap();
+    assert!(st.missing().is_empty());
     let e = st.finish(2).unwrap_err();
     assert_eq!(e.code().as_str(), "verify_failed");
     assert!(e.to_string().contains("small/3.txt"), "{e}");

@@ -1,0 +1,134 @@
+//! The staging journal: a header naming the manifest (its digest), then one 32-byte record per
+//! chunk written at all its places. Append-only, so a crash loses at most the record being
+//! written, and that chunk is simply asked for again.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use baton_proto::workspace::{ContentHash, WorkspaceManifest};
+
+use crate::error::{Result, io_err};
+use crate::fsutil::fsync_dir;
+
+const NAME: &str = "journal";
+const MAGIC: &[u8] = b"baton-staging-journal v1\n";
+const HEADER: usize = MAGIC.len() + 32;
+
+/// BLAKE3 of the manifest's JSON: ties a journal to the manifest it was written for.
+pub(super) fn manifest_digest(m: &WorkspaceManifest) -> [u8; 32] {
+    let json = serde_json::to_vec(m).expect("manifest types always serialise to JSON");
+    *blake3::hash(&json).as_bytes()
+}
+
+/// An open journal, positioned for appending.
+pub(super) struct Journal {
+    file: File,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Writes a journal for `digest` listing `written`, replacing any journal atomically.
+    pub(super) fn write(
+        dir: &Path,
+        digest: &[u8; 32],
+        written: impl Iterator<Item = ContentHash>,
+    ) -> Result<Self> {
+        let path = dir.join(NAME);
+        let tmp = dir.join(format!("{NAME}.tmp"));
+        let mut body = Vec::with_capacity(HEADER);
+        body.extend_from_slice(MAGIC);
+        body.extend_from_slice(digest);
+        for h in written {
+            body.extend_from_slice(h.as_bytes());
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        f.write_all(&body).map_err(io_err("write", &tmp))?;
+        f.sync_all().map_err(io_err("sync", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+        fsync_dir(dir).map_err(io_err("sync", dir))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        Ok(Self { file, path })
+    }
+
+    /// The journal in `dir` if it was written for `digest`, with the chunks it records; `None`
+    /// when there is none or it belongs to another manifest.
+    pub(super) fn open(
+        dir: &Path,
+        digest: &[u8; 32],
+    ) -> Result<Option<(Self, HashSet<ContentHash>)>> {
+        let path = dir.join(NAME);
+        let mut file = match OpenOptions::new().read(true).append(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(io_err("read", &path))?;
+        if bytes.len() < HEADER
+            || &bytes[..MAGIC.len()] != MAGIC
+            || &bytes[MAGIC.len()..HEADER] != digest
+        {
+            return Ok(None);
+        }
+        let body = &bytes[HEADER..];
+        let whole = body.len() / 32 * 32;
+        if whole != body.len() {
+            // A record cut short by a crash; drop it so later appends stay aligned.
+            file.set_len((HEADER + whole) as u64)
+                .map_err(io_err("truncate", &path))?;
+        }
+        let written = body[..whole]
+            .chunks_exact(32)
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(c);
+                ContentHash(h)
+            })
+            .collect();
+        Ok(Some((Self { file, path }, written)))
+    }
+
+    /// Records one chunk as written everywhere. Not fsynced: the record only spares a resend,
+    /// and `finish` verifies every file whatever the journal says.
+    pub(super) fn append(&mut self, hash: &ContentHash) -> Result<()> {
+        self.file
+            .write_all(hash.as_bytes())
+            .map_err(io_err("write", &self.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopens_only_for_its_manifest_and_drops_a_torn_record() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let mut j = Journal::write(t.path(), &a, [ContentHash([9; 32])].into_iter()).unwrap();
+        j.append(&ContentHash([8; 32])).unwrap();
+        j.file.write_all(&[0; 5]).unwrap();
+        drop(j);
+        assert!(Journal::open(t.path(), &b).unwrap().is_none());
+        let (mut j, seen) = Journal::open(t.path(), &a).unwrap().unwrap();
+        assert_eq!(seen.len(), 2);
+        j.append(&ContentHash([7; 32])).unwrap();
+        drop(j);
+        let (_, seen) = Journal::open(t.path(), &a).unwrap().unwrap();
+        assert!(seen.contains(&ContentHash([7; 32])) && seen.len() == 3);
+    }
+}

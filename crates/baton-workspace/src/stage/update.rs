@@ -1,0 +1,136 @@
+//! Moving a staging tree to a newer manifest of the same source (pre-copy, then delta): work is
+//! proportional to what changed, so the time a session is stopped does not grow with the tree.
+
+use std::collections::HashSet;
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+use baton_proto::workspace::{EntryKind, WorkspaceEntry, WorkspaceManifest};
+
+use super::journal::{Journal, manifest_digest};
+use super::{Filled, Stager, create_entry, placements};
+use crate::error::{Error, Result, io_err};
+use crate::fsutil::{remove_tree, set_mtime};
+use crate::index::ChunkIndex;
+use crate::validate::{Limits, validate};
+
+const ASIDE: &str = "aside";
+
+/// True when the staged entry can stand for the new one as it is (modes and mtimes aside).
+fn same_content(old: &WorkspaceEntry, new: &WorkspaceEntry) -> bool {
+    match (&old.kind, &new.kind) {
+        (EntryKind::Dir, EntryKind::Dir) => true,
+        (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) => a == b,
+        (EntryKind::File(a), EntryKind::File(b)) => {
+            a.size == b.size && a.hash == b.hash && a.chunks == b.chunks
+        }
+        _ => false,
+    }
+}
+
+impl Stager {
+    /// Switches this staging to `manifest`, a later scan of the same source with the same chunk
+    /// parameters (typically the one taken after the source stopped, following a pre-copy).
+    ///
+    /// Entries whose content is unchanged stay where they are, verified ones stay verified;
+    /// removed and changed ones leave the tree, and the chunks they held are copied into the new
+    /// files before being dropped. Then [`Stager::missing`] lists only what the source still has
+    /// to send. If this fails, abort the stager.
+    pub fn update(&mut self, manifest: WorkspaceManifest, limits: &Limits) -> Result<Filled> {
+        validate(&manifest, limits)?;
+        if manifest.params != self.manifest.params {
+            return Err(Error::BadOption(
+                "chunk parameters differ from the staged manifest's; start a new transfer".into(),
+            ));
+        }
+        let old = std::mem::replace(&mut self.manifest, manifest);
+        let old_files = std::mem::take(&mut self.files);
+        let old_written = std::mem::take(&mut self.written);
+        let aside = self.dir.join(ASIDE);
+        remove_tree(&aside).map_err(io_err("remove", &aside))?;
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&aside)
+            .map_err(io_err("create", &aside))?;
+
+        // Children before parents, so that a directory is empty by the time it goes.
+        let new = &self.manifest;
+        let mut kept_from: Vec<Option<usize>> = vec![None; new.entries.len()];
+        let mut moved: Vec<WorkspaceEntry> = Vec::new();
+        for (oi, e) in old.entries.iter().enumerate().rev() {
+            let found = new
+                .entries
+                .binary_search_by(|n| n.path.as_str().cmp(&e.path))
+                .ok();
+            if let Some(ni) = found
+                && same_content(e, &new.entries[ni])
+            {
+                kept_from[ni] = Some(oi);
+                continue;
+            }
+            let p = self.tree.join(&e.path);
+            match &e.kind {
+                EntryKind::File(f) if !f.chunks.is_empty() => {
+                    // Kept aside as a source of chunks for the new files.
+                    let name = moved.len().to_string();
+                    fs::rename(&p, aside.join(&name)).map_err(io_err("move aside", &p))?;
+                    moved.push(WorkspaceEntry {
+                        path: name,
+                        ..e.clone()
+                    });
+                }
+                EntryKind::Dir => fs::remove_dir(&p).map_err(io_err("remove", &p))?,
+                _ => fs::remove_file(&p).map_err(io_err("remove", &p))?,
+            }
+        }
+        for (ni, e) in new.entries.iter().enumerate() {
+            if kept_from[ni].is_none() {
+                create_entry(&self.tree, e, false)?;
+            }
+        }
+
+        // A kept file holds a chunk's bytes exactly when the chunk was fully written before.
+        let (uses, order, mut files) = placements(new, |ni, h| {
+            kept_from[ni].is_some() && old_written.contains(h)
+        })?;
+        let written: HashSet<_> = uses
+            .iter()
+            .filter(|(_, u)| u.at.iter().all(|p| p.done))
+            .map(|(h, _)| *h)
+            .collect();
+        let mut sources = WorkspaceManifest::new(new.params);
+        for (ni, e) in new.entries.iter().enumerate() {
+            let Some(oi) = kept_from[ni] else { continue };
+            let Some(f) = e.file() else { continue };
+            if files[ni].left > 0 {
+                continue;
+            }
+            files[ni].verified = old_files[oi].verified;
+            let before = &old.entries[oi];
+            if files[ni].verified && (before.mode != e.mode || before.mtime_ns != e.mtime_ns) {
+                let p = self.tree.join(&e.path);
+                fs::set_permissions(&p, fs::Permissions::from_mode(e.mode & 0o777))
+                    .map_err(io_err("chmod", &p))?;
+                set_mtime(&p, e.mtime_ns).map_err(io_err("set mtime of", &p))?;
+            }
+            if !f.chunks.is_empty() {
+                sources.entries.push(e.clone());
+            }
+        }
+        self.journal = Journal::write(&self.dir, &manifest_digest(new), written.iter().copied())?;
+        self.uses = uses;
+        self.order = order;
+        self.files = files;
+        self.written = written;
+
+        let mut local = ChunkIndex::new(self.manifest.params);
+        local.add(&self.tree, &sources);
+        let mut aside_manifest = WorkspaceManifest::new(self.manifest.params);
+        aside_manifest.entries = moved;
+        local.add(&aside, &aside_manifest);
+        let filled = self.fill_from_index(&local)?;
+        remove_tree(&aside).map_err(io_err("remove", &aside))?;
+        self.restart_progress();
+        Ok(filled)
+    }
+}
