@@ -4,8 +4,11 @@
 //! cargo run --release -p baton-workspace --example workspace_bench -- gen /tmp/wsb/src
 //! cargo run --release -p baton-workspace --example workspace_bench -- scan /tmp/wsb/src
 //! cargo run --release -p baton-workspace --example workspace_bench -- copy /tmp/wsb/src /tmp/wsb/dst
+//! cargo run --release -p baton-workspace --example workspace_bench -- precopy /tmp/wsb/src /tmp/wsb/dst2
 //! ```
 //! `gen` writes 20 000 small files (100 B–16 KiB) in 400 directories and 200 files of 1–8 MiB.
+//! `precopy` stages everything, edits 10 small files and one big one in the source, then times
+//! what a handoff does while the session is stopped: rescan, update, delta, finish, apply.
 
 use std::path::Path;
 use std::time::Instant;
@@ -41,6 +44,67 @@ fn generate(root: &Path) -> anyhow::Result<()> {
         let len = (1 << 20) + (i as usize * 2_654_435) % (7 << 20);
         std::fs::write(dir.join(format!("big{i}.bin")), noise(i + 1_000_000, len))?;
     }
+    Ok(())
+}
+
+fn precopy(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let first = scan(src, &opts(), None)?;
+    let source = ChunkIndex::from_scan(&first);
+    let mut st = Stager::create(dst, "bench", first.manifest.clone(), &Limits::default())?;
+    for h in st.missing() {
+        let bytes = source.read(&h).context("chunk vanished from the source")?;
+        st.put_chunk(&h, &bytes)?;
+    }
+    st.sync()?;
+    println!(
+        "pre-copy (scan + stage everything + sync): {:.2?}",
+        t.elapsed()
+    );
+
+    // Edits made while the session kept running; then it stops.
+    for i in (0..10_000u64).step_by(1000) {
+        let p = src.join(format!("src/m{}/d{}/f{i}.txt", i % 20, i % 400));
+        std::fs::write(&p, format!("edited {i}"))?;
+    }
+    let big = src.join("assets/a3/big3.bin");
+    let mut bytes = std::fs::read(&big)?;
+    bytes.extend_from_slice(b"appended");
+    std::fs::write(&big, bytes)?;
+    std::thread::sleep(std::time::Duration::from_millis(100));
+
+    let t = Instant::now();
+    let last = scan(src, &opts(), Some(&first))?;
+    let rescanned = t.elapsed();
+    let filled = st.update(last.manifest.clone(), &Limits::default())?;
+    let updated = t.elapsed();
+    let missing = st.missing();
+    let source = ChunkIndex::from_scan(&last);
+    let mut sent = 0;
+    for h in &missing {
+        let bytes = source.read(h).context("chunk vanished from the source")?;
+        sent += bytes.len();
+        st.put_chunk(h, &bytes)?;
+    }
+    let delta = t.elapsed();
+    let staged = st.finish(0)?;
+    let finished = t.elapsed();
+    let path = staged.apply(ConflictPolicy::Sibling)?.commit()?;
+    println!(
+        "stopped phase: rescan {:.2?} (hashed {} files), update {:.2?} ({} chunks copied locally), \
+         delta {} chunks / {} bytes {:.2?}, finish {:.2?}, apply {:.2?}; total {:.2?} -> {}",
+        rescanned,
+        last.stats().hashed_files,
+        updated - rescanned,
+        filled.chunks,
+        missing.len(),
+        sent,
+        delta - updated,
+        finished - delta,
+        t.elapsed() - finished,
+        t.elapsed(),
+        path.display()
+    );
     Ok(())
 }
 
@@ -113,6 +177,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        _ => bail!("usage: workspace_bench gen DIR | scan DIR | copy SRC DST"),
+        ["precopy", src, dst] => precopy(Path::new(src), Path::new(dst)),
+        _ => bail!("usage: workspace_bench gen DIR | scan DIR | copy SRC DST | precopy SRC DST"),
     }
 }

@@ -33,6 +33,9 @@ use journal::{Journal, manifest_digest};
 
 pub(crate) const TREE: &str = "tree";
 
+/// Files at least this large get their blocks reserved when created.
+const PREALLOCATE_FROM: u64 = 1 << 20;
+
 /// One place a chunk goes: an entry, an offset, and whether it holds the bytes yet.
 struct Placement {
     entry: u32,
@@ -448,6 +451,12 @@ impl Stager {
         })
     }
 
+    /// Flushes what is staged so far to disk. Called at the end of a pre-copy, it keeps that
+    /// flush out of `finish`, which runs while the session is stopped.
+    pub fn sync(&self) -> Result<()> {
+        sync_filesystem(&self.tree).map_err(io_err("sync", &self.tree))
+    }
+
     /// Removes the staging directory: the transfer is abandoned.
     pub fn abort(self) -> Result<()> {
         remove_tree(&self.dir).map_err(io_err("remove", &self.dir))
@@ -543,17 +552,20 @@ fn create_entry(tree: &Path, e: &WorkspaceEntry, resume: bool) -> Result<()> {
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Err(collides()),
                 Err(err) => return Err(io_err("create", &p)(err)),
             };
-            let len = if resume {
-                file.metadata().map_err(io_err("stat", &p))?.len()
-            } else {
-                0
-            };
             if f.size == 0 {
                 // Nothing will ever be written to it: it is complete now.
                 return set_file_meta(&file, &p, e);
             }
-            if len != f.size {
-                preallocate(&file, f.size).map_err(io_err("allocate", &p))?;
+            // Small files get their size from their one write; preallocating them costs more
+            // than the early "disk full" it would buy.
+            if f.size >= PREALLOCATE_FROM {
+                let len = match resume {
+                    true => file.metadata().map_err(io_err("stat", &p))?.len(),
+                    false => 0,
+                };
+                if len != f.size {
+                    preallocate(&file, f.size).map_err(io_err("allocate", &p))?;
+                }
             }
             Ok(())
         }
