@@ -12,6 +12,8 @@
 //! [`ConflictPolicy::Replace`], and then kept as a backup until commit. All I/O here blocks; the
 //! daemon runs it on a blocking thread.
 
+#![warn(missing_docs)]
+
 mod apply;
 mod chunk;
 mod error;

@@ -31,6 +31,9 @@ pub struct Plan {
 /// Plans the transfer of `source` to a destination in `state`, whose current contents are
 /// `existing` (a scan of it, `None` when absent or not a directory), given the chunks `index`
 /// holds, under `policy`.
+///
+/// Scan the destination with [`IgnoredFiles::Include`](crate::IgnoredFiles::Include): under
+/// `replace` its ignored files (say `node_modules/`) are set aside too, and the plan should say so.
 pub fn plan(
     source: &WorkspaceManifest,
     state: DestinationState,
