@@ -3,7 +3,7 @@
 //! with a conflict policy.
 //!
 //! The flow: the source checks its directory ([`check_source`]) and [`scan`]s it into a
-//! manifest; the target validates what it receives ([`validate`]), indexes what it already holds
+//! manifest; the target validates what it receives ([`validate()`]), indexes what it already holds
 //! ([`ChunkIndex`]), [`plan`]s the transfer, writes into a [`Stager`] beside the destination,
 //! verifies ([`Stager::finish`]) and puts the result in place ([`StagedTree::apply`]).
 //!
