@@ -39,6 +39,6 @@ pub use index::ChunkIndex;
 pub use plan::{Plan, check_space, plan};
 pub use progress::{Progress, ProgressSnapshot};
 pub use safety::{check_destination, check_source, destination_state};
-pub use scan::{ScanOptions, ScanStats, Scanned, scan};
+pub use scan::{Measured, ScanOptions, ScanStats, Scanned, measure, scan};
 pub use stage::{Filled, Stager, check_transfer_id, staging_dir};
 pub use validate::{Limits, validate};

@@ -117,6 +117,42 @@ impl Scanned {
     }
 }
 
+/// What a scan would select, counted without reading any file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Measured {
+    /// Entries (directories, files, symlinks) that would travel.
+    pub entries: u64,
+    /// Regular files among them.
+    pub files: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// Paths that would be listed as skipped.
+    pub skipped: u64,
+}
+
+/// Counts what [`scan`] would select under `ignored`, from directory listings and `lstat` only:
+/// cheap enough for a preflight check or a size cap before anything is hashed.
+pub fn measure(root: &Path, ignored: &IgnoredFiles) -> Result<Measured> {
+    let root = std::fs::canonicalize(root).map_err(io_err("resolve", root))?;
+    if !std::fs::metadata(&root)
+        .map_err(io_err("stat", &root))?
+        .is_dir()
+    {
+        return Err(Error::unsafe_path(&root, "is not a directory"));
+    }
+    let sel = select(&root, ignored)?;
+    let mut m = Measured {
+        entries: sel.found.len() as u64,
+        skipped: sel.skipped.len() as u64,
+        ..Measured::default()
+    };
+    for f in sel.found.values().filter(|f| matches!(f.what, What::File)) {
+        m.files += 1;
+        m.bytes += f.md.len();
+    }
+    Ok(m)
+}
+
 /// Scans `root` into a manifest.
 ///
 /// `root` should have passed [`crate::check_source`] (or be a destination the caller trusts);

@@ -76,6 +76,14 @@ fn skip_policy_selects_what_git_would_track_plus_git_dir() {
         *blake3::hash(&fs::read(root.join("data/big.bin")).unwrap()).as_bytes()
     );
     baton_workspace::validate(m, &Default::default()).unwrap();
+
+    let counted = baton_workspace::measure(&root, &IgnoredFiles::Skip).unwrap();
+    assert_eq!(counted.entries, m.entries.len() as u64);
+    assert_eq!(
+        (counted.files, counted.bytes),
+        (m.file_count(), m.total_bytes())
+    );
+    assert_eq!(counted.skipped, m.skipped.len() as u64);
 }
 
 #[test]
