@@ -4,7 +4,8 @@
 
 use std::fmt;
 
-use baton_proto::handoff::SealedHandoffOptions;
+use baton_proto::handoff::{SealedHandoffOptions, WorkspaceOutcome};
+use baton_proto::workspace::PlanSummary;
 use baton_proto::ws::ProviderBundle;
 use baton_proto::{
     EntryBody, HandoffId, InputId, InputRecord, PermissionAnswer, Sealed, SealedEntry, SessionId,
@@ -24,6 +25,8 @@ const OPTIONS_TAG: &[u8] = b"baton.handoff-options.v1";
 const BUNDLE_TAG: &[u8] = b"baton.bundle.v1";
 const DIRECT_TAG: &[u8] = b"baton.direct-transcript.v1";
 const ANSWER_TAG: &[u8] = b"baton.permission-answer.v1";
+const WORKSPACE_TAG: &[u8] = b"baton.workspace-outcome.v1";
+const PLAN_TAG: &[u8] = b"baton.workspace-plan.v1";
 
 /// Seals and opens one session's records.
 #[derive(Clone)]
@@ -97,6 +100,22 @@ impl SessionCipher {
         sealed: &Sealed,
     ) -> Result<SealedHandoffOptions> {
         self.open_json(&self.ad(OPTIONS_TAG, handoff.as_bytes()), &sealed.0)
+    }
+    /// Seals what a handoff's workspace transfer did; AD = tag ‖ session ‖ handoff.
+    pub fn seal_workspace(&self, handoff: HandoffId, outcome: &WorkspaceOutcome) -> Sealed {
+        self.seal_json(&self.ad(WORKSPACE_TAG, handoff.as_bytes()), outcome)
+    }
+    /// Seals what a handoff's workspace transfer will do; AD = tag ‖ session ‖ handoff.
+    pub fn seal_plan(&self, handoff: HandoffId, plan: &PlanSummary) -> Sealed {
+        self.seal_json(&self.ad(PLAN_TAG, handoff.as_bytes()), plan)
+    }
+    /// Opens what a handoff's workspace transfer will do.
+    pub fn open_plan(&self, handoff: HandoffId, sealed: &Sealed) -> Result<PlanSummary> {
+        self.open_json(&self.ad(PLAN_TAG, handoff.as_bytes()), &sealed.0)
+    }
+    /// Opens what a handoff's workspace transfer did.
+    pub fn open_workspace(&self, handoff: HandoffId, sealed: &Sealed) -> Result<WorkspaceOutcome> {
+        self.open_json(&self.ad(WORKSPACE_TAG, handoff.as_bytes()), &sealed.0)
     }
     /// AD = "baton.bundle.v1" ‖ session ‖ handoff.
     pub fn seal_bundle(&self, handoff: HandoffId, bundle: &ProviderBundle) -> Sealed {

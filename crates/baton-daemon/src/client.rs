@@ -318,11 +318,24 @@ impl Client {
 
     /// Opens the WebSocket (`/v1/ws`).
     pub async fn connect_ws(&self) -> Result<WsStream, ClientError> {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_WS_MESSAGE))
+            .max_frame_size(Some(MAX_WS_MESSAGE));
+        self.connect_ws_at("/v1/ws", config).await
+    }
+
+    /// Opens an authenticated WebSocket at `path` (with its query) under the server's base URL.
+    /// A refusal the server explains in JSON becomes [`ClientError::Api`].
+    pub async fn connect_ws_at(
+        &self,
+        path: &str,
+        config: WebSocketConfig,
+    ) -> Result<WsStream, ClientError> {
         let token = self.token().await?;
         let ws_url = if let Some(rest) = self.base.strip_prefix("https://") {
-            format!("wss://{rest}/v1/ws")
+            format!("wss://{rest}{path}")
         } else if let Some(rest) = self.base.strip_prefix("http://") {
-            format!("ws://{rest}/v1/ws")
+            format!("ws://{rest}{path}")
         } else {
             return Err(ClientError::Protocol(format!(
                 "server URL {} must start with http:// or https://",
@@ -336,16 +349,20 @@ impl Client {
             .parse()
             .map_err(|_| ClientError::Protocol("token is not a valid header".into()))?;
         req.headers_mut().insert("authorization", value);
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_WS_MESSAGE))
-            .max_frame_size(Some(MAX_WS_MESSAGE));
         let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true)
             .await
             .map_err(|e| {
-                if let tokio_tungstenite::tungstenite::Error::Http(resp) = &e
-                    && resp.status() == 401
-                {
-                    self.forget_token();
+                if let tokio_tungstenite::tungstenite::Error::Http(resp) = &e {
+                    if resp.status() == 401 {
+                        self.forget_token();
+                    }
+                    if let Some(api) = resp
+                        .body()
+                        .as_deref()
+                        .and_then(|b| serde_json::from_slice::<ApiError>(b).ok())
+                    {
+                        return ClientError::Api(api);
+                    }
                 }
                 self.unreachable(e)
             })?;

@@ -10,6 +10,7 @@ pub mod identity;
 mod library;
 mod participant;
 pub mod runner;
+pub mod transfer;
 mod workspace;
 
 use std::collections::HashMap;
@@ -92,6 +93,8 @@ pub struct Daemon {
     providers: Vec<Box<dyn Provider>>,
     runners: Mutex<HashMap<SessionId, Slot>>,
     sources: Mutex<HashMap<HandoffId, SourceState>>,
+    /// Workspace transfers of handoffs in progress, as source or target.
+    workspaces: workspace::Workspaces,
     quiesce_grace: Duration,
     /// Connected services of the account: provider name → environment for its CLI.
     services: Mutex<HashMap<String, Vec<(String, String)>>>,
@@ -119,6 +122,7 @@ impl Daemon {
             providers: baton_providers::all(&env),
             runners: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
+            workspaces: workspace::Workspaces::default(),
             quiesce_grace: opts.quiesce_grace,
             services: Mutex::new(HashMap::new()),
         });

@@ -49,6 +49,41 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
             session,
             sealed_options,
         } => crate::workspace::check(d, handoff_id, &session, sealed_options.as_ref()).await,
+        DaemonCommand::WorkspaceSend {
+            handoff_id,
+            transfer_id,
+            session,
+            sealed_options,
+            final_pass: _,
+        } => {
+            crate::workspace::send(
+                d,
+                handoff_id,
+                transfer_id,
+                &session,
+                sealed_options.as_ref(),
+            )
+            .await
+        }
+        DaemonCommand::WorkspaceReceive {
+            handoff_id,
+            transfer_id,
+            session,
+            sealed_options,
+            conflict,
+            pass,
+        } => {
+            crate::workspace::receive(
+                d,
+                handoff_id,
+                transfer_id,
+                &session,
+                sealed_options.as_ref(),
+                conflict,
+                pass,
+            )
+            .await
+        }
         DaemonCommand::PrepareTarget {
             handoff_id,
             session_id,
@@ -72,6 +107,7 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
             session,
         } => activate(d, handoff_id, session).await,
         DaemonCommand::Abort { handoff_id, .. } => {
+            crate::workspace::forget(d, handoff_id).await;
             remove_dir(&d.handoff_dir(handoff_id));
             Ok(DaemonReply::Ok)
         }
@@ -394,7 +430,12 @@ async fn import(
     let meta = cipher
         .open_meta(&session.sealed_meta)
         .map_err(|e| api(e.into()))?;
-    let target = target_workspace(d, &cipher, handoff, &meta, sealed_options)?;
+    // A workspace that travels lands at a path that may not exist yet (it is put in place at
+    // activation); otherwise the session's directory must already be there.
+    let target = match crate::workspace::final_path(d, handoff).await {
+        Some(p) => p,
+        None => target_workspace(d, &cipher, handoff, &meta, sealed_options)?,
+    };
     let sealed = d
         .client
         .get_bytes(&format!("/v1/handoffs/{handoff}/bundle"))
@@ -457,6 +498,7 @@ async fn activate(d: &Arc<Daemon>, handoff: HandoffId, session: SessionRecord) -
             format!("{} is not known here.", session.provider),
         )
     })?;
+    crate::workspace::activate(d, handoff).await?;
     if staging.is_dir() {
         provider.activate_import(&staging).await.map_err(|e| {
             ApiError::new(
@@ -541,6 +583,7 @@ async fn handoff_note(d: &Daemon, handoff: HandoffId, session: &SessionRecord) -
 }
 
 async fn cleanup(d: &Daemon, handoff: HandoffId) -> Reply {
+    crate::workspace::forget(d, handoff).await;
     let source = lock(&d.sources).remove(&handoff);
     let Some(src) = source else {
         tracing::info!(handoff_id = %handoff, "nothing recorded to clean up (daemon restarted since export)");
@@ -579,7 +622,10 @@ pub async fn recover_staging(d: &Arc<Daemon>) -> Result<(), ClientError> {
             Err(e) => return Err(e),
         };
         match h.result {
-            HandoffResult::Aborted => remove_dir(&dir),
+            HandoffResult::Aborted => {
+                crate::workspace::remove_recorded_staging(d, id);
+                remove_dir(&dir);
+            }
             HandoffResult::Active => {}
             HandoffResult::Committed => {
                 let s: SessionRecord = d

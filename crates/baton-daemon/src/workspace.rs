@@ -1,61 +1,160 @@
-//! The daemon's side of workspace transfer in a handoff (DESIGN §5): the source's read-only
-//! check of what it would send. Scanning and hashing are blocking work and run on the blocking
-//! pool, never on the executor.
+//! The daemon's side of workspace transfer in a handoff (DESIGN §5).
+//!
+//! Source: a read-only check in preflight, then one scan per pass served on that pass's
+//! transfer socket (the final pass rescans reusing the hashes of unchanged files, so only what
+//! changed since the pre-copy is read again). Target: a staging directory beside the
+//! destination, filled first from what the destination already holds, then with the chunks the
+//! source sends; the final pass ends with every file verified, and activation puts the tree in
+//! place under the conflict policy. Scanning, hashing and staging are blocking work and run on
+//! the blocking pool, never on the executor.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use baton_crypto::SessionCipher;
+use baton_proto::handoff::{WorkspaceOutcome, WorkspacePass};
+use baton_proto::workspace::{
+    ChunkRef, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles, WorkspaceManifest,
+};
 use baton_proto::ws::DaemonReply;
-use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionRecord};
-use baton_workspace::{ScanOptions, check_source, scan};
+use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
+use baton_workspace::{
+    ChunkIndex, Limits, ScanOptions, Scanned, StagedTree, Stager, check_source, scan,
+};
+use tokio_util::sync::CancellationToken;
 
-use crate::Daemon;
 use crate::participant::{api, open_options};
+use crate::transfer::{ChunkSink, ChunkSource, Receiver, TransferConn, TransferTuning};
+use crate::{Daemon, lock};
+
+/// Free space kept beyond the tree's bytes, so a transfer never fills a disk to the last block.
+const SPACE_RESERVE: u64 = 16 * 1024 * 1024;
+/// Name of the record, in the handoff's directory, of where the target stages the workspace:
+/// after a restart it says which staging directory to remove or put in place.
+const TARGET_RECORD: &str = "workspace.json";
+
+/// What this daemon holds for the workspace transfers of handoffs in progress.
+#[derive(Default)]
+pub struct Workspaces {
+    sources: Mutex<HashMap<HandoffId, SourceSide>>,
+    targets: Mutex<HashMap<HandoffId, Arc<tokio::sync::Mutex<TargetSide>>>>,
+}
+
+/// The source of one handoff: its last scan (reused by the next) and the serving tasks.
+#[derive(Default)]
+struct SourceSide {
+    scanned: Option<Arc<Scanned>>,
+    serving: Vec<CancellationToken>,
+}
+
+/// The target of one handoff.
+struct TargetSide {
+    dest: PathBuf,
+    final_path: PathBuf,
+    policy: ConflictPolicy,
+    /// Chunks the destination already holds (empty when it is absent).
+    index: Arc<ChunkIndex>,
+    stager: Option<Stager>,
+    staged: Option<StagedTree>,
+    bytes_sent: u64,
+    /// What the destination held when the handoff began (for the plan).
+    existing: Option<WorkspaceManifest>,
+    state: DestinationState,
+}
+
+/// Where the target stages the workspace of a handoff (persisted beside its provider staging).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TargetRecord {
+    dest: PathBuf,
+}
+
+/// A scan's chunks, served by hash.
+struct IndexSource(Arc<ChunkIndex>);
+
+impl ChunkSource for IndexSource {
+    fn read(&self, hash: &ContentHash) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.0.read(hash))
+    }
+}
+
+/// The stager, taking chunks as they arrive.
+struct StagerSink(Arc<Mutex<Stager>>);
+
+impl ChunkSink for StagerSink {
+    fn put(&self, hash: &ContentHash, data: Vec<u8>) -> io::Result<()> {
+        lock(&self.0)
+            .put_chunk(hash, &data)
+            .map(|_| ())
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+fn internal(what: &str) -> impl Fn(tokio::task::JoinError) -> ApiError + '_ {
+    move |e| ApiError::new(ErrorCode::Internal, format!("{what} stopped: {e}."))
+}
+
+fn ws_err(e: baton_workspace::Error) -> ApiError {
+    e.to_api()
+}
+
+/// Opens the session's metadata and the handoff's participant options.
+fn session_parts(
+    d: &Daemon,
+    handoff: HandoffId,
+    session: &SessionRecord,
+    sealed_options: Option<&Sealed>,
+) -> Result<
+    (
+        SessionCipher,
+        SessionMeta,
+        baton_proto::handoff::SealedHandoffOptions,
+    ),
+    ApiError,
+> {
+    let cipher = d.client.cipher(session).map_err(api)?;
+    let meta = cipher
+        .open_meta(&session.sealed_meta)
+        .map_err(|e| api(e.into()))?;
+    let options = open_options(&cipher, handoff, sealed_options)?;
+    Ok((cipher, meta, options))
+}
 
 /// Source, in preflight: refuses an unsafe workspace (`unsafe_workspace_path`: `/`, the home
 /// directory, anything resolving to them, non-directories) before anything is stopped, then
-/// measures the selection the ignored-files option gives, for the server's caps.
+/// counts the selection the ignored-files option gives, for the server's caps and the target's
+/// space check. Reads no file.
 pub async fn check(
     d: &Daemon,
     handoff: HandoffId,
     session: &SessionRecord,
     sealed_options: Option<&Sealed>,
 ) -> Result<DaemonReply, ApiError> {
-    let cipher = d.client.cipher(session).map_err(api)?;
-    let meta = cipher
-        .open_meta(&session.sealed_meta)
-        .map_err(|e| api(e.into()))?;
-    let options = open_options(&cipher, handoff, sealed_options)?;
+    let (_, meta, options) = session_parts(d, handoff, session, sealed_options)?;
     let path = PathBuf::from(&meta.workspace);
     let home = d.home.clone();
-    let scanned = tokio::task::spawn_blocking(move || {
+    let measured = tokio::task::spawn_blocking(move || {
         let root = check_source(&path, Some(&home))?;
-        let opts = ScanOptions {
-            ignored: options.ignored,
-            ..ScanOptions::default()
-        };
-        scan(&root, &opts, None)
+        baton_workspace::measure(&root, &options.ignored)
     })
     .await
-    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("The scan stopped: {e}.")))?
-    .map_err(|e| e.to_api())?;
-    let manifest = &scanned.manifest;
+    .map_err(internal("The workspace check"))?
+    .map_err(ws_err)?;
     Ok(DaemonReply::WorkspaceChecked {
-        files: manifest.file_count(),
-        bytes: manifest.total_bytes(),
+        files: measured.files,
+        bytes: measured.bytes,
     })
 }
-
-/// Free space kept beyond the tree's bytes, so a transfer never fills a disk to the last block.
-const SPACE_RESERVE: u64 = 16 * 1024 * 1024;
 
 /// Target, in preflight: the destination (`--path`, else the source's path) must be a safe
 /// place to create or fill (never `/` or the home directory), and its filesystem must hold the
 /// selected bytes (`insufficient_space`), so neither problem is found half-way.
 pub async fn check_destination(
     d: &Daemon,
-    cipher: &baton_crypto::SessionCipher,
+    cipher: &SessionCipher,
     handoff: HandoffId,
-    meta: &baton_proto::SessionMeta,
+    meta: &SessionMeta,
     sealed_options: Option<&Sealed>,
     bytes: u64,
 ) -> Result<(), ApiError> {
@@ -68,15 +167,8 @@ pub async fn check_destination(
     let home = d.home.clone();
     tokio::task::spawn_blocking(move || {
         let dest = baton_workspace::check_destination(&wanted, Some(&home))?;
-        // Staging is made beside the destination, so the space that counts is its parent's
-        // filesystem (or the nearest ancestor that exists yet).
-        let mut probe = dest.parent().unwrap_or(&dest).to_path_buf();
-        while !probe.exists() {
-            match probe.parent() {
-                Some(p) => probe = p.to_path_buf(),
-                None => break,
-            }
-        }
+        // Staging is made beside the destination, so the space that counts is its parent's.
+        let probe = dest.parent().unwrap_or(&dest).to_path_buf();
         let available =
             baton_workspace::available_bytes(&probe).map_err(|e| baton_workspace::Error::Io {
                 action: "measure free space on",
@@ -94,6 +186,442 @@ pub async fn check_destination(
         Ok(())
     })
     .await
-    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("The check stopped: {e}.")))?
-    .map_err(|e| e.to_api())
+    .map_err(internal("The destination check"))?
+    .map_err(ws_err)
+}
+
+/// Source: scans the workspace (reusing the previous pass's hashes for unchanged files) and
+/// serves this pass on its transfer socket, in the background, until the target is done.
+pub async fn send(
+    d: &Arc<Daemon>,
+    handoff: HandoffId,
+    transfer: HandoffId,
+    session: &SessionRecord,
+    sealed_options: Option<&Sealed>,
+) -> Result<DaemonReply, ApiError> {
+    let (cipher, meta, options) = session_parts(d, handoff, session, sealed_options)?;
+    let previous = lock(&d.workspaces.sources)
+        .get(&handoff)
+        .and_then(|s| s.scanned.clone());
+    let path = PathBuf::from(&meta.workspace);
+    let home = d.home.clone();
+    let ignored = options.ignored.clone();
+    let scanned = tokio::task::spawn_blocking(move || {
+        let root = check_source(&path, Some(&home))?;
+        let opts = ScanOptions {
+            ignored,
+            ..ScanOptions::default()
+        };
+        scan(&root, &opts, previous.as_deref())
+    })
+    .await
+    .map_err(internal("The workspace scan"))?
+    .map_err(ws_err)?;
+    let scanned = Arc::new(scanned);
+    let files = scanned.manifest.file_count();
+    let bytes = scanned.manifest.total_bytes();
+    let blob = serde_json::to_vec(&scanned.manifest)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("Encoding the manifest: {e}.")))?;
+    let index = Arc::new(ChunkIndex::from_scan(&scanned));
+    let cancel = CancellationToken::new();
+    {
+        let mut sources = lock(&d.workspaces.sources);
+        let side = sources.entry(handoff).or_default();
+        side.scanned = Some(scanned);
+        side.serving.push(cancel.clone());
+    }
+    let conn = TransferConn {
+        client: d.client.clone(),
+        transfer,
+        tuning: TransferTuning::default(),
+    };
+    let tcipher = cipher.transfer(transfer);
+    tokio::spawn(async move {
+        match crate::transfer::serve_source(
+            &conn,
+            tcipher,
+            Arc::new(IndexSource(index)),
+            blob,
+            cancel,
+        )
+        .await
+        {
+            Ok(stats) => {
+                tracing::info!(handoff_id = %handoff, %transfer, chunks = stats.chunks, bytes = stats.bytes, "workspace pass served")
+            }
+            Err(e) => {
+                tracing::warn!(handoff_id = %handoff, %transfer, error = %e, "serving the workspace failed")
+            }
+        }
+    });
+    Ok(DaemonReply::WorkspaceServing { files, bytes })
+}
+
+/// Where the destination's tree would be after applying with `policy`: the destination, or
+/// for `sibling` over an existing tree the first free `<dest>-handoff[-N]`, as apply picks it.
+fn planned_final_path(dest: &Path, policy: ConflictPolicy) -> Result<PathBuf, ApiError> {
+    let state = baton_workspace::destination_state(dest).map_err(ws_err)?;
+    if state != DestinationState::Exists || policy == ConflictPolicy::Replace {
+        return Ok(dest.to_path_buf());
+    }
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for n in 1..=1000u32 {
+        let suffix = if n == 1 {
+            "-handoff".to_string()
+        } else {
+            format!("-handoff-{n}")
+        };
+        let p = dest.with_file_name(format!("{name}{suffix}"));
+        if std::fs::symlink_metadata(&p).is_err() {
+            return Ok(p);
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::WorkspaceConflict,
+        "A thousand `-handoff` siblings of the destination exist already; pick another --path.",
+    ))
+}
+
+/// The target's first pass: where the tree goes, and what the destination already holds.
+async fn open_target(
+    d: &Daemon,
+    handoff: HandoffId,
+    meta: &SessionMeta,
+    options: &baton_proto::handoff::SealedHandoffOptions,
+    policy: ConflictPolicy,
+    manifest: &WorkspaceManifest,
+) -> Result<TargetSide, ApiError> {
+    let wanted = PathBuf::from(
+        options
+            .target_path
+            .clone()
+            .unwrap_or_else(|| meta.workspace.clone()),
+    );
+    let home = d.home.clone();
+    let params = manifest.params;
+    let (dest, index, existing, state) = tokio::task::spawn_blocking(move || {
+        let dest = baton_workspace::check_destination(&wanted, Some(&home))?;
+        let mut index = ChunkIndex::new(params);
+        let mut existing = None;
+        let state = baton_workspace::destination_state(&dest)?;
+        if state == DestinationState::Exists && dest.is_dir() {
+            // Everything in the existing tree can spare a chunk from travelling, ignored or not.
+            let opts = ScanOptions {
+                ignored: IgnoredFiles::Include,
+                params,
+                ..ScanOptions::default()
+            };
+            let scanned = scan(&dest, &opts, None)?;
+            index = ChunkIndex::from_scan(&scanned);
+            existing = Some(scanned.manifest);
+        }
+        Ok::<_, baton_workspace::Error>((dest, index, existing, state))
+    })
+    .await
+    .map_err(internal("Indexing the destination"))?
+    .map_err(ws_err)?;
+    let final_path = planned_final_path(&dest, policy)?;
+    let record = TargetRecord { dest: dest.clone() };
+    let dir = d.handoff_dir(handoff);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| {
+            std::fs::write(
+                dir.join(TARGET_RECORD),
+                serde_json::to_vec(&record).unwrap_or_default(),
+            )
+        })
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::TransferFailed,
+                format!("Cannot record the workspace staging: {e}."),
+            )
+        })?;
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            ApiError::new(
+                ErrorCode::TargetPathMissing,
+                format!("Cannot create the destination's parent: {e}."),
+            )
+        })?;
+    }
+    Ok(TargetSide {
+        dest,
+        final_path,
+        policy,
+        index: Arc::new(index),
+        stager: None,
+        staged: None,
+        bytes_sent: 0,
+        existing,
+        state,
+    })
+}
+
+/// Target: one pass. The plan pass reads only the manifest and answers what the transfer will
+/// do at the destination, before anything moves. The pre-copy (while the session still runs on
+/// the source) may miss chunks whose files changed meanwhile; the final pass switches the
+/// staging to the final manifest, fetches what it still lacks and verifies every file.
+#[allow(clippy::too_many_arguments)]
+pub async fn receive(
+    d: &Arc<Daemon>,
+    handoff: HandoffId,
+    transfer: HandoffId,
+    session: &SessionRecord,
+    sealed_options: Option<&Sealed>,
+    policy: ConflictPolicy,
+    pass: WorkspacePass,
+) -> Result<DaemonReply, ApiError> {
+    let final_pass = pass == WorkspacePass::Final;
+    let (cipher, meta, options) = session_parts(d, handoff, session, sealed_options)?;
+    let conn = TransferConn {
+        client: d.client.clone(),
+        transfer,
+        tuning: TransferTuning::default(),
+    };
+    let cancel = CancellationToken::new();
+    let mut receiver = Receiver::connect(conn, cipher.transfer(transfer), cancel)
+        .await
+        .map_err(|e| e.to_api())?;
+    let blob = receiver.blob().await.map_err(|e| e.to_api())?;
+    let manifest: WorkspaceManifest = serde_json::from_slice(&blob).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidWorkspaceManifest,
+            format!("The workspace manifest does not parse: {e}."),
+        )
+    })?;
+    drop(blob);
+    let existing = lock(&d.workspaces.targets).get(&handoff).cloned();
+    let side = match existing {
+        Some(side) => side,
+        None => {
+            let side = open_target(d, handoff, &meta, &options, policy, &manifest).await?;
+            let side = Arc::new(tokio::sync::Mutex::new(side));
+            lock(&d.workspaces.targets).insert(handoff, side.clone());
+            side
+        }
+    };
+    let mut side = side.lock().await;
+    if pass == WorkspacePass::Plan {
+        let plan = baton_workspace::plan(
+            &manifest,
+            side.state,
+            side.existing.as_ref(),
+            &side.index,
+            side.policy,
+        );
+        let _ = receiver.finish().await;
+        let transfer_bytes = plan.summary.transfer_bytes;
+        return Ok(DaemonReply::WorkspacePlanned {
+            sealed_plan: cipher.seal_plan(handoff, &plan.summary),
+            transfer_bytes,
+        });
+    }
+    // The plan's view of the old tree is not needed any more.
+    side.existing = None;
+    let files = manifest.file_count();
+    let bytes_total = manifest.total_bytes();
+    let skipped = manifest.skipped.clone();
+    let lens: HashMap<ContentHash, u32> = manifest
+        .files()
+        .flat_map(|(_, f)| f.chunks.iter().map(|c| (c.hash, c.len)))
+        .collect();
+
+    // Stage the manifest, filling from the destination first.
+    let stager = side.stager.take();
+    let dest = side.dest.clone();
+    let index = side.index.clone();
+    let id = handoff.to_string();
+    let (stager, reused) = tokio::task::spawn_blocking(move || {
+        let limits = Limits::default();
+        let mut stager = match stager {
+            Some(mut s) => {
+                s.update(manifest, &limits)?;
+                s
+            }
+            None => Stager::create(&dest, &id, manifest, &limits)?,
+        };
+        let filled = stager.fill_from_index(&index)?;
+        Ok::<_, baton_workspace::Error>((stager, filled.bytes))
+    })
+    .await
+    .map_err(internal("Staging"))?
+    .map_err(ws_err)?;
+    let wanted: Vec<ChunkRef> = stager
+        .missing()
+        .into_iter()
+        .map(|hash| ChunkRef {
+            hash,
+            len: lens.get(&hash).copied().unwrap_or(0),
+        })
+        .collect();
+    let stager = Arc::new(Mutex::new(stager));
+    let sink = Arc::new(StagerSink(stager.clone()));
+    let received = receiver.chunks(sink, wanted, &mut |_| {}).await;
+    let stats = match received {
+        Ok(s) => s,
+        Err(e) => {
+            side.stager = Arc::try_unwrap(stager)
+                .ok()
+                .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()));
+            receiver.abort("the target could not receive").await;
+            return Err(e.to_api());
+        }
+    };
+    let _ = receiver.finish().await;
+    side.bytes_sent += stats.bytes;
+    let stager = Arc::try_unwrap(stager)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "The stager is still in use."))?
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    if !final_pass {
+        let stager = tokio::task::spawn_blocking(move || stager.sync().map(|()| stager))
+            .await
+            .map_err(internal("Syncing the pre-copy"))?
+            .map_err(ws_err)?;
+        side.stager = Some(stager);
+        return Ok(DaemonReply::WorkspaceReceived {
+            files,
+            bytes_total,
+            bytes_sent: stats.bytes,
+            bytes_reused: reused,
+            sealed_outcome: None,
+        });
+    }
+    if !stats.gone.is_empty() {
+        side.stager = Some(stager);
+        return Err(ApiError::new(
+            ErrorCode::TransferFailed,
+            format!(
+                "{} chunk(s) changed on the source after it stopped (is something else still writing to the workspace?); try again.",
+                stats.gone.len()
+            ),
+        ));
+    }
+    let staged = tokio::task::spawn_blocking(move || stager.finish(0))
+        .await
+        .map_err(internal("Verifying the workspace"))?
+        .map_err(ws_err)?;
+    side.staged = Some(staged);
+    let outcome = WorkspaceOutcome {
+        path: side.final_path.to_string_lossy().into_owned(),
+        files,
+        bytes_total,
+        bytes_sent: side.bytes_sent,
+        skipped,
+    };
+    Ok(DaemonReply::WorkspaceReceived {
+        files,
+        bytes_total,
+        bytes_sent: stats.bytes,
+        bytes_reused: reused,
+        sealed_outcome: Some(cipher.seal_workspace(handoff, &outcome)),
+    })
+}
+
+/// Target: the workspace path the handoff will end at, when it moves the workspace.
+pub async fn final_path(d: &Daemon, handoff: HandoffId) -> Option<PathBuf> {
+    let side = lock(&d.workspaces.targets).get(&handoff).cloned()?;
+    let side = side.lock().await;
+    Some(side.final_path.clone())
+}
+
+/// Target, at activation: puts the verified tree in place under the conflict policy and, since
+/// the handoff has committed, lets go of any backup of what was there.
+pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
+    let Some(side) = lock(&d.workspaces.targets).remove(&handoff) else {
+        return Ok(());
+    };
+    let mut side = side.lock().await;
+    let Some(staged) = side.staged.take() else {
+        return Err(ApiError::new(
+            ErrorCode::ActivateFailed,
+            "The verified workspace is missing (was the target restarted?).",
+        ));
+    };
+    let policy = side.policy;
+    let expected = side.final_path.clone();
+    tokio::task::spawn_blocking(move || {
+        let applied = staged.apply(policy)?;
+        if applied.path() != expected {
+            let got = applied.path().to_path_buf();
+            applied.rollback()?;
+            return Err(baton_workspace::Error::Conflict {
+                path: got,
+                reason: format!(
+                    "the destination changed during the handoff (the workspace was to land at {})",
+                    expected.display()
+                ),
+            });
+        }
+        applied.commit()
+    })
+    .await
+    .map_err(internal("Putting the workspace in place"))?
+    .map_err(|e| ApiError::new(ErrorCode::ActivateFailed, format!("{e}.")))?;
+    Ok(())
+}
+
+/// Either side, when a handoff aborts (or its source is done): stops serving, removes staging.
+pub async fn forget(d: &Daemon, handoff: HandoffId) {
+    if let Some(src) = lock(&d.workspaces.sources).remove(&handoff) {
+        for c in src.serving {
+            c.cancel();
+        }
+    }
+    let side = lock(&d.workspaces.targets).remove(&handoff);
+    if let Some(side) = side {
+        let mut side = side.lock().await;
+        let stager = side.stager.take();
+        let staged = side.staged.take();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(s) = stager
+                && let Err(e) = s.abort()
+            {
+                tracing::warn!(error = %e, "removing workspace staging failed");
+            }
+            if let Some(s) = staged
+                && let Err(e) = s.abort()
+            {
+                tracing::warn!(error = %e, "removing workspace staging failed");
+            }
+        })
+        .await;
+    } else {
+        remove_recorded_staging(d, handoff);
+    }
+}
+
+/// After a restart, nothing is in memory: the record in the handoff's directory says which
+/// staging directory an aborted handoff left beside its destination.
+pub fn remove_recorded_staging(d: &Daemon, handoff: HandoffId) {
+    let path = d.handoff_dir(handoff).join(TARGET_RECORD);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return;
+    };
+    let Ok(rec) = serde_json::from_slice::<TargetRecord>(&bytes) else {
+        return;
+    };
+    let id = handoff.to_string();
+    match baton_workspace::leftovers(&rec.dest) {
+        Ok(found) => {
+            for l in found {
+                let result = match l {
+                    baton_workspace::Leftover::Staging { id: lid, path } if lid == id => {
+                        std::fs::remove_dir_all(&path).map_err(|e| e.to_string())
+                    }
+                    baton_workspace::Leftover::Applied(a) if a.transfer_id() == id => {
+                        a.rollback().map_err(|e| e.to_string())
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "removing leftover workspace staging failed");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "looking for leftover workspace staging failed"),
+    }
 }

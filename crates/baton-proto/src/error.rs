@@ -65,6 +65,8 @@ pub enum ErrorCode {
     Timeout,
     /// The server restarted during the handoff before it committed; nothing moved.
     Interrupted,
+    /// The person declined the plan (or asked only for it, `--dry-run`); nothing moved.
+    Cancelled,
     /// Too large for the configured limits.
     TooLarge,
     /// The destination's filesystem lacks the space the workspace needs.
@@ -110,6 +112,7 @@ impl ErrorCode {
             Self::PermissionNotOpen => "permission_not_open",
             Self::Timeout => "timeout",
             Self::Interrupted => "interrupted",
+            Self::Cancelled => "cancelled",
             Self::TooLarge => "too_large",
             Self::InsufficientSpace => "insufficient_space",
             Self::TransferTooLarge => "transfer_too_large",
@@ -183,6 +186,9 @@ impl ErrorCode {
             Self::Timeout => "Check that both machines are online and retry.",
             Self::Interrupted => {
                 "Nothing changed: the session stays with its owner. Retry the handoff."
+            }
+            Self::Cancelled => {
+                "Nothing changed: the session stays with its owner. Run the handoff again to go ahead."
             }
             Self::TooLarge => "Reduce the size or raise the server's limit.",
             Self::InsufficientSpace => {

@@ -15,6 +15,9 @@ pub enum HandoffPhase {
     Preflight,
     /// Target checks its destination and makes a staging area.
     PrepareTarget,
+    /// With workspace transfer only: the bulk of the tree travels while the session still runs
+    /// on the source.
+    Precopy,
     /// Source finishes its turn and stops the provider.
     QuiesceSource,
     /// Provider state travels, sealed, source → server → target.
@@ -31,10 +34,11 @@ pub enum HandoffPhase {
 
 impl HandoffPhase {
     /// Every phase in order.
-    pub const ALL: [HandoffPhase; 9] = [
+    pub const ALL: [HandoffPhase; 10] = [
         Self::Requested,
         Self::Preflight,
         Self::PrepareTarget,
+        Self::Precopy,
         Self::QuiesceSource,
         Self::Transfer,
         Self::Verify,
@@ -49,6 +53,7 @@ impl HandoffPhase {
             Self::Requested => "requested",
             Self::Preflight => "preflight",
             Self::PrepareTarget => "prepare_target",
+            Self::Precopy => "precopy",
             Self::QuiesceSource => "quiesce_source",
             Self::Transfer => "transfer",
             Self::Verify => "verify",
@@ -133,6 +138,29 @@ pub struct HandoffOptions {
     /// With `workspace`: what happens when the destination already exists.
     #[serde(default)]
     pub conflict: ConflictPolicy,
+    /// With `workspace`: after the plan is made, wait for the client's go-ahead
+    /// (`POST /v1/handoffs/{id}/confirm`) before anything moves.
+    #[serde(default)]
+    pub await_confirm: bool,
+}
+
+/// A client's answer to a handoff waiting on its plan (`POST /v1/handoffs/{id}/confirm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmHandoff {
+    /// Go ahead (true) or cancel, nothing having moved (false).
+    pub proceed: bool,
+}
+
+/// Which pass of a workspace transfer a command is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspacePass {
+    /// Only the manifest travels: the target answers with the plan.
+    Plan,
+    /// The bulk of the tree, while the session still runs on the source.
+    Precopy,
+    /// After quiesce: what changed since, then every file verified.
+    Final,
 }
 
 /// What a Direct session becomes on the target of a handoff.
@@ -166,6 +194,22 @@ pub struct SealedHandoffOptions {
     pub ignored: IgnoredFiles,
 }
 
+/// What a workspace transfer did, as the target reports it to the session's clients (sealed
+/// with the session's data key: it names paths).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceOutcome {
+    /// The workspace's final path on the target (the destination, or its sibling).
+    pub path: String,
+    /// Regular files in the transferred tree.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes_total: u64,
+    /// Bytes of file data that travelled, both passes together.
+    pub bytes_sent: u64,
+    /// Entries left out, with why.
+    pub skipped: Vec<crate::workspace::SkippedEntry>,
+}
+
 /// A handoff as stored and shown.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandoffRecord {
@@ -193,6 +237,14 @@ pub struct HandoffRecord {
     pub sealed_options: Option<Sealed>,
     /// Bytes of provider state (and workspace) moved.
     pub bytes: u64,
+    /// With workspace transfer: the target's sealed [`WorkspaceOutcome`], once the final pass
+    /// ended.
+    #[serde(default)]
+    pub workspace: Option<Sealed>,
+    /// With workspace transfer: the target's sealed plan
+    /// ([`crate::workspace::PlanSummary`]), made before anything moves.
+    #[serde(default)]
+    pub plan: Option<Sealed>,
     /// When it was requested.
     pub created_at: Millis,
     /// Last change.

@@ -144,6 +144,38 @@ pub enum DaemonCommand {
         /// Sealed participant-only options (ignored-files policy).
         sealed_options: Option<Sealed>,
     },
+    /// Source: serve the workspace on the handoff's transfer socket. The first pass sends the
+    /// tree scanned in preflight while the session runs; the final pass (after quiesce) rescans,
+    /// reusing the hashes of unchanged files, so only what changed since travels.
+    WorkspaceSend {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// This pass's transfer (its own socket pair and key).
+        transfer_id: HandoffId,
+        /// The session as it is now.
+        session: SessionRecord,
+        /// Sealed participant-only options (ignored-files policy).
+        sealed_options: Option<Sealed>,
+        /// True after quiesce: the tree the target must end up with.
+        final_pass: bool,
+    },
+    /// Target: receive the workspace pass the source serves into staging beside the
+    /// destination, asking only for the chunks it lacks; the final pass ends with every file
+    /// verified.
+    WorkspaceReceive {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// This pass's transfer, as given to the source.
+        transfer_id: HandoffId,
+        /// The session as it is now.
+        session: SessionRecord,
+        /// Sealed participant-only options (destination path).
+        sealed_options: Option<Sealed>,
+        /// Conflict policy when the destination exists.
+        conflict: crate::workspace::ConflictPolicy,
+        /// Which pass.
+        pass: crate::handoff::WorkspacePass,
+    },
     /// Target: make the staging area.
     PrepareTarget {
         /// Handoff.
@@ -230,6 +262,8 @@ impl DaemonCommand {
         match self {
             Self::Preflight { .. } => "PREFLIGHT",
             Self::WorkspaceCheck { .. } => "WORKSPACE_CHECK",
+            Self::WorkspaceSend { .. } => "WORKSPACE_SEND",
+            Self::WorkspaceReceive { .. } => "WORKSPACE_RECEIVE",
             Self::PrepareTarget { .. } => "PREPARE_TARGET",
             Self::Quiesce { .. } => "QUIESCE",
             Self::Export { .. } => "EXPORT",
@@ -248,6 +282,8 @@ impl DaemonCommand {
         Some(match self {
             Self::Preflight { handoff_id, .. }
             | Self::WorkspaceCheck { handoff_id, .. }
+            | Self::WorkspaceSend { handoff_id, .. }
+            | Self::WorkspaceReceive { handoff_id, .. }
             | Self::PrepareTarget { handoff_id, .. }
             | Self::Quiesce { handoff_id, .. }
             | Self::Export { handoff_id, .. }
@@ -280,6 +316,34 @@ pub enum DaemonReply {
         files: u64,
         /// Their bytes.
         bytes: u64,
+    },
+    /// Answer to [`DaemonCommand::WorkspaceSend`]: serving; the tree of this pass.
+    WorkspaceServing {
+        /// Regular files in the manifest.
+        files: u64,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// Answer to a plan pass of [`DaemonCommand::WorkspaceReceive`].
+    WorkspacePlanned {
+        /// The sealed [`crate::workspace::PlanSummary`] (it names paths).
+        sealed_plan: Sealed,
+        /// Bytes of file data that will travel (after delta).
+        transfer_bytes: u64,
+    },
+    /// Answer to [`DaemonCommand::WorkspaceReceive`]: what this pass moved.
+    WorkspaceReceived {
+        /// Regular files in the manifest.
+        files: u64,
+        /// Their bytes.
+        bytes_total: u64,
+        /// Bytes of file data that travelled in this pass (after delta).
+        bytes_sent: u64,
+        /// Bytes the target already had (destination tree, earlier pass).
+        bytes_reused: u64,
+        /// The final path, the entries left out and the pass's figures, sealed for the
+        /// session's clients ([`crate::handoff::WorkspaceOutcome`]); final pass only.
+        sealed_outcome: Option<Sealed>,
     },
     /// Bundle uploaded.
     Exported {

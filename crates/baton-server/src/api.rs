@@ -486,6 +486,28 @@ pub async fn handoff(
         .ok_or_else(|| ServerError::new(ErrorCode::NotFound, "No such handoff."))
 }
 
+/// `POST /v1/handoffs/{id}/confirm`: the client's answer to a workspace plan.
+pub async fn confirm_handoff(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<HandoffId>,
+    Json(body): Json<baton_proto::handoff::ConfirmHandoff>,
+) -> ApiResult<Json<serde_json::Value>> {
+    // Scoped to the caller's account before anything else.
+    state
+        .store
+        .handoff(caller.account, id)
+        .await?
+        .ok_or_else(|| ServerError::new(ErrorCode::NotFound, "No such handoff."))?;
+    if !state.confirmations.answer(id, body.proceed) {
+        return Err(ServerError::new(
+            ErrorCode::Conflict,
+            "That handoff is not waiting for a confirmation (it went ahead, ended, or asked for none).",
+        ));
+    }
+    Ok(Json(serde_json::json!({ "proceed": body.proceed })))
+}
+
 async fn handoff_in_phase(
     state: &AppState,
     caller: &Caller,

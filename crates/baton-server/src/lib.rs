@@ -43,6 +43,8 @@ pub struct AppState {
     pub open_registration: bool,
     /// Workspace transfers in progress and their limits.
     pub transfers: TransferRegistry,
+    /// Handoffs waiting for a client's go-ahead on their workspace plan.
+    pub confirmations: handoff::Confirmations,
 }
 
 /// How to run a server.
@@ -142,6 +144,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(api::handoffs).post(api::create_handoff),
         )
         .route("/v1/handoffs/{id}", get(api::handoff))
+        .route("/v1/handoffs/{id}/confirm", post(api::confirm_handoff))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/transfers/{id}/ws", get(transfer::upgrade))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -216,6 +219,7 @@ pub async fn run(
         timeouts: Timeouts::default(),
         open_registration: config.open_registration,
         transfers: TransferRegistry::new(config.transfers),
+        confirmations: handoff::Confirmations::default(),
     });
     on_ready(addr);
     serve(listener, state, shutdown).await

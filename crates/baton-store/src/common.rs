@@ -161,7 +161,7 @@ pub(crate) use input_cols;
 macro_rules! handoff_cols {
     () => {
         "h.id, h.session_id, h.from_machine, h.to_machine, h.from_epoch, h.phase, h.result, \
-         h.phases, h.error, h.options, h.sealed_options, h.bytes, h.created_at, h.updated_at"
+         h.phases, h.error, h.options, h.sealed_options, h.bytes, h.created_at, h.updated_at, h.workspace, h.plan"
     };
 }
 pub(crate) use handoff_cols;
@@ -258,6 +258,8 @@ pub(crate) fn handoff_from(r: &impl Cols) -> Result<HandoffRecord> {
         error,
         options: from_json::<HandoffOptions>(&r.text("options")?, "handoff options")?,
         sealed_options: r.opt_blob("sealed_options")?.map(Sealed),
+        workspace: r.opt_blob("workspace")?.map(Sealed),
+        plan: r.opt_blob("plan")?.map(Sealed),
         bytes: to_u64(r.int("bytes")?, "bytes")?,
         created_at: r.int("created_at")?,
         updated_at: r.int("updated_at")?,

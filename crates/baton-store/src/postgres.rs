@@ -43,6 +43,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_services",
         include_str!("../migrations/postgres/0003_services.sql"),
     ),
+    (
+        "0004_handoff_workspace",
+        include_str!("../migrations/postgres/0004_handoff_workspace.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations when several replicas start at once.
@@ -764,11 +768,14 @@ impl Store for PostgresStore {
     async fn update_handoff(&self, h: &HandoffRecord) -> Result<()> {
         let mut tx = self.write().await?;
         let done = sqlx::query(
-            "UPDATE handoffs SET phase = $1, phases = $2, bytes = $3, updated_at = $4 WHERE id = $5",
+            "UPDATE handoffs SET phase = $1, phases = $2, bytes = $3, workspace = $4, plan = $5, \
+             updated_at = $6 WHERE id = $7",
         )
         .bind(h.phase.as_str())
         .bind(to_json(&h.phases)?)
         .bind(to_i64(h.bytes, "bytes")?)
+        .bind(h.workspace.as_ref().map(|s| s.0.clone()))
+        .bind(h.plan.as_ref().map(|s| s.0.clone()))
         .bind(h.updated_at)
         .bind(h.id.to_string())
         .execute(&mut *tx)

@@ -48,6 +48,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_services",
         include_str!("../migrations/sqlite/0003_services.sql"),
     ),
+    (
+        "0004_handoff_workspace",
+        include_str!("../migrations/sqlite/0004_handoff_workspace.sql"),
+    ),
 ];
 
 /// How long a statement waits for another process's write lock before failing.
@@ -704,11 +708,14 @@ impl Store for SqliteStore {
     async fn update_handoff(&self, h: &HandoffRecord) -> Result<()> {
         let mut tx = self.write().await?;
         let done = sqlx::query(
-            "UPDATE handoffs SET phase = ?, phases = ?, bytes = ?, updated_at = ? WHERE id = ?",
+            "UPDATE handoffs SET phase = ?, phases = ?, bytes = ?, workspace = ?, plan = ?, \
+             updated_at = ? WHERE id = ?",
         )
         .bind(h.phase.as_str())
         .bind(to_json(&h.phases)?)
         .bind(to_i64(h.bytes, "bytes")?)
+        .bind(h.workspace.as_ref().map(|s| s.0.clone()))
+        .bind(h.plan.as_ref().map(|s| s.0.clone()))
         .bind(h.updated_at)
         .bind(h.id.to_string())
         .execute(&mut *tx)

@@ -4,12 +4,15 @@ use std::time::{Duration, Instant};
 
 use baton_daemon::client::Client;
 use baton_proto::api::HandoffRequest;
+use baton_proto::handoff::ConfirmHandoff;
 use baton_proto::handoff::SealedHandoffOptions;
-use baton_proto::workspace::{ConflictPolicy, IgnoredFiles};
+use baton_proto::workspace::{ConflictPolicy, DestinationState, IgnoredFiles, PlanSummary};
 use baton_proto::{
     ApiError, DirectTarget, HandoffId, HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult,
     HandoffSupport, MachineInfo, SessionRecord, VersionCheck,
 };
+use std::io::IsTerminal;
+
 use clap::Args;
 use serde::Serialize;
 
@@ -51,6 +54,13 @@ pub struct HandoffArgs {
     /// globs of ignored files to bring (e.g. `.env,*.local`).
     #[arg(long, value_parser = IgnoredFiles::parse, default_value = "skip", requires = "workspace")]
     pub ignored: IgnoredFiles,
+    /// With --workspace: show what the transfer would do at the destination, then stop
+    /// (nothing moves, the session stays where it is).
+    #[arg(long, requires = "workspace")]
+    pub dry_run: bool,
+    /// With --conflict replace: do not ask for confirmation on a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 fn parse_conflict(s: &str) -> Result<ConflictPolicy, String> {
@@ -88,6 +98,57 @@ struct HandoffOut {
     error: Option<ApiError>,
     carried: Vec<&'static str>,
     not_carried: Vec<&'static str>,
+    /// Only with `--workspace` (absent otherwise, so the shape without it is unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workspace: Option<WorkspaceOut>,
+    /// Only with `--workspace`: what the target planned before anything moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<PlanSummary>,
+}
+
+#[derive(Serialize)]
+struct WorkspaceOut {
+    path: String,
+    files: u64,
+    bytes_total: u64,
+    bytes_sent: u64,
+    skipped: Vec<SkippedOut>,
+}
+
+#[derive(Serialize)]
+struct SkippedOut {
+    path: String,
+    reason: String,
+}
+
+/// The target's report of the workspace transfer, opened with the session's key.
+fn workspace_out(
+    cipher: &baton_crypto::SessionCipher,
+    h: &HandoffRecord,
+) -> Result<Option<WorkspaceOut>, CliError> {
+    let Some(sealed) = &h.workspace else {
+        return Ok(None);
+    };
+    let o = cipher.open_workspace(h.id, sealed).map_err(|e| {
+        CliError::Other(anyhow::anyhow!(
+            "the workspace report of handoff {} does not open: {e}",
+            h.id
+        ))
+    })?;
+    Ok(Some(WorkspaceOut {
+        path: o.path,
+        files: o.files,
+        bytes_total: o.bytes_total,
+        bytes_sent: o.bytes_sent,
+        skipped: o
+            .skipped
+            .into_iter()
+            .map(|s| SkippedOut {
+                path: s.path,
+                reason: s.reason.as_str().to_string(),
+            })
+            .collect(),
+    }))
 }
 
 #[derive(Serialize, Clone)]
@@ -141,6 +202,14 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
     };
     let sealed_options =
         (sealed != SealedHandoffOptions::default()).then(|| cipher.seal_options(id, &sealed));
+    // `replace` deletes what the destination holds: on a terminal, a person confirms the plan
+    // first. A dry run waits on the plan too, and then declines it.
+    let ask = args.workspace
+        && !args.dry_run
+        && args.conflict == ConflictPolicy::Replace
+        && !args.yes
+        && std::io::stdin().is_terminal();
+    let await_confirm = args.dry_run || ask;
     let mut watcher = Watcher::open(client, session.id).await;
     let _started: HandoffRecord = client
         .post(
@@ -155,6 +224,7 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
                     },
                     workspace: args.workspace,
                     conflict: args.conflict,
+                    await_confirm,
                 },
                 sealed_options,
             },
@@ -183,6 +253,7 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
     }
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut printed = 0usize;
+    let mut plan: Option<PlanSummary> = None;
     let mut h: HandoffRecord;
     loop {
         h = match client.get(&format!("/v1/handoffs/{id}")).await {
@@ -210,6 +281,33 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
                 printed += 1;
             }
         }
+        if plan.is_none()
+            && let Some(sealed) = &h.plan
+        {
+            let p = cipher.open_plan(h.id, sealed).map_err(|e| {
+                CliError::Other(anyhow::anyhow!("the workspace plan does not open: {e}"))
+            })?;
+            let dest = match &args.path {
+                Some(p) => p.clone(),
+                None => cipher
+                    .open_meta(&session.sealed_meta)
+                    .map(|m| m.workspace)
+                    .unwrap_or_default(),
+            };
+            if !json {
+                print_plan(&p, &dest, &target.name);
+            }
+            if await_confirm && h.result == HandoffResult::Active {
+                let proceed = !args.dry_run && ask && confirm_replace(&p)?;
+                let _: serde_json::Value = client
+                    .post(
+                        &format!("/v1/handoffs/{id}/confirm"),
+                        &ConfirmHandoff { proceed },
+                    )
+                    .await?;
+            }
+            plan = Some(p);
+        }
         if h.is_finished() {
             break;
         }
@@ -236,8 +334,32 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
         };
         e.message = format!("{} [path on {}: {wanted}]", e.message, target.name);
     }
+    if args.dry_run
+        && h.error.as_ref().map(|e| e.code) == Some(baton_proto::ErrorCode::Cancelled)
+        && let Some(plan) = plan
+    {
+        if json {
+            print_json(&serde_json::json!({
+                "handoff_id": h.id,
+                "session_id": h.session_id,
+                "dry_run": true,
+                "plan": plan,
+            }));
+        } else {
+            println!(
+                "Dry run: nothing moved; the session stays on {}.",
+                source.name
+            );
+        }
+        return Ok(());
+    }
     let after: SessionRecord = client.get(&format!("/v1/sessions/{}", session.id)).await?;
     let committed = h.result == HandoffResult::Committed;
+    let workspace = if args.workspace && committed {
+        workspace_out(&cipher, &h)?
+    } else {
+        None
+    };
     let out = HandoffOut {
         handoff_id: h.id,
         session_id: h.session_id,
@@ -257,6 +379,8 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
         } else {
             vec![]
         },
+        workspace,
+        plan,
     };
     if json {
         print_json(&out);
@@ -265,7 +389,18 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
             "Session {} now runs on {} (epoch {} → {}); the id is unchanged.",
             session.id, target.name, h.from_epoch, after.epoch
         );
-        println!("Came along: the transcript and the provider's state.");
+        match &out.workspace {
+            Some(w) => {
+                println!(
+                    "Came along: the transcript, the provider's state and the workspace: {} files, {} bytes ({} bytes of file data sent), now at {} on {}.",
+                    w.files, w.bytes_total, w.bytes_sent, w.path, target.name
+                );
+                for s in &w.skipped {
+                    println!("  left out: {} ({})", s.path, s.reason);
+                }
+            }
+            None => println!("Came along: the transcript and the provider's state."),
+        }
         println!(
             "Did not come along: running tool processes and background jobs on {}.",
             source.name
@@ -287,6 +422,83 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
             })
         }
         _ => Err(CliError::Other(anyhow::anyhow!("the handoff aborted"))),
+    }
+}
+
+/// Prints what a workspace transfer will do at the destination.
+fn print_plan(p: &PlanSummary, dest: &str, target: &str) {
+    let state = match p.destination {
+        DestinationState::Absent => "absent: it will be created",
+        DestinationState::Empty => "an empty directory",
+        DestinationState::Exists => match p.policy {
+            ConflictPolicy::Sibling => "exists: the workspace lands beside it, untouched",
+            ConflictPolicy::Replace => "exists: it will be replaced",
+        },
+    };
+    println!("Workspace plan for {dest} on {target} ({state}):");
+    println!("  {} files, {} in the tree", p.files, human_bytes(p.bytes));
+    println!(
+        "  add      {:>7} files {:>10}",
+        p.add_files,
+        human_bytes(p.add_bytes)
+    );
+    println!(
+        "  change   {:>7} files {:>10}",
+        p.change_files,
+        human_bytes(p.change_bytes)
+    );
+    println!(
+        "  remove   {:>7} files {:>10}",
+        p.remove_files,
+        human_bytes(p.remove_bytes)
+    );
+    println!("  same     {:>7} files", p.unchanged_files);
+    println!(
+        "  to send: {} after delta ({} already at the destination)",
+        human_bytes(p.transfer_bytes),
+        human_bytes(p.reused_bytes)
+    );
+    if p.policy == ConflictPolicy::Replace && p.destination == DestinationState::Exists {
+        for path in &p.overwritten {
+            println!("  overwritten: {path}");
+        }
+        for path in &p.removed {
+            println!("  removed: {path}");
+        }
+        if p.lists_truncated {
+            println!("  (and more)");
+        }
+    }
+}
+
+/// Asks on the terminal whether to replace the destination.
+fn confirm_replace(p: &PlanSummary) -> Result<bool, CliError> {
+    use std::io::Write;
+    eprint!(
+        "Replace the destination ({} files changed, {} removed)? [y/N] ",
+        p.change_files, p.remove_files
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::Other(anyhow::anyhow!("reading the answer: {e}")))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
+}
+
+/// Bytes for a person: B, KiB, MiB, GiB.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 

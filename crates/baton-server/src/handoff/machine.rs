@@ -30,12 +30,14 @@ pub enum Outcome {
 /// retried by the caller and never reaches here. After commit there is no going back: a failed
 /// activation finishes with the error (the target owns a stopped session), and a failed cleanup
 /// on the source finishes successfully, since the session already runs on the target.
-pub fn after(phase: HandoffPhase, outcome: Outcome) -> Step {
+/// `precopy` runs only for a handoff that moves the workspace.
+pub fn after(phase: HandoffPhase, outcome: Outcome, workspace: bool) -> Step {
     match (phase, outcome) {
         (HandoffPhase::Done, _) => Step::Finish(None),
         (HandoffPhase::Activate, Outcome::Failed(code)) => Step::Finish(Some(code)),
         (_, Outcome::Failed(code)) => Step::Abort(code),
         (p, Outcome::Ok) => match p.next() {
+            Some(HandoffPhase::Precopy) if !workspace => Step::Run(HandoffPhase::QuiesceSource),
             Some(next) => Step::Run(next),
             None => Step::Finish(None),
         },
@@ -60,12 +62,11 @@ pub fn on_restart(phase: HandoffPhase, result: HandoffResult) -> Step {
 mod tests {
     use super::*;
 
-    #[test]
-    fn happy_path_visits_every_phase_in_order() {
+    fn happy_path(workspace: bool) -> Vec<HandoffPhase> {
         let mut phase = HandoffPhase::Requested;
         let mut visited = vec![phase];
         loop {
-            match after(phase, Outcome::Ok) {
+            match after(phase, Outcome::Ok, workspace) {
                 Step::Run(next) => {
                     visited.push(next);
                     phase = next;
@@ -74,7 +75,17 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert_eq!(visited, HandoffPhase::ALL.to_vec());
+        visited
+    }
+
+    #[test]
+    fn happy_path_visits_every_phase_in_order() {
+        assert_eq!(happy_path(true), HandoffPhase::ALL.to_vec());
+        let without: Vec<_> = HandoffPhase::ALL
+            .into_iter()
+            .filter(|p| *p != HandoffPhase::Precopy)
+            .collect();
+        assert_eq!(happy_path(false), without);
     }
 
     #[test]
@@ -84,7 +95,7 @@ mod tests {
                 continue;
             }
             assert_eq!(
-                after(phase, Outcome::Failed(ErrorCode::TargetOffline)),
+                after(phase, Outcome::Failed(ErrorCode::TargetOffline), true),
                 Step::Abort(ErrorCode::TargetOffline),
                 "{phase:?}"
             );
@@ -96,12 +107,17 @@ mod tests {
         assert_eq!(
             after(
                 HandoffPhase::Activate,
-                Outcome::Failed(ErrorCode::ActivateFailed)
+                Outcome::Failed(ErrorCode::ActivateFailed),
+                true
             ),
             Step::Finish(Some(ErrorCode::ActivateFailed))
         );
         assert_eq!(
-            after(HandoffPhase::Done, Outcome::Failed(ErrorCode::Timeout)),
+            after(
+                HandoffPhase::Done,
+                Outcome::Failed(ErrorCode::Timeout),
+                false
+            ),
             Step::Finish(None)
         );
     }

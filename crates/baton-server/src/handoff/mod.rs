@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_proto::api::HandoffRequest;
+use baton_proto::handoff::WorkspacePass;
 use baton_proto::ws::{DaemonCommand, DaemonReply, Event};
 use baton_proto::{
-    AccountId, ApiError, AuthState, DirectTarget, ErrorCode, HandoffPhase, HandoffRecord,
-    HandoffResult, HandoffSupport, PhaseRecord, Sealed, SessionId, SessionMode, SessionRecord,
-    SessionStatus, VersionCheck, now_millis,
+    AccountId, ApiError, AuthState, DirectTarget, ErrorCode, HandoffId, HandoffPhase,
+    HandoffRecord, HandoffResult, HandoffSupport, PhaseRecord, Sealed, SessionId, SessionMode,
+    SessionRecord, SessionStatus, VersionCheck, now_millis,
 };
 use baton_store::{AbortHandoff, CommitHandoff, StoreError};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -31,6 +33,8 @@ pub struct Timeouts {
     pub transfer: Duration,
     /// Target resuming the provider.
     pub activate: Duration,
+    /// A person reading a workspace plan before confirming it.
+    pub confirm: Duration,
 }
 
 impl Default for Timeouts {
@@ -40,6 +44,7 @@ impl Default for Timeouts {
             quiesce: Duration::from_secs(90),
             transfer: Duration::from_secs(300),
             activate: Duration::from_secs(60),
+            confirm: Duration::from_secs(600),
         }
     }
 }
@@ -94,6 +99,8 @@ pub async fn request(
         options: req.options,
         sealed_options: req.sealed_options,
         bytes: 0,
+        workspace: None,
+        plan: None,
         created_at: now,
         updated_at: now,
     };
@@ -107,6 +114,39 @@ pub async fn request(
         Step::Run(HandoffPhase::Preflight),
     );
     Ok(record)
+}
+
+/// Handoffs waiting for a client's go-ahead on their workspace plan.
+#[derive(Default)]
+pub struct Confirmations {
+    waiting: std::sync::Mutex<std::collections::HashMap<HandoffId, oneshot::Sender<bool>>>,
+}
+
+impl Confirmations {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<HandoffId, oneshot::Sender<bool>>>
+    {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expect(&self, id: HandoffId) -> oneshot::Receiver<bool> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        rx
+    }
+
+    fn forget(&self, id: HandoffId) {
+        self.lock().remove(&id);
+    }
+
+    /// Delivers a client's answer; false when that handoff is not waiting for one.
+    pub fn answer(&self, id: HandoffId, proceed: bool) -> bool {
+        match self.lock().remove(&id) {
+            Some(tx) => tx.send(proceed).is_ok(),
+            None => false,
+        }
+    }
 }
 
 /// Picks up handoffs left unfinished by a previous server process.
@@ -170,7 +210,7 @@ impl Driver {
                     if phase != HandoffPhase::Commit {
                         self.end_phase(outcome == Outcome::Ok);
                     }
-                    after(phase, outcome)
+                    after(phase, outcome, self.h.options.workspace)
                 }
                 Step::Abort(code) => {
                     self.abort(code).await;
@@ -218,8 +258,8 @@ impl Driver {
         match phase {
             HandoffPhase::Requested => Ok(()),
             HandoffPhase::Preflight => self.preflight().await,
-            HandoffPhase::PrepareTarget => hub
-                .command(
+            HandoffPhase::PrepareTarget => {
+                hub.command(
                     self.h.to,
                     DaemonCommand::PrepareTarget {
                         handoff_id: self.h.id,
@@ -227,8 +267,16 @@ impl Driver {
                     },
                     t.preflight,
                 )
-                .await
-                .map(|_| ()),
+                .await?;
+                if self.h.options.workspace {
+                    self.workspace_pass(WorkspacePass::Plan).await?;
+                    if self.h.options.await_confirm {
+                        self.await_confirm().await?;
+                    }
+                }
+                Ok(())
+            }
+            HandoffPhase::Precopy => self.workspace_pass(WorkspacePass::Precopy).await,
             HandoffPhase::QuiesceSource => {
                 self.restore = self
                     .state
@@ -262,7 +310,10 @@ impl Driver {
                     .await
                     .map_err(|e| relabel(e, ErrorCode::TransferFailed))?;
                 if let DaemonReply::Exported { bytes } = reply {
-                    self.h.bytes = bytes;
+                    self.h.bytes += bytes;
+                }
+                if self.h.options.workspace {
+                    self.workspace_pass(WorkspacePass::Final).await?;
                 }
                 Ok(())
             }
@@ -310,6 +361,102 @@ impl Driver {
                     Ok(())
                 }
             }
+        }
+    }
+
+    /// One pass of the workspace: the source serves its tree on the transfer socket, the target
+    /// pulls what it lacks into staging. The first pass runs while the session still works on
+    /// the source; the final one, after quiesce, moves only what changed since and ends with
+    /// every file verified.
+    async fn workspace_pass(&mut self, pass: WorkspacePass) -> Result<(), ApiError> {
+        let final_pass = pass == WorkspacePass::Final;
+        let t = self.state.timeouts.clone();
+        let code = ErrorCode::TransferFailed;
+        // Each pass has its own transfer (socket pair, key, byte count), so the final pass never
+        // meets frames of the first.
+        let transfer = HandoffId::new();
+        self.state
+            .transfers
+            .allow(transfer, self.account, self.h.from, self.h.to);
+        let session = self.session().await?;
+        let result = async {
+            self.state
+                .hub
+                .command(
+                    self.h.from,
+                    DaemonCommand::WorkspaceSend {
+                        handoff_id: self.h.id,
+                        transfer_id: transfer,
+                        session: session.clone(),
+                        sealed_options: self.h.sealed_options.clone(),
+                        final_pass,
+                    },
+                    t.transfer,
+                )
+                .await?;
+            self.state
+                .hub
+                .command(
+                    self.h.to,
+                    DaemonCommand::WorkspaceReceive {
+                        handoff_id: self.h.id,
+                        transfer_id: transfer,
+                        session,
+                        sealed_options: self.h.sealed_options.clone(),
+                        conflict: self.h.options.conflict,
+                        pass,
+                    },
+                    t.transfer,
+                )
+                .await
+        }
+        .await;
+        self.state.transfers.finish(transfer);
+        let reply = result.map_err(|e| relabel(e, code))?;
+        match reply {
+            DaemonReply::WorkspacePlanned { sealed_plan, .. } => {
+                self.h.plan = Some(sealed_plan);
+                self.h.updated_at = now_millis();
+                if let Err(e) = self.state.store.update_handoff(&self.h).await {
+                    tracing::error!(error = %e, "could not persist the workspace plan");
+                }
+                publish_handoff(&self.state, self.account, &self.h);
+                Ok(())
+            }
+            DaemonReply::WorkspaceReceived {
+                bytes_sent,
+                sealed_outcome,
+                ..
+            } => {
+                self.h.bytes += bytes_sent;
+                if final_pass {
+                    self.h.workspace = sealed_outcome;
+                }
+                Ok(())
+            }
+            other => Err(ApiError::new(
+                code,
+                format!("The target answered the workspace transfer with {other:?}."),
+            )),
+        }
+    }
+
+    /// Waits for the client's answer to the plan; nothing has moved yet, so a refusal (or
+    /// silence) aborts with nothing to undo.
+    async fn await_confirm(&mut self) -> Result<(), ApiError> {
+        let rx = self.state.confirmations.expect(self.h.id);
+        let answer = tokio::time::timeout(self.state.timeouts.confirm, rx).await;
+        self.state.confirmations.forget(self.h.id);
+        match answer {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(ApiError::new(
+                ErrorCode::Cancelled,
+                "The handoff was cancelled after its plan, before anything moved.",
+            )),
+            Ok(Err(_)) | Err(_) => Err(ApiError::new(
+                ErrorCode::Cancelled,
+                "Nobody confirmed the plan in time.",
+            )),
         }
     }
 
@@ -410,7 +557,13 @@ impl Driver {
                 )
                 .await?
             {
-                DaemonReply::WorkspaceChecked { bytes, .. } => Some(bytes),
+                DaemonReply::WorkspaceChecked { bytes, .. } => {
+                    // The server's caps refuse before anything stops, not half-way.
+                    self.state
+                        .transfers
+                        .check_transfer(self.account, self.h.id, bytes)?;
+                    Some(bytes)
+                }
                 other => {
                     return Err(ApiError::new(
                         ErrorCode::Internal,
@@ -434,16 +587,8 @@ impl Driver {
                 },
                 self.state.timeouts.preflight,
             )
-            .await?;
-        if self.h.options.workspace {
-            // Every check above passed and nothing was touched; the transfer itself is not
-            // wired into the phases yet, so stop here rather than hand off without the files.
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                "Workspace transfer passed its checks, but this server cannot move workspaces yet; hand off without --workspace.",
-            ));
-        }
-        Ok(())
+            .await
+            .map(|_| ())
     }
 
     async fn commit(&mut self) -> Result<(), ApiError> {

@@ -130,6 +130,8 @@ fn handoff_record(s: &SessionRecord, from: MachineId, to: MachineId, epoch: u64)
         },
         sealed_options: Some(sealed("opts")),
         bytes: 0,
+        workspace: None,
+        plan: None,
         created_at: 3_000,
         updated_at: 3_000,
     }
@@ -1397,6 +1399,14 @@ pub async fn handoff_records_round_trip(store: Arc<dyn Store>) {
     h.bytes = 1 << 40;
     h.updated_at = 3_500;
     store.update_handoff(&h).await.expect("update");
+    assert_eq!(handoff_of(&w, h.id).await, h);
+    // The workspace report is stored as the target sealed it.
+    h.workspace = Some(sealed("workspace outcome"));
+    h.plan = Some(sealed("workspace plan"));
+    store
+        .update_handoff(&h)
+        .await
+        .expect("update with workspace");
     assert_eq!(handoff_of(&w, h.id).await, h);
 
     let err = store

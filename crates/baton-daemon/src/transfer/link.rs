@@ -1,0 +1,323 @@
+//! One side's transfer socket: connecting with the server's first notice, reconnecting with
+//! backoff within the reconnect timeout, and (for the target) reading events in one task.
+
+use std::time::{Duration, Instant};
+
+use baton_proto::ErrorCode;
+use baton_proto::transfer::{MAX_TRANSFER_FRAME, TransferNotice, TransferRole, transfer_ws_path};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_util::sync::CancellationToken;
+
+use super::{Result, TransferConn, TransferError};
+use crate::client::{ClientError, WsStream};
+
+/// The server pings every 10 s; this long without any message means the connection is dead.
+pub(crate) const SILENCE: Duration = Duration::from_secs(45);
+/// Time allowed for the server's first notice after the upgrade.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// First and longest wait between connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A fresh connection and whether the peer is connected.
+pub(crate) struct Connected {
+    pub(crate) ws: WsStream,
+    pub(crate) peer: bool,
+}
+
+/// A failed attempt: worth retrying, or final.
+enum Attempt {
+    Retry(String),
+    Fatal(TransferError),
+}
+
+/// Parses a server notice; anything else is a protocol error.
+pub(crate) fn parse_notice(text: &str) -> Result<TransferNotice> {
+    serde_json::from_str(text)
+        .map_err(|e| TransferError::Protocol(format!("unreadable notice from the server: {e}")))
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_TRANSFER_FRAME))
+        .max_frame_size(Some(MAX_TRANSFER_FRAME))
+}
+
+async fn connect_once(
+    conn: &TransferConn,
+    role: TransferRole,
+) -> std::result::Result<Connected, Attempt> {
+    let path = transfer_ws_path(conn.transfer, role);
+    let mut ws = match conn.client.connect_ws_at(&path, ws_config()).await {
+        Ok(ws) => ws,
+        // A renewed token may work; any other refusal is final (not part of the handoff, over
+        // the limits, transfer ended).
+        Err(ClientError::Api(e)) if e.code != ErrorCode::Unauthorized => {
+            return Err(Attempt::Fatal(TransferError::Refused(e)));
+        }
+        Err(e) => return Err(Attempt::Retry(e.to_string())),
+    };
+    let first = tokio::time::timeout(JOIN_TIMEOUT, ws.next()).await;
+    match first {
+        Ok(Some(Ok(Message::Text(text)))) => match parse_notice(&text) {
+            Ok(TransferNotice::Joined { peer }) => Ok(Connected { ws, peer }),
+            Ok(TransferNotice::Closed { error }) => {
+                Err(Attempt::Fatal(TransferError::Refused(error)))
+            }
+            Ok(other) => Err(Attempt::Retry(format!("unexpected first notice {other:?}"))),
+            Err(e) => Err(Attempt::Fatal(e)),
+        },
+        Ok(other) => Err(Attempt::Retry(format!(
+            "no join notice from the server ({})",
+            match other {
+                Some(Ok(m)) => format!("got a {} message", kind_of(&m)),
+                Some(Err(e)) => e.to_string(),
+                None => "connection closed".into(),
+            }
+        ))),
+        Err(_) => Err(Attempt::Retry(
+            "the server sent no join notice in time".into(),
+        )),
+    }
+}
+
+fn kind_of(m: &Message) -> &'static str {
+    match m {
+        Message::Text(_) => "text",
+        Message::Binary(_) => "binary",
+        Message::Ping(_) | Message::Pong(_) => "ping",
+        Message::Close(_) => "close",
+        Message::Frame(_) => "raw",
+    }
+}
+
+/// Connects `role`'s socket, retrying with backoff until `since + reconnect_timeout`.
+pub(crate) async fn connect(
+    conn: &TransferConn,
+    role: TransferRole,
+    since: Instant,
+    cancel: &CancellationToken,
+) -> Result<Connected> {
+    let timeout = conn.tuning.reconnect_timeout;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let last = tokio::select! {
+            _ = cancel.cancelled() => return Err(TransferError::Cancelled),
+            attempt = connect_once(conn, role) => match attempt {
+                Ok(c) => return Ok(c),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(last)) => last,
+            },
+        };
+        let elapsed = since.elapsed();
+        if elapsed + backoff > timeout {
+            return Err(TransferError::Unreachable {
+                after: elapsed,
+                last,
+            });
+        }
+        tracing::debug!(transfer = %conn.transfer, role = role.as_str(), error = %last, "transfer socket: retrying");
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(TransferError::Cancelled),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// What the target's socket reports.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A binary frame from the peer.
+    Frame(Bytes),
+    /// The peer (re)connected: whatever it was asked before is void.
+    PeerJoined,
+    /// The peer left; it has [`super::TransferTuning::reconnect_timeout`] to come back.
+    PeerLeft,
+    /// This side's own connection was replaced by a new one.
+    Reconnected {
+        /// The peer is connected.
+        peer: bool,
+    },
+}
+
+/// A transfer socket read and written from one task, reconnecting on loss.
+pub(crate) struct Link {
+    conn: TransferConn,
+    role: TransferRole,
+    cancel: CancellationToken,
+    ws: Option<WsStream>,
+    lost_at: Option<Instant>,
+    peer: bool,
+    peer_absent_since: Option<Instant>,
+    /// Reconnections so far.
+    pub(crate) reconnects: u32,
+    /// Bytes of binary frames sent and received.
+    pub(crate) wire_bytes: u64,
+    data_bytes: u64,
+    hook_fired: bool,
+}
+
+impl Link {
+    /// Connects (retrying within the reconnect timeout).
+    pub(crate) async fn open(
+        conn: TransferConn,
+        role: TransferRole,
+        cancel: CancellationToken,
+    ) -> Result<Self> {
+        let c = connect(&conn, role, Instant::now(), &cancel).await?;
+        let mut link = Self {
+            conn,
+            role,
+            cancel,
+            ws: Some(c.ws),
+            lost_at: None,
+            peer: false,
+            peer_absent_since: None,
+            reconnects: 0,
+            wire_bytes: 0,
+            data_bytes: 0,
+            hook_fired: false,
+        };
+        link.set_peer(c.peer);
+        Ok(link)
+    }
+
+    /// The transfer's connection parameters.
+    pub(crate) fn conn(&self) -> &TransferConn {
+        &self.conn
+    }
+
+    /// Whether the peer is connected, as far as this side knows.
+    pub(crate) fn peer(&self) -> bool {
+        self.peer && self.ws.is_some()
+    }
+
+    fn set_peer(&mut self, connected: bool) {
+        self.peer = connected;
+        if connected {
+            self.peer_absent_since = None;
+        } else if self.peer_absent_since.is_none() {
+            self.peer_absent_since = Some(Instant::now());
+        }
+    }
+
+    fn lose(&mut self, why: &str) {
+        if self.ws.take().is_some() {
+            tracing::info!(transfer = %self.conn.transfer, role = self.role.as_str(), why, "transfer socket lost; reconnecting");
+            self.lost_at = Some(Instant::now());
+        }
+    }
+
+    /// Counts data bytes for the test hook, closing the socket once past its threshold.
+    pub(crate) fn count_data(&mut self, n: usize) {
+        self.data_bytes += n as u64;
+        if let Some(limit) = self.conn.tuning.drop_after_bytes
+            && !self.hook_fired
+            && self.data_bytes >= limit
+        {
+            self.hook_fired = true;
+            tracing::warn!(
+                limit,
+                "{} set: dropping the transfer socket",
+                super::DROP_AFTER_BYTES_VAR
+            );
+            self.lose("test hook");
+        }
+    }
+
+    /// Sends a frame; a failure only marks the socket lost (the next [`Link::next`] reconnects,
+    /// and the target asks again for what this frame would have asked).
+    pub(crate) async fn send(&mut self, frame: Vec<u8>) -> Result<()> {
+        let Some(ws) = self.ws.as_mut() else {
+            return Ok(());
+        };
+        self.wire_bytes += frame.len() as u64;
+        let sent = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(TransferError::Cancelled),
+            r = ws.send(Message::Binary(frame.into())) => r,
+        };
+        if let Err(e) = sent {
+            self.lose(&e.to_string());
+        }
+        Ok(())
+    }
+
+    /// The next event, reconnecting as needed. Fails when the reconnect timeout passes, the peer
+    /// stays away that long, the server ends the transfer or the caller cancels.
+    pub(crate) async fn next(&mut self) -> Result<Event> {
+        let timeout = self.conn.tuning.reconnect_timeout;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(TransferError::Cancelled);
+            }
+            let Some(ws) = self.ws.as_mut() else {
+                let since = *self.lost_at.get_or_insert_with(Instant::now);
+                let c = connect(&self.conn, self.role, since, &self.cancel).await?;
+                self.ws = Some(c.ws);
+                self.lost_at = None;
+                self.reconnects += 1;
+                self.set_peer(c.peer);
+                return Ok(Event::Reconnected { peer: c.peer });
+            };
+            let mut wait = SILENCE;
+            if let Some(absent) = self.peer_absent_since {
+                let left = timeout.saturating_sub(absent.elapsed());
+                if left.is_zero() {
+                    return Err(TransferError::PeerGone { after: timeout });
+                }
+                wait = wait.min(left);
+            }
+            let msg = tokio::select! {
+                _ = self.cancel.cancelled() => return Err(TransferError::Cancelled),
+                r = tokio::time::timeout(wait, ws.next()) => r,
+            };
+            let msg = match msg {
+                // Either the peer deadline (checked at the top) or silence.
+                Err(_) if self.peer_absent_since.is_some() && wait < SILENCE => continue,
+                Err(_) => {
+                    self.lose("the server went silent");
+                    continue;
+                }
+                Ok(None) => {
+                    self.lose("closed by the server");
+                    continue;
+                }
+                Ok(Some(Err(e))) => {
+                    self.lose(&e.to_string());
+                    continue;
+                }
+                Ok(Some(Ok(msg))) => msg,
+            };
+            match msg {
+                Message::Binary(b) => {
+                    self.wire_bytes += b.len() as u64;
+                    return Ok(Event::Frame(b));
+                }
+                Message::Text(text) => match parse_notice(&text)? {
+                    TransferNotice::Peer { connected: true } => {
+                        self.set_peer(true);
+                        return Ok(Event::PeerJoined);
+                    }
+                    TransferNotice::Peer { connected: false } => {
+                        self.set_peer(false);
+                        return Ok(Event::PeerLeft);
+                    }
+                    TransferNotice::Closed { error } => return Err(TransferError::Refused(error)),
+                    TransferNotice::Joined { .. } => {}
+                },
+                Message::Close(_) => self.lose("closed by the server"),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Closes the socket politely.
+    pub(crate) async fn close(mut self) {
+        if let Some(mut ws) = self.ws.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! The source's end: answers the target's requests. A blocking thread reads, checks and seals the
+//! requested chunks into frames ahead of the socket (a queue of two frames), so disk and network
+//! overlap; the socket is read and written concurrently so requests are always taken in, even
+//! while a large frame is being sent.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use baton_crypto::TransferCipher;
+use baton_proto::transfer::{
+    ChunksFrame, Frame, MAX_BLOB_BYTES, MAX_HASHES_PER_FRAME, MAX_OUTSTANDING_CHUNKS,
+    SEALED_OVERHEAD, TransferNotice, TransferRole, decode, encode_abort, encode_blob,
+    encode_done_ack, encode_gone,
+};
+use baton_proto::workspace::ContentHash;
+use baton_proto::{ApiError, ErrorCode};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_util::sync::CancellationToken;
+
+use super::link::{self, SILENCE, parse_notice};
+use super::{ChunkSource, Result, TransferConn, TransferError};
+use crate::client::WsStream;
+
+/// Sealed frames ready ahead of the socket.
+const READ_AHEAD: usize = 2;
+/// Size of one blob part.
+const BLOB_PART: usize = 1024 * 1024;
+
+/// What the source sent, over the whole transfer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Chunks sent (a chunk asked for again after a reconnect counts again).
+    pub chunks: u64,
+    /// Their plaintext bytes.
+    pub bytes: u64,
+    /// Blob bytes sent.
+    pub blob_bytes: u64,
+    /// Chunks answered `gone`.
+    pub gone: u64,
+    /// Bytes of binary frames sent.
+    pub wire_bytes: u64,
+    /// Reconnections of this side.
+    pub reconnects: u32,
+}
+
+/// Requests waiting for the reading thread.
+struct Pending {
+    queue: VecDeque<ContentHash>,
+    /// Bumped whenever earlier requests become void (a new connection on either side), so
+    /// frames built for them are dropped instead of sent.
+    generation: u64,
+    closed: bool,
+}
+
+struct Pipeline {
+    pending: Mutex<Pending>,
+    ready: Condvar,
+}
+
+impl Pipeline {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, hashes: impl ExactSizeIterator<Item = ContentHash>) -> Result<()> {
+        let mut p = self.lock();
+        if p.queue.len() + hashes.len() > MAX_OUTSTANDING_CHUNKS {
+            return Err(TransferError::Protocol(format!(
+                "the target asked for more than {MAX_OUTSTANDING_CHUNKS} chunks at once"
+            )));
+        }
+        p.queue.extend(hashes);
+        drop(p);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn reset(&self) {
+        let mut p = self.lock();
+        p.queue.clear();
+        p.generation += 1;
+        drop(p);
+        self.ready.notify_one();
+    }
+
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+/// A frame from the reading thread.
+enum Produced {
+    Frame {
+        generation: u64,
+        bytes: Vec<u8>,
+        chunks: u64,
+        plain: u64,
+        gone: u64,
+    },
+    Failed(io::Error),
+}
+
+/// Builds frames from the requests: reads, checks the content still has its name, seals.
+struct Builder {
+    frame: ChunksFrame,
+    gone: Vec<ContentHash>,
+    generation: u64,
+    chunks: u64,
+    plain: u64,
+    frame_bytes: usize,
+}
+
+impl Builder {
+    fn is_empty(&self) -> bool {
+        self.frame.is_empty() && self.gone.is_empty()
+    }
+
+    /// Sends what was built; false when the socket side is gone.
+    fn flush(&mut self, out: &mpsc::Sender<Produced>) -> bool {
+        if !self.gone.is_empty() {
+            let gone = std::mem::take(&mut self.gone);
+            let bytes = match encode_gone(&gone) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = out.blocking_send(Produced::Failed(io::Error::other(e)));
+                    return false;
+                }
+            };
+            let produced = Produced::Frame {
+                generation: self.generation,
+                bytes,
+                chunks: 0,
+                plain: 0,
+                gone: gone.len() as u64,
+            };
+            if out.blocking_send(produced).is_err() {
+                return false;
+            }
+        }
+        if !self.frame.is_empty() {
+            let frame = std::mem::replace(
+                &mut self.frame,
+                ChunksFrame::with_capacity(self.frame_bytes),
+            );
+            let produced = Produced::Frame {
+                generation: self.generation,
+                bytes: frame.finish(),
+                chunks: std::mem::take(&mut self.chunks),
+                plain: std::mem::take(&mut self.plain),
+                gone: 0,
+            };
+            if out.blocking_send(produced).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The reading thread: runs until the pipeline closes or the socket side goes away.
+fn read_ahead(
+    pipeline: Arc<Pipeline>,
+    source: Arc<dyn ChunkSource>,
+    cipher: TransferCipher,
+    out: mpsc::Sender<Produced>,
+    frame_bytes: usize,
+) {
+    let mut b = Builder {
+        frame: ChunksFrame::with_capacity(frame_bytes),
+        gone: Vec::new(),
+        generation: 0,
+        chunks: 0,
+        plain: 0,
+        frame_bytes,
+    };
+    loop {
+        let next = {
+            let mut p = pipeline.lock();
+            loop {
+                if p.closed {
+                    return;
+                }
+                let stale = p.generation != b.generation;
+                // Send what is built as soon as no request waits (no waiting to fill a frame),
+                // or when it answers requests that became void.
+                if !b.is_empty() && (p.queue.is_empty() || stale) {
+                    break None;
+                }
+                if stale {
+                    b.generation = p.generation;
+                }
+                if let Some(hash) = p.queue.pop_front() {
+                    break Some(hash);
+                }
+                p = pipeline.ready.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let Some(hash) = next else {
+            if !b.flush(&out) {
+                return;
+            }
+            continue;
+        };
+        match source.read(&hash) {
+            Ok(Some(data)) if blake3::hash(&data).as_bytes() == hash.as_bytes() => {
+                let entry = 32 + 4 + data.len() + SEALED_OVERHEAD;
+                if !b.frame.is_empty()
+                    && (b.frame.len() + entry > b.frame_bytes || !b.frame.fits(entry - 36))
+                    && !b.flush(&out)
+                {
+                    return;
+                }
+                if let Err(e) = cipher.seal_chunk_to(&hash, &data, &mut b.frame) {
+                    let _ = out.blocking_send(Produced::Failed(io::Error::other(format!(
+                        "chunk {hash:?} of {} bytes cannot be sent: {e}",
+                        data.len()
+                    ))));
+                    return;
+                }
+                b.chunks += 1;
+                b.plain += data.len() as u64;
+                if b.frame.len() >= b.frame_bytes && !b.flush(&out) {
+                    return;
+                }
+            }
+            // Changed since the manifest was made, or gone.
+            Ok(_) => {
+                b.gone.push(hash);
+                if b.gone.len() == MAX_HASHES_PER_FRAME && !b.flush(&out) {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = out.blocking_send(Produced::Failed(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Requests for the writer that are not chunks.
+#[derive(Default)]
+struct Control {
+    blob_from: Option<u64>,
+    done: bool,
+}
+
+struct Signals {
+    control: Mutex<Control>,
+    wake: Notify,
+}
+
+impl Signals {
+    fn update(&self, f: impl FnOnce(&mut Control)) {
+        f(&mut self.control.lock().unwrap_or_else(|p| p.into_inner()));
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Control {
+        std::mem::take(&mut *self.control.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// How one connection ended.
+enum Outcome {
+    /// The target is done and was acknowledged.
+    Finished,
+    /// The socket broke; reconnect.
+    Lost(String),
+    /// The transfer cannot go on.
+    Failed(TransferError),
+}
+
+/// Serves the source side of `conn.transfer` until the target says it is done: answers requests
+/// for chunks with sealed `chunks` frames (or `gone`), and requests for the blob (`blob`, the
+/// plaintext manifest, sealed here) with its parts. Reconnects within the reconnect timeout;
+/// fails when the target stays away longer, aborts, or `cancel` fires.
+pub async fn serve_source(
+    conn: &TransferConn,
+    cipher: TransferCipher,
+    source: Arc<dyn ChunkSource>,
+    blob: Vec<u8>,
+    cancel: CancellationToken,
+) -> Result<SourceStats> {
+    let sealed = cipher.seal_blob(&blob).into_vec();
+    drop(blob);
+    if sealed.len() as u64 > MAX_BLOB_BYTES {
+        return Err(TransferError::Refused(ApiError::new(
+            ErrorCode::TransferTooLarge,
+            format!(
+                "The workspace manifest is {} bytes, above the {MAX_BLOB_BYTES}-byte limit.",
+                sealed.len()
+            ),
+        )));
+    }
+    let pipeline = Arc::new(Pipeline {
+        pending: Mutex::new(Pending {
+            queue: VecDeque::new(),
+            generation: 0,
+            closed: false,
+        }),
+        ready: Condvar::new(),
+    });
+    let (frame_tx, mut frames) = mpsc::channel(READ_AHEAD);
+    let reader = {
+        let (pipeline, cipher) = (pipeline.clone(), cipher);
+        let frame_bytes = conn.tuning.frame_bytes.max(1);
+        tokio::task::spawn_blocking(move || {
+            read_ahead(pipeline, source, cipher, frame_tx, frame_bytes)
+        })
+    };
+    let result = serve(conn, &pipeline, &mut frames, &sealed, &cancel).await;
+    pipeline.close();
+    // Unblocks a thread waiting to hand over a frame.
+    drop(frames);
+    let _ = reader.await;
+    result
+}
+
+async fn serve(
+    conn: &TransferConn,
+    pipeline: &Pipeline,
+    frames: &mut mpsc::Receiver<Produced>,
+    blob: &[u8],
+    cancel: &CancellationToken,
+) -> Result<SourceStats> {
+    let mut stats = SourceStats::default();
+    let mut lost_at = Instant::now();
+    let mut first = true;
+    let mut peer_absent_since: Option<Instant> = None;
+    let mut data_bytes = 0u64;
+    let mut hook_fired = false;
+    loop {
+        let connected = link::connect(conn, TransferRole::Source, lost_at, cancel).await?;
+        if !first {
+            stats.reconnects += 1;
+        }
+        first = false;
+        // Whatever was asked on another connection is void; the target asks again.
+        pipeline.reset();
+        note_peer(&mut peer_absent_since, connected.peer);
+        let (mut sink, mut stream) = connected.ws.split();
+        let signals = Signals {
+            control: Mutex::new(Control::default()),
+            wake: Notify::new(),
+        };
+        let outcome = {
+            let read = read_loop(
+                conn,
+                &mut stream,
+                pipeline,
+                &signals,
+                &mut peer_absent_since,
+            );
+            let write = write_loop(
+                conn,
+                &mut sink,
+                frames,
+                pipeline,
+                &signals,
+                blob,
+                &mut stats,
+                (&mut data_bytes, &mut hook_fired),
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => Outcome::Failed(TransferError::Cancelled),
+                o = read => o,
+                o = write => o,
+            }
+        };
+        match outcome {
+            Outcome::Finished => {
+                let _ = tokio::time::timeout(link::SILENCE / 10, sink.close()).await;
+                return Ok(stats);
+            }
+            Outcome::Lost(why) => {
+                tracing::info!(transfer = %conn.transfer, why, "source transfer socket lost; reconnecting");
+                lost_at = Instant::now();
+            }
+            Outcome::Failed(e) => {
+                if !matches!(e, TransferError::Refused(_) | TransferError::PeerAborted(_)) {
+                    let reason = e.to_string();
+                    let _ = tokio::time::timeout(
+                        link::SILENCE / 10,
+                        sink.send(Message::Binary(encode_abort(&reason).into())),
+                    )
+                    .await;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn note_peer(absent_since: &mut Option<Instant>, connected: bool) {
+    if connected {
+        *absent_since = None;
+    } else if absent_since.is_none() {
+        *absent_since = Some(Instant::now());
+    }
+}
+
+/// Takes in requests and notices; never blocks on sending, so requests are always read.
+async fn read_loop(
+    conn: &TransferConn,
+    stream: &mut SplitStream<WsStream>,
+    pipeline: &Pipeline,
+    signals: &Signals,
+    peer_absent_since: &mut Option<Instant>,
+) -> Outcome {
+    let timeout = conn.tuning.reconnect_timeout;
+    loop {
+        let mut wait = SILENCE;
+        if let Some(absent) = *peer_absent_since {
+            let left = timeout.saturating_sub(absent.elapsed());
+            if left.is_zero() {
+                return Outcome::Failed(TransferError::PeerGone { after: timeout });
+            }
+            wait = wait.min(left);
+        }
+        let msg = match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) if wait < SILENCE => continue,
+            Err(_) => return Outcome::Lost("the server went silent".into()),
+            Ok(None) => return Outcome::Lost("closed by the server".into()),
+            Ok(Some(Err(e))) => return Outcome::Lost(e.to_string()),
+            Ok(Some(Ok(msg))) => msg,
+        };
+        match msg {
+            Message::Binary(bytes) => match decode(&bytes) {
+                Ok(Frame::Want(list)) => {
+                    if let Err(e) = pipeline.push(list.iter()) {
+                        return Outcome::Failed(e);
+                    }
+                }
+                Ok(Frame::WantBlob { offset }) => signals.update(|c| c.blob_from = Some(offset)),
+                Ok(Frame::Done) => signals.update(|c| c.done = true),
+                Ok(Frame::Abort(reason)) => {
+                    return Outcome::Failed(TransferError::PeerAborted(reason.to_string()));
+                }
+                Ok(other) => {
+                    return Outcome::Failed(TransferError::Protocol(format!(
+                        "unexpected frame from the target: {other:?}"
+                    )));
+                }
+                Err(e) => return Outcome::Failed(TransferError::Protocol(e.to_string())),
+            },
+            Message::Text(text) => match parse_notice(&text) {
+                Ok(TransferNotice::Peer { connected }) => {
+                    // A new target connection re-asks; an absent one asks nothing.
+                    pipeline.reset();
+                    note_peer(peer_absent_since, connected);
+                }
+                Ok(TransferNotice::Closed { error }) => {
+                    return Outcome::Failed(TransferError::Refused(error));
+                }
+                Ok(TransferNotice::Joined { .. }) => {}
+                Err(e) => return Outcome::Failed(e),
+            },
+            Message::Close(_) => return Outcome::Lost("closed by the server".into()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+}
+
+/// Sends sealed frames as the reading thread makes them, blob parts and the final
+/// acknowledgement.
+#[allow(clippy::too_many_arguments)]
+async fn write_loop(
+    conn: &TransferConn,
+    sink: &mut SplitSink<WsStream, Message>,
+    frames: &mut mpsc::Receiver<Produced>,
+    pipeline: &Pipeline,
+    signals: &Signals,
+    blob: &[u8],
+    stats: &mut SourceStats,
+    (data_bytes, hook_fired): (&mut u64, &mut bool),
+) -> Outcome {
+    let mut blob_at: Option<usize> = None;
+    let total = blob.len() as u64;
+    loop {
+        let (frame, data) = tokio::select! {
+            biased;
+            _ = signals.wake.notified() => {
+                let control = signals.take();
+                if control.done {
+                    return match sink.send(Message::Binary(encode_done_ack().into())).await {
+                        Ok(()) => Outcome::Finished,
+                        Err(e) => Outcome::Lost(e.to_string()),
+                    };
+                }
+                if let Some(offset) = control.blob_from {
+                    blob_at = Some(offset.min(total) as usize);
+                }
+                continue;
+            }
+            produced = frames.recv() => match produced {
+                Some(Produced::Frame { generation, bytes, chunks, plain, gone }) => {
+                    if generation != pipeline.generation() {
+                        continue;
+                    }
+                    stats.chunks += chunks;
+                    stats.bytes += plain;
+                    stats.gone += gone;
+                    let data = bytes.len();
+                    (bytes, data)
+                }
+                Some(Produced::Failed(e)) => return Outcome::Failed(TransferError::Source(e)),
+                None => {
+                    return Outcome::Failed(TransferError::Protocol("the reading thread stopped".into()));
+                }
+            },
+            _ = std::future::ready(()), if blob_at.is_some() => {
+                let at = blob_at.unwrap_or_default();
+                let end = (at + BLOB_PART).min(blob.len());
+                let frame = match encode_blob(total, at as u64, &blob[at..end]) {
+                    Ok(f) => f,
+                    Err(e) => return Outcome::Failed(TransferError::Protocol(e.to_string())),
+                };
+                blob_at = (end < blob.len()).then_some(end);
+                stats.blob_bytes += (end - at) as u64;
+                (frame, end - at)
+            }
+        };
+        stats.wire_bytes += frame.len() as u64;
+        if let Err(e) = sink.send(Message::Binary(Bytes::from(frame))).await {
+            return Outcome::Lost(e.to_string());
+        }
+        *data_bytes += data as u64;
+        if let Some(limit) = conn.tuning.drop_after_bytes
+            && !*hook_fired
+            && *data_bytes >= limit
+        {
+            *hook_fired = true;
+            tracing::warn!(
+                limit,
+                "{} set: dropping the transfer socket",
+                super::DROP_AFTER_BYTES_VAR
+            );
+            return Outcome::Lost("test hook".into());
+        }
+    }
+}

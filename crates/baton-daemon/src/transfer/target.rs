@@ -1,0 +1,549 @@
+//! The target's end: fetches the blob, asks for chunks within a window, verifies and stores them
+//! on a blocking thread, and asks again after any reconnect for what it has not received.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_crypto::TransferCipher;
+use baton_proto::transfer::{
+    Frame, MAX_HASHES_PER_FRAME, MAX_OUTSTANDING_CHUNKS, SEALED_OVERHEAD, TransferRole, decode,
+    encode_abort, encode_done, encode_want, encode_want_blob,
+};
+use baton_proto::workspace::{ChunkRef, ContentHash};
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::link::{Event, Link};
+use super::{ChunkSink, Result, TransferConn, TransferError};
+
+/// Frames waiting for the verifying thread; reading the socket pauses when it is full, which is
+/// how a slow disk slows the source down.
+const JOB_QUEUE: usize = 4;
+/// How long [`Receiver::finish`] waits for the source to acknowledge the end.
+const DONE_WAIT: Duration = Duration::from_secs(10);
+
+/// How far a [`Receiver::chunks`] call got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Chunks stored.
+    pub chunks: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// Chunks to receive (distinct).
+    pub chunks_total: u64,
+    /// Bytes to receive (distinct chunks).
+    pub bytes_total: u64,
+}
+
+/// What the target received, over the whole transfer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReceiveStats {
+    /// Chunks verified and stored.
+    pub chunks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Bytes of the sealed blob.
+    pub blob_bytes: u64,
+    /// Bytes of binary frames sent and received.
+    pub wire_bytes: u64,
+    /// Reconnections of this side.
+    pub reconnects: u32,
+    /// Chunks the source could not produce (their files changed); ask for them again later.
+    pub gone: Vec<ContentHash>,
+    /// Chunks received that were not (or no longer) asked for, and dropped.
+    pub duplicates: u64,
+    /// Most bytes asked for and not yet received at any moment (never above the window, except
+    /// for a single chunk larger than it).
+    pub peak_outstanding_bytes: u64,
+}
+
+/// The target's end of one transfer.
+pub struct Receiver {
+    link: Link,
+    cipher: TransferCipher,
+    stats: ReceiveStats,
+}
+
+/// One frame's accepted chunks, for the verifying thread.
+struct Job {
+    frame: Bytes,
+    entries: Vec<(ContentHash, Range<usize>)>,
+}
+
+/// What the verifying thread reports.
+#[derive(Default)]
+struct Done {
+    chunks: u64,
+    bytes: u64,
+    jobs: u64,
+    error: Option<TransferError>,
+}
+
+struct Shared {
+    done: Mutex<Done>,
+    wake: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Done> {
+        self.done.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Opens and stores chunks, in arrival order, until the queue closes or something fails.
+fn verify_and_store(
+    mut jobs: mpsc::Receiver<Job>,
+    cipher: TransferCipher,
+    sink: Arc<dyn ChunkSink>,
+    shared: Arc<Shared>,
+) {
+    while let Some(job) = jobs.blocking_recv() {
+        for (hash, range) in job.entries {
+            let stored = cipher
+                .open_chunk(&hash, &job.frame[range])
+                .map_err(|source| TransferError::Verify {
+                    what: format!("chunk {hash:?}"),
+                    source,
+                })
+                .and_then(|chunk| {
+                    let len = chunk.data().len() as u64;
+                    sink.put(&hash, chunk.into_data())
+                        .map(|()| len)
+                        .map_err(TransferError::Sink)
+                });
+            let mut done = shared.lock();
+            match stored {
+                Ok(len) => {
+                    done.chunks += 1;
+                    done.bytes += len;
+                }
+                Err(e) => {
+                    done.error = Some(e);
+                    drop(done);
+                    shared.wake.notify_one();
+                    return;
+                }
+            }
+        }
+        shared.lock().jobs += 1;
+        shared.wake.notify_one();
+    }
+}
+
+/// Requests in flight and still to make.
+struct Window {
+    queue: VecDeque<ChunkRef>,
+    outstanding: HashMap<ContentHash, u32>,
+    outstanding_bytes: u64,
+    max_bytes: u64,
+    max_chunks: usize,
+}
+
+impl Window {
+    /// Takes the next requests that fit the window (at least one when nothing is in flight).
+    fn next_batch(&mut self) -> Vec<ContentHash> {
+        let mut batch = Vec::new();
+        while let Some(c) = self.queue.front().copied() {
+            let fits = self.outstanding_bytes + u64::from(c.len) <= self.max_bytes
+                && self.outstanding.len() < self.max_chunks;
+            if !fits && !self.outstanding.is_empty() {
+                break;
+            }
+            self.queue.pop_front();
+            self.outstanding.insert(c.hash, c.len);
+            self.outstanding_bytes += u64::from(c.len);
+            batch.push(c.hash);
+        }
+        batch
+    }
+
+    /// Marks `hash` received or gone; its length when it was asked for.
+    fn settle(&mut self, hash: &ContentHash) -> Option<u32> {
+        let len = self.outstanding.remove(hash)?;
+        self.outstanding_bytes -= u64::from(len);
+        Some(len)
+    }
+}
+
+impl Receiver {
+    /// Connects the target's socket of `conn.transfer` (retrying within the reconnect timeout).
+    pub async fn connect(
+        conn: TransferConn,
+        cipher: TransferCipher,
+        cancel: CancellationToken,
+    ) -> Result<Self> {
+        let link = Link::open(conn, TransferRole::Target, cancel).await?;
+        Ok(Self {
+            link,
+            cipher,
+            stats: ReceiveStats::default(),
+        })
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> ReceiveStats {
+        let mut s = self.stats.clone();
+        s.wire_bytes = self.link.wire_bytes;
+        s.reconnects = self.link.reconnects;
+        s
+    }
+
+    async fn send_wants(&mut self, hashes: &[ContentHash]) -> Result<()> {
+        for part in hashes.chunks(MAX_HASHES_PER_FRAME) {
+            let frame = encode_want(part).map_err(|e| TransferError::Protocol(e.to_string()))?;
+            self.link.send(frame).await?;
+        }
+        Ok(())
+    }
+
+    /// On a fatal local error, tells the source before returning it.
+    async fn fail<T>(&mut self, e: TransferError) -> Result<T> {
+        if !matches!(
+            e,
+            TransferError::Refused(_) | TransferError::PeerAborted(_) | TransferError::Cancelled
+        ) {
+            let _ = self.link.send(encode_abort(&e.to_string())).await;
+        }
+        Err(e)
+    }
+
+    /// Fetches the source's blob (the sealed manifest), reassembling its parts, and opens it.
+    pub async fn blob(&mut self) -> Result<Vec<u8>> {
+        match self.fetch_blob().await {
+            Ok(sealed) => match self.cipher.open_blob(&sealed) {
+                Ok(plain) => Ok(plain),
+                Err(source) => {
+                    self.fail(TransferError::Verify {
+                        what: "the manifest".into(),
+                        source,
+                    })
+                    .await
+                }
+            },
+            Err(e) => self.fail(e).await,
+        }
+    }
+
+    async fn fetch_blob(&mut self) -> Result<Vec<u8>> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut total: Option<u64> = None;
+        if self.link.peer() {
+            self.link.send(encode_want_blob(0)).await?;
+        }
+        loop {
+            if total == Some(buf.len() as u64) {
+                self.stats.blob_bytes += buf.len() as u64;
+                return Ok(buf);
+            }
+            match self.link.next().await? {
+                Event::Frame(bytes) => match decode(&bytes) {
+                    Ok(Frame::Blob {
+                        total: t,
+                        offset,
+                        part,
+                    }) => {
+                        if total.is_some_and(|known| known != t) {
+                            return Err(TransferError::Protocol(
+                                "the blob changed size during the transfer".into(),
+                            ));
+                        }
+                        total = Some(t);
+                        // Parts of an earlier request may still arrive after a re-ask; only the
+                        // one that continues the blob is taken.
+                        if offset == buf.len() as u64 {
+                            if buf.is_empty() {
+                                // `t` is at most MAX_BLOB_BYTES (checked by decode).
+                                buf.reserve_exact(t as usize);
+                            }
+                            buf.extend_from_slice(part);
+                            self.link.count_data(part.len());
+                        }
+                    }
+                    Ok(Frame::Abort(reason)) => {
+                        return Err(TransferError::PeerAborted(reason.to_string()));
+                    }
+                    Ok(Frame::Chunks(_) | Frame::Gone(_) | Frame::DoneAck) => {}
+                    Ok(other) => {
+                        return Err(TransferError::Protocol(format!(
+                            "unexpected frame from the source: {other:?}"
+                        )));
+                    }
+                    Err(e) => return Err(TransferError::Protocol(e.to_string())),
+                },
+                Event::PeerJoined | Event::Reconnected { peer: true } => {
+                    self.link.send(encode_want_blob(buf.len() as u64)).await?;
+                }
+                Event::PeerLeft | Event::Reconnected { peer: false } => {}
+            }
+        }
+    }
+
+    /// Receives every chunk of `wanted` (duplicates are asked for once) into `sink`, calling
+    /// `progress` as frames are stored. Chunks the source reports gone are listed in the
+    /// returned statistics instead of failing the transfer.
+    pub async fn chunks(
+        &mut self,
+        sink: Arc<dyn ChunkSink>,
+        wanted: Vec<ChunkRef>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<ReceiveStats> {
+        let mut seen = HashSet::with_capacity(wanted.len());
+        let queue: VecDeque<ChunkRef> =
+            wanted.into_iter().filter(|c| seen.insert(c.hash)).collect();
+        drop(seen);
+        let mut shown = Progress {
+            chunks_total: queue.len() as u64,
+            bytes_total: queue.iter().map(|c| u64::from(c.len)).sum(),
+            ..Progress::default()
+        };
+        let tuning = &self.link.conn().tuning;
+        let mut window = Window {
+            queue,
+            outstanding: HashMap::new(),
+            outstanding_bytes: 0,
+            max_bytes: tuning.window_bytes.max(1),
+            // Re-asks after a reconnect may briefly double what the source holds.
+            max_chunks: tuning.window_chunks.clamp(1, MAX_OUTSTANDING_CHUNKS / 2),
+        };
+        let shared = Arc::new(Shared {
+            done: Mutex::new(Done::default()),
+            wake: Notify::new(),
+        });
+        let (job_tx, job_rx) = mpsc::channel::<Job>(JOB_QUEUE);
+        let worker = {
+            let (cipher, shared) = (self.cipher.clone(), shared.clone());
+            tokio::task::spawn_blocking(move || verify_and_store(job_rx, cipher, sink, shared))
+        };
+        let before = (self.stats.chunks, self.stats.bytes);
+        let result = self
+            .drive(&mut window, &shared, job_tx, progress, &mut shown)
+            .await;
+        // The sender is gone (moved into `drive`), so the thread ends after its last job.
+        let _ = worker.await;
+        let (chunks, bytes) = {
+            let done = shared.lock();
+            (done.chunks, done.bytes)
+        };
+        self.stats.chunks = before.0 + chunks;
+        self.stats.bytes = before.1 + bytes;
+        match result {
+            Ok(()) => Ok(self.stats()),
+            Err(e) => self.fail(e).await,
+        }
+    }
+
+    async fn drive(
+        &mut self,
+        window: &mut Window,
+        shared: &Shared,
+        job_tx: mpsc::Sender<Job>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        shown: &mut Progress,
+    ) -> Result<()> {
+        let mut jobs_sent = 0u64;
+        if self.link.peer() {
+            self.top_up(window).await?;
+        }
+        loop {
+            let (chunks, bytes, jobs_done, error) = {
+                let mut done = shared.lock();
+                (done.chunks, done.bytes, done.jobs, done.error.take())
+            };
+            if chunks != shown.chunks {
+                shown.chunks = chunks;
+                shown.bytes = bytes;
+                progress(*shown);
+            }
+            if let Some(e) = error {
+                return Err(e);
+            }
+            if window.queue.is_empty() && window.outstanding.is_empty() && jobs_done == jobs_sent {
+                return Ok(());
+            }
+            let event = tokio::select! {
+                biased;
+                _ = shared.wake.notified() => continue,
+                event = self.link.next() => event?,
+            };
+            match event {
+                Event::Frame(bytes) => {
+                    if let Some(job) = self.accept(window, bytes)? {
+                        jobs_sent += 1;
+                        if job_tx.send(job).await.is_err() {
+                            // The thread stopped on an error, reported at the top.
+                            continue;
+                        }
+                    }
+                    self.top_up(window).await?;
+                }
+                Event::PeerJoined | Event::Reconnected { peer: true } => {
+                    let again: Vec<ContentHash> = window.outstanding.keys().copied().collect();
+                    if !again.is_empty() {
+                        tracing::debug!(chunks = again.len(), "asking again after a reconnect");
+                    }
+                    self.send_wants(&again).await?;
+                    self.top_up(window).await?;
+                }
+                Event::PeerLeft | Event::Reconnected { peer: false } => {}
+            }
+        }
+    }
+
+    /// Asks for more chunks while the window allows.
+    async fn top_up(&mut self, window: &mut Window) -> Result<()> {
+        if !self.link.peer() {
+            return Ok(());
+        }
+        let batch = window.next_batch();
+        self.stats.peak_outstanding_bytes = self
+            .stats
+            .peak_outstanding_bytes
+            .max(window.outstanding_bytes);
+        self.send_wants(&batch).await
+    }
+
+    /// Takes the chunks of a frame that are still wanted; settles `gone` hashes.
+    fn accept(&mut self, window: &mut Window, bytes: Bytes) -> Result<Option<Job>> {
+        let frame = decode(&bytes).map_err(|e| TransferError::Protocol(e.to_string()))?;
+        match frame {
+            Frame::Chunks(list) => {
+                let mut entries = Vec::with_capacity(list.len());
+                for entry in list.iter() {
+                    match window.settle(&entry.hash) {
+                        Some(len) if entry.sealed.len() == len as usize + SEALED_OVERHEAD => {
+                            entries.push((entry.hash, entry.range));
+                        }
+                        Some(len) => {
+                            return Err(TransferError::Protocol(format!(
+                                "chunk {:?} is {} sealed bytes, the manifest says {len} plain",
+                                entry.hash,
+                                entry.sealed.len()
+                            )));
+                        }
+                        None => self.stats.duplicates += 1,
+                    }
+                }
+                self.link.count_data(bytes.len());
+                Ok((!entries.is_empty()).then_some(Job {
+                    frame: bytes,
+                    entries,
+                }))
+            }
+            Frame::Gone(list) => {
+                for hash in list.iter() {
+                    if window.settle(&hash).is_some() {
+                        self.stats.gone.push(hash);
+                    }
+                }
+                Ok(None)
+            }
+            Frame::Abort(reason) => Err(TransferError::PeerAborted(reason.to_string())),
+            Frame::Blob { .. } | Frame::DoneAck => Ok(None),
+            other => Err(TransferError::Protocol(format!(
+                "unexpected frame from the source: {other:?}"
+            ))),
+        }
+    }
+
+    /// Ends the transfer: tells the source it is done, waits briefly for its acknowledgement
+    /// (the source may already be gone; the data is here either way) and closes the socket.
+    pub async fn finish(mut self) -> Result<ReceiveStats> {
+        let stats = self.stats();
+        if self.link.peer() {
+            self.link.send(encode_done()).await?;
+        }
+        let acked: std::result::Result<Result<()>, _> = tokio::time::timeout(DONE_WAIT, async {
+            loop {
+                match self.link.next().await? {
+                    Event::Frame(bytes) => {
+                        if matches!(decode(&bytes), Ok(Frame::DoneAck | Frame::Abort(_))) {
+                            return Ok(());
+                        }
+                    }
+                    Event::PeerJoined | Event::Reconnected { peer: true } => {
+                        self.link.send(encode_done()).await?;
+                    }
+                    Event::PeerLeft | Event::Reconnected { peer: false } => {}
+                }
+            }
+        })
+        .await;
+        match acked {
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "transfer ended without the source's acknowledgement")
+            }
+            Err(_) => tracing::warn!("the source did not acknowledge the end of the transfer"),
+            Ok(Ok(())) => {}
+        }
+        self.link.close().await;
+        Ok(stats)
+    }
+
+    /// Gives up: tells the source why and closes the socket.
+    pub async fn abort(mut self, reason: &str) {
+        let _ = self.link.send(encode_abort(reason)).await;
+        self.link.close().await;
+    }
+}
+
+/// Connects, receives `wanted` into `sink` and finishes: the whole target side of a transfer
+/// without a blob.
+pub async fn receive(
+    conn: TransferConn,
+    cipher: TransferCipher,
+    sink: Arc<dyn ChunkSink>,
+    wanted: Vec<ChunkRef>,
+    progress: &mut (dyn FnMut(Progress) + Send),
+    cancel: CancellationToken,
+) -> Result<ReceiveStats> {
+    let mut receiver = Receiver::connect(conn, cipher, cancel).await?;
+    receiver.chunks(sink, wanted, progress).await?;
+    receiver.finish().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(n: u8, len: u32) -> ChunkRef {
+        ChunkRef {
+            hash: ContentHash([n; 32]),
+            len,
+        }
+    }
+
+    fn window(max_bytes: u64, max_chunks: usize, chunks: Vec<ChunkRef>) -> Window {
+        Window {
+            queue: chunks.into(),
+            outstanding: HashMap::new(),
+            outstanding_bytes: 0,
+            max_bytes,
+            max_chunks,
+        }
+    }
+
+    #[test]
+    fn window_honours_bytes_and_count() {
+        let mut w = window(100, 3, vec![c(1, 40), c(2, 40), c(3, 40), c(4, 10)]);
+        assert_eq!(w.next_batch().len(), 2);
+        assert_eq!(w.outstanding_bytes, 80);
+        assert!(w.next_batch().is_empty());
+        assert_eq!(w.settle(&ContentHash([1; 32])), Some(40));
+        assert_eq!(w.settle(&ContentHash([1; 32])), None, "settled once");
+        // 40 + 40 + 10 fits 100 but the count limit is 3.
+        assert_eq!(w.next_batch().len(), 2);
+        assert_eq!(w.outstanding.len(), 3);
+    }
+
+    #[test]
+    fn a_chunk_larger_than_the_window_still_goes_alone() {
+        let mut w = window(10, 8, vec![c(1, 50), c(2, 5)]);
+        assert_eq!(w.next_batch(), vec![ContentHash([1; 32])]);
+        assert!(w.next_batch().is_empty());
+        w.settle(&ContentHash([1; 32]));
+        assert_eq!(w.next_batch(), vec![ContentHash([2; 32])]);
+    }
+}
