@@ -345,3 +345,48 @@ fn dry_run_shows_the_plan_and_moves_nothing() {
     assert!(stray.is_empty(), "{stray:?}");
     assert!(w.send(LAPTOP, &s, "still here").starts_with("Turn 1."));
 }
+
+#[test]
+fn the_cli_shows_the_plan_and_the_transfer_progress() {
+    let w = World::new(&["laptop", "desktop"]);
+    let ws_a = std::path::PathBuf::from(w.dir("a/proj"));
+    for i in 0..40 {
+        let data: Vec<u8> = (0..100_000u32)
+            .map(|j| ((j ^ (i << 20)).wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        put(&ws_a, &format!("data/f{i}.bin"), &data);
+    }
+    let s = w.new_session(LAPTOP, &ws_a.to_string_lossy());
+    let dest = w.dir("b").to_string() + "/proj";
+    let out =
+        w.c.baton(
+            LAPTOP,
+            &[
+                "handoff",
+                &s,
+                "--to",
+                "desktop",
+                "--workspace",
+                "--path",
+                &dest,
+            ],
+        )
+        .expect("handoff runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(common::code(&out), 0, "{text}");
+    assert!(
+        text.contains(&format!("Workspace plan for {dest} on desktop (absent")),
+        "{text}"
+    );
+    assert!(text.contains("add           40 files"), "{text}");
+    // Without a terminal, progress comes as plain lines.
+    assert!(
+        text.contains("pre-copy: ") || text.contains("final delta: "),
+        "{text}"
+    );
+    assert!(text.contains("and the workspace: 40 files"), "{text}");
+    assert!(
+        text.contains(&format!("now at {dest} on desktop")),
+        "{text}"
+    );
+}

@@ -457,9 +457,16 @@ pub async fn receive(
             len: lens.get(&hash).copied().unwrap_or(0),
         })
         .collect();
+    let tree = stager.progress();
     let stager = Arc::new(Mutex::new(stager));
     let sink = Arc::new(StagerSink(stager.clone()));
-    let received = receiver.chunks(sink, wanted, &mut |_| {}).await;
+    let mut reporter = ProgressReporter::new(d, handoff, pass, tree);
+    reporter.send(0, wanted.iter().map(|c| u64::from(c.len)).sum(), true);
+    let received = receiver
+        .chunks(sink, wanted, &mut |p| {
+            reporter.send(p.bytes, p.bytes_total, false)
+        })
+        .await;
     let stats = match received {
         Ok(s) => s,
         Err(e) => {
@@ -519,6 +526,57 @@ pub async fn receive(
         bytes_reused: reused,
         sealed_outcome: Some(cipher.seal_workspace(handoff, &outcome)),
     })
+}
+
+/// Sends the target's progress to the session's watchers a few times a second (never blocking
+/// the transfer: each report is its own task, and a lost one is replaced by the next).
+struct ProgressReporter {
+    client: crate::client::Client,
+    handoff: HandoffId,
+    pass: WorkspacePass,
+    tree: Arc<baton_workspace::Progress>,
+    last: Option<std::time::Instant>,
+}
+
+impl ProgressReporter {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+    fn new(
+        d: &Daemon,
+        handoff: HandoffId,
+        pass: WorkspacePass,
+        tree: Arc<baton_workspace::Progress>,
+    ) -> Self {
+        Self {
+            client: d.client.clone(),
+            handoff,
+            pass,
+            tree,
+            last: None,
+        }
+    }
+
+    fn send(&mut self, bytes_done: u64, bytes_total: u64, force: bool) {
+        let now = std::time::Instant::now();
+        let due = self.last.is_none_or(|t| now - t >= Self::EVERY);
+        if !(force || due || bytes_done >= bytes_total) {
+            return;
+        }
+        self.last = Some(now);
+        let t = self.tree.snapshot();
+        let progress = baton_proto::handoff::TransferProgress {
+            pass: Some(self.pass),
+            files_done: t.files,
+            files_total: t.total_files,
+            bytes_done,
+            bytes_total,
+        };
+        let client = self.client.clone();
+        let path = format!("/v1/handoffs/{}/progress", self.handoff);
+        tokio::spawn(async move {
+            let _: Result<serde_json::Value, _> = client.post(&path, &progress).await;
+        });
+    }
 }
 
 /// Target: the workspace path the handoff will end at, when it moves the workspace.

@@ -144,6 +144,21 @@ pub struct HandoffOptions {
     pub await_confirm: bool,
 }
 
+/// How far a workspace pass is, as the target reports it (counts only: no paths).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferProgress {
+    /// Which pass (`precopy` or `final`).
+    pub pass: Option<WorkspacePass>,
+    /// Files of the tree complete at the target.
+    pub files_done: u64,
+    /// Files in the tree.
+    pub files_total: u64,
+    /// Bytes of file data received in this pass.
+    pub bytes_done: u64,
+    /// Bytes of file data this pass must receive (after delta).
+    pub bytes_total: u64,
+}
+
 /// A client's answer to a handoff waiting on its plan (`POST /v1/handoffs/{id}/confirm`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfirmHandoff {
@@ -152,7 +167,7 @@ pub struct ConfirmHandoff {
 }
 
 /// Which pass of a workspace transfer a command is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkspacePass {
     /// Only the manifest travels: the target answers with the plan.

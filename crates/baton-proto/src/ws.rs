@@ -107,6 +107,15 @@ pub enum Event {
         /// The handoff now.
         handoff: HandoffRecord,
     },
+    /// A workspace transfer advanced (sent a few times a second while it runs).
+    HandoffProgress {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// Its session.
+        session_id: SessionId,
+        /// Where it is.
+        progress: crate::handoff::TransferProgress,
+    },
     /// The account's connected services changed; daemons fetch them again.
     ServicesChanged,
     /// A machine came online, went offline or reported new providers.

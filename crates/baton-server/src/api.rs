@@ -508,6 +508,36 @@ pub async fn confirm_handoff(
     Ok(Json(serde_json::json!({ "proceed": body.proceed })))
 }
 
+/// `POST /v1/handoffs/{id}/progress`: the target's report of a workspace pass, relayed to the
+/// session's watchers (counts only).
+pub async fn handoff_progress(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<HandoffId>,
+    Json(progress): Json<baton_proto::handoff::TransferProgress>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let h = state
+        .store
+        .handoff(caller.account, id)
+        .await?
+        .ok_or_else(|| ServerError::new(ErrorCode::NotFound, "No such handoff."))?;
+    if h.to != caller.machine || h.result != HandoffResult::Active {
+        return Err(ServerError::new(
+            ErrorCode::Conflict,
+            "Only the target of a running handoff reports its progress.",
+        ));
+    }
+    state.hub.publish(
+        caller.account,
+        Event::HandoffProgress {
+            handoff_id: id,
+            session_id: h.session_id,
+            progress,
+        },
+    );
+    Ok(Json(serde_json::json!({})))
+}
+
 async fn handoff_in_phase(
     state: &AppState,
     caller: &Caller,

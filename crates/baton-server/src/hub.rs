@@ -33,6 +33,7 @@ impl Subscription {
             Event::Entries { session_id, .. } => (Some(*session_id), true),
             Event::InputQueued { input } => (Some(input.session_id), false),
             Event::HandoffChanged { handoff } => (Some(handoff.session_id), false),
+            Event::HandoffProgress { session_id, .. } => (Some(*session_id), false),
             Event::MachineChanged { .. } | Event::ServicesChanged => (None, false),
         };
         self.items.iter().any(|(s, entries)| {

@@ -145,6 +145,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/handoffs/{id}", get(api::handoff))
         .route("/v1/handoffs/{id}/confirm", post(api::confirm_handoff))
+        .route("/v1/handoffs/{id}/progress", post(api::handoff_progress))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/transfers/{id}/ws", get(transfer::upgrade))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use baton_daemon::client::Client;
 use baton_proto::api::HandoffRequest;
-use baton_proto::handoff::ConfirmHandoff;
 use baton_proto::handoff::SealedHandoffOptions;
+use baton_proto::handoff::{ConfirmHandoff, TransferProgress, WorkspacePass};
 use baton_proto::workspace::{ConflictPolicy, DestinationState, IgnoredFiles, PlanSummary};
 use baton_proto::{
     ApiError, DirectTarget, HandoffId, HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult,
@@ -254,6 +254,7 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut printed = 0usize;
     let mut plan: Option<PlanSummary> = None;
+    let mut bar = TransferBar::default();
     let mut h: HandoffRecord;
     loop {
         h = match client.get(&format!("/v1/handoffs/{id}")).await {
@@ -280,6 +281,13 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
                 );
                 printed += 1;
             }
+        }
+        if !json
+            && let Some((hid, p)) = watcher.progress()
+            && hid == id
+            && h.result == HandoffResult::Active
+        {
+            bar.show(&p);
         }
         if plan.is_none()
             && let Some(sealed) = &h.plan
@@ -309,6 +317,7 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
             plan = Some(p);
         }
         if h.is_finished() {
+            bar.finish();
             break;
         }
         if Instant::now() >= deadline {
@@ -392,8 +401,12 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
         match &out.workspace {
             Some(w) => {
                 println!(
-                    "Came along: the transcript, the provider's state and the workspace: {} files, {} bytes ({} bytes of file data sent), now at {} on {}.",
-                    w.files, w.bytes_total, w.bytes_sent, w.path, target.name
+                    "Came along: the transcript, the provider's state and the workspace: {} files, {} ({} of file data sent), now at {} on {}.",
+                    w.files,
+                    human_bytes(w.bytes_total),
+                    human_bytes(w.bytes_sent),
+                    w.path,
+                    target.name
                 );
                 for s in &w.skipped {
                     println!("  left out: {} ({})", s.path, s.reason);
@@ -422,6 +435,69 @@ pub async fn run(client: &Client, args: HandoffArgs, json: bool) -> CliResult {
             })
         }
         _ => Err(CliError::Other(anyhow::anyhow!("the handoff aborted"))),
+    }
+}
+
+/// The workspace transfer's progress: an indicatif bar on a terminal (files, bytes, rate, ETA),
+/// plain lines at most once a second otherwise.
+#[derive(Default)]
+struct TransferBar {
+    bar: Option<(WorkspacePass, indicatif::ProgressBar)>,
+    last_line: Option<(Instant, TransferProgress)>,
+}
+
+impl TransferBar {
+    fn show(&mut self, p: &TransferProgress) {
+        let Some(pass) = p.pass else { return };
+        let label = match pass {
+            WorkspacePass::Plan => return,
+            WorkspacePass::Precopy => "pre-copy",
+            WorkspacePass::Final => "final delta",
+        };
+        if !std::io::stderr().is_terminal() {
+            // A line when something changed: at most one a second, but always the pass's
+            // first and last.
+            let due = match &self.last_line {
+                None => true,
+                Some((_, last)) if last == p => false,
+                Some((_, last)) if last.pass != p.pass || p.bytes_done >= p.bytes_total => true,
+                Some((t, _)) => t.elapsed() >= Duration::from_secs(1),
+            };
+            if due {
+                self.last_line = Some((Instant::now(), *p));
+                println!(
+                    "  {label}: {} of {}, {}/{} files in place",
+                    human_bytes(p.bytes_done),
+                    human_bytes(p.bytes_total),
+                    p.files_done,
+                    p.files_total
+                );
+            }
+            return;
+        }
+        if self.bar.as_ref().is_none_or(|(q, _)| *q != pass) {
+            self.finish();
+            let bar = indicatif::ProgressBar::new(p.bytes_total);
+            let style = indicatif::ProgressStyle::with_template(
+                "  {prefix:<11} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(label);
+            self.bar = Some((pass, bar));
+        }
+        if let Some((_, bar)) = &self.bar {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_done);
+            bar.set_message(format!("{}/{} files", p.files_done, p.files_total));
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((_, bar)) = self.bar.take() {
+            bar.finish();
+        }
     }
 }
 
@@ -454,7 +530,7 @@ fn print_plan(p: &PlanSummary, dest: &str, target: &str) {
     );
     println!("  same     {:>7} files", p.unchanged_files);
     println!(
-        "  to send: {} after delta ({} already at the destination)",
+        "  to send: {} after delta ({} not sent: already at the destination or repeated in the tree)",
         human_bytes(p.transfer_bytes),
         human_bytes(p.reused_bytes)
     );

@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use baton_daemon::client::Client;
-use baton_proto::ws::{ClientFrame, ConnRole, ServerFrame};
-use baton_proto::{PROTOCOL_VERSION, SessionId};
+use std::sync::{Arc, Mutex};
+
+use baton_proto::handoff::TransferProgress;
+use baton_proto::ws::{ClientFrame, ConnRole, Event, ServerFrame};
+use baton_proto::{HandoffId, PROTOCOL_VERSION, SessionId};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -27,10 +30,14 @@ pub fn subscribe_frames(session: SessionId) -> [ClientFrame; 2] {
     ]
 }
 
+/// The last workspace transfer progress a watcher saw, by handoff.
+type LastProgress = Arc<Mutex<Option<(HandoffId, TransferProgress)>>>;
+
 /// A live subscription to one session's events.
 pub struct Watcher {
     rx: mpsc::Receiver<()>,
     task: tokio::task::JoinHandle<()>,
+    progress: LastProgress,
 }
 
 impl Watcher {
@@ -38,6 +45,8 @@ impl Watcher {
     pub async fn open(client: &Client, session: SessionId) -> Self {
         let (tx, rx) = mpsc::channel(1);
         let client = client.clone();
+        let progress: LastProgress = Arc::default();
+        let last = progress.clone();
         let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let mut first = Some(first_tx);
@@ -63,7 +72,16 @@ impl Watcher {
                                             let _ = f.send(());
                                         }
                                     }
-                                    ServerFrame::Event { .. } => {
+                                    ServerFrame::Event { event } => {
+                                        if let Event::HandoffProgress {
+                                            handoff_id,
+                                            progress,
+                                            ..
+                                        } = event
+                                        {
+                                            *last.lock().unwrap_or_else(|p| p.into_inner()) =
+                                                Some((handoff_id, progress));
+                                        }
                                         let _ = tx.try_send(());
                                     }
                                     ServerFrame::Command { .. } => {}
@@ -81,7 +99,12 @@ impl Watcher {
         });
         // Subscribed before the caller acts, so its own action's events are not missed.
         let _ = tokio::time::timeout(Duration::from_secs(5), first_rx).await;
-        Self { rx, task }
+        Self { rx, task, progress }
+    }
+
+    /// The last workspace transfer progress seen, if any.
+    pub fn progress(&self) -> Option<(HandoffId, TransferProgress)> {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits for an event or `max`, whichever comes first.
