@@ -173,6 +173,7 @@ fn spawn_drive(state: Arc<AppState>, account: AccountId, handoff: HandoffRecord,
                 restore: SessionStatus::Idle,
                 sealed_meta: None,
                 last_error: None,
+                workspace_bytes: 0,
             }
             .drive(step)
             .await
@@ -190,6 +191,8 @@ struct Driver {
     /// Metadata re-sealed by the target for its workspace path, stored at commit.
     sealed_meta: Option<Sealed>,
     last_error: Option<ApiError>,
+    /// Bytes of the workspace selection, as the source counted them in preflight.
+    workspace_bytes: u64,
 }
 
 impl Driver {
@@ -406,7 +409,9 @@ impl Driver {
                         conflict: self.h.options.conflict,
                         pass,
                     },
-                    t.transfer,
+                    // A pass may move the whole tree: allow it at least 1 MiB/s on top of the
+                    // fixed part, so a big workspace on a slow link is not cut off.
+                    t.transfer + Duration::from_secs(self.workspace_bytes >> 20),
                 )
                 .await
         }
@@ -562,6 +567,7 @@ impl Driver {
                     self.state
                         .transfers
                         .check_transfer(self.account, self.h.id, bytes)?;
+                    self.workspace_bytes = bytes;
                     Some(bytes)
                 }
                 other => {
