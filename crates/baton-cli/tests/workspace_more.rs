@@ -1,0 +1,1304 @@
+//! Workspace transfer through real daemons, the cases `workspace.rs` does not cover: each
+//! ignored-files option, both conflict policies over an existing destination, the source killed
+//! mid-transfer, a dropped transfer socket that resumes, files edited during the pre-copy,
+//! hostile manifests and chunk streams from a fake source (the target daemon must refuse them and
+//! leave the destination as it was), and too little space found in preflight.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::hash::Hasher;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_cli::harness::Cluster;
+use baton_proto::workspace::{
+    ChunkParams, ChunkRef, ContentHash, EntryKind, FileData, MANIFEST_VERSION, WorkspaceEntry,
+    WorkspaceManifest,
+};
+use common::{World, agent_pids, assert_dense, code, exe, parse, wait_for};
+use serde_json::Value;
+
+const LAPTOP: usize = 0;
+const DESKTOP: usize = 1;
+
+// ---------------------------------------------------------------------------------------------
+// Trees on disk.
+
+/// Writes `rel` under `root` (parents made).
+fn put(root: &Path, rel: &str, data: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&p, data).expect("write");
+}
+
+/// `len` bytes no other seed produces (xorshift64*), so files never share chunks by accident.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn digest(data: &[u8]) -> u64 {
+    // SipHash with fixed keys: stable within a run, enough to compare contents.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    h.write(data);
+    h.finish()
+}
+
+/// One path of a tree as a test compares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Node {
+    Dir {
+        mode: u32,
+        /// Nanoseconds; only recorded by [`exact`].
+        mtime: i64,
+    },
+    File {
+        mode: u32,
+        mtime: i64,
+        len: u64,
+        digest: u64,
+    },
+    Link(PathBuf),
+}
+
+fn walk(root: &Path, dir: &Path, exact: bool, out: &mut BTreeMap<String, Node>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("ls").flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let rel = p
+            .strip_prefix(root)
+            .expect("under root")
+            .to_string_lossy()
+            .into_owned();
+        let md = std::fs::symlink_metadata(&p).expect("stat");
+        let (mode, mtime) = if exact {
+            (
+                md.permissions().mode() & 0o7777,
+                md.mtime_nsec() + md.mtime() * 1_000_000_000,
+            )
+        } else {
+            // What a transfer keeps for sure: the executable bit and the content.
+            (md.permissions().mode() & 0o111, 0)
+        };
+        if md.file_type().is_symlink() {
+            out.insert(rel, Node::Link(std::fs::read_link(&p).expect("readlink")));
+        } else if md.is_dir() {
+            out.insert(
+                rel,
+                Node::Dir {
+                    mode: if exact { mode } else { 0 },
+                    mtime,
+                },
+            );
+            walk(root, &p, exact, out);
+        } else {
+            let data = std::fs::read(&p).expect("read");
+            out.insert(
+                rel,
+                Node::File {
+                    mode,
+                    mtime,
+                    len: data.len() as u64,
+                    digest: digest(&data),
+                },
+            );
+        }
+    }
+}
+
+/// Everything under `root` (not `root` itself): content, link targets and executable bits, less
+/// the `skip` prefixes. What a transfer must reproduce.
+fn content(root: &Path, skip: &[&str]) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    walk(root, root, false, &mut out);
+    out.retain(|k, _| {
+        !skip
+            .iter()
+            .any(|s| k == s || k.starts_with(&format!("{s}/")))
+    });
+    out
+}
+
+/// Everything under `root` with full modes and mtimes: "byte for byte as it was".
+fn exact(root: &Path) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    walk(root, root, true, &mut out);
+    out
+}
+
+/// Entries of `dir` whose names Baton uses for staging and backups.
+fn stray(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".baton-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until nothing Baton stages is left beside `dest` and in `machine`'s handoff dir.
+fn assert_cleaned_up(w: &World, machine: usize, dest: &Path) {
+    let parent = dest.parent().expect("parent").to_path_buf();
+    let handoffs = w.c.machines[machine].baton_home.join("handoffs");
+    let left = wait_for(Duration::from_secs(20), || {
+        let s = stray(&parent);
+        let h = std::fs::read_dir(&handoffs).map(|r| r.count()).unwrap_or(0);
+        (s.is_empty() && h == 0).then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "staging or backup left: beside the destination {:?}, in {}: {:?}",
+        stray(&parent),
+        handoffs.display(),
+        std::fs::read_dir(&handoffs).map(|r| r.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handoffs.
+
+fn phases(out: &Value) -> Vec<String> {
+    out["phases"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["phase"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `--workspace --path DEST` plus `extra`, asserted committed; returns the JSON.
+fn moved(w: &World, from: usize, s: &str, to: &str, dest: &Path, extra: &[&str]) -> Value {
+    let dest = dest.to_string_lossy();
+    let mut args = vec!["--workspace", "--path", dest.as_ref()];
+    args.extend_from_slice(extra);
+    let (rc, out) = w.handoff(from, s, to, &args);
+    assert_eq!(rc, 0, "handoff to {to} {args:?}: {out}");
+    assert_eq!(out["result"], "committed", "{out}");
+    out
+}
+
+/// The last handoff of `s`: (phase, result).
+fn last_handoff(w: &World, s: &str) -> Option<(String, String)> {
+    let h = w.c.json(LAPTOP, &["handoffs", s]).ok()?;
+    let last = h.as_array()?.last()?.clone();
+    Some((
+        last["phase"].as_str()?.to_string(),
+        last["result"].as_str()?.to_string(),
+    ))
+}
+
+fn wait_phase(w: &World, s: &str, phase: &str, timeout: Duration) {
+    wait_for(timeout, || {
+        last_handoff(w, s).filter(|(p, r)| p == phase && r == "active")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the handoff never reached {phase}: {:?}",
+            w.c.json(LAPTOP, &["handoffs", s])
+        )
+    });
+}
+
+/// Waits for a backgrounded `baton --json handoff` and parses its document.
+fn finished(child: std::process::Child) -> (i32, Value) {
+    let out = child.wait_with_output().expect("handoff ends");
+    (code(&out), parse(&out))
+}
+
+/// A cluster of laptop and desktop whose daemons get `env` (machine, name, value).
+fn world_with(env: &[(usize, &str, &str)]) -> World {
+    let tmp = tempfile::Builder::new()
+        .prefix("baton-ws-more-")
+        .tempdir()
+        .expect("temp dir");
+    let mut c = Cluster::start(&exe(), tmp.path()).expect("server starts");
+    c.add_machine("laptop", true).expect("laptop");
+    c.add_machine("desktop", true).expect("desktop");
+    for (m, k, v) in env {
+        c.machines[*m]
+            .daemon_env
+            .push(((*k).to_string(), (*v).to_string()));
+    }
+    c.start_daemon(LAPTOP).expect("laptop daemon");
+    c.start_daemon(DESKTOP).expect("desktop daemon");
+    c.wait_online(&["laptop", "desktop"], true, Duration::from_secs(30))
+        .expect("online");
+    World { c, tmp }
+}
+
+/// A daemon's log so far, without colour codes.
+fn daemon_log(w: &World, idx: usize) -> String {
+    let raw = std::fs::read_to_string(w.c.log_path(&w.c.machines[idx].name)).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `name=<number>` in a log line.
+fn field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// A session on laptop working in a fresh `laptop-ws/<name>` holding `files`.
+fn session_with(w: &World, name: &str, files: &[(&str, Vec<u8>)]) -> (String, PathBuf) {
+    let ws = PathBuf::from(w.dir(&format!("laptop-ws/{name}")));
+    for (rel, data) in files {
+        put(&ws, rel, data);
+    }
+    let s = w.new_session(LAPTOP, &ws.to_string_lossy());
+    assert!(w.send(LAPTOP, &s, "remember this").starts_with("Turn 1."));
+    (s, ws)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Ignored files.
+
+#[test]
+fn ignored_include_brings_everything_and_globs_bring_only_what_they_match() {
+    let w = World::new(&["laptop", "desktop"]);
+    let (s, ws_a) = session_with(
+        &w,
+        "proj",
+        &[
+            ("src/lib.rs", b"pub fn f() {}\n".to_vec()),
+            (".gitignore", b"node_modules/\n.env\n".to_vec()),
+            (
+                "node_modules/dep/index.js",
+                b"module.exports = 1;\n".to_vec(),
+            ),
+            (
+                "node_modules/dep/package.json",
+                b"{\"name\":\"dep\"}\n".to_vec(),
+            ),
+            (".env", b"SECRET=1\n".to_vec()),
+        ],
+    );
+
+    // `include`: what git ignores travels too.
+    let ws_b = PathBuf::from(w.dir("desktop-ws")).join("inc");
+    let out = moved(&w, LAPTOP, &s, "desktop", &ws_b, &["--ignored", "include"]);
+    assert_eq!(content(&ws_b, &[]), content(&ws_a, &[]), "{out}");
+    assert_eq!(
+        std::fs::read(ws_b.join(".env")).expect(".env came"),
+        b"SECRET=1\n"
+    );
+    assert_eq!(
+        std::fs::read(ws_b.join("node_modules/dep/index.js")).expect("node_modules came"),
+        b"module.exports = 1;\n"
+    );
+    assert_eq!(out["workspace"]["files"], 5, "{out}");
+
+    // A glob: `.env` travels, `node_modules/` (ignored too, not matched) stays behind.
+    let ws_c = PathBuf::from(w.dir("laptop-ws")).join("globs");
+    let out = moved(&w, DESKTOP, &s, "laptop", &ws_c, &["--ignored", ".env"]);
+    assert_eq!(
+        std::fs::read(ws_c.join(".env")).expect(".env came"),
+        b"SECRET=1\n",
+        "{out}"
+    );
+    assert!(
+        !ws_c.join("node_modules").exists(),
+        "node_modules/ is ignored and not matched by the glob: {out}"
+    );
+    assert_eq!(content(&ws_c, &[]), content(&ws_b, &["node_modules"]));
+    assert_eq!(out["workspace"]["files"], 3, "{out}");
+    let row = w.session(LAPTOP, &s);
+    assert_eq!(row["workspace"], ws_c.to_string_lossy().as_ref(), "{row}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Conflict policies.
+
+#[test]
+fn sibling_leaves_an_existing_destination_untouched_and_replace_takes_its_place() {
+    let w = World::new(&["laptop", "desktop"]);
+    let (s, ws_a) = session_with(
+        &w,
+        "proj",
+        &[
+            ("src/main.rs", b"fn main() {}\n".to_vec()),
+            ("docs/a.md", b"# A\n".to_vec()),
+            ("data.bin", noise(1, 200_000)),
+        ],
+    );
+    // The desktop already has a tree at the destination, partly overlapping.
+    let desk = PathBuf::from(w.dir("desktop-ws"));
+    let dest = desk.join("proj");
+    put(&dest, "src/main.rs", b"fn main() { old(); }\n");
+    put(&dest, "notes.txt", b"mine, not the session's\n");
+    put(&dest, "sub/deep/keep.bin", &noise(2, 50_000));
+    symlink("notes.txt", dest.join("notes-link")).expect("link");
+    let before = exact(&dest);
+
+    // Sibling (the default): the tree lands at `<dest>-handoff`, the destination is untouched.
+    let out = moved(&w, LAPTOP, &s, "desktop", &dest, &[]);
+    let first = desk.join("proj-handoff");
+    assert_eq!(
+        out["workspace"]["path"],
+        first.to_string_lossy().as_ref(),
+        "{out}"
+    );
+    assert_eq!(exact(&dest), before, "the existing destination was touched");
+    assert_eq!(content(&first, &[]), content(&ws_a, &[]));
+    let row = w.session(DESKTOP, &s);
+    assert_eq!(row["owner"]["name"], "desktop", "{row}");
+    assert_eq!(row["workspace"], first.to_string_lossy().as_ref(), "{row}");
+    let reply = w.send(DESKTOP, &s, "where now");
+    assert!(
+        reply.contains(&format!("Working in {}", first.display())),
+        "the provider runs in the sibling: {reply}"
+    );
+    assert!(stray(&desk).is_empty(), "{:?}", stray(&desk));
+
+    // Back to a fresh path on laptop, then over again: `<dest>-handoff-2`.
+    let back = PathBuf::from(w.dir("laptop-ws")).join("back");
+    moved(&w, DESKTOP, &s, "laptop", &back, &[]);
+    assert_eq!(content(&back, &[]), content(&ws_a, &[]));
+    let first_before = exact(&first);
+    let out = moved(&w, LAPTOP, &s, "desktop", &dest, &["--conflict", "sibling"]);
+    let second = desk.join("proj-handoff-2");
+    assert_eq!(
+        out["workspace"]["path"],
+        second.to_string_lossy().as_ref(),
+        "{out}"
+    );
+    assert_eq!(
+        w.session(DESKTOP, &s)["workspace"],
+        second.to_string_lossy().as_ref()
+    );
+    assert_eq!(exact(&dest), before, "the existing destination was touched");
+    assert_eq!(exact(&first), first_before, "the first sibling was touched");
+    assert_eq!(content(&second, &[]), content(&ws_a, &[]));
+
+    // Replace, over laptop's original tree, which meanwhile holds a file of its own.
+    put(&ws_a, "stale.txt", b"only on laptop\n");
+    put(&ws_a, "src/main.rs", b"fn main() { laptop_edit(); }\n");
+    let out = moved(&w, DESKTOP, &s, "laptop", &ws_a, &["--conflict", "replace"]);
+    assert_eq!(
+        out["workspace"]["path"],
+        ws_a.to_string_lossy().as_ref(),
+        "{out}"
+    );
+    assert_eq!(
+        content(&ws_a, &[]),
+        content(&second, &[]),
+        "replace puts exactly the session's tree in place"
+    );
+    assert!(!ws_a.join("stale.txt").exists());
+    let laptop_side = ws_a.parent().expect("parent");
+    assert!(
+        stray(laptop_side).is_empty(),
+        "backup or staging left after commit: {:?}",
+        stray(laptop_side)
+    );
+    assert_eq!(
+        w.session(LAPTOP, &s)["workspace"],
+        ws_a.to_string_lossy().as_ref()
+    );
+    let reply = w.send(LAPTOP, &s, "home again");
+    assert!(
+        reply.contains(&format!("Working in {}", ws_a.display())),
+        "{reply}"
+    );
+    assert_dense(&w.log(LAPTOP, &s));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The source dies during the transfer.
+
+#[test]
+fn source_killed_during_the_final_pass_aborts_and_the_destination_is_as_it_was() {
+    const HOLD: &str = "BATON_TEST_DELAY_WORKSPACE_SEND_MS";
+    let mut w = world_with(&[
+        (LAPTOP, HOLD, "2500"),
+        // Long enough to be seen, so the passes before the final one can be counted.
+        (LAPTOP, "BATON_TEST_DELAY_QUIESCE_MS", "1500"),
+    ]);
+    let mut files: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("assets/f{i}.bin"), noise(100 + i, 400_000)))
+        .collect();
+    files.push(("src/main.rs".into(), b"fn main() {}\n".to_vec()));
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let (s, ws_a) = session_with(&w, "proj", &files);
+    let desk = PathBuf::from(w.dir("desktop-ws"));
+    let dest = desk.join("proj");
+    put(&dest, "src/main.rs", b"fn main() { desktop(); }\n");
+    put(&dest, "assets/f0.bin", &noise(100, 400_000));
+    put(&dest, "precious.txt", b"only here\n");
+    let before = exact(&desk);
+
+    let held = || {
+        daemon_log(&w, LAPTOP)
+            .matches(&format!("{HOLD} set"))
+            .count()
+    };
+    let dest_s = dest.to_string_lossy().into_owned();
+    let child = w.spawn(
+        LAPTOP,
+        &[
+            "--json",
+            "handoff",
+            &s,
+            "--to",
+            "desktop",
+            "--workspace",
+            "--path",
+            &dest_s,
+            "--conflict",
+            "replace",
+        ],
+    );
+    // Every pass before the final one has been served once quiesce runs; the next hold is the
+    // final pass, with the pre-copy staged beside the destination.
+    wait_phase(&w, &s, "quiesce_source", Duration::from_secs(30));
+    let before_final = held();
+    assert!(before_final >= 2, "plan and pre-copy passes were held");
+    wait_for(Duration::from_secs(20), || {
+        (held() > before_final).then_some(())
+    })
+    .expect("the final pass reached the source");
+    assert_eq!(last_handoff(&w, &s).expect("handoff").0, "transfer");
+    let staged: Vec<String> = stray(&desk)
+        .into_iter()
+        .filter(|n| n.contains(".baton-staging-"))
+        .collect();
+    assert_eq!(
+        staged.len(),
+        1,
+        "the pre-copy is staged beside the destination"
+    );
+    let staged_tree = desk.join(&staged[0]).join("tree");
+    assert!(
+        staged_tree.join("assets/f5.bin").is_file(),
+        "the pre-copy brought the bulk before the kill"
+    );
+    w.c.kill_daemon(LAPTOP);
+
+    let (rc, out) = finished(child);
+    assert_ne!(rc, 0, "{out}");
+    assert_eq!(out["result"], "aborted", "{out}");
+    let code = out["error"]["code"].as_str().unwrap_or_default();
+    assert!(
+        ["transfer_failed", "timeout", "source_offline"].contains(&code),
+        "{out}"
+    );
+    assert!(
+        !phases(&out).iter().any(|p| p == "commit"),
+        "aborted before commit: {out}"
+    );
+
+    // The target dropped its staging; the destination is exactly as before.
+    assert_cleaned_up(&w, DESKTOP, &dest);
+    assert_eq!(
+        exact(&desk),
+        before,
+        "the destination or its parent changed"
+    );
+    assert!(agent_pids(w.home(DESKTOP)).is_empty());
+
+    // The source comes back and keeps the session, with its context.
+    w.c.machines[LAPTOP].daemon_env.clear();
+    w.c.start_daemon(LAPTOP).expect("laptop restarts");
+    w.c.wait_online(&["laptop", "desktop"], true, Duration::from_secs(30))
+        .expect("online");
+    let row = wait_for(Duration::from_secs(20), || {
+        let r = w.session(LAPTOP, &s);
+        (r["status"] == "idle").then_some(r)
+    })
+    .expect("the session is idle again on laptop");
+    assert_eq!(row["owner"]["name"], "laptop", "{row}");
+    assert_eq!(row["epoch"], 1, "{row}");
+    assert_eq!(row["workspace"], ws_a.to_string_lossy().as_ref(), "{row}");
+    let reply = w.send(LAPTOP, &s, "after the kill");
+    assert!(reply.starts_with("Turn 2."), "{reply}");
+    assert!(reply.contains("remember this"), "{reply}");
+
+    // Nothing left behind blocks the next attempt.
+    let out = moved(&w, LAPTOP, &s, "desktop", &dest, &["--conflict", "replace"]);
+    assert_eq!(out["workspace"]["path"], dest_s.as_str(), "{out}");
+    assert_eq!(content(&dest, &[]), content(&ws_a, &[]));
+    assert!(stray(&desk).is_empty(), "{:?}", stray(&desk));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A dropped transfer socket resumes.
+
+#[test]
+fn a_dropped_transfer_socket_resumes_without_resending_what_arrived() {
+    const FILES: u64 = 6;
+    const SIZE: usize = 1024 * 1024;
+    let total_guess = FILES * SIZE as u64;
+    // Past half the tree: a transfer that started over would send more than it may.
+    let drop_after = total_guess * 6 / 10;
+    let drop_s = drop_after.to_string();
+    let w = world_with(&[(
+        DESKTOP,
+        "BATON_TEST_DROP_TRANSFER_AFTER_BYTES",
+        drop_s.as_str(),
+    )]);
+    let files: Vec<(String, Vec<u8>)> = (0..FILES)
+        .map(|i| (format!("blobs/b{i}.bin"), noise(500 + i, SIZE)))
+        .collect();
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let (s, ws_a) = session_with(&w, "proj", &files);
+    let dest = PathBuf::from(w.dir("desktop-ws")).join("proj");
+
+    let out = moved(&w, LAPTOP, &s, "desktop", &dest, &[]);
+    assert_eq!(content(&dest, &[]), content(&ws_a, &[]), "{out}");
+
+    // The hook really cut the socket, once, and the target reconnected.
+    let target_log = daemon_log(&w, DESKTOP);
+    assert_eq!(
+        target_log
+            .matches("BATON_TEST_DROP_TRANSFER_AFTER_BYTES set: dropping the transfer socket")
+            .count(),
+        1,
+        "the socket was dropped once"
+    );
+    assert!(
+        target_log.contains("transfer socket lost; reconnecting"),
+        "the target reconnected"
+    );
+
+    // Every byte of the tree was stored once: nothing asked for twice.
+    let ws = &out["workspace"];
+    let total = ws["bytes_total"].as_u64().expect("bytes_total");
+    assert_eq!(total, total_guess, "{ws}");
+    assert_eq!(ws["bytes_sent"].as_u64(), Some(total), "{ws}");
+
+    // `bytes_sent` counts what the target stored, so it cannot show a resend; what the source
+    // served can. Chunks that arrived before the drop (at least `drop_after` bytes, less the
+    // manifest and framing) are never served again; only what was in flight may be.
+    let served = wait_for(Duration::from_secs(10), || {
+        let log = daemon_log(&w, LAPTOP);
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("workspace pass served"))
+            .collect();
+        // Plan, pre-copy and final pass.
+        (lines.len() >= 3).then(|| {
+            lines
+                .iter()
+                .map(|l| field(l, "bytes").expect("bytes= in the log line"))
+                .sum::<u64>()
+        })
+    })
+    .expect("the source logged every pass it served");
+    eprintln!("tree {total} bytes, socket dropped after {drop_after}, source served {served}");
+    let arrived_before_drop = drop_after - drop_after / 20;
+    assert!(served >= total, "served {served} < tree {total}");
+    assert!(
+        served <= 2 * total - arrived_before_drop,
+        "the source served {served} bytes for a {total}-byte tree: chunks received before the \
+         drop (≥ {arrived_before_drop} bytes) were sent again"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Edits while the pre-copy runs.
+
+#[test]
+fn files_edited_during_and_after_the_precopy_arrive_in_their_edited_form() {
+    let w = world_with(&[
+        // The target waits before it pulls each pass: the pre-copy's scan is made, its chunks
+        // not yet read, while it waits.
+        (DESKTOP, "BATON_TEST_DELAY_WORKSPACE_RECEIVE_MS", "3000"),
+        // The source holds in quiesce, after the pre-copy ended.
+        (LAPTOP, "BATON_TEST_DELAY_QUIESCE_MS", "3000"),
+    ]);
+    let a_old = noise(900, 10_000);
+    let b_old = noise(901, 12_000);
+    let (s, ws_a) = session_with(
+        &w,
+        "proj",
+        &[
+            ("during.bin", a_old.clone()),
+            ("after.txt", b_old.clone()),
+            ("same-size.txt", b"version one\n".to_vec()),
+            ("doomed.txt", b"deleted after the pre-copy\n".to_vec()),
+            ("big.bin", noise(902, 300_000)),
+        ],
+    );
+    let dest = PathBuf::from(w.dir("desktop-ws")).join("proj");
+    let dest_s = dest.to_string_lossy().into_owned();
+    let child = w.spawn(
+        LAPTOP,
+        &[
+            "--json",
+            "handoff",
+            &s,
+            "--to",
+            "desktop",
+            "--workspace",
+            "--path",
+            &dest_s,
+        ],
+    );
+
+    // During the pre-copy: the source has scanned, the target has not pulled yet.
+    wait_phase(&w, &s, "precopy", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(600));
+    let a_new = noise(903, 11_000);
+    put(&ws_a, "during.bin", &a_new);
+    assert_eq!(
+        last_handoff(&w, &s).expect("handoff").0,
+        "precopy",
+        "the edit landed during the pre-copy"
+    );
+
+    // After the pre-copy, while the source stops.
+    wait_phase(&w, &s, "quiesce_source", Duration::from_secs(30));
+    put(&ws_a, "after.txt", b"edited after the pre-copy\n");
+    // Same size, new content: a rescan that trusted sizes would miss it.
+    put(&ws_a, "same-size.txt", b"version two\n");
+    std::fs::remove_file(ws_a.join("doomed.txt")).expect("rm");
+    put(&ws_a, "new/born.txt", b"created after the pre-copy\n");
+    assert_eq!(last_handoff(&w, &s).expect("handoff").0, "quiesce_source");
+
+    let (rc, out) = finished(child);
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(out["result"], "committed", "{out}");
+    assert_eq!(std::fs::read(dest.join("during.bin")).expect("read"), a_new);
+    assert_eq!(
+        std::fs::read(dest.join("after.txt")).expect("read"),
+        b"edited after the pre-copy\n"
+    );
+    assert_eq!(
+        std::fs::read(dest.join("same-size.txt")).expect("read"),
+        b"version two\n"
+    );
+    assert!(
+        !dest.join("doomed.txt").exists(),
+        "a deleted file stays deleted"
+    );
+    assert_eq!(
+        std::fs::read(dest.join("new/born.txt")).expect("read"),
+        b"created after the pre-copy\n"
+    );
+    assert_eq!(content(&dest, &[]), content(&ws_a, &[]));
+    // The stale content of `during.bin` never travelled: the source answered `gone` for it in
+    // the pre-copy (its file had changed) and sent the new one in the final pass.
+    let ws = &out["workspace"];
+    let sent = ws["bytes_sent"].as_u64().expect("bytes_sent");
+    let total = ws["bytes_total"].as_u64().expect("bytes_total");
+    let precopied_then_replaced = b_old.len() as u64
+        + "version one\n".len() as u64
+        + "deleted after the pre-copy\n".len() as u64;
+    assert_eq!(
+        sent,
+        total + precopied_then_replaced,
+        "pre-copy: everything but during.bin's old bytes; final pass: the edits ({ws})"
+    );
+    let row = w.session(DESKTOP, &s);
+    assert_eq!(row["workspace"], dest_s.as_str(), "{row}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Too little space at the destination.
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Result<Self, String> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Self(at.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn too_little_space_at_the_destination_is_refused_in_preflight() {
+    let w = World::new(&["laptop", "desktop"]);
+    let small = PathBuf::from(w.dir("small-fs"));
+    // The daemon keeps 16 MiB free beyond the tree: 20 MiB holds a small tree, not 6 MiB more.
+    let _mount = match Mount::tmpfs(&small, "20m") {
+        Ok(m) => m,
+        Err(why) => {
+            if std::env::var("BATON_REQUIRE_MOUNT").as_deref() == Ok("1") {
+                panic!("a tmpfs is required (BATON_REQUIRE_MOUNT=1): {why}");
+            }
+            eprintln!("skipping: needs to mount a small tmpfs ({why})");
+            return;
+        }
+    };
+
+    let big: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("big/b{i}.bin"), noise(700 + i, 1024 * 1024)))
+        .collect();
+    let big: Vec<(&str, Vec<u8>)> = big.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let (s, ws_a) = session_with(&w, "big", &big);
+    let dest = small.join("big");
+    let (rc, out) = w.handoff(
+        LAPTOP,
+        &s,
+        "desktop",
+        &["--workspace", "--path", &dest.to_string_lossy()],
+    );
+    assert_eq!(rc, 3, "refused by preflight: {out}");
+    assert_eq!(out["error"]["code"], "insufficient_space", "{out}");
+    assert_eq!(out["result"], "aborted", "{out}");
+    let msg = out["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("needs") && msg.contains("available"), "{msg}");
+    let seen = phases(&out);
+    assert!(
+        !seen
+            .iter()
+            .any(|p| p == "prepare_target" || p == "precopy" || p == "quiesce_source"),
+        "found after preflight: {seen:?}"
+    );
+    // Nothing was stopped, nothing was written.
+    let row = w.session(LAPTOP, &s);
+    assert_eq!(row["owner"]["name"], "laptop", "{row}");
+    assert_eq!(row["epoch"], 1, "{row}");
+    assert_eq!(
+        agent_pids(w.home(LAPTOP)).len(),
+        1,
+        "the provider kept running"
+    );
+    assert!(w.send(LAPTOP, &s, "still here").starts_with("Turn 2."));
+    let on_small: Vec<_> = std::fs::read_dir(&small)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(on_small.is_empty(), "{on_small:?}");
+    assert!(ws_a.join("big/b5.bin").is_file());
+
+    // The same filesystem takes a tree that fits: the refusal was about size.
+    let (s2, ws_small) = session_with(&w, "tiny", &[("a.txt", b"fits\n".to_vec())]);
+    let dest2 = small.join("tiny");
+    moved(&w, LAPTOP, &s2, "desktop", &dest2, &[]);
+    assert_eq!(content(&dest2, &[]), content(&ws_small, &[]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Hostile input from the source.
+//
+// The real laptop daemon is stopped and a fake one takes its place on the control socket: it
+// answers the coordinator like a source would, but serves a hand-made manifest (through the
+// daemon's own `serve_source`) or a hand-made chunk stream (raw frames, since `serve_source`
+// never sends a chunk that does not match its name). The target is the real desktop daemon.
+
+mod fake {
+    use std::collections::HashMap;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use baton_crypto::TransferCipher;
+    use baton_daemon::client::Client;
+    use baton_daemon::transfer::{ChunkSource, TransferConn, TransferTuning, serve_source};
+    use baton_proto::transfer::{
+        ChunksFrame, Frame, MAX_TRANSFER_FRAME, TransferRole, decode, encode_blob, encode_done_ack,
+        transfer_ws_path,
+    };
+    use baton_proto::workspace::ContentHash;
+    use baton_proto::ws::{ClientFrame, ConnRole, DaemonCommand, DaemonReply, ServerFrame};
+    use baton_proto::{ApiError, ErrorCode, HandoffId, PROTOCOL_VERSION};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::sync::mpsc;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    use tokio_util::sync::CancellationToken;
+
+    /// What the fake source serves on every workspace pass.
+    #[derive(Clone, Default)]
+    pub struct Serving {
+        /// The manifest as sent (normally JSON of a `WorkspaceManifest`).
+        pub blob: Vec<u8>,
+        /// `Some`: raw frames, each wanted hash answered with these bytes (whatever they are).
+        /// `None`: the daemon's `serve_source`, with no chunk to give.
+        pub raw_chunks: Option<HashMap<ContentHash, Vec<u8>>>,
+    }
+
+    struct Nothing;
+
+    impl ChunkSource for Nothing {
+        fn read(&self, _: &ContentHash) -> io::Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+    }
+
+    /// Runs until `stop`: the machine of `client` online, answering commands.
+    pub async fn source(client: Client, serving: Arc<Mutex<Serving>>, stop: CancellationToken) {
+        let ws = client.connect_ws().await.expect("fake source connects");
+        let (mut sink, mut stream) = ws.split();
+        let text = |f: &ClientFrame| Message::Text(serde_json::to_string(f).expect("json").into());
+        sink.send(text(&ClientFrame::Hello {
+            role: ConnRole::Daemon,
+            protocol: PROTOCOL_VERSION,
+            providers: Vec::new(),
+        }))
+        .await
+        .expect("hello");
+        let (tx, mut rx) = mpsc::channel::<ClientFrame>(16);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    return;
+                }
+                Some(frame) = rx.recv() => {
+                    if sink.send(text(&frame)).await.is_err() {
+                        return;
+                    }
+                }
+                msg = stream.next() => {
+                    let Some(Ok(msg)) = msg else { return };
+                    let Message::Text(t) = msg else { continue };
+                    let Ok(ServerFrame::Command { id, command }) = serde_json::from_str(&t) else {
+                        continue;
+                    };
+                    let (client, serving, tx) = (client.clone(), serving.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let result = answer(&client, &serving, command).await;
+                        let _ = tx.send(ClientFrame::Reply { id, result }).await;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn answer(
+        client: &Client,
+        serving: &Mutex<Serving>,
+        command: DaemonCommand,
+    ) -> Result<DaemonReply, ApiError> {
+        match command {
+            DaemonCommand::WorkspaceCheck { .. } => Ok(DaemonReply::WorkspaceChecked {
+                files: 1,
+                bytes: 4096,
+            }),
+            DaemonCommand::WorkspaceSend {
+                transfer_id,
+                session,
+                ..
+            } => {
+                let cipher = client
+                    .cipher(&session)
+                    .map_err(|e| e.to_api())?
+                    .transfer(transfer_id);
+                let serving = serving.lock().expect("lock").clone();
+                let conn = TransferConn {
+                    client: client.clone(),
+                    transfer: transfer_id,
+                    tuning: TransferTuning::default(),
+                };
+                tokio::spawn(async move {
+                    match serving.raw_chunks {
+                        Some(chunks) => {
+                            if let Err(e) =
+                                raw(&conn, transfer_id, cipher, &serving.blob, chunks).await
+                            {
+                                eprintln!("fake source: raw serving ended: {e}");
+                            }
+                        }
+                        None => {
+                            let r = serve_source(
+                                &conn,
+                                cipher,
+                                Arc::new(Nothing),
+                                serving.blob,
+                                CancellationToken::new(),
+                            )
+                            .await;
+                            if let Err(e) = r {
+                                eprintln!("fake source: serving ended: {e}");
+                            }
+                        }
+                    }
+                });
+                Ok(DaemonReply::WorkspaceServing {
+                    files: 1,
+                    bytes: 4096,
+                })
+            }
+            // A hostile tree must be refused before the source is asked to stop.
+            DaemonCommand::Quiesce { .. } | DaemonCommand::Export { .. } => Err(ApiError::new(
+                ErrorCode::Internal,
+                "The fake source was asked to stop: the target accepted a hostile workspace.",
+            )),
+            _ => Ok(DaemonReply::Ok),
+        }
+    }
+
+    /// The source's end of a transfer, frame by frame, sending whatever bytes it was given for
+    /// each wanted hash.
+    async fn raw(
+        conn: &TransferConn,
+        transfer: HandoffId,
+        cipher: TransferCipher,
+        blob: &[u8],
+        chunks: HashMap<ContentHash, Vec<u8>>,
+    ) -> Result<(), String> {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_TRANSFER_FRAME))
+            .max_frame_size(Some(MAX_TRANSFER_FRAME));
+        let mut ws = conn
+            .client
+            .connect_ws_at(&transfer_ws_path(transfer, TransferRole::Source), config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sealed = cipher.seal_blob(blob).into_vec();
+        while let Some(msg) = ws.next().await {
+            let Message::Binary(bytes) = msg.map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let reply: Vec<Vec<u8>> = match decode(&bytes).map_err(|e| e.to_string())? {
+                Frame::WantBlob { offset } => {
+                    let at = (offset as usize).min(sealed.len());
+                    vec![
+                        encode_blob(sealed.len() as u64, at as u64, &sealed[at..])
+                            .map_err(|e| e.to_string())?,
+                    ]
+                }
+                Frame::Want(list) => list
+                    .iter()
+                    .map(|hash| {
+                        let data = chunks.get(&hash).cloned().unwrap_or_default();
+                        let mut frame = ChunksFrame::with_capacity(data.len() + 128);
+                        cipher
+                            .seal_chunk_to(&hash, &data, &mut frame)
+                            .map(|()| frame.finish())
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect::<Result<_, _>>()?,
+                Frame::Done => {
+                    let _ = ws.send(Message::Binary(encode_done_ack().into())).await;
+                    return Ok(());
+                }
+                Frame::Abort(reason) => return Err(format!("the target aborted: {reason}")),
+                _ => Vec::new(),
+            };
+            for f in reply {
+                ws.send(Message::Binary(f.into()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dir_entry(path: &str) -> WorkspaceEntry {
+    WorkspaceEntry {
+        path: path.into(),
+        mode: 0o755,
+        mtime_ns: 1_700_000_000_000_000_000,
+        kind: EntryKind::Dir,
+    }
+}
+
+fn file_entry(path: &str, size: u64, chunks: &[(ContentHash, u32)]) -> WorkspaceEntry {
+    WorkspaceEntry {
+        path: path.into(),
+        mode: 0o644,
+        mtime_ns: 1_700_000_000_000_000_000,
+        kind: EntryKind::File(FileData {
+            size,
+            hash: ContentHash([0xAB; 32]),
+            chunks: chunks
+                .iter()
+                .map(|(hash, len)| ChunkRef {
+                    hash: *hash,
+                    len: *len,
+                })
+                .collect(),
+        }),
+    }
+}
+
+fn link_entry(path: &str, target: &str) -> WorkspaceEntry {
+    WorkspaceEntry {
+        path: path.into(),
+        mode: 0o777,
+        mtime_ns: 1_700_000_000_000_000_000,
+        kind: EntryKind::Symlink {
+            target: target.into(),
+        },
+    }
+}
+
+fn manifest(entries: Vec<WorkspaceEntry>) -> Vec<u8> {
+    serde_json::to_vec(&WorkspaceManifest {
+        version: MANIFEST_VERSION,
+        params: ChunkParams::DEFAULT,
+        root_mode: 0o755,
+        root_mtime_ns: 1_700_000_000_000_000_000,
+        entries,
+        skipped: Vec::new(),
+    })
+    .expect("manifest encodes")
+}
+
+/// One hostile case: what is served, and what the refusal must say.
+struct Hostile {
+    name: &'static str,
+    serving: fake::Serving,
+    codes: &'static [&'static str],
+    says: &'static str,
+}
+
+fn hostile_cases(outside: &Path) -> Vec<Hostile> {
+    let h = |n: u8| ContentHash([n; 32]);
+    let abs = outside.join("abs-victim").to_string_lossy().into_owned();
+    // Leaked on purpose: the cases outlive this function and the path is small.
+    let abs: &'static str = Box::leak(abs.into_boxed_str());
+    let manifest_case = |name, entries, says| Hostile {
+        name,
+        serving: fake::Serving {
+            blob: manifest(entries),
+            raw_chunks: None,
+        },
+        codes: &["invalid_workspace_manifest"],
+        says,
+    };
+    vec![
+        manifest_case(
+            "a path climbing out with ..",
+            vec![file_entry("../escape", 5, &[(h(1), 5)])],
+            "`..` component",
+        ),
+        manifest_case(
+            "an absolute path",
+            vec![file_entry(abs, 5, &[(h(2), 5)])],
+            "absolute path",
+        ),
+        manifest_case(
+            "a duplicate path",
+            vec![
+                dir_entry("a"),
+                file_entry("a/x", 5, &[(h(3), 5)]),
+                file_entry("a/x", 6, &[(h(4), 6)]),
+            ],
+            "duplicate path",
+        ),
+        manifest_case(
+            "a path through a symlink",
+            vec![
+                link_entry("link", "sub"),
+                file_entry("link/evil", 5, &[(h(5), 5)]),
+                dir_entry("sub"),
+            ],
+            "goes through the symlink link",
+        ),
+        manifest_case(
+            "a symlink leaving the tree",
+            vec![link_entry("out", "../../outside")],
+            "leaves the workspace",
+        ),
+        manifest_case(
+            "chunk lengths that do not add up to the size",
+            vec![file_entry("f", 100, &[(h(6), 50)])],
+            "chunk lengths sum to 50 bytes but the file is 100 bytes",
+        ),
+        Hostile {
+            name: "a manifest that is not one",
+            serving: fake::Serving {
+                blob: b"{\"version\": 1, \"entries\": \"all of /etc\"".to_vec(),
+                raw_chunks: None,
+            },
+            codes: &["invalid_workspace_manifest"],
+            says: "does not parse",
+        },
+        Hostile {
+            name: "a chunk longer than the manifest says",
+            serving: fake::Serving {
+                blob: manifest(vec![file_entry("f", 1000, &[(h(7), 1000)])]),
+                raw_chunks: Some([(h(7), noise(7, 1500))].into_iter().collect()),
+            },
+            codes: &["transfer_failed", "verify_failed"],
+            says: "the manifest says 1000",
+        },
+        Hostile {
+            name: "a chunk whose bytes do not match its hash",
+            serving: fake::Serving {
+                blob: manifest(vec![file_entry("f", 1000, &[(h(8), 1000)])]),
+                raw_chunks: Some([(h(8), noise(8, 1000))].into_iter().collect()),
+            },
+            codes: &["verify_failed"],
+            says: "does not hash to its name",
+        },
+    ]
+}
+
+/// Laptop owns a session; its daemon is replaced by the fake source; desktop has an existing
+/// destination `desktop-ws/proj` with files of its own.
+struct HostileWorld {
+    w: World,
+    rt: tokio::runtime::Runtime,
+    stop: tokio_util::sync::CancellationToken,
+    serving: Arc<Mutex<fake::Serving>>,
+    session: String,
+    dest: PathBuf,
+}
+
+impl HostileWorld {
+    fn new() -> Self {
+        let mut w = World::new(&["laptop", "desktop"]);
+        let (session, _) = session_with(&w, "proj", &[("src/main.rs", b"fn main() {}\n".to_vec())]);
+        let dest = PathBuf::from(w.dir("desktop-ws")).join("proj");
+        put(&dest, "src/main.rs", b"fn main() { desktop(); }\n");
+        put(&dest, "keep/me.bin", &noise(42, 70_000));
+        symlink("keep", dest.join("keep-link")).expect("link");
+
+        w.c.stop_daemon(LAPTOP);
+        w.c.wait_online(&["laptop"], false, Duration::from_secs(60))
+            .expect("laptop offline");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let identity = baton_daemon::identity::Identity::load(&w.c.machines[LAPTOP].baton_home)
+            .expect("laptop identity");
+        let client = baton_daemon::client::Client::new(Arc::new(identity), None).expect("client");
+        let serving = Arc::new(Mutex::new(fake::Serving::default()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        rt.spawn(fake::source(client, serving.clone(), stop.clone()));
+        w.c.wait_online(&["laptop", "desktop"], true, Duration::from_secs(30))
+            .expect("the fake source is online");
+        Self {
+            w,
+            rt,
+            stop,
+            serving,
+            session,
+            dest,
+        }
+    }
+
+    /// Hands off to the fake-served tree with `extra`; returns exit code and document.
+    fn attempt(&self, serving: fake::Serving, extra: &[&str]) -> (i32, Value) {
+        *self.serving.lock().expect("lock") = serving;
+        let dest = self.dest.to_string_lossy();
+        let mut args = vec!["--workspace", "--path", dest.as_ref(), "--timeout", "120"];
+        args.extend_from_slice(extra);
+        self.w.handoff(LAPTOP, &self.session, "desktop", &args)
+    }
+
+    /// The real laptop daemon back, the session still its own and usable.
+    fn finish(mut self) {
+        self.stop.cancel();
+        self.rt.shutdown_timeout(Duration::from_secs(5));
+        self.w.c.start_daemon(LAPTOP).expect("laptop daemon");
+        self.w
+            .c
+            .wait_online(&["laptop", "desktop"], true, Duration::from_secs(30))
+            .expect("online");
+        let row = self.w.session(LAPTOP, &self.session);
+        assert_eq!(row["owner"]["name"], "laptop", "{row}");
+        assert_eq!(row["epoch"], 1, "{row}");
+        let reply = self.w.send(LAPTOP, &self.session, "still mine");
+        assert!(reply.starts_with("Turn 2."), "{reply}");
+    }
+}
+
+#[test]
+fn the_target_refuses_hostile_manifests_and_chunks_and_keeps_the_destination() {
+    let hw = HostileWorld::new();
+    let w = &hw.w;
+    let desk = hw.dest.parent().expect("parent").to_path_buf();
+    let outside = PathBuf::from(w.dir("outside"));
+    let before = exact(&desk);
+    let outside_before = exact(&outside);
+    for case in hostile_cases(&outside) {
+        let (rc, out) = hw.attempt(case.serving, &["--conflict", "replace"]);
+        let name = case.name;
+        assert_ne!(rc, 0, "{name}: accepted: {out}");
+        assert_eq!(out["result"], "aborted", "{name}: {out}");
+        let code = out["error"]["code"].as_str().unwrap_or_default();
+        assert!(case.codes.contains(&code), "{name}: code {code}: {out}");
+        let msg = out["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(case.says),
+            "{name}: the error does not say {:?}: {msg}",
+            case.says
+        );
+        assert!(
+            !phases(&out).iter().any(|p| p == "quiesce_source"),
+            "{name}: refused only after the source was stopped: {out}"
+        );
+        assert_cleaned_up(w, DESKTOP, &hw.dest);
+        assert_eq!(exact(&desk), before, "{name}: the destination changed");
+        assert_eq!(exact(&outside), outside_before, "{name}: wrote outside");
+        assert!(!desk.join("escape").exists() && !outside.join("abs-victim").exists());
+    }
+    hw.finish();
+}
+
+#[test]
+fn a_dry_run_refuses_a_hostile_manifest_instead_of_planning_it() {
+    let hw = HostileWorld::new();
+    let desk = hw.dest.parent().expect("parent").to_path_buf();
+    let before = exact(&desk);
+    let serving = fake::Serving {
+        blob: manifest(vec![
+            dir_entry("a"),
+            file_entry("a/x", 5, &[(ContentHash([3; 32]), 5)]),
+            file_entry("a/x", 5, &[(ContentHash([3; 32]), 5)]),
+            file_entry("../escape", 5, &[(ContentHash([1; 32]), 5)]),
+        ]),
+        raw_chunks: None,
+    };
+    let (rc, out) = hw.attempt(serving, &["--dry-run", "--conflict", "replace"]);
+    assert_eq!(
+        out["error"]["code"], "invalid_workspace_manifest",
+        "the plan pass took a hostile manifest as a plan (exit {rc}): {out}"
+    );
+    assert_ne!(rc, 0, "{out}");
+    assert_cleaned_up(&hw.w, DESKTOP, &hw.dest);
+    assert_eq!(exact(&desk), before);
+    hw.finish();
+}
