@@ -1003,11 +1003,11 @@ mod fake {
                             .map_err(|e| e.to_string())?,
                     ]
                 }
-                Frame::Want(list) => list
+                Frame::Want { round, hashes } => hashes
                     .iter()
                     .map(|hash| {
                         let data = chunks.get(&hash).cloned().unwrap_or_default();
-                        let mut frame = ChunksFrame::with_capacity(data.len() + 128);
+                        let mut frame = ChunksFrame::new(round, data.len() + 128);
                         cipher
                             .seal_chunk_to(&hash, &data, &mut frame)
                             .map(|()| frame.finish())

@@ -284,16 +284,16 @@ mod tests {
     #[test]
     fn sealing_into_a_frame_matches_sealing_alone() {
         let c = session().transfer(HandoffId::new());
-        let mut frame = ChunksFrame::with_capacity(0);
+        let mut frame = ChunksFrame::new(0, 0);
         let parts: Vec<Vec<u8>> = vec![b"a".to_vec(), vec![9; 70_000], Vec::new()];
         for p in &parts {
             c.seal_chunk_to(&named(p), p, &mut frame).unwrap();
         }
         let bytes = frame.finish();
-        let Frame::Chunks(list) = decode(&bytes).unwrap() else {
+        let Frame::Chunks { chunks, .. } = decode(&bytes).unwrap() else {
             panic!("not chunks")
         };
-        let opened: Vec<Vec<u8>> = list
+        let opened: Vec<Vec<u8>> = chunks
             .iter()
             .map(|e| c.open_chunk(&e.hash, e.sealed).unwrap().into_data())
             .collect();

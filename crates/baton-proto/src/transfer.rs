@@ -4,16 +4,20 @@
 //! The target drives the transfer: it asks for chunks by hash (`want`), keeping a window of
 //! requested bytes; the source answers with `chunks` frames, each carrying one or more sealed
 //! chunks, or `gone` for chunks it can no longer produce. The sealed manifest travels the same way
-//! as a `blob` split into parts. After a reconnect of either side the target asks again for what it
-//! has not received, so nothing received is sent twice and the source keeps no state per request.
+//! as a `blob` split into parts. After a reconnect of either side the target asks again, in a new
+//! *round*, for what it has not received; answers carry the round of their request, so an answer
+//! to an older round still in flight is recognised and dropped instead of being stored while its
+//! re-ask is served too. Nothing stored is ever asked for again, and the source keeps no state
+//! per request.
 //!
 //! Frame layout (integers big-endian):
 //!
 //! ```text
 //! frame      = version:u8 (= 1) ‖ kind:u8 ‖ body
-//! 1 want     = count:u32 ‖ count × hash[32]                      target → source
-//! 2 chunks   = count:u32 ‖ count × (hash[32] ‖ len:u32 ‖ sealed[len])   source → target
-//! 3 gone     = count:u32 ‖ count × hash[32]                      source → target
+//! 1 want     = round:u32 ‖ count:u32 ‖ count × hash[32]          target → source
+//! 2 chunks   = round:u32 ‖ count:u32 ‖ count × (hash[32] ‖ len:u32 ‖ sealed[len])
+//!                                                                source → target
+//! 3 gone     = round:u32 ‖ count:u32 ‖ count × hash[32]          source → target
 //! 4 want_blob= offset:u64                                        target → source
 //! 5 blob     = total:u64 ‖ offset:u64 ‖ part (rest of the frame)  source → target
 //! 6 done     = (empty)                                           target → source
@@ -60,6 +64,8 @@ pub const MAX_ABORT_REASON: usize = 1024;
 
 /// Bytes of the frame header (version, kind).
 const HEADER: usize = 2;
+/// Where the count of a `want`, `chunks` or `gone` frame starts (after the round).
+const COUNT_AT: usize = HEADER + 4;
 /// Bytes of one chunk entry's header (hash, length).
 const ENTRY_HEADER: usize = 32 + 4;
 
@@ -267,7 +273,7 @@ impl<'a> ChunkList<'a> {
     /// The entries in order.
     pub fn iter(&self) -> impl Iterator<Item = ChunkEntry<'a>> + 'a {
         let frame = self.frame;
-        let mut at = HEADER + 4;
+        let mut at = COUNT_AT + 4;
         (0..self.count).map(move |_| {
             // Bounds were all checked by `decode`, so slicing here cannot fail.
             let mut hash = [0u8; 32];
@@ -288,11 +294,26 @@ impl<'a> ChunkList<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
     /// Target asks for these chunks.
-    Want(HashList<'a>),
-    /// Sealed chunks.
-    Chunks(ChunkList<'a>),
-    /// Chunks the source can no longer produce.
-    Gone(HashList<'a>),
+    Want {
+        /// The target's request round (bumped at each re-ask after a reconnect).
+        round: u32,
+        /// The chunks.
+        hashes: HashList<'a>,
+    },
+    /// Sealed chunks, answering requests of `round`.
+    Chunks {
+        /// The round of the requests answered.
+        round: u32,
+        /// The chunks.
+        chunks: ChunkList<'a>,
+    },
+    /// Chunks the source can no longer produce, asked for in `round`.
+    Gone {
+        /// The round of the requests answered.
+        round: u32,
+        /// The chunks.
+        hashes: HashList<'a>,
+    },
     /// Target asks for the blob from `offset`.
     WantBlob {
         /// First byte wanted.
@@ -339,8 +360,16 @@ pub fn frame_kind(frame: &[u8]) -> Result<FrameKind, FrameError> {
     FrameKind::from_byte(*kind).ok_or(FrameError::Kind(*kind))
 }
 
-fn hash_list<'a>(kind: &'static str, body: &'a [u8]) -> Result<HashList<'a>, FrameError> {
-    let (count, hashes) = body
+fn round_of(kind: &'static str, frame: &[u8]) -> Result<u32, FrameError> {
+    frame
+        .get(HEADER..COUNT_AT)
+        .map(read_u32)
+        .ok_or_else(|| malformed(kind, "no round"))
+}
+
+fn hash_list<'a>(kind: &'static str, frame: &'a [u8]) -> Result<(u32, HashList<'a>), FrameError> {
+    let round = round_of(kind, frame)?;
+    let (count, hashes) = frame[COUNT_AT..]
         .split_first_chunk::<4>()
         .ok_or_else(|| malformed(kind, "no count"))?;
     let count = u32::from_be_bytes(*count) as usize;
@@ -350,21 +379,22 @@ fn hash_list<'a>(kind: &'static str, body: &'a [u8]) -> Result<HashList<'a>, Fra
     if hashes.len() != count * 32 {
         return Err(malformed(kind, "length does not match the count"));
     }
-    Ok(HashList(hashes))
+    Ok((round, HashList(hashes)))
 }
 
-fn chunk_list(frame: &[u8]) -> Result<ChunkList<'_>, FrameError> {
+fn chunk_list(frame: &[u8]) -> Result<(u32, ChunkList<'_>), FrameError> {
     const KIND: &str = "chunks";
+    let round = round_of(KIND, frame)?;
     let count = frame
-        .get(HEADER..HEADER + 4)
+        .get(COUNT_AT..COUNT_AT + 4)
         .map(read_u32)
         .ok_or_else(|| malformed(KIND, "no count"))? as usize;
     // Each entry takes at least its header, so a count larger than that is a lie; checked before
     // walking so a hostile count costs nothing.
-    if count > (frame.len() - HEADER - 4) / ENTRY_HEADER {
+    if count > (frame.len() - COUNT_AT - 4) / ENTRY_HEADER {
         return Err(malformed(KIND, "count exceeds the frame"));
     }
-    let mut at = HEADER + 4;
+    let mut at = COUNT_AT + 4;
     for _ in 0..count {
         let len = frame
             .get(at + 32..at + ENTRY_HEADER)
@@ -382,7 +412,7 @@ fn chunk_list(frame: &[u8]) -> Result<ChunkList<'_>, FrameError> {
     if at != frame.len() {
         return Err(malformed(KIND, "bytes after the last entry"));
     }
-    Ok(ChunkList { frame, count })
+    Ok((round, ChunkList { frame, count }))
 }
 
 /// Decodes a frame received from the network.
@@ -393,9 +423,18 @@ pub fn decode(frame: &[u8]) -> Result<Frame<'_>, FrameError> {
     let kind = frame_kind(frame)?;
     let body = &frame[HEADER..];
     Ok(match kind {
-        FrameKind::Want => Frame::Want(hash_list("want", body)?),
-        FrameKind::Gone => Frame::Gone(hash_list("gone", body)?),
-        FrameKind::Chunks => Frame::Chunks(chunk_list(frame)?),
+        FrameKind::Want => {
+            let (round, hashes) = hash_list("want", frame)?;
+            Frame::Want { round, hashes }
+        }
+        FrameKind::Gone => {
+            let (round, hashes) = hash_list("gone", frame)?;
+            Frame::Gone { round, hashes }
+        }
+        FrameKind::Chunks => {
+            let (round, chunks) = chunk_list(frame)?;
+            Frame::Chunks { round, chunks }
+        }
         FrameKind::WantBlob => {
             let offset = body
                 .try_into()
@@ -451,11 +490,16 @@ fn header(kind: FrameKind, body_len: usize) -> Vec<u8> {
     out
 }
 
-fn encode_hashes(kind: FrameKind, hashes: &[ContentHash]) -> Result<Vec<u8>, FrameError> {
+fn encode_hashes(
+    kind: FrameKind,
+    round: u32,
+    hashes: &[ContentHash],
+) -> Result<Vec<u8>, FrameError> {
     if hashes.len() > MAX_HASHES_PER_FRAME {
         return Err(malformed("want", "too many hashes"));
     }
-    let mut out = header(kind, 4 + 32 * hashes.len());
+    let mut out = header(kind, 8 + 32 * hashes.len());
+    out.extend_from_slice(&round.to_be_bytes());
     out.extend_from_slice(&(hashes.len() as u32).to_be_bytes());
     for h in hashes {
         out.extend_from_slice(h.as_bytes());
@@ -463,14 +507,14 @@ fn encode_hashes(kind: FrameKind, hashes: &[ContentHash]) -> Result<Vec<u8>, Fra
     Ok(out)
 }
 
-/// A `want` frame; at most [`MAX_HASHES_PER_FRAME`] hashes.
-pub fn encode_want(hashes: &[ContentHash]) -> Result<Vec<u8>, FrameError> {
-    encode_hashes(FrameKind::Want, hashes)
+/// A `want` frame of request round `round`; at most [`MAX_HASHES_PER_FRAME`] hashes.
+pub fn encode_want(round: u32, hashes: &[ContentHash]) -> Result<Vec<u8>, FrameError> {
+    encode_hashes(FrameKind::Want, round, hashes)
 }
 
-/// A `gone` frame; at most [`MAX_HASHES_PER_FRAME`] hashes.
-pub fn encode_gone(hashes: &[ContentHash]) -> Result<Vec<u8>, FrameError> {
-    encode_hashes(FrameKind::Gone, hashes)
+/// A `gone` frame answering round `round`; at most [`MAX_HASHES_PER_FRAME`] hashes.
+pub fn encode_gone(round: u32, hashes: &[ContentHash]) -> Result<Vec<u8>, FrameError> {
+    encode_hashes(FrameKind::Gone, round, hashes)
 }
 
 /// A `want_blob` frame.
@@ -527,9 +571,10 @@ pub struct ChunksFrame {
 }
 
 impl ChunksFrame {
-    /// An empty frame with room for `capacity` bytes of entries.
-    pub fn with_capacity(capacity: usize) -> Self {
-        let mut buf = header(FrameKind::Chunks, 4 + capacity);
+    /// An empty frame answering requests of `round`, with room for `capacity` bytes of entries.
+    pub fn new(round: u32, capacity: usize) -> Self {
+        let mut buf = header(FrameKind::Chunks, 8 + capacity);
+        buf.extend_from_slice(&round.to_be_bytes());
         buf.extend_from_slice(&0u32.to_be_bytes());
         Self { buf, count: 0 }
     }
@@ -590,7 +635,7 @@ impl ChunksFrame {
 
     /// The finished frame.
     pub fn finish(mut self) -> Vec<u8> {
-        self.buf[HEADER..HEADER + 4].copy_from_slice(&self.count.to_be_bytes());
+        self.buf[COUNT_AT..COUNT_AT + 4].copy_from_slice(&self.count.to_be_bytes());
         self.buf
     }
 }
@@ -607,26 +652,27 @@ mod tests {
 
     #[test]
     fn want_round_trip() {
-        let frame = encode_want(&[h(1), h(2)]).unwrap();
+        let frame = encode_want(7, &[h(1), h(2)]).unwrap();
         assert_eq!(frame_kind(&frame), Ok(FrameKind::Want));
-        let Frame::Want(list) = decode(&frame).unwrap() else {
+        let Frame::Want { round, hashes } = decode(&frame).unwrap() else {
             panic!("not a want")
         };
-        assert_eq!(list.iter().collect::<Vec<_>>(), vec![h(1), h(2)]);
+        assert_eq!(round, 7);
+        assert_eq!(hashes.iter().collect::<Vec<_>>(), vec![h(1), h(2)]);
     }
 
     #[test]
     fn layout_is_as_documented() {
-        let frame = encode_want(&[h(9)]).unwrap();
-        assert_eq!(&frame[..6], &[1, 1, 0, 0, 0, 1]);
-        assert_eq!(&frame[6..], &[9; 32]);
-        let mut c = ChunksFrame::with_capacity(0);
+        let frame = encode_want(258, &[h(9)]).unwrap();
+        assert_eq!(&frame[..10], &[1, 1, 0, 0, 1, 2, 0, 0, 0, 1]);
+        assert_eq!(&frame[10..], &[9; 32]);
+        let mut c = ChunksFrame::new(5, 0);
         c.push(&h(3), b"xyz").unwrap();
         let frame = c.finish();
-        assert_eq!(&frame[..6], &[1, 2, 0, 0, 0, 1]);
-        assert_eq!(&frame[6..38], &[3; 32]);
-        assert_eq!(&frame[38..42], &[0, 0, 0, 3]);
-        assert_eq!(&frame[42..], b"xyz");
+        assert_eq!(&frame[..10], &[1, 2, 0, 0, 0, 5, 0, 0, 0, 1]);
+        assert_eq!(&frame[10..42], &[3; 32]);
+        assert_eq!(&frame[42..46], &[0, 0, 0, 3]);
+        assert_eq!(&frame[46..], b"xyz");
         assert_eq!(encode_want_blob(258), vec![1, 4, 0, 0, 0, 0, 0, 0, 1, 2]);
         assert_eq!(encode_done(), vec![1, 6]);
         assert_eq!(encode_done_ack(), vec![1, 7]);
@@ -634,17 +680,17 @@ mod tests {
 
     #[test]
     fn chunks_round_trip_with_ranges() {
-        let mut c = ChunksFrame::with_capacity(64);
+        let mut c = ChunksFrame::new(3, 64);
         c.push(&h(1), b"first").unwrap();
         c.push_with(&h(2), |b| b.extend_from_slice(b"second!"))
             .unwrap();
         c.push(&h(3), b"").unwrap();
         assert_eq!(c.count(), 3);
         let frame = c.finish();
-        let Frame::Chunks(list) = decode(&frame).unwrap() else {
-            panic!("not chunks")
+        let Frame::Chunks { round: 3, chunks } = decode(&frame).unwrap() else {
+            panic!("not chunks of round 3")
         };
-        let entries: Vec<_> = list.iter().collect();
+        let entries: Vec<_> = chunks.iter().collect();
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[1].hash, h(2));
         assert_eq!(entries[1].sealed, b"second!");
@@ -692,7 +738,11 @@ mod tests {
         assert_eq!(decode(&[2, 1]), Err(FrameError::Version(2)));
         assert_eq!(decode(&[1, 99]), Err(FrameError::Kind(99)));
         assert!(decode(&[1, 6, 0]).is_err(), "done with a body");
-        assert!(decode(&[1, 1, 0, 0, 0, 2, 0]).is_err(), "want cut short");
+        assert!(
+            decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0]).is_err(),
+            "want cut short"
+        );
+        assert!(decode(&[1, 1, 0, 0]).is_err(), "want without a round");
         let big = vec![0u8; MAX_TRANSFER_FRAME + 1];
         assert_eq!(decode(&big), Err(FrameError::TooLarge(big.len())));
     }
@@ -700,16 +750,16 @@ mod tests {
     #[test]
     fn lying_counts_are_refused() {
         // Claims four billion entries in a tiny frame.
-        assert!(decode(&[1, 2, 0xff, 0xff, 0xff, 0xff]).is_err());
-        assert!(decode(&[1, 1, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode(&[1, 2, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode(&[1, 1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
         // An entry claiming more bytes than the frame holds.
-        let mut c = ChunksFrame::with_capacity(0);
+        let mut c = ChunksFrame::new(0, 0);
         c.push(&h(1), b"abc").unwrap();
         let mut frame = c.finish();
-        frame[2 + 4 + 32 + 3] = 200;
+        frame[COUNT_AT + 4 + 32 + 3] = 200;
         assert!(decode(&frame).is_err());
         // Trailing bytes.
-        let mut c = ChunksFrame::with_capacity(0);
+        let mut c = ChunksFrame::new(0, 0);
         c.push(&h(1), b"abc").unwrap();
         let mut frame = c.finish();
         frame.push(0);
@@ -718,7 +768,7 @@ mod tests {
 
     #[test]
     fn builder_refuses_oversized_entries_and_stays_intact() {
-        let mut c = ChunksFrame::with_capacity(0);
+        let mut c = ChunksFrame::new(0, 0);
         c.push(&h(1), b"ok").unwrap();
         let before = c.len();
         assert!(
@@ -771,25 +821,27 @@ mod tests {
 
     proptest! {
         #[test]
-        fn chunks_round_trip(entries in prop::collection::vec((hash(), prop::collection::vec(any::<u8>(), 0..300)), 0..20)) {
-            let mut c = ChunksFrame::with_capacity(0);
+        fn chunks_round_trip(round in any::<u32>(), entries in prop::collection::vec((hash(), prop::collection::vec(any::<u8>(), 0..300)), 0..20)) {
+            let mut c = ChunksFrame::new(round, 0);
             for (hh, sealed) in &entries {
                 c.push(hh, sealed).unwrap();
             }
             let frame = c.finish();
-            let Ok(Frame::Chunks(list)) = decode(&frame) else { panic!("not chunks") };
-            let got: Vec<_> = list.iter().map(|e| (e.hash, e.sealed.to_vec())).collect();
+            let Ok(Frame::Chunks { round: got_round, chunks }) = decode(&frame) else { panic!("not chunks") };
+            prop_assert_eq!(got_round, round);
+            let got: Vec<_> = chunks.iter().map(|e| (e.hash, e.sealed.to_vec())).collect();
             prop_assert_eq!(got, entries);
         }
 
         #[test]
-        fn hash_lists_round_trip(hashes in prop::collection::vec(hash(), 0..100), gone in any::<bool>()) {
-            let frame = if gone { encode_gone(&hashes) } else { encode_want(&hashes) }.unwrap();
-            let list = match decode(&frame).unwrap() {
-                Frame::Want(l) if !gone => l,
-                Frame::Gone(l) if gone => l,
+        fn hash_lists_round_trip(round in any::<u32>(), hashes in prop::collection::vec(hash(), 0..100), gone in any::<bool>()) {
+            let frame = if gone { encode_gone(round, &hashes) } else { encode_want(round, &hashes) }.unwrap();
+            let (r, list) = match decode(&frame).unwrap() {
+                Frame::Want { round, hashes } if !gone => (round, hashes),
+                Frame::Gone { round, hashes } if gone => (round, hashes),
                 other => panic!("unexpected {other:?}"),
             };
+            prop_assert_eq!(r, round);
             prop_assert_eq!(list.iter().collect::<Vec<_>>(), hashes);
         }
 
@@ -803,9 +855,9 @@ mod tests {
 
         #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
-            if let Ok(Frame::Chunks(list)) = decode(&bytes) {
+            if let Ok(Frame::Chunks { chunks, .. }) = decode(&bytes) {
                 // Whatever decodes must be walkable within the frame.
-                for e in list.iter() {
+                for e in chunks.iter() {
                     prop_assert_eq!(&bytes[e.range.clone()], e.sealed);
                 }
             }
@@ -816,8 +868,8 @@ mod tests {
         fn garbage_with_valid_header_never_panics(kind in 1u8..=8, body in prop::collection::vec(any::<u8>(), 0..600)) {
             let mut frame = vec![FRAME_VERSION, kind];
             frame.extend_from_slice(&body);
-            if let Ok(Frame::Chunks(list)) = decode(&frame) {
-                prop_assert!(list.iter().count() == list.len());
+            if let Ok(Frame::Chunks { chunks, .. }) = decode(&frame) {
+                prop_assert!(chunks.iter().count() == chunks.len());
             }
         }
     }

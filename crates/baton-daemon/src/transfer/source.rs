@@ -48,12 +48,20 @@ pub struct SourceStats {
     pub reconnects: u32,
 }
 
+/// Which requests a frame answers: those of one connection (`generation`, bumped whenever a
+/// side reconnects and earlier requests become void) and one request round of the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Epoch {
+    generation: u64,
+    round: u32,
+}
+
 /// Requests waiting for the reading thread.
 struct Pending {
-    queue: VecDeque<ContentHash>,
-    /// Bumped whenever earlier requests become void (a new connection on either side), so
-    /// frames built for them are dropped instead of sent.
-    generation: u64,
+    queue: VecDeque<(u32, ContentHash)>,
+    /// The current generation and the latest round asked for in it; answers to anything older
+    /// are dropped instead of sent.
+    current: Epoch,
     closed: bool,
 }
 
@@ -67,29 +75,42 @@ impl Pipeline {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, hashes: impl ExactSizeIterator<Item = ContentHash>) -> Result<()> {
+    fn push(&self, round: u32, hashes: impl ExactSizeIterator<Item = ContentHash>) -> Result<()> {
         let mut p = self.lock();
+        if round < p.current.round {
+            // A request of an earlier round, overtaken by a re-ask: the target ignores answers
+            // to it anyway.
+            return Ok(());
+        }
+        if round > p.current.round {
+            p.current.round = round;
+            p.queue.retain(|(r, _)| *r >= round);
+        }
         if p.queue.len() + hashes.len() > MAX_OUTSTANDING_CHUNKS {
             return Err(TransferError::Protocol(format!(
                 "the target asked for more than {MAX_OUTSTANDING_CHUNKS} chunks at once"
             )));
         }
-        p.queue.extend(hashes);
+        p.queue.extend(hashes.map(|h| (round, h)));
         drop(p);
         self.ready.notify_one();
         Ok(())
     }
 
+    /// Voids every request so far: a side reconnected, and the target asks again.
     fn reset(&self) {
         let mut p = self.lock();
         p.queue.clear();
-        p.generation += 1;
+        p.current = Epoch {
+            generation: p.current.generation + 1,
+            round: 0,
+        };
         drop(p);
         self.ready.notify_one();
     }
 
-    fn generation(&self) -> u64 {
-        self.lock().generation
+    fn is_current(&self, epoch: Epoch) -> bool {
+        self.lock().current == epoch
     }
 
     fn close(&self) {
@@ -101,7 +122,7 @@ impl Pipeline {
 /// A frame from the reading thread.
 enum Produced {
     Frame {
-        generation: u64,
+        epoch: Epoch,
         bytes: Vec<u8>,
         chunks: u64,
         plain: u64,
@@ -114,7 +135,7 @@ enum Produced {
 struct Builder {
     frame: ChunksFrame,
     gone: Vec<ContentHash>,
-    generation: u64,
+    epoch: Epoch,
     chunks: u64,
     plain: u64,
     frame_bytes: usize,
@@ -125,11 +146,19 @@ impl Builder {
         self.frame.is_empty() && self.gone.is_empty()
     }
 
+    /// Starts answering `epoch` (only while nothing is built).
+    fn answer(&mut self, epoch: Epoch) {
+        if self.epoch != epoch {
+            self.epoch = epoch;
+            self.frame = ChunksFrame::new(epoch.round, self.frame_bytes);
+        }
+    }
+
     /// Sends what was built; false when the socket side is gone.
     fn flush(&mut self, out: &mpsc::Sender<Produced>) -> bool {
         if !self.gone.is_empty() {
             let gone = std::mem::take(&mut self.gone);
-            let bytes = match encode_gone(&gone) {
+            let bytes = match encode_gone(self.epoch.round, &gone) {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = out.blocking_send(Produced::Failed(io::Error::other(e)));
@@ -137,7 +166,7 @@ impl Builder {
                 }
             };
             let produced = Produced::Frame {
-                generation: self.generation,
+                epoch: self.epoch,
                 bytes,
                 chunks: 0,
                 plain: 0,
@@ -150,10 +179,10 @@ impl Builder {
         if !self.frame.is_empty() {
             let frame = std::mem::replace(
                 &mut self.frame,
-                ChunksFrame::with_capacity(self.frame_bytes),
+                ChunksFrame::new(self.epoch.round, self.frame_bytes),
             );
             let produced = Produced::Frame {
-                generation: self.generation,
+                epoch: self.epoch,
                 bytes: frame.finish(),
                 chunks: std::mem::take(&mut self.chunks),
                 plain: std::mem::take(&mut self.plain),
@@ -176,9 +205,9 @@ fn read_ahead(
     frame_bytes: usize,
 ) {
     let mut b = Builder {
-        frame: ChunksFrame::with_capacity(frame_bytes),
+        frame: ChunksFrame::new(0, frame_bytes),
         gone: Vec::new(),
-        generation: 0,
+        epoch: Epoch::default(),
         chunks: 0,
         plain: 0,
         frame_bytes,
@@ -190,19 +219,18 @@ fn read_ahead(
                 if p.closed {
                     return;
                 }
-                let stale = p.generation != b.generation;
+                let stale = p.current != b.epoch;
                 // Send what is built as soon as no request waits (no waiting to fill a frame),
                 // or when it answers requests that became void.
                 if !b.is_empty() && (p.queue.is_empty() || stale) {
                     break None;
                 }
-                if stale {
-                    b.generation = p.generation;
+                b.answer(p.current);
+                match p.queue.pop_front() {
+                    Some((round, hash)) if round == p.current.round => break Some(hash),
+                    Some(_) => {}
+                    None => p = pipeline.ready.wait(p).unwrap_or_else(|e| e.into_inner()),
                 }
-                if let Some(hash) = p.queue.pop_front() {
-                    break Some(hash);
-                }
-                p = pipeline.ready.wait(p).unwrap_or_else(|e| e.into_inner());
             }
         };
         let Some(hash) = next else {
@@ -306,7 +334,7 @@ pub async fn serve_source(
     let pipeline = Arc::new(Pipeline {
         pending: Mutex::new(Pending {
             queue: VecDeque::new(),
-            generation: 0,
+            current: Epoch::default(),
             closed: false,
         }),
         ready: Condvar::new(),
@@ -437,8 +465,8 @@ async fn read_loop(
         };
         match msg {
             Message::Binary(bytes) => match decode(&bytes) {
-                Ok(Frame::Want(list)) => {
-                    if let Err(e) = pipeline.push(list.iter()) {
+                Ok(Frame::Want { round, hashes }) => {
+                    if let Err(e) = pipeline.push(round, hashes.iter()) {
                         return Outcome::Failed(e);
                     }
                 }
@@ -504,8 +532,8 @@ async fn write_loop(
                 continue;
             }
             produced = frames.recv() => match produced {
-                Some(Produced::Frame { generation, bytes, chunks, plain, gone }) => {
-                    if generation != pipeline.generation() {
+                Some(Produced::Frame { epoch, bytes, chunks, plain, gone }) => {
+                    if !pipeline.is_current(epoch) {
                         continue;
                     }
                     stats.chunks += chunks;

@@ -135,6 +135,9 @@ fn verify_and_store(
 
 /// Requests in flight and still to make.
 struct Window {
+    /// Request round: bumped at each re-ask, so answers still in flight from before are told
+    /// apart and dropped rather than stored while the re-ask is answered too.
+    round: u32,
     queue: VecDeque<ChunkRef>,
     outstanding: HashMap<ContentHash, u32>,
     outstanding_bytes: u64,
@@ -191,9 +194,10 @@ impl Receiver {
         s
     }
 
-    async fn send_wants(&mut self, hashes: &[ContentHash]) -> Result<()> {
+    async fn send_wants(&mut self, round: u32, hashes: &[ContentHash]) -> Result<()> {
         for part in hashes.chunks(MAX_HASHES_PER_FRAME) {
-            let frame = encode_want(part).map_err(|e| TransferError::Protocol(e.to_string()))?;
+            let frame =
+                encode_want(round, part).map_err(|e| TransferError::Protocol(e.to_string()))?;
             self.link.send(frame).await?;
         }
         Ok(())
@@ -265,7 +269,7 @@ impl Receiver {
                     Ok(Frame::Abort(reason)) => {
                         return Err(TransferError::PeerAborted(reason.to_string()));
                     }
-                    Ok(Frame::Chunks(_) | Frame::Gone(_) | Frame::DoneAck) => {}
+                    Ok(Frame::Chunks { .. } | Frame::Gone { .. } | Frame::DoneAck) => {}
                     Ok(other) => {
                         return Err(TransferError::Protocol(format!(
                             "unexpected frame from the source: {other:?}"
@@ -301,6 +305,7 @@ impl Receiver {
         };
         let tuning = &self.link.conn().tuning;
         let mut window = Window {
+            round: 0,
             queue,
             outstanding: HashMap::new(),
             outstanding_bytes: 0,
@@ -380,11 +385,16 @@ impl Receiver {
                     self.top_up(window).await?;
                 }
                 Event::PeerJoined | Event::Reconnected { peer: true } => {
+                    window.round = window.round.wrapping_add(1);
                     let again: Vec<ContentHash> = window.outstanding.keys().copied().collect();
                     if !again.is_empty() {
-                        tracing::debug!(chunks = again.len(), "asking again after a reconnect");
+                        tracing::debug!(
+                            chunks = again.len(),
+                            round = window.round,
+                            "asking again after a reconnect"
+                        );
                     }
-                    self.send_wants(&again).await?;
+                    self.send_wants(window.round, &again).await?;
                     self.top_up(window).await?;
                 }
                 Event::PeerLeft | Event::Reconnected { peer: false } => {}
@@ -402,16 +412,22 @@ impl Receiver {
             .stats
             .peak_outstanding_bytes
             .max(window.outstanding_bytes);
-        self.send_wants(&batch).await
+        self.send_wants(window.round, &batch).await
     }
 
     /// Takes the chunks of a frame that are still wanted; settles `gone` hashes.
     fn accept(&mut self, window: &mut Window, bytes: Bytes) -> Result<Option<Job>> {
         let frame = decode(&bytes).map_err(|e| TransferError::Protocol(e.to_string()))?;
         match frame {
-            Frame::Chunks(list) => {
-                let mut entries = Vec::with_capacity(list.len());
-                for entry in list.iter() {
+            Frame::Chunks { round, chunks } => {
+                self.link.count_data(bytes.len());
+                if round != window.round {
+                    // Answers an earlier round, every chunk of which was asked for again.
+                    self.stats.duplicates += chunks.len() as u64;
+                    return Ok(None);
+                }
+                let mut entries = Vec::with_capacity(chunks.len());
+                for entry in chunks.iter() {
                     match window.settle(&entry.hash) {
                         Some(len) if entry.sealed.len() == len as usize + SEALED_OVERHEAD => {
                             entries.push((entry.hash, entry.range));
@@ -426,14 +442,16 @@ impl Receiver {
                         None => self.stats.duplicates += 1,
                     }
                 }
-                self.link.count_data(bytes.len());
                 Ok((!entries.is_empty()).then_some(Job {
                     frame: bytes,
                     entries,
                 }))
             }
-            Frame::Gone(list) => {
-                for hash in list.iter() {
+            Frame::Gone { round, hashes } => {
+                if round != window.round {
+                    return Ok(None);
+                }
+                for hash in hashes.iter() {
                     if window.settle(&hash).is_some() {
                         self.stats.gone.push(hash);
                     }
@@ -517,6 +535,7 @@ mod tests {
 
     fn window(max_bytes: u64, max_chunks: usize, chunks: Vec<ChunkRef>) -> Window {
         Window {
+            round: 0,
             queue: chunks.into(),
             outstanding: HashMap::new(),
             outstanding_bytes: 0,
