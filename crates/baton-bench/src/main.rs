@@ -31,12 +31,28 @@
 //! raw samples included, to `target/bench/providers.json`. The CLIs are installed on first use
 //! (`npm ci`, about 1.2 GB under `target/provider-clis/`); when that fails the real providers are
 //! skipped with the reason and `scripted` still runs.
+//!
+//! `baton-bench workspace` hands a session off with `--workspace` between two daemons on this
+//! machine, moving a generated repository (20 000 text files, 200 files of 1-8 MiB, a `.git`, and
+//! a git-ignored 200 MiB `node_modules` that stays behind), and times `rsync -a` to an rsync
+//! daemon on 127.0.0.1, a `tar | zstd -1 | zstd -d | tar` pipeline and `cp -a` on the same
+//! selection, with the page cache dropped before each run and a `sync` inside each timing. It then
+//! edits one file on the target and hands the session back into a copy of the original tree, and
+//! reports the bytes that re-handoff sends, the time the session is stopped, and the peak memory of
+//! the server and daemons. Run it with
+//!
+//! ```text
+//! cargo run --release -p baton-bench -- workspace [--runs 3] [--small] [--compare rsync,tar,cp]
+//! ```
+//!
+//! It prints the tables and the goals met or missed, and writes `target/bench/workspace.json`.
 
 mod follow;
 mod measure;
 mod providers;
 mod report;
 mod setup;
+mod workspace;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +86,9 @@ enum BenchCommand {
     /// Per provider: confirm -> first provider entry on the target, split into quiesce /
     /// transfer / import / resume, and the provider state moved.
     Providers(providers::ProvidersArgs),
+    /// A workspace handoff of a synthetic repository against rsync, tar|zstd and cp: time,
+    /// throughput, the bytes a re-handoff sends, the stopped time and peak memory.
+    Workspace(workspace::WorkspaceArgs),
 }
 
 const DEFAULT_SIZES: &str = "10,1000,10000";
@@ -125,6 +144,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         BenchCommand::Handoff(args) => handoff(args),
         BenchCommand::Providers(args) => providers::run(args),
+        BenchCommand::Workspace(args) => workspace::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

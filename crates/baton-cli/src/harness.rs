@@ -89,6 +89,11 @@ impl Cluster {
         &self.root
     }
 
+    /// The server's process id while it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
+    }
+
     /// Path of a process's log file.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.root.join("logs").join(format!("{name}.log"))

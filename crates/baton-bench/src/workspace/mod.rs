@@ -1,0 +1,652 @@
+//! `baton-bench workspace`: a workspace handoff of a synthetic repository between two daemons on
+//! this machine through a local server, against `rsync -a` to an rsync daemon on 127.0.0.1, a
+//! `tar | zstd -1 | zstd -d | tar` pipeline and `cp -a`, all moving the same selection (the tree
+//! less its git-ignored `node_modules`), with cold page caches and a `sync` inside every timing.
+//! Then one file is edited on the target and the session handed back into a copy of the
+//! original tree, to see how many bytes a re-handoff sends (and rsync's delta beside it).
+
+mod report;
+mod tools;
+mod tree;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use baton_cli::harness::Cluster;
+use baton_workspace::WorkspaceManifest;
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::setup;
+use report::{BatonInfo, Extra, Memory, Report, Sample, Subject};
+use tools::{RsyncDaemon, Tool};
+use tree::Shape;
+
+const DEFAULT_RUNS: usize = 3;
+const DEFAULT_SEED: u64 = 1;
+const DEFAULT_COMPARE: &str = "rsync,tar,cp";
+const LAPTOP: usize = 0;
+const DESKTOP: usize = 1;
+
+/// Arguments of `workspace`.
+#[derive(Debug, Args)]
+pub struct WorkspaceArgs {
+    /// Measured rounds; each round times every tool once (in a rotating order, so that the
+    /// machine's load falls on all alike), then the re-handoff.
+    #[arg(long, default_value_t = DEFAULT_RUNS)]
+    runs: usize,
+    /// A tenth of the tree (2 000 text files, 20 large files, 20 MiB ignored), for a quick check.
+    #[arg(long)]
+    small: bool,
+    /// Seed of the generated tree.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    seed: u64,
+    /// Tools to compare with (rsync, tar, cp).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_COMPARE)]
+    compare: Vec<String>,
+    /// Where the generated tree is kept and reused (default: target/bench/workspace-tree-SHAPE;
+    /// a `.stamp` file beside it names its shape).
+    #[arg(long)]
+    tree: Option<PathBuf>,
+    /// Do not drop the page cache before each timed run (figures are then warm-cache ones).
+    #[arg(long)]
+    warm: bool,
+    /// The `baton` binary to run (default: the one next to this executable, brought up to date
+    /// with `cargo build` of the same profile first).
+    #[arg(long)]
+    baton: Option<PathBuf>,
+    /// Do not run `cargo build` for the default `baton` binary.
+    #[arg(long)]
+    no_build: bool,
+    /// Where to write the figures as JSON (default: target/bench/workspace.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the work directory (cluster data, logs, destinations of the last round).
+    #[arg(long)]
+    keep_dir: bool,
+}
+
+/// The command that reproduces this run.
+fn reproduce_command(args: &WorkspaceArgs, bench_profile: Option<&str>) -> String {
+    let mut cmd = format!(
+        "cargo run{} -p baton-bench -- workspace --runs {}",
+        setup::profile_flag(bench_profile),
+        args.runs
+    );
+    if args.small {
+        cmd.push_str(" --small");
+    }
+    if args.seed != DEFAULT_SEED {
+        cmd.push_str(&format!(" --seed {}", args.seed));
+    }
+    let compare = args.compare.join(",");
+    if compare != DEFAULT_COMPARE {
+        cmd.push_str(&format!(" --compare {compare}"));
+    }
+    if args.warm {
+        cmd.push_str(" --warm");
+    }
+    if let Some(t) = &args.tree {
+        cmd.push_str(&format!(" --tree {}", t.display()));
+    }
+    if let Some(b) = &args.baton {
+        cmd.push_str(&format!(" --baton {}", b.display()));
+    }
+    if let Some(o) = &args.out {
+        cmd.push_str(&format!(" --out {}", o.display()));
+    }
+    cmd
+}
+
+/// What the source's selection is, as the handoff sees it.
+struct Selection {
+    manifest: WorkspaceManifest,
+    /// Top-level paths left out (the other tools exclude them).
+    excluded: Vec<String>,
+    /// Top-level entries that travel (what `cp -a` is given).
+    top: Vec<String>,
+    /// Bytes of the manifest as JSON, as the daemon sends it (sealed) in each pass.
+    manifest_json: u64,
+    /// Bytes of the ignored tree.
+    ignored_bytes: u64,
+    ignored_files: u64,
+}
+
+/// Scans the source as a handoff would and derives what the other tools must copy.
+fn selection(root: &Path) -> Result<Selection> {
+    let manifest = verify::scan_selection(root)?;
+    let manifest_json = serde_json::to_vec(&manifest)?.len() as u64;
+    // What the handoff leaves out must be whole top-level entries (here the ignored
+    // node_modules): those are what the other tools are told to exclude. That the rest matches
+    // below the top level is checked on every destination.
+    if let Some(s) = manifest.skipped.first() {
+        bail!(
+            "the selection skips {} ({}); the generated tree should have nothing skipped but ignored files",
+            s.path,
+            s.reason.as_str()
+        );
+    }
+    let (mut excluded, mut top) = (Vec::new(), Vec::new());
+    for e in std::fs::read_dir(root).with_context(|| format!("listing {}", root.display()))? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if manifest.get(&name).is_some() {
+            top.push(name);
+        } else {
+            excluded.push(name);
+        }
+    }
+    top.sort();
+    excluded.sort();
+    let (mut ignored_bytes, mut ignored_files) = (0, 0);
+    for x in &excluded {
+        let (b, f) = du(&root.join(x))?;
+        ignored_bytes += b;
+        ignored_files += f;
+    }
+    Ok(Selection {
+        manifest,
+        excluded,
+        top,
+        manifest_json,
+        ignored_bytes,
+        ignored_files,
+    })
+}
+
+/// Bytes and regular files under `path`.
+fn du(path: &Path) -> Result<(u64, u64)> {
+    let md = std::fs::symlink_metadata(path)?;
+    if md.is_file() {
+        return Ok((md.len(), 1));
+    }
+    let (mut bytes, mut files) = (0, 0);
+    if md.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            let (b, f) = du(&e?.path())?;
+            bytes += b;
+            files += f;
+        }
+    }
+    Ok((bytes, files))
+}
+
+/// Runs the benchmark.
+pub fn run(mut args: WorkspaceArgs) -> Result<()> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let mut tools = Vec::new();
+    for c in &mut args.compare {
+        *c = c.trim().to_ascii_lowercase();
+        if c.is_empty() {
+            continue;
+        }
+        let tool = Tool::parse(c)
+            .with_context(|| format!("--compare: unknown tool {c} (known: rsync, tar, cp)"))?;
+        if !tools.contains(&tool) {
+            tools.push(tool);
+        }
+    }
+    let baton = setup::locate_baton(args.baton.as_deref(), args.no_build)?;
+    if baton.profile.as_deref() == Some("dev") {
+        eprintln!(
+            "warning: {} is a debug build; its figures are not representative",
+            baton.path.display()
+        );
+    }
+    let command = reproduce_command(&args, setup::bench_profile().as_deref());
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| setup::default_out("workspace.json"));
+    let shape = if args.small {
+        Shape::small(args.seed)
+    } else {
+        Shape::full(args.seed)
+    };
+    let tree_root = args
+        .tree
+        .clone()
+        .unwrap_or_else(|| setup::default_out(&format!("workspace-tree-{}", shape.name())));
+    let tree = tree::ensure(&tree_root, &shape)?;
+    let src = std::fs::canonicalize(&tree.root)?;
+
+    let mut skipped = Vec::new();
+    let mut versions = Vec::new();
+    tools.retain(|t| match t.check() {
+        Ok(v) => {
+            versions.push((t.name(), v));
+            true
+        }
+        Err(why) => {
+            eprintln!("{} skipped: {why}", t.describe());
+            skipped.push((t.name().to_string(), why));
+            false
+        }
+    });
+    let cold = if args.warm {
+        Err("--warm was given".to_string())
+    } else {
+        tools::drop_caches()
+    };
+    if let Err(why) = &cold {
+        eprintln!("warning: the page cache is not dropped ({why}); all figures are warm-cache");
+    }
+
+    eprintln!("Scanning the source's selection");
+    let sel = selection(&src)?;
+    eprintln!(
+        "Selection: {} files, {:.1} MiB; left out: {:?} ({} files, {:.1} MiB)",
+        sel.manifest.file_count(),
+        mib(sel.manifest.total_bytes()),
+        sel.excluded,
+        sel.ignored_files,
+        mib(sel.ignored_bytes)
+    );
+
+    let edit = tree::source_path(shape.source_files / 2);
+    if sel.manifest.get(&edit).and_then(|e| e.file()).is_none() {
+        bail!("{edit} is not a file of the selection");
+    }
+
+    // Everything the runs write lives beside the tree, on the same filesystem.
+    let parent = src.parent().context("the tree has no parent directory")?;
+    let work = tempfile::Builder::new()
+        .prefix("baton-bench-workspace-")
+        .tempdir_in(parent)
+        .context("creating the work directory")?;
+    eprintln!("Work directory: {}", work.path().display());
+    let started_at = baton_proto::now_millis();
+    let load_before = setup::load_average();
+    let ctx = Ctx {
+        baton: &baton.path,
+        src: &src,
+        sel: &sel,
+        tools: &tools,
+        cold: cold.is_ok(),
+        runs: args.runs,
+        edit,
+    };
+    let measured = match measure(&ctx, work.path()) {
+        Ok(m) => m,
+        Err(e) => {
+            let kept = work.keep();
+            eprintln!(
+                "The work directory is kept in {} (cluster/logs/ holds server.log, laptop.log, desktop.log).",
+                kept.display()
+            );
+            return Err(e);
+        }
+    };
+    let load_after = setup::load_average();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let report = Report {
+        files: sel.manifest.file_count(),
+        bytes: sel.manifest.total_bytes(),
+        entries: sel.manifest.entries.len() as u64,
+        manifest_json: sel.manifest_json,
+        ignored: (sel.ignored_files, sel.ignored_bytes),
+        excluded: sel.excluded.clone(),
+        cold: cold.clone().err(),
+        first: measured.first,
+        back: measured.back,
+        edited: measured.edited,
+        memory: measured.memory,
+        skipped,
+    };
+    let load = |l: Option<f64>| l.map_or("?".to_string(), |l| format!("{l:.2}"));
+    println!();
+    println!(
+        "Workspace handoff: a server and two daemons on loopback (scripted session), against rsync, tar|zstd and cp on the same selection."
+    );
+    println!(
+        "baton: {} ({} build); {cpus} CPUs, 1-min load average {} before and {} after (other processes compete with the runs).",
+        baton.path.display(),
+        baton.profile.as_deref().unwrap_or("unknown"),
+        load(load_before),
+        load(load_after)
+    );
+    println!(
+        "Tree: {} ({}; {} text files of 1-20 KiB, {} files of 1-8 MiB, .git {}, {:.0} MiB ignored in node_modules).",
+        src.display(),
+        if tree.generated {
+            format!("generated in {:.0} s", tree.generate_secs)
+        } else {
+            "reused".to_string()
+        },
+        shape.source_files,
+        shape.big_files,
+        tree.git.describe(),
+        mib(sel.ignored_bytes),
+    );
+    for (name, v) in &versions {
+        println!("{name}: {v}");
+    }
+    println!();
+    print!("{}", report.render());
+    println!();
+    println!("Reproduce: {command}");
+    let json = json!({
+        "benchmark": "workspace",
+        "command": command,
+        "baton": baton.path,
+        "baton_profile": baton.profile,
+        "started_at_ms": started_at,
+        "finished_at_ms": baton_proto::now_millis(),
+        "cpus": cpus,
+        "load_average_1min": { "before": load_before, "after": load_after },
+        "runs": args.runs,
+        "tree": {
+            "path": src,
+            "seed": shape.seed,
+            "source_files": shape.source_files,
+            "big_files": shape.big_files,
+            "ignored_bytes_target": shape.ignored_bytes,
+            "git": tree.git.describe(),
+            "generated_now": tree.generated,
+        },
+        "tool_versions": versions.iter().map(|(n, v)| (n.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "report": report.to_json(),
+    });
+    setup::write_json(&out, &json)?;
+    println!("Figures as JSON: {}", out.display());
+    if args.keep_dir {
+        let kept = work.keep();
+        eprintln!("Work directory kept: {}", kept.display());
+    }
+    Ok(())
+}
+
+/// What every run needs.
+struct Ctx<'a> {
+    baton: &'a Path,
+    src: &'a Path,
+    sel: &'a Selection,
+    tools: &'a [Tool],
+    cold: bool,
+    runs: usize,
+    /// The text file edited on the target before the re-handoff.
+    edit: String,
+}
+
+impl Ctx<'_> {
+    /// Drops the page cache when cold runs were asked for and are possible.
+    fn prepare_cache(&self) -> Result<()> {
+        if self.cold {
+            tools::drop_caches().map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything measured.
+struct Measured {
+    first: Vec<(Subject, Vec<Sample>)>,
+    back: Vec<(Subject, Vec<Sample>)>,
+    edited: String,
+    memory: Vec<Memory>,
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Starts the cluster and the rsync daemon, then measures every round.
+fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
+    let mut cluster = Cluster::start(ctx.baton, &work.join("cluster"))?;
+    let laptop = cluster.add_machine("laptop", true)?;
+    let desktop = cluster.add_machine("desktop", true)?;
+    cluster.start_daemon(laptop)?;
+    cluster.start_daemon(desktop)?;
+    cluster.wait_online(&["laptop", "desktop"], true, Duration::from_secs(30))?;
+    eprintln!("Server at {}; laptop and desktop online.", cluster.url);
+    let rsyncd = if ctx.tools.contains(&Tool::Rsync) {
+        Some(RsyncDaemon::start(work, &work.join("rsync-module"))?)
+    } else {
+        None
+    };
+
+    let mut subjects = vec![Subject::Baton];
+    subjects.extend(ctx.tools.iter().map(|t| Subject::Tool(*t)));
+    let mut first: Vec<(Subject, Vec<Sample>)> =
+        subjects.iter().map(|s| (*s, Vec::new())).collect();
+    let mut back_subjects = vec![Subject::Baton];
+    if rsyncd.is_some() {
+        back_subjects.push(Subject::Tool(Tool::Rsync));
+    }
+    let mut back: Vec<(Subject, Vec<Sample>)> =
+        back_subjects.iter().map(|s| (*s, Vec::new())).collect();
+    let edited = ctx.edit.clone();
+    let mut memory = Vec::new();
+
+    for run in 0..ctx.runs {
+        let dir = work.join(format!("run{run}"));
+        std::fs::create_dir_all(&dir)?;
+        // A new session per round, on laptop, working in the source tree.
+        let session = crate::new_session(&cluster, laptop, ctx.src)?.to_string();
+        let mut order = subjects.clone();
+        order.rotate_left(run % subjects.len());
+        for who in order {
+            let dest = dir.join(who.name());
+            eprintln!("[round {}/{}] {}", run + 1, ctx.runs, who.describe());
+            ctx.prepare_cache()?;
+            let load = setup::load_average();
+            let (secs, extra) = match who {
+                Subject::Baton => {
+                    let mut out = Value::Null;
+                    let secs = tools::timed(|| {
+                        out = handoff(&cluster, LAPTOP, &session, "desktop", &dest, None)?;
+                        Ok(())
+                    })?;
+                    let passes = served_passes(&cluster, LAPTOP, &out)?;
+                    let info = BatonInfo::of(&out, passes, ctx.sel.manifest_json)?;
+                    (secs, Extra::Baton(info))
+                }
+                Subject::Tool(Tool::Rsync) => {
+                    let d = rsyncd.as_ref().context("no rsync daemon")?;
+                    let sub = format!("run{run}");
+                    let mut stats = Default::default();
+                    let secs = tools::timed(|| {
+                        stats = d.push(ctx.src, &sub, &ctx.sel.excluded)?;
+                        Ok(())
+                    })?;
+                    (secs, Extra::Rsync(stats))
+                }
+                Subject::Tool(Tool::Tar) => (
+                    tools::timed(|| tools::tar_pipeline(ctx.src, &dest, &ctx.sel.excluded))?,
+                    Extra::None,
+                ),
+                Subject::Tool(Tool::Cp) => (
+                    tools::timed(|| tools::cp_a(ctx.src, &dest, &ctx.sel.top))?,
+                    Extra::None,
+                ),
+            };
+            eprintln!("  {secs:.2} s");
+            let landed = match who {
+                Subject::Tool(Tool::Rsync) => rsyncd
+                    .as_ref()
+                    .context("no rsync daemon")?
+                    .path(&format!("run{run}")),
+                _ => dest,
+            };
+            verify::same_tree(&ctx.sel.manifest, &landed, who.name())?;
+            push(
+                &mut first,
+                who,
+                Sample {
+                    run,
+                    secs,
+                    load,
+                    extra,
+                },
+            );
+        }
+
+        // The re-handoff: one file edited on desktop, then back to laptop into a copy of the
+        // original tree (node_modules included, as the laptop's tree would have it).
+        let on_desktop = dir.join(Subject::Baton.name());
+        tree::edit_one_file(&on_desktop, &edited, run)?;
+        let edited_manifest = verify::scan_selection(&on_desktop)?;
+        let original = dir.join("back");
+        match ctx.tools.contains(&Tool::Cp) {
+            // cp's copy was just checked to be the selection.
+            true => std::fs::rename(dir.join(Tool::Cp.name()), &original)?,
+            false => tools::cp_a(ctx.src, &original, &ctx.sel.top)?,
+        }
+        tools::cp_a(ctx.src, &original, &ctx.sel.excluded)?;
+        let mut order = back_subjects.clone();
+        order.rotate_left(run % back_subjects.len());
+        for who in order {
+            eprintln!(
+                "[round {}/{}] re-handoff: {}",
+                run + 1,
+                ctx.runs,
+                who.describe()
+            );
+            ctx.prepare_cache()?;
+            let load = setup::load_average();
+            let sample = match who {
+                Subject::Baton => {
+                    let mut out = Value::Null;
+                    let secs = tools::timed(|| {
+                        out = handoff(
+                            &cluster,
+                            DESKTOP,
+                            &session,
+                            "laptop",
+                            &original,
+                            Some("replace"),
+                        )?;
+                        Ok(())
+                    })?;
+                    verify::same_tree(&edited_manifest, &original, "baton re-handoff")?;
+                    let passes = served_passes(&cluster, DESKTOP, &out)?;
+                    let json = serde_json::to_vec(&edited_manifest)?.len() as u64;
+                    Sample {
+                        run,
+                        secs,
+                        load,
+                        extra: Extra::Baton(BatonInfo::of(&out, passes, json)?),
+                    }
+                }
+                Subject::Tool(Tool::Rsync) => {
+                    let d = rsyncd.as_ref().context("no rsync daemon")?;
+                    let sub = format!("run{run}");
+                    let mut stats = Default::default();
+                    let secs = tools::timed(|| {
+                        stats = d.push(&on_desktop, &sub, &ctx.sel.excluded)?;
+                        Ok(())
+                    })?;
+                    verify::same_tree(&edited_manifest, &d.path(&sub), "rsync re-sync")?;
+                    Sample {
+                        run,
+                        secs,
+                        load,
+                        extra: Extra::Rsync(stats),
+                    }
+                }
+                Subject::Tool(_) => continue,
+            };
+            eprintln!("  {:.2} s", sample.secs);
+            push(&mut back, who, sample);
+        }
+        memory.push(Memory::read(&cluster, run));
+        // Free the disk for the next round.
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        if let Some(d) = &rsyncd {
+            let p = d.path(&format!("run{run}"));
+            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+        // Deleting is slow on some disks (online discard); let it finish before the next round.
+        tools::sync()?;
+    }
+    cluster.shutdown();
+    Ok(Measured {
+        first,
+        back,
+        edited,
+        memory,
+    })
+}
+
+fn push(list: &mut [(Subject, Vec<Sample>)], who: Subject, s: Sample) {
+    if let Some((_, v)) = list.iter_mut().find(|(w, _)| *w == who) {
+        v.push(s);
+    }
+}
+
+/// `baton --json handoff SESSION --to TO --workspace --path DEST [--conflict C]` as machine
+/// `from`; fails unless it committed.
+fn handoff(
+    cluster: &Cluster,
+    from: usize,
+    session: &str,
+    to: &str,
+    dest: &Path,
+    conflict: Option<&str>,
+) -> Result<Value> {
+    let dest = dest.to_string_lossy();
+    let mut args = vec![
+        "handoff",
+        session,
+        "--to",
+        to,
+        "--workspace",
+        "--path",
+        &dest,
+    ];
+    if let Some(c) = conflict {
+        args.extend(["--conflict", c]);
+    }
+    let out = cluster.json(from, &args)?;
+    if out["result"] != "committed" {
+        bail!("the handoff to {to} did not commit: {out}");
+    }
+    Ok(out)
+}
+
+/// The passes the source machine `idx` served for the handoff `out` reports, from its log's
+/// "workspace pass served" lines: (chunks, chunk bytes) each.
+fn served_passes(cluster: &Cluster, idx: usize, out: &Value) -> Result<Vec<(u64, u64)>> {
+    let id = out["handoff_id"]
+        .as_str()
+        .with_context(|| format!("no handoff_id in {out}"))?;
+    let log = cluster.log_path(&cluster.machines[idx].name);
+    let text =
+        std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+    let mut passes = Vec::new();
+    for line in text.lines() {
+        let line = strip_ansi(line);
+        if !line.contains("workspace pass served") || !line.contains(id) {
+            continue;
+        }
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        passes.push((field("chunks="), field("bytes=")));
+    }
+    Ok(passes)
+}
+
+/// `s` without its terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
