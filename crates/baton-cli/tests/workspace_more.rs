@@ -1536,7 +1536,9 @@ fn the_target_refuses_hostile_manifests_and_chunks_and_keeps_the_destination() {
     // then refuses to stop, which aborts the handoff.
     let main_rs: &[u8] = b"fn main() { println!(\"fake\"); }\n";
     let readme: &[u8] = b"# served by a fake source\n";
-    let staged: Arc<Mutex<Option<(Vec<u8>, PathBuf)>>> = Arc::default();
+    // What the staging held when the source was asked to stop: src/main.rs and main-link.
+    type Staged = Option<(Vec<u8>, PathBuf)>;
+    let staged: Arc<Mutex<Staged>> = Arc::default();
     let probe = {
         let (staged, desk) = (staged.clone(), desk.clone());
         move || {
