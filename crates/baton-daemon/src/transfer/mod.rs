@@ -35,9 +35,11 @@ pub const DROP_AFTER_BYTES_VAR: &str = "BATON_TEST_DROP_TRANSFER_AFTER_BYTES";
 
 /// Where chunks come from on the source. Called on a blocking thread.
 pub trait ChunkSource: Send + Sync + 'static {
-    /// The bytes of chunk `hash`, or `None` when they can no longer be produced (the file
-    /// changed or went away, as happens during a pre-copy while the session runs). The bytes
-    /// need not be checked: [`serve_source`] hashes them and answers `gone` on a mismatch.
+    /// The bytes of chunk `hash`, or `None` when they can no longer be produced: the file went
+    /// away, or changed since it was scanned (as happens during a pre-copy while the session
+    /// runs), so the bytes read no longer hash to `hash`. The implementation checks that hash
+    /// (reading the bytes is when it is cheapest); [`serve_source`] does not hash again, and a
+    /// chunk that does not match its name fails the transfer at the target.
     fn read(&self, hash: &ContentHash) -> io::Result<Option<Vec<u8>>>;
 }
 

@@ -273,7 +273,7 @@ pub struct MemSource {
     chunks: HashMap<ContentHash, Vec<u8>>,
     /// Chunks that are gone (`None`).
     pub missing: HashSet<ContentHash>,
-    /// Chunks whose content changed (returned bytes no longer match).
+    /// Chunks whose content changed since the manifest (read, found not to match, gone).
     pub changed: HashSet<ContentHash>,
     /// (clock, hash) of each read.
     pub reads: Mutex<Vec<(u64, ContentHash)>>,
@@ -312,12 +312,12 @@ impl ChunkSource for MemSource {
         self.meter
             .peak_in_flight
             .fetch_max(read.saturating_sub(stored), Ordering::SeqCst);
+        let mut read = data.clone();
         if self.changed.contains(hash) {
-            let mut other = data.clone();
-            other[0] ^= 0xff;
-            return Ok(Some(other));
+            read[0] ^= 0xff;
         }
-        Ok(Some(data.clone()))
+        // As a real source does: what no longer has its name is gone.
+        Ok((name(&read) == *hash).then_some(read))
     }
 }
 
