@@ -6,8 +6,7 @@
 //!
 //! Daemons are held at a step with `BATON_TEST_DELAY_<OP>_MS` (every command has one, e.g.
 //! `WORKSPACE_SEND`, `WORKSPACE_RECEIVE`, `QUIESCE`); tests find where they are from the phases
-//! of `baton handoffs` and from the hold lines in the daemons' logs. The tests marked
-//! `#[ignore = "bug: …"]` are correct and fail on the product as it is; each names the bug.
+//! of `baton handoffs` and from the hold lines in the daemons' logs.
 
 mod common;
 
@@ -666,7 +665,6 @@ fn source_killed_during_the_final_pass_aborts_and_the_destination_is_as_it_was()
 /// to pull: the target can only learn it from the transfer socket, whose peer never returns (a
 /// restarted daemon has no memory of the pass). The handoff must still abort promptly.
 #[test]
-#[ignore = "bug: a source that dies while serving a pass is noticed only after the target's 60 s peer timeout"]
 fn source_killed_while_the_target_pulls_the_final_pass_aborts_promptly() {
     const HOLD: &str = "BATON_TEST_DELAY_WORKSPACE_RECEIVE_MS";
     let mut w = world_with(&[
@@ -1490,7 +1488,6 @@ fn the_target_refuses_hostile_manifests_and_chunks_and_keeps_the_destination() {
 }
 
 #[test]
-#[ignore = "bug: the plan pass (daemon workspace::receive, WorkspacePass::Plan) plans a manifest it never validated"]
 fn a_dry_run_refuses_a_hostile_manifest_instead_of_planning_it() {
     let hw = HostileWorld::new();
     let desk = hw.dest.parent().expect("parent").to_path_buf();
@@ -1616,7 +1613,6 @@ fn too_little_space_at_the_destination_is_refused_in_preflight() {
 /// The disk fills up after preflight (another program writes to it): the transfer fails with
 /// `insufficient_space`, before the source is stopped, and leaves nothing behind.
 #[test]
-#[ignore = "bug: daemon StagerSink turns the stager's ENOSPC into io::Error::other, reported as transfer_failed"]
 fn a_disk_that_fills_after_preflight_fails_the_transfer_as_insufficient_space() {
     let w = world_with(&[(DESKTOP, "BATON_TEST_DELAY_WORKSPACE_RECEIVE_MS", "2000")]);
     let small = PathBuf::from(w.dir("small-fs"));

@@ -65,6 +65,10 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
             )
             .await
         }
+        DaemonCommand::WorkspaceStatus {
+            handoff_id,
+            transfer_id,
+        } => crate::workspace::status(d, handoff_id, transfer_id),
         DaemonCommand::WorkspaceReceive {
             handoff_id,
             transfer_id,

@@ -46,7 +46,8 @@ pub struct Workspaces {
 #[derive(Default)]
 struct SourceSide {
     scanned: Option<Arc<Scanned>>,
-    serving: Vec<CancellationToken>,
+    /// Passes being served, by transfer; a pass leaves when its serving task ends.
+    serving: Vec<(HandoffId, CancellationToken)>,
 }
 
 /// The target of one handoff.
@@ -79,15 +80,24 @@ impl ChunkSource for IndexSource {
     }
 }
 
-/// The stager, taking chunks as they arrive.
-struct StagerSink(Arc<Mutex<Stager>>);
+/// The stager, taking chunks as they arrive. The transport only sees an `io::Error`; the
+/// stager's own error is kept so the handoff reports its code (`insufficient_space` for a full
+/// disk, `verify_failed` for a file whose hash lies) rather than a generic transfer failure.
+struct StagerSink {
+    stager: Arc<Mutex<Stager>>,
+    failure: Mutex<Option<baton_workspace::Error>>,
+}
 
 impl ChunkSink for StagerSink {
     fn put(&self, hash: &ContentHash, data: Vec<u8>) -> io::Result<()> {
-        lock(&self.0)
+        lock(&self.stager)
             .put_chunk(hash, &data)
             .map(|_| ())
-            .map_err(|e| io::Error::other(e.to_string()))
+            .map_err(|e| {
+                let io = io::Error::other(e.to_string());
+                *lock(&self.failure) = Some(e);
+                io
+            })
     }
 }
 
@@ -228,7 +238,7 @@ pub async fn send(
         let mut sources = lock(&d.workspaces.sources);
         let side = sources.entry(handoff).or_default();
         side.scanned = Some(scanned);
-        side.serving.push(cancel.clone());
+        side.serving.push((transfer, cancel.clone()));
     }
     let conn = TransferConn {
         client: d.client.clone(),
@@ -236,16 +246,20 @@ pub async fn send(
         tuning: TransferTuning::default(),
     };
     let tcipher = cipher.transfer(transfer);
+    let d2 = d.clone();
     tokio::spawn(async move {
-        match crate::transfer::serve_source(
+        let served = crate::transfer::serve_source(
             &conn,
             tcipher,
             Arc::new(IndexSource(index)),
             blob,
             cancel,
         )
-        .await
-        {
+        .await;
+        if let Some(side) = lock(&d2.workspaces.sources).get_mut(&handoff) {
+            side.serving.retain(|(t, _)| *t != transfer);
+        }
+        match served {
             Ok(stats) => {
                 tracing::info!(handoff_id = %handoff, %transfer, chunks = stats.chunks, bytes = stats.bytes, "workspace pass served")
             }
@@ -255,6 +269,26 @@ pub async fn send(
         }
     });
     Ok(DaemonReply::WorkspaceServing { files, bytes })
+}
+
+/// Source: whether this daemon still serves pass `transfer` of `handoff` (a restarted daemon
+/// has forgotten every pass).
+pub fn status(
+    d: &Daemon,
+    handoff: HandoffId,
+    transfer: HandoffId,
+) -> Result<DaemonReply, ApiError> {
+    let serving = lock(&d.workspaces.sources)
+        .get(&handoff)
+        .is_some_and(|s| s.serving.iter().any(|(t, _)| *t == transfer));
+    if serving {
+        Ok(DaemonReply::Ok)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::TransferFailed,
+            "The source stopped serving the workspace (its daemon restarted during the transfer).",
+        ))
+    }
 }
 
 /// Where the destination's tree would be after applying with `policy`: the destination, or
@@ -393,6 +427,9 @@ pub async fn receive(
         )
     })?;
     drop(blob);
+    // Whatever arrives is checked before anything is planned or staged from it.
+    let limits = Limits::default();
+    baton_workspace::validate(&manifest, &limits).map_err(ws_err)?;
     let existing = lock(&d.workspaces.targets).get(&handoff).cloned();
     let side = match existing {
         Some(side) => side,
@@ -459,26 +496,35 @@ pub async fn receive(
         .collect();
     let tree = stager.progress();
     let stager = Arc::new(Mutex::new(stager));
-    let sink = Arc::new(StagerSink(stager.clone()));
+    let sink = Arc::new(StagerSink {
+        stager: stager.clone(),
+        failure: Mutex::new(None),
+    });
     let mut reporter = ProgressReporter::new(d, handoff, pass, tree);
     reporter.send(0, wanted.iter().map(|c| u64::from(c.len)).sum(), true);
     let received = receiver
-        .chunks(sink, wanted, &mut |p| {
+        .chunks(sink.clone(), wanted, &mut |p| {
             reporter.send(p.bytes, p.bytes_total, false)
         })
         .await;
     let stats = match received {
         Ok(s) => s,
         Err(e) => {
+            let failure = lock(&sink.failure).take();
+            drop(sink);
             side.stager = Arc::try_unwrap(stager)
                 .ok()
                 .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()));
             receiver.abort("the target could not receive").await;
-            return Err(e.to_api());
+            return Err(match failure {
+                Some(f) => f.to_api(),
+                None => e.to_api(),
+            });
         }
     };
     let _ = receiver.finish().await;
     side.bytes_sent += stats.bytes;
+    drop(sink);
     let stager = Arc::try_unwrap(stager)
         .map_err(|_| ApiError::new(ErrorCode::Internal, "The stager is still in use."))?
         .into_inner()
@@ -625,7 +671,7 @@ pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
 /// Either side, when a handoff aborts (or its source is done): stops serving, removes staging.
 pub async fn forget(d: &Daemon, handoff: HandoffId) {
     if let Some(src) = lock(&d.workspaces.sources).remove(&handoff) {
-        for c in src.serving {
+        for (_, c) in src.serving {
             c.cancel();
         }
     }

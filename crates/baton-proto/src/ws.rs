@@ -168,6 +168,14 @@ pub enum DaemonCommand {
         /// True after quiesce: the tree the target must end up with.
         final_pass: bool,
     },
+    /// Source: answer whether this daemon still serves `transfer_id` (after it reconnected:
+    /// a restarted daemon does not, and the pass fails at once).
+    WorkspaceStatus {
+        /// Handoff.
+        handoff_id: HandoffId,
+        /// The pass's transfer.
+        transfer_id: HandoffId,
+    },
     /// Target: receive the workspace pass the source serves into staging beside the
     /// destination, asking only for the chunks it lacks; the final pass ends with every file
     /// verified.
@@ -272,6 +280,7 @@ impl DaemonCommand {
             Self::Preflight { .. } => "PREFLIGHT",
             Self::WorkspaceCheck { .. } => "WORKSPACE_CHECK",
             Self::WorkspaceSend { .. } => "WORKSPACE_SEND",
+            Self::WorkspaceStatus { .. } => "WORKSPACE_STATUS",
             Self::WorkspaceReceive { .. } => "WORKSPACE_RECEIVE",
             Self::PrepareTarget { .. } => "PREPARE_TARGET",
             Self::Quiesce { .. } => "QUIESCE",
@@ -292,6 +301,7 @@ impl DaemonCommand {
             Self::Preflight { handoff_id, .. }
             | Self::WorkspaceCheck { handoff_id, .. }
             | Self::WorkspaceSend { handoff_id, .. }
+            | Self::WorkspaceStatus { handoff_id, .. }
             | Self::WorkspaceReceive { handoff_id, .. }
             | Self::PrepareTarget { handoff_id, .. }
             | Self::Quiesce { handoff_id, .. }

@@ -147,6 +147,11 @@ impl Hub {
         self.lock().daemons.contains_key(&machine)
     }
 
+    /// The connection a machine's daemon holds now (a new one after every reconnect).
+    pub fn daemon_conn(&self, machine: MachineId) -> Option<ConnId> {
+        self.lock().daemons.get(&machine).copied()
+    }
+
     /// Pushes an event to every subscribed connection of the account.
     pub fn publish(&self, account: AccountId, event: Event) {
         let mut inner = self.lock();

@@ -50,8 +50,8 @@ pub fn plan(
     let old: &[WorkspaceEntry] = existing.map(|m| &m.entries[..]).unwrap_or(&[]);
     let new = &source.entries[..];
     let (mut i, mut j) = (0, 0);
-    // The last path listed as removed: its descendants are not listed again.
-    let mut removed_top: Option<&str> = None;
+    // Paths removed so far: their descendants are not listed again.
+    let mut removed_dirs: std::collections::HashSet<&str> = std::collections::HashSet::new();
     while i < new.len() || j < old.len() {
         let ord = match (new.get(i), old.get(j)) {
             (Some(a), Some(b)) => a.path.cmp(&b.path),
@@ -72,10 +72,15 @@ pub fn plan(
                     s.remove_files += 1;
                     s.remove_bytes += f.size;
                 }
-                let under_removed = removed_top.is_some_and(|top| is_under(&e.path, top));
+                // Entries sort by path, so a sibling such as `keep-link` can fall between `keep`
+                // and `keep/me.bin`: look at every ancestor, not only the last path removed.
+                let under_removed = e
+                    .path
+                    .match_indices('/')
+                    .any(|(at, _)| removed_dirs.contains(&e.path[..at]));
+                removed_dirs.insert(&e.path);
                 if list && !under_removed {
                     push_capped(&mut s.removed, &e.path, &mut s.lists_truncated);
-                    removed_top = Some(&e.path);
                 }
                 j += 1;
             }
@@ -149,10 +154,6 @@ pub fn check_space(summary: &PlanSummary, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn is_under(path: &str, dir: &str) -> bool {
-    path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
-}
-
 fn push_capped(list: &mut Vec<String>, path: &str, truncated: &mut bool) {
     if list.len() < PLAN_LIST_CAP {
         list.push(path.to_string());
@@ -193,6 +194,29 @@ mod tests {
         let mut m = WorkspaceManifest::new(ChunkParams::DEFAULT);
         m.entries = entries;
         m
+    }
+
+    #[test]
+    fn a_removed_directory_is_listed_once_even_with_a_sibling_sorting_inside_it() {
+        // `keep-link` sorts between `keep` and `keep/me.bin` (b'-' < b'/').
+        let old = manifest(vec![
+            dir("keep"),
+            file("keep-link", 4, 3),
+            file("keep/me.bin", 5, 3),
+            dir("keep/sub"),
+            file("keep/sub/deep", 6, 3),
+        ]);
+        let src = manifest(vec![file("new", 1, 1)]);
+        let idx = ChunkIndex::new(ChunkParams::DEFAULT);
+        let p = plan(
+            &src,
+            DestinationState::Exists,
+            Some(&old),
+            &idx,
+            ConflictPolicy::Replace,
+        );
+        assert_eq!(p.summary.removed, vec!["keep", "keep-link"]);
+        assert_eq!(p.summary.remove_files, 3);
     }
 
     #[test]

@@ -397,23 +397,36 @@ impl Driver {
                     t.transfer,
                 )
                 .await?;
-            self.state
-                .hub
-                .command(
-                    self.h.to,
-                    DaemonCommand::WorkspaceReceive {
-                        handoff_id: self.h.id,
-                        transfer_id: transfer,
-                        session,
-                        sealed_options: self.h.sealed_options.clone(),
-                        conflict: self.h.options.conflict,
-                        pass,
-                    },
-                    // A pass may move the whole tree: allow it at least 1 MiB/s on top of the
-                    // fixed part, so a big workspace on a slow link is not cut off.
-                    t.transfer + Duration::from_secs(self.workspace_bytes >> 20),
-                )
-                .await
+            let mut source_conn = self.state.hub.daemon_conn(self.h.from);
+            let receive = self.state.hub.command(
+                self.h.to,
+                DaemonCommand::WorkspaceReceive {
+                    handoff_id: self.h.id,
+                    transfer_id: transfer,
+                    session,
+                    sealed_options: self.h.sealed_options.clone(),
+                    conflict: self.h.options.conflict,
+                    pass,
+                },
+                // A pass may move the whole tree: allow it at least 1 MiB/s on top of the
+                // fixed part, so a big workspace on a slow link is not cut off.
+                t.transfer + Duration::from_secs(self.workspace_bytes >> 20),
+            );
+            tokio::pin!(receive);
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    reply = &mut receive => break reply,
+                    _ = tick.tick() => {
+                        if let Err(e) = self.source_serves(transfer, &mut source_conn).await {
+                            // Ending the transfer makes the target's receive fail at once,
+                            // instead of waiting out its reconnect timeout.
+                            self.state.transfers.finish(transfer);
+                            break Err(e);
+                        }
+                    }
+                }
+            }
         }
         .await;
         self.state.transfers.finish(transfer);
@@ -444,6 +457,33 @@ impl Driver {
                 format!("The target answered the workspace transfer with {other:?}."),
             )),
         }
+    }
+
+    /// While the target pulls a pass: a source that reconnected is asked whether it still
+    /// serves the transfer. A restarted daemon does not, and the pass fails now rather than
+    /// after the target's reconnect timeout; a connection that only blipped goes on.
+    async fn source_serves(
+        &self,
+        transfer: HandoffId,
+        conn: &mut Option<crate::hub::ConnId>,
+    ) -> Result<(), ApiError> {
+        let now = self.state.hub.daemon_conn(self.h.from);
+        if now.is_none() || now == *conn {
+            return Ok(());
+        }
+        self.state
+            .hub
+            .command(
+                self.h.from,
+                DaemonCommand::WorkspaceStatus {
+                    handoff_id: self.h.id,
+                    transfer_id: transfer,
+                },
+                Duration::from_secs(10),
+            )
+            .await?;
+        *conn = now;
+        Ok(())
     }
 
     /// Waits for the client's answer to the plan; nothing has moved yet, so a refusal (or
