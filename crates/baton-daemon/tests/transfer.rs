@@ -239,6 +239,60 @@ async fn the_target_keeps_at_most_a_window_in_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_busy_between_phases_keeps_its_socket() {
+    // The server closes sockets silent for 1 s; the target stages its manifest for longer than
+    // that between fetching the blob and asking for chunks, without reading its socket.
+    let world = World::start(TransferLimits {
+        idle_timeout: Duration::from_secs(1),
+        ..limits()
+    })
+    .await;
+    let transfer = world.allow_a_to_b();
+    let chunks = tree(20, 2, 9);
+    let meter = Arc::new(Meter::default());
+    let source = Arc::new(MemSource::new(&chunks, meter.clone()));
+    let sink = Arc::new(MemSink::new(meter));
+    let c = cipher(transfer);
+    let source_conn = world.conn(world.m(0), transfer, tuning());
+    let source_cipher = c.clone();
+    let serving = tokio::spawn(async move {
+        serve_source(
+            &source_conn,
+            source_cipher,
+            source,
+            b"manifest".to_vec(),
+            CancellationToken::new(),
+        )
+        .await
+    });
+    let mut receiver = Receiver::connect(
+        world.conn(world.m(1), transfer, tuning()),
+        c,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("connects");
+    assert_eq!(receiver.blob().await.expect("blob"), b"manifest");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    receiver
+        .chunks(sink.clone(), refs(&chunks), &mut |_| {})
+        .await
+        .expect("chunks");
+    let stats = receiver.finish().await.expect("finish");
+    assert_eq!(
+        stats.reconnects, 0,
+        "the socket stayed up while the target was busy"
+    );
+    let sent = tokio::time::timeout(LIMIT, serving)
+        .await
+        .expect("in time")
+        .expect("no panic")
+        .expect("source ok");
+    assert_eq!(sent.reconnects, 0);
+    assert_all_arrived(&chunks, &sink);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_socket_drop_resumes_without_resending_what_arrived() {
     let world = World::start(limits()).await;
     let transfer = world.allow_a_to_b();

@@ -38,11 +38,6 @@ use crate::error::{ApiResult, ServerError};
 /// Frames queued towards one side of a transfer; a reader waits for room rather than buffer more,
 /// so the relay holds at most this many frames (each at most [`MAX_TRANSFER_FRAME`]) per side.
 pub const TRANSFER_QUEUE: usize = 4;
-/// How often the server pings each transfer socket.
-pub const PING_EVERY: Duration = Duration::from_secs(10);
-/// A transfer socket that sends nothing (not even a pong) this long is closed. Time spent waiting
-/// for the peer to take a frame does not count.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Limits of workspace transfers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +49,10 @@ pub struct TransferLimits {
     /// How long a transfer whose two sides both disconnected is remembered (its byte count and
     /// its place under `max_concurrent`), so a reconnect resumes it.
     pub linger: Duration,
+    /// A transfer socket that sends nothing (not even a pong) this long is closed; the server
+    /// pings each socket six times per period. Time spent waiting for the peer to take a frame
+    /// does not count.
+    pub idle_timeout: Duration,
 }
 
 impl TransferLimits {
@@ -63,6 +62,8 @@ impl TransferLimits {
     pub const DEFAULT_MAX_CONCURRENT: usize = 2;
     /// Default linger: longer than a daemon's default reconnect timeout.
     pub const DEFAULT_LINGER: Duration = Duration::from_secs(120);
+    /// Default idle timeout (pings every 10 s).
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
     /// Bytes the relay passes from a source before it closes the transfer: the cap plus an
     /// eighth, for frame and envelope overhead and chunks sent again after a reconnect.
@@ -77,6 +78,7 @@ impl Default for TransferLimits {
             max_bytes: Self::DEFAULT_MAX_BYTES,
             max_concurrent: Self::DEFAULT_MAX_CONCURRENT,
             linger: Self::DEFAULT_LINGER,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -562,6 +564,11 @@ async fn connection(
     socket: WebSocket,
 ) {
     let (mut sink, mut stream) = socket.split();
+    let idle = state
+        .transfers
+        .limits()
+        .idle_timeout
+        .max(Duration::from_millis(60));
     let joined = match state.transfers.join(transfer, caller.account, role) {
         Ok(j) => j,
         Err(error) => {
@@ -593,7 +600,7 @@ async fn connection(
     }
 
     let writer = async {
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = tokio::time::interval(idle / 6);
         ping.tick().await;
         loop {
             tokio::select! {
@@ -627,7 +634,7 @@ async fn connection(
 
     let reader = async {
         loop {
-            let msg = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+            let msg = match tokio::time::timeout(idle, stream.next()).await {
                 Err(_) => {
                     tracing::info!(%transfer, role = role.as_str(), "transfer socket silent too long; closing");
                     return None;
@@ -689,6 +696,7 @@ mod tests {
             max_bytes: 1000,
             max_concurrent,
             linger: Duration::from_millis(50),
+            ..TransferLimits::default()
         })
     }
 

@@ -1,11 +1,14 @@
 //! One side's transfer socket: connecting with the server's first notice, reconnecting with
-//! backoff within the reconnect timeout, and (for the target) reading events in one task.
+//! backoff within the reconnect timeout, and (for the target) a [`Link`] whose socket is read
+//! by a task of its own, so the server's pings are answered while the caller is busy elsewhere.
 
 use std::time::{Duration, Instant};
 
 use baton_proto::ErrorCode;
 use baton_proto::transfer::{MAX_TRANSFER_FRAME, TransferNotice, TransferRole, transfer_ws_path};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::CancellationToken;
@@ -143,12 +146,68 @@ pub(crate) enum Event {
     },
 }
 
-/// A transfer socket read and written from one task, reconnecting on loss.
+/// What the reading task passes on.
+enum Incoming {
+    Message(Message),
+    Lost(String),
+}
+
+/// Messages read ahead of the caller. Reading never waits for the caller while this has room,
+/// so the server's pings are answered (tungstenite replies while reading) even while the caller
+/// does something else between phases, such as staging a large manifest.
+const READ_AHEAD: usize = 4;
+
+/// One live connection: the writing half and a task reading the other.
+struct Live {
+    sink: SplitSink<WsStream, Message>,
+    incoming: mpsc::Receiver<Incoming>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Live {
+    fn new(ws: WsStream) -> Self {
+        let (sink, stream) = ws.split();
+        let (tx, incoming) = mpsc::channel(READ_AHEAD);
+        let reader = tokio::spawn(read_socket(stream, tx));
+        Self {
+            sink,
+            incoming,
+            reader,
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // With both halves gone the socket closes.
+        self.reader.abort();
+    }
+}
+
+async fn read_socket(mut stream: SplitStream<WsStream>, tx: mpsc::Sender<Incoming>) {
+    loop {
+        let item = match tokio::time::timeout(SILENCE, stream.next()).await {
+            Err(_) => Incoming::Lost("the server went silent".into()),
+            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => {
+                Incoming::Lost("closed by the server".into())
+            }
+            Ok(Some(Err(e))) => Incoming::Lost(e.to_string()),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
+            Ok(Some(Ok(msg))) => Incoming::Message(msg),
+        };
+        let lost = matches!(item, Incoming::Lost(_));
+        if tx.send(item).await.is_err() || lost {
+            return;
+        }
+    }
+}
+
+/// A transfer socket used from one task, reconnecting on loss.
 pub(crate) struct Link {
     conn: TransferConn,
     role: TransferRole,
     cancel: CancellationToken,
-    ws: Option<WsStream>,
+    live: Option<Live>,
     lost_at: Option<Instant>,
     peer: bool,
     peer_absent_since: Option<Instant>,
@@ -172,7 +231,7 @@ impl Link {
             conn,
             role,
             cancel,
-            ws: Some(c.ws),
+            live: Some(Live::new(c.ws)),
             lost_at: None,
             peer: false,
             peer_absent_since: None,
@@ -192,7 +251,7 @@ impl Link {
 
     /// Whether the peer is connected, as far as this side knows.
     pub(crate) fn peer(&self) -> bool {
-        self.peer && self.ws.is_some()
+        self.peer && self.live.is_some()
     }
 
     fn set_peer(&mut self, connected: bool) {
@@ -205,7 +264,7 @@ impl Link {
     }
 
     fn lose(&mut self, why: &str) {
-        if self.ws.take().is_some() {
+        if self.live.take().is_some() {
             tracing::info!(transfer = %self.conn.transfer, role = self.role.as_str(), why, "transfer socket lost; reconnecting");
             self.lost_at = Some(Instant::now());
         }
@@ -231,13 +290,13 @@ impl Link {
     /// Sends a frame; a failure only marks the socket lost (the next [`Link::next`] reconnects,
     /// and the target asks again for what this frame would have asked).
     pub(crate) async fn send(&mut self, frame: Vec<u8>) -> Result<()> {
-        let Some(ws) = self.ws.as_mut() else {
+        let Some(live) = self.live.as_mut() else {
             return Ok(());
         };
         self.wire_bytes += frame.len() as u64;
         let sent = tokio::select! {
             _ = self.cancel.cancelled() => return Err(TransferError::Cancelled),
-            r = ws.send(Message::Binary(frame.into())) => r,
+            r = live.sink.send(Message::Binary(frame.into())) => r,
         };
         if let Err(e) = sent {
             self.lose(&e.to_string());
@@ -253,43 +312,41 @@ impl Link {
             if self.cancel.is_cancelled() {
                 return Err(TransferError::Cancelled);
             }
-            let Some(ws) = self.ws.as_mut() else {
+            let Some(live) = self.live.as_mut() else {
                 let since = *self.lost_at.get_or_insert_with(Instant::now);
                 let c = connect(&self.conn, self.role, since, &self.cancel).await?;
-                self.ws = Some(c.ws);
+                self.live = Some(Live::new(c.ws));
                 self.lost_at = None;
                 self.reconnects += 1;
                 self.set_peer(c.peer);
                 return Ok(Event::Reconnected { peer: c.peer });
             };
-            let mut wait = SILENCE;
-            if let Some(absent) = self.peer_absent_since {
-                let left = timeout.saturating_sub(absent.elapsed());
-                if left.is_zero() {
-                    return Err(TransferError::PeerGone { after: timeout });
-                }
-                wait = wait.min(left);
+            let deadline = self.peer_absent_since.map(|absent| absent + timeout);
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return Err(TransferError::PeerGone { after: timeout });
             }
-            let msg = tokio::select! {
-                _ = self.cancel.cancelled() => return Err(TransferError::Cancelled),
-                r = tokio::time::timeout(wait, ws.next()) => r,
+            let peer_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
             };
-            let msg = match msg {
-                // Either the peer deadline (checked at the top) or silence.
-                Err(_) if self.peer_absent_since.is_some() && wait < SILENCE => continue,
-                Err(_) => {
-                    self.lose("the server went silent");
+            let incoming = tokio::select! {
+                _ = self.cancel.cancelled() => return Err(TransferError::Cancelled),
+                // Checked at the top of the loop.
+                _ = peer_deadline => continue,
+                incoming = live.incoming.recv() => incoming,
+            };
+            let msg = match incoming {
+                Some(Incoming::Message(msg)) => msg,
+                Some(Incoming::Lost(why)) => {
+                    self.lose(&why);
                     continue;
                 }
-                Ok(None) => {
-                    self.lose("closed by the server");
+                None => {
+                    self.lose("the reading task ended");
                     continue;
                 }
-                Ok(Some(Err(e))) => {
-                    self.lose(&e.to_string());
-                    continue;
-                }
-                Ok(Some(Ok(msg))) => msg,
             };
             match msg {
                 Message::Binary(b) => {
@@ -308,16 +365,16 @@ impl Link {
                     TransferNotice::Closed { error } => return Err(TransferError::Refused(error)),
                     TransferNotice::Joined { .. } => {}
                 },
-                Message::Close(_) => self.lose("closed by the server"),
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                // The reading task passes on nothing else.
+                _ => {}
             }
         }
     }
 
     /// Closes the socket politely.
     pub(crate) async fn close(mut self) {
-        if let Some(mut ws) = self.ws.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+        if let Some(mut live) = self.live.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), live.sink.close()).await;
         }
     }
 }
