@@ -50,6 +50,10 @@ pub struct WorkspaceArgs {
     /// a `.stamp` file beside it names its shape).
     #[arg(long)]
     tree: Option<PathBuf>,
+    /// How the re-handoff lands over the copy of the original tree: `replace` (the tree takes
+    /// its place) or `sibling` (beside it; the copy is still used to spare chunks).
+    #[arg(long, default_value = "replace", value_parser = ["replace", "sibling"])]
+    back_conflict: String,
     /// Do not drop the page cache before each timed run (figures are then warm-cache ones).
     #[arg(long)]
     warm: bool,
@@ -84,6 +88,9 @@ fn reproduce_command(args: &WorkspaceArgs, bench_profile: Option<&str>) -> Strin
     let compare = args.compare.join(",");
     if compare != DEFAULT_COMPARE {
         cmd.push_str(&format!(" --compare {compare}"));
+    }
+    if args.back_conflict != "replace" {
+        cmd.push_str(&format!(" --back-conflict {}", args.back_conflict));
     }
     if args.warm {
         cmd.push_str(" --warm");
@@ -268,6 +275,7 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
         cold: cold.is_ok(),
         runs: args.runs,
         edit,
+        back_conflict: args.back_conflict.clone(),
     };
     let measured = match measure(&ctx, work.path()) {
         Ok(m) => m,
@@ -293,6 +301,7 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
         first: measured.first,
         back: measured.back,
         edited: measured.edited,
+        back_conflict: args.back_conflict.clone(),
         memory: measured.memory,
         skipped,
     };
@@ -369,6 +378,8 @@ struct Ctx<'a> {
     runs: usize,
     /// The text file edited on the target before the re-handoff.
     edit: String,
+    /// `--conflict` of the re-handoff.
+    back_conflict: String,
 }
 
 impl Ctx<'_> {
@@ -440,8 +451,12 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
                         out = handoff(&cluster, LAPTOP, &session, "desktop", &dest, None)?;
                         Ok(())
                     })?;
+                    if let Some(why) = failure_of(&out) {
+                        bail!("the first handoff failed: {why}: {out}");
+                    }
                     let passes = served_passes(&cluster, LAPTOP, &out)?;
-                    let info = BatonInfo::of(&out, passes, ctx.sel.manifest_json)?;
+                    let info =
+                        BatonInfo::of(&out, passes, ctx.sel.manifest_json, &ctx.sel.manifest)?;
                     (secs, Extra::Baton(info))
                 }
                 Subject::Tool(Tool::Rsync) => {
@@ -479,6 +494,7 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
                     run,
                     secs,
                     load,
+                    failure: None,
                     extra,
                 },
             );
@@ -517,18 +533,35 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
                             &session,
                             "laptop",
                             &original,
-                            Some("replace"),
+                            Some(ctx.back_conflict.as_str()),
                         )?;
                         Ok(())
                     })?;
-                    verify::same_tree(&edited_manifest, &original, "baton re-handoff")?;
                     let passes = served_passes(&cluster, DESKTOP, &out)?;
                     let json = serde_json::to_vec(&edited_manifest)?.len() as u64;
+                    let info = BatonInfo::of(&out, passes, json, &edited_manifest)?;
+                    let failure = failure_of(&out);
+                    match &failure {
+                        // A failed handoff still says what it sent; the session is left as it
+                        // is (the next round starts a new one).
+                        Some(why) => eprintln!("  the re-handoff failed: {why}"),
+                        None => {
+                            let landed = out["workspace"]["path"]
+                                .as_str()
+                                .context("no workspace.path in the handoff's output")?;
+                            verify::same_tree(
+                                &edited_manifest,
+                                Path::new(landed),
+                                "baton re-handoff",
+                            )?;
+                        }
+                    }
                     Sample {
                         run,
                         secs,
                         load,
-                        extra: Extra::Baton(BatonInfo::of(&out, passes, json)?),
+                        failure,
+                        extra: Extra::Baton(info),
                     }
                 }
                 Subject::Tool(Tool::Rsync) => {
@@ -544,6 +577,7 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
                         run,
                         secs,
                         load,
+                        failure: None,
                         extra: Extra::Rsync(stats),
                     }
                 }
@@ -554,10 +588,12 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
         }
         memory.push(Memory::read(&cluster, run));
         // Free the disk for the next round.
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        let mut leftovers = vec![dir.clone()];
         if let Some(d) = &rsyncd {
-            let p = d.path(&format!("run{run}"));
-            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            leftovers.push(d.path(&format!("run{run}")));
+        }
+        for p in leftovers {
+            remove_dir(&p);
         }
         // Deleting is slow on some disks (online discard); let it finish before the next round.
         tools::sync()?;
@@ -571,6 +607,21 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
     })
 }
 
+/// Removes `path`, retrying once (a daemon may still be removing a backup inside it); a
+/// failure is only reported, the next round writes elsewhere.
+fn remove_dir(path: &Path) {
+    for attempt in 0..3 {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if attempt == 2 => {
+                eprintln!("warning: could not remove {}: {e}", path.display());
+            }
+            Err(_) => std::thread::sleep(Duration::from_secs(5)),
+        }
+    }
+}
+
 fn push(list: &mut [(Subject, Vec<Sample>)], who: Subject, s: Sample) {
     if let Some((_, v)) = list.iter_mut().find(|(w, _)| *w == who) {
         v.push(s);
@@ -578,7 +629,7 @@ fn push(list: &mut [(Subject, Vec<Sample>)], who: Subject, s: Sample) {
 }
 
 /// `baton --json handoff SESSION --to TO --workspace --path DEST [--conflict C]` as machine
-/// `from`; fails unless it committed.
+/// `from`: its JSON output, committed or not (see [`failure_of`]).
 fn handoff(
     cluster: &Cluster,
     from: usize,
@@ -589,6 +640,7 @@ fn handoff(
 ) -> Result<Value> {
     let dest = dest.to_string_lossy();
     let mut args = vec![
+        "--json",
         "handoff",
         session,
         "--to",
@@ -600,11 +652,41 @@ fn handoff(
     if let Some(c) = conflict {
         args.extend(["--conflict", c]);
     }
-    let out = cluster.json(from, &args)?;
-    if out["result"] != "committed" {
-        bail!("the handoff to {to} did not commit: {out}");
+    let out = cluster.baton(from, &args)?;
+    let json: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "baton {args:?} on {} ({}) printed no JSON: {}{}",
+            cluster.machines[from].name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if json["phases"].is_null() {
+        bail!(
+            "baton {args:?} failed before the handoff started ({}): {json}",
+            out.status
+        );
     }
-    Ok(out)
+    Ok(json)
+}
+
+/// Why a handoff did not commit, from its JSON output; `None` when it committed and finished.
+fn failure_of(out: &Value) -> Option<String> {
+    if out["result"] == "committed" && out["error"].is_null() {
+        return None;
+    }
+    let phase = out["phases"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["ok"] == false))
+        .and_then(|p| p["phase"].as_str())
+        .unwrap_or("?");
+    Some(format!(
+        "result {}, phase {phase}: [{}] {}",
+        out["result"].as_str().unwrap_or("?"),
+        out["error"]["code"].as_str().unwrap_or("?"),
+        out["error"]["message"].as_str().unwrap_or("")
+    ))
 }
 
 /// The passes the source machine `idx` served for the handoff `out` reports, from its log's

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use baton_bench::stats::Summary;
 use baton_cli::harness::Cluster;
+use baton_workspace::WorkspaceManifest;
 use serde_json::{Value, json};
 
 use super::tools::{RsyncStats, Tool, peak_rss};
@@ -69,8 +70,15 @@ pub struct BatonInfo {
 }
 
 impl BatonInfo {
-    /// Reads the handoff's JSON output; `passes` and `manifest_json` as for the fields.
-    pub fn of(out: &Value, passes: Vec<(u64, u64)>, manifest_json: u64) -> Result<Self> {
+    /// Reads the handoff's JSON output; `passes` and `manifest_json` as for the fields. When
+    /// the handoff did not commit its output has no workspace report: the files and bytes are
+    /// then those of `expected`, and the bytes sent the sum of the passes'.
+    pub fn of(
+        out: &Value,
+        passes: Vec<(u64, u64)>,
+        manifest_json: u64,
+        expected: &WorkspaceManifest,
+    ) -> Result<Self> {
         let phases_json = out["phases"]
             .as_array()
             .with_context(|| format!("no phases in {out}"))?;
@@ -92,17 +100,13 @@ impl BatonInfo {
             _ => None,
         };
         let ws = &out["workspace"];
-        let field = |k: &str| {
-            ws[k]
-                .as_u64()
-                .with_context(|| format!("no workspace.{k} in {out}"))
-        };
+        let field = |k: &str| ws[k].as_u64();
         Ok(Self {
             phases,
             stopped_ms,
-            files: field("files")?,
-            bytes_total: field("bytes_total")?,
-            bytes_sent: field("bytes_sent")?,
+            files: field("files").unwrap_or_else(|| expected.file_count()),
+            bytes_total: field("bytes_total").unwrap_or_else(|| expected.total_bytes()),
+            bytes_sent: field("bytes_sent").unwrap_or_else(|| passes.iter().map(|p| p.1).sum()),
             passes,
             manifest_json,
         })
@@ -136,11 +140,18 @@ pub struct Sample {
     pub secs: f64,
     /// 1-minute load average when it started.
     pub load: Option<f64>,
+    /// Why it failed, if it did (its time then counts in no summary).
+    pub failure: Option<String>,
     /// Tool-specific figures.
     pub extra: Extra,
 }
 
 impl Sample {
+    /// Its time, when it succeeded.
+    fn ok_secs(&self) -> Option<f64> {
+        self.failure.is_none().then_some(self.secs)
+    }
+
     fn baton(&self) -> Option<&BatonInfo> {
         match &self.extra {
             Extra::Baton(b) => Some(b),
@@ -175,7 +186,13 @@ impl Sample {
                 "file_list_size": r.file_list,
             }),
         };
-        json!({ "run": self.run, "seconds": self.secs, "load_1min": self.load, "details": extra })
+        json!({
+            "run": self.run,
+            "seconds": self.secs,
+            "load_1min": self.load,
+            "failure": self.failure,
+            "details": extra,
+        })
     }
 }
 
@@ -227,6 +244,8 @@ pub struct Report {
     pub back: Vec<(Subject, Vec<Sample>)>,
     /// The file edited on the target.
     pub edited: String,
+    /// `--conflict` of the re-handoff.
+    pub back_conflict: String,
     /// Peak memory after each round.
     pub memory: Vec<Memory>,
     /// Tools not run, with the reason.
@@ -277,7 +296,7 @@ impl Report {
     }
 
     fn secs(list: &[(Subject, Vec<Sample>)], who: Subject) -> Option<Summary> {
-        summary(Self::samples(list, who), |s| Some(s.secs))
+        summary(Self::samples(list, who), Sample::ok_secs)
     }
 
     /// Baton's time over `tool`'s, first transfer: (medians, minimums).
@@ -376,7 +395,7 @@ impl Report {
             "", "runs", "median s", "min s", "max s", "MiB/s", "baton/x med", "baton/x min"
         ));
         for (who, samples) in &self.first {
-            let Some(s) = summary(samples, |s| Some(s.secs)) else {
+            let Some(s) = summary(samples, Sample::ok_secs) else {
                 continue;
             };
             let (r50, rmin) = match who {
@@ -428,8 +447,8 @@ impl Report {
         line(String::new());
 
         line(format!(
-            "Re-handoff: {} edited on desktop (one line inserted mid-file), then back to laptop into a copy of the original tree (node_modules included) with --conflict replace; rsync: the edited tree pushed onto its first copy.",
-            self.edited
+            "Re-handoff: {} edited on desktop (one line inserted mid-file), then back to laptop into a copy of the original tree (node_modules included) with --conflict {}; rsync: the edited tree pushed onto its first copy.",
+            self.edited, self.back_conflict
         ));
         line(format!(
             "  {:<30} {:>4} {:>9} {:>8} {:>8}  {}",
@@ -441,8 +460,12 @@ impl Report {
             "bytes sent (max over runs), as a fraction of the tree's bytes"
         ));
         for (who, samples) in &self.back {
-            let Some(s) = summary(samples, |s| Some(s.secs)) else {
+            if samples.is_empty() {
                 continue;
+            }
+            let times = match summary(samples, Sample::ok_secs) {
+                Some(s) => format!("{:>4} {:>9.2} {:>8.2} {:>8.2}", s.n, s.p50, s.min, s.max),
+                None => format!("{:>4} {:>9} {:>8} {:>8}", 0, "-", "-", "-"),
             };
             let bytes = match who {
                 Subject::Baton => {
@@ -479,14 +502,15 @@ impl Report {
                     }
                 }
             };
-            line(format!(
-                "  {:<30} {:>4} {:>9.2} {:>8.2} {:>8.2}  {bytes}",
-                who.describe(),
-                s.n,
-                s.p50,
-                s.min,
-                s.max,
-            ));
+            line(format!("  {:<30} {times}  {bytes}", who.describe()));
+            for f in samples.iter().filter(|s| s.failure.is_some()) {
+                line(format!(
+                    "    round {} FAILED after {:.1} s (not in the times above): {}",
+                    f.run + 1,
+                    f.secs,
+                    f.failure.as_deref().unwrap_or_default()
+                ));
+            }
         }
         let baton_back = Self::samples(&self.back, Subject::Baton);
         line(format!(
@@ -567,7 +591,7 @@ impl Report {
         let per = |list: &[(Subject, Vec<Sample>)]| -> serde_json::Map<String, Value> {
             list.iter()
                 .map(|(who, samples)| {
-                    let secs = summary(samples, |s| Some(s.secs));
+                    let secs = summary(samples, Sample::ok_secs);
                     (
                         who.name().to_string(),
                         json!({
@@ -610,6 +634,7 @@ impl Report {
             "stopped_ms": self.stopped().map(|s| s.to_json()),
             "rehandoff": {
                 "edited": self.edited,
+                "conflict": self.back_conflict,
                 "subjects": per(&self.back),
                 "baton_file_data_fraction_max": self.delta_fraction(),
                 "baton_manifest_fraction_max": self.manifest_fraction(),
