@@ -447,16 +447,19 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
             let (secs, extra) = match who {
                 Subject::Baton => {
                     let mut out = Value::Null;
+                    let cpu_before = report::cpu_now(&cluster);
                     let secs = tools::timed(|| {
                         out = handoff(&cluster, LAPTOP, &session, "desktop", &dest, None)?;
                         Ok(())
                     })?;
+                    let cpu = report::cpu_used(&cpu_before, &report::cpu_now(&cluster));
                     if let Some(why) = failure_of(&out) {
                         bail!("the first handoff failed: {why}: {out}");
                     }
                     let passes = served_passes(&cluster, LAPTOP, &out)?;
-                    let info =
+                    let mut info =
                         BatonInfo::of(&out, passes, ctx.sel.manifest_json, &ctx.sel.manifest)?;
+                    info.cpu = cpu;
                     (secs, Extra::Baton(info))
                 }
                 Subject::Tool(Tool::Rsync) => {
@@ -526,6 +529,7 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
             let sample = match who {
                 Subject::Baton => {
                     let mut out = Value::Null;
+                    let cpu_before = report::cpu_now(&cluster);
                     let secs = tools::timed(|| {
                         out = handoff(
                             &cluster,
@@ -539,7 +543,8 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
                     })?;
                     let passes = served_passes(&cluster, DESKTOP, &out)?;
                     let json = serde_json::to_vec(&edited_manifest)?.len() as u64;
-                    let info = BatonInfo::of(&out, passes, json, &edited_manifest)?;
+                    let mut info = BatonInfo::of(&out, passes, json, &edited_manifest)?;
+                    info.cpu = report::cpu_used(&cpu_before, &report::cpu_now(&cluster));
                     let failure = failure_of(&out);
                     match &failure {
                         // A failed handoff still says what it sent; the session is left as it

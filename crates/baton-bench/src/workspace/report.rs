@@ -6,7 +6,7 @@ use baton_cli::harness::Cluster;
 use baton_workspace::WorkspaceManifest;
 use serde_json::{Value, json};
 
-use super::tools::{RsyncStats, Tool, peak_rss};
+use super::tools::{RsyncStats, Tool, cpu_secs, peak_rss};
 
 /// Baton's first transfer may take at most this multiple of rsync's time (medians).
 pub const GOAL_VS_RSYNC: f64 = 1.0;
@@ -67,6 +67,8 @@ pub struct BatonInfo {
     pub passes: Vec<(u64, u64)>,
     /// Bytes of the manifest as JSON (what each pass seals and sends before any chunk).
     pub manifest_json: u64,
+    /// CPU seconds each of the cluster's processes used during the handoff.
+    pub cpu: Vec<(String, f64)>,
 }
 
 impl BatonInfo {
@@ -109,6 +111,7 @@ impl BatonInfo {
             bytes_sent: field("bytes_sent").unwrap_or_else(|| passes.iter().map(|p| p.1).sum()),
             passes,
             manifest_json,
+            cpu: Vec::new(),
         })
     }
 }
@@ -178,6 +181,7 @@ impl Sample {
                 "passes": b.passes.iter().map(|(c, n)| json!({ "chunks": c, "bytes": n })).collect::<Vec<_>>(),
                 "manifest_json_bytes": b.manifest_json,
                 "manifest_bytes_sent": b.manifest_sent(),
+                "cpu_seconds": b.cpu.iter().map(|(n, c)| (n.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
             }),
             Extra::Rsync(r) => json!({
                 "total_bytes_sent": r.total_sent,
@@ -220,6 +224,33 @@ impl Memory {
         }
         Self { run, peaks }
     }
+}
+
+/// CPU seconds used so far by each of `cluster`'s processes (the server, then each daemon).
+pub fn cpu_now(cluster: &Cluster) -> Vec<(String, Option<f64>)> {
+    let mut out = vec![(
+        "server".to_string(),
+        cluster.server_pid().and_then(cpu_secs),
+    )];
+    for m in &cluster.machines {
+        out.push((
+            format!("{} daemon", m.name),
+            m.daemon_pid().and_then(cpu_secs),
+        ));
+    }
+    out
+}
+
+/// What each process used between two [`cpu_now`] snapshots.
+pub fn cpu_used(
+    before: &[(String, Option<f64>)],
+    after: &[(String, Option<f64>)],
+) -> Vec<(String, f64)> {
+    before
+        .iter()
+        .zip(after)
+        .filter_map(|((n, b), (_, a))| Some((n.clone(), (*a)? - (*b)?)))
+        .collect()
 }
 
 /// The figures of `baton-bench workspace`.
@@ -370,6 +401,28 @@ impl Report {
             .collect()
     }
 
+    /// "baton CPU seconds (median): server 1.2, laptop daemon 3.4, ...".
+    fn cpu_line(samples: &[Sample]) -> String {
+        let names: Vec<String> = samples
+            .iter()
+            .find_map(Sample::baton)
+            .map(|b| b.cpu.iter().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default();
+        let parts: Vec<String> = names
+            .iter()
+            .filter_map(|n| {
+                let s = summary(samples, |s| {
+                    s.baton()?.cpu.iter().find(|(m, _)| m == n).map(|(_, c)| *c)
+                })?;
+                Some(format!("{n} {:.1}", s.p50))
+            })
+            .collect();
+        format!(
+            "  baton CPU seconds during the handoff (median): {}",
+            parts.join(", ")
+        )
+    }
+
     /// The tables as text.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -428,6 +481,7 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        line(Self::cpu_line(baton_first));
         if let Some(s) = self.stopped() {
             line(format!(
                 "  baton stopped time ({} start -> {} end): median {:.0} ms, min {:.0}, max {:.0}",
@@ -521,6 +575,7 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        line(Self::cpu_line(baton_back));
         if let Some(s) = summary(baton_back, |s| s.baton().and_then(|b| b.stopped_ms)) {
             line(format!(
                 "  baton stopped time: median {:.0} ms, min {:.0}, max {:.0}",
