@@ -6,7 +6,7 @@ use baton_cli::harness::Cluster;
 use baton_workspace::WorkspaceManifest;
 use serde_json::{Value, json};
 
-use super::tools::{RsyncStats, Tool, cpu_secs, peak_rss};
+use super::tools::{RsyncStats, Tool, cpu_secs, status_bytes};
 
 /// Baton's first transfer may take at most this multiple of rsync's time (medians).
 pub const GOAL_VS_RSYNC: f64 = 1.0;
@@ -205,22 +205,24 @@ impl Sample {
 pub struct Memory {
     /// Round (from 0).
     pub run: usize,
-    /// (process, bytes): the server, then each daemon.
-    pub peaks: Vec<(String, Option<u64>)>,
+    /// (process, peak bytes, resident bytes now): the server, then each daemon.
+    pub peaks: Vec<(String, Option<u64>, Option<u64>)>,
 }
 
 impl Memory {
     /// Reads the peaks of `cluster`'s processes now.
     pub fn read(cluster: &Cluster, run: usize) -> Self {
-        let mut peaks = vec![(
-            "server".to_string(),
-            cluster.server_pid().and_then(peak_rss),
-        )];
+        let of = |pid: Option<u32>| {
+            (
+                pid.and_then(|p| status_bytes(p, "VmHWM")),
+                pid.and_then(|p| status_bytes(p, "VmRSS")),
+            )
+        };
+        let (hwm, rss) = of(cluster.server_pid());
+        let mut peaks = vec![("server".to_string(), hwm, rss)];
         for m in &cluster.machines {
-            peaks.push((
-                format!("{} daemon", m.name),
-                m.daemon_pid().and_then(peak_rss),
-            ));
+            let (hwm, rss) = of(m.daemon_pid());
+            peaks.push((format!("{} daemon", m.name), hwm, rss));
         }
         Self { run, peaks }
     }
@@ -366,7 +368,7 @@ impl Report {
     fn peaks(&self) -> Vec<(String, Option<u64>)> {
         let mut out: Vec<(String, Option<u64>)> = Vec::new();
         for m in &self.memory {
-            for (name, v) in &m.peaks {
+            for (name, v, _) in &m.peaks {
                 match out.iter_mut().find(|(n, _)| n == name) {
                     Some((_, best)) => *best = (*best).max(*v),
                     None => out.push((name.clone(), *v)),
@@ -374,6 +376,25 @@ impl Report {
             }
         }
         out
+    }
+
+    /// "a / b / c MiB" of one process's figure after each round.
+    fn by_round(
+        &self,
+        name: &str,
+        pick: impl Fn(&(String, Option<u64>, Option<u64>)) -> Option<u64>,
+    ) -> String {
+        self.memory
+            .iter()
+            .map(|m| {
+                m.peaks
+                    .iter()
+                    .find(|p| p.0 == name)
+                    .and_then(&pick)
+                    .map_or("?".to_string(), |b| format!("{:.1}", mib(b as f64)))
+            })
+            .collect::<Vec<_>>()
+            .join(" / ")
     }
 
     /// Median duration of each Baton phase (ms), in the order they ran.
@@ -578,17 +599,19 @@ impl Report {
         line(Self::cpu_line(baton_back));
         if let Some(s) = summary(baton_back, |s| s.baton().and_then(|b| b.stopped_ms)) {
             line(format!(
-                "  baton stopped time: median {:.0} ms, min {:.0}, max {:.0}",
+                "  baton stopped time (failed rounds included): median {:.0} ms, min {:.0}, max {:.0}",
                 s.p50, s.min, s.max
             ));
         }
         line(String::new());
 
-        line("Peak memory (VmHWM after all rounds):".into());
+        line("Memory of the cluster's processes, MiB, after each round (VmHWM is the peak so far; VmRSS what is resident when the round is over):".into());
         for (name, v) in self.peaks() {
             line(format!(
-                "  {name:<16} {}",
-                v.map_or("unknown".into(), |b| format!("{:.1} MiB", mib(b as f64)))
+                "  {name:<16} peak {:>8}   VmHWM {}   VmRSS {}",
+                v.map_or("unknown".into(), |b| format!("{:.1}", mib(b as f64))),
+                self.by_round(&name, |p| p.1),
+                self.by_round(&name, |p| p.2),
             ));
         }
         line(String::new());
@@ -697,7 +720,8 @@ impl Report {
             "peak_memory_bytes": peaks.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "memory_by_round": self.memory.iter().map(|m| json!({
                 "run": m.run,
-                "peaks": m.peaks.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "peaks": m.peaks.iter().map(|(n, v, _)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "resident": m.peaks.iter().map(|(n, _, r)| (n.clone(), json!(r))).collect::<serde_json::Map<_, _>>(),
             })).collect::<Vec<_>>(),
             "goals": {
                 "baton_over_rsync_median": { "limit": GOAL_VS_RSYNC, "value": self.ratio(Tool::Rsync).map(|r| r.0), "met": self.ratio(Tool::Rsync).map(|r| r.0 <= GOAL_VS_RSYNC) },

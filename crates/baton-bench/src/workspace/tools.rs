@@ -118,10 +118,12 @@ pub fn drop_caches() -> Result<(), String> {
         .map_err(|e| format!("cannot write /proc/sys/vm/drop_caches ({e}); run as root"))
 }
 
-/// The peak resident set (VmHWM) of process `pid`, in bytes.
-pub fn peak_rss(pid: u32) -> Option<u64> {
+/// A `/proc/PID/status` memory field (`VmHWM`, `VmRSS`) of process `pid`, in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
