@@ -647,7 +647,7 @@ pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
     };
     let policy = side.policy;
     let expected = side.final_path.clone();
-    tokio::task::spawn_blocking(move || {
+    let applied = tokio::task::spawn_blocking(move || {
         let applied = staged.apply(policy)?;
         if applied.path() != expected {
             let got = applied.path().to_path_buf();
@@ -660,13 +660,33 @@ pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
                 ),
             });
         }
-        applied.commit()
+        Ok(applied)
     })
     .await
     .map_err(internal("Putting the workspace in place"))?
     .map_err(|e| ApiError::new(ErrorCode::ActivateFailed, format!("{e}.")))?;
+    // The tree is in place. Removing what `replace` set aside can take long (tens of thousands
+    // of unlinks, slower still on a disk mounted with `discard`), and the session must not stay
+    // stopped for it: it goes on in the background past a short wait.
+    let commit = tokio::task::spawn_blocking(move || applied.commit());
+    match tokio::time::timeout(COMMIT_WAIT, commit).await {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(handoff_id = %handoff, error = %e, "removing the replaced tree failed")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(handoff_id = %handoff, error = %e, "removing the replaced tree stopped")
+        }
+        Err(_) => {
+            tracing::info!(handoff_id = %handoff, "removing the replaced tree goes on in the background")
+        }
+    }
     Ok(())
 }
+
+/// How long activation waits for the replaced tree to be removed before letting it finish in
+/// the background.
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Either side, when a handoff aborts (or its source is done): stops serving, removes staging.
 pub async fn forget(d: &Daemon, handoff: HandoffId) {
