@@ -22,6 +22,8 @@ use super::{ChunkSink, Result, TransferConn, TransferError};
 /// Frames waiting for the verifying thread; reading the socket pauses when it is full, which is
 /// how a slow disk slows the source down.
 const JOB_QUEUE: usize = 4;
+/// Silence after which the target asks again for every chunk it is still waiting for.
+const STALL_REASK: Duration = Duration::from_secs(10);
 /// How long [`Receiver::finish`] waits for the source to acknowledge the end.
 const DONE_WAIT: Duration = Duration::from_secs(10);
 
@@ -372,6 +374,22 @@ impl Receiver {
                 biased;
                 _ = shared.wake.notified() => continue,
                 event = self.link.next() => event?,
+                // A request can be lost around a reconnect (the relay drops frames while a side
+                // is away); with nothing heard for a while, ask again for all that is missing
+                // rather than wait out the handoff's timeout.
+                _ = tokio::time::sleep(STALL_REASK) => {
+                    if !window.outstanding.is_empty() && self.link.peer() {
+                        window.round = window.round.wrapping_add(1);
+                        let again: Vec<ContentHash> = window.outstanding.keys().copied().collect();
+                        tracing::info!(
+                            chunks = again.len(),
+                            round = window.round,
+                            "nothing received for a while; asking again"
+                        );
+                        self.send_wants(window.round, &again).await?;
+                    }
+                    continue;
+                }
             };
             match event {
                 Event::Frame(bytes) => {
