@@ -249,17 +249,13 @@ fn handoff(mut args: HandoffArgs) -> Result<()> {
     } else {
         "one size after the other"
     };
-    let load = |l: Option<f64>| l.map_or("?".to_string(), |l| format!("{l:.2}"));
     println!();
     println!(
         "Handoff latency: synced session, no workspace, server and two daemons on loopback, scripted provider."
     );
     println!(
-        "baton: {} ({} build); {cpus} CPUs, 1-min load average {} before and {} after (other processes compete with the cluster).",
-        baton.path.display(),
-        baton.profile.as_deref().unwrap_or("unknown"),
-        load(load_before),
-        load(load_after)
+        "{}",
+        setup::machine_line(&baton, load_before, load_after, "the cluster")
     );
     println!(
         "{} measured handoffs per size after {WARMUP_PAIRS} warm-up pair, alternating laptop -> desktop -> laptop; {order}.",

@@ -143,3 +143,22 @@ pub fn write_json(out: &Path, report: &serde_json::Value) -> Result<()> {
     std::fs::write(out, serde_json::to_vec_pretty(report)?)
         .with_context(|| format!("writing {}", out.display()))
 }
+
+/// The line every benchmark prints about what ran where: the `baton` binary and its build, the
+/// CPUs, and the load average before and after (`competing` names what the load competed with).
+pub fn machine_line(
+    baton: &BatonBinary,
+    load_before: Option<f64>,
+    load_after: Option<f64>,
+    competing: &str,
+) -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = |l: Option<f64>| l.map_or("?".to_string(), |l| format!("{l:.2}"));
+    format!(
+        "baton: {} ({} build); {cpus} CPUs, 1-min load average {} before and {} after (other processes compete with {competing}).",
+        baton.path.display(),
+        baton.profile.as_deref().unwrap_or("unknown"),
+        load(load_before),
+        load(load_after)
+    )
+}

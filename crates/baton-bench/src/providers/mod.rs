@@ -158,17 +158,13 @@ pub fn run(mut args: ProvidersArgs) -> Result<()> {
     };
     let load_after = setup::load_average();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = |l: Option<f64>| l.map_or("?".to_string(), |l| format!("{l:.2}"));
     println!();
     println!(
         "Handoff per provider: confirm -> first streamed provider entry on the target, server and two daemons on loopback, real CLIs against the loopback model server."
     );
     println!(
-        "baton: {} ({} build); {cpus} CPUs, 1-min load average {} before and {} after (other processes compete with the cluster).",
-        baton.path.display(),
-        baton.profile.as_deref().unwrap_or("unknown"),
-        load(load_before),
-        load(load_after)
+        "{}",
+        setup::machine_line(&baton, load_before, load_after, "the cluster")
     );
     println!(
         "{} measured handoffs per provider after {} warm-up pair(s), alternating laptop -> desktop -> laptop into a different workspace path per machine; {}.",

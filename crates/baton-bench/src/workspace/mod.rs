@@ -305,17 +305,13 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
         memory: measured.memory,
         skipped,
     };
-    let load = |l: Option<f64>| l.map_or("?".to_string(), |l| format!("{l:.2}"));
     println!();
     println!(
         "Workspace handoff: a server and two daemons on loopback (scripted session), against rsync, tar|zstd and cp on the same selection."
     );
     println!(
-        "baton: {} ({} build); {cpus} CPUs, 1-min load average {} before and {} after (other processes compete with the runs).",
-        baton.path.display(),
-        baton.profile.as_deref().unwrap_or("unknown"),
-        load(load_before),
-        load(load_after)
+        "{}",
+        setup::machine_line(&baton, load_before, load_after, "the runs")
     );
     println!(
         "Tree: {} ({}; {} text files of 1-20 KiB, {} files of 1-8 MiB, .git {}, {:.0} MiB ignored in node_modules).",
