@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use baton_crypto::SessionCipher;
@@ -291,34 +291,6 @@ pub fn status(
     }
 }
 
-/// Where the destination's tree would be after applying with `policy`: the destination, or
-/// for `sibling` over an existing tree the first free `<dest>-handoff[-N]`, as apply picks it.
-fn planned_final_path(dest: &Path, policy: ConflictPolicy) -> Result<PathBuf, ApiError> {
-    let state = baton_workspace::destination_state(dest).map_err(ws_err)?;
-    if state != DestinationState::Exists || policy == ConflictPolicy::Replace {
-        return Ok(dest.to_path_buf());
-    }
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    for n in 1..=1000u32 {
-        let suffix = if n == 1 {
-            "-handoff".to_string()
-        } else {
-            format!("-handoff-{n}")
-        };
-        let p = dest.with_file_name(format!("{name}{suffix}"));
-        if std::fs::symlink_metadata(&p).is_err() {
-            return Ok(p);
-        }
-    }
-    Err(ApiError::new(
-        ErrorCode::WorkspaceConflict,
-        "A thousand `-handoff` siblings of the destination exist already; pick another --path.",
-    ))
-}
-
 /// The target's first pass: where the tree goes, and what the destination already holds.
 async fn open_target(
     d: &Daemon,
@@ -357,7 +329,7 @@ async fn open_target(
     .await
     .map_err(internal("Indexing the destination"))?
     .map_err(ws_err)?;
-    let final_path = planned_final_path(&dest, policy)?;
+    let final_path = baton_workspace::planned_path(&dest, policy).map_err(ws_err)?;
     let record = TargetRecord { dest: dest.clone() };
     let dir = d.handoff_dir(handoff);
     std::fs::create_dir_all(&dir)

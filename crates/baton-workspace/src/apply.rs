@@ -365,6 +365,16 @@ pub fn leftovers(dest: &Path) -> Result<Vec<Leftover>> {
 }
 
 /// The first free `<dest>-handoff[-n]` from `n = start`, with the number used.
+/// Where [`StagedTree::apply`] would put a tree for `dest` under `policy` if it ran now: the
+/// destination itself, or under `sibling` over an existing tree the first free
+/// `<dest>-handoff[-N]`. Lets a caller rewrite paths for the final place before applying.
+pub fn planned_path(dest: &Path, policy: ConflictPolicy) -> Result<PathBuf> {
+    match (destination_state(dest)?, policy) {
+        (DestinationState::Exists, ConflictPolicy::Sibling) => Ok(free_sibling(dest, 1)?.1),
+        _ => Ok(dest.to_path_buf()),
+    }
+}
+
 fn free_sibling(dest: &Path, start: u32) -> Result<(u32, PathBuf)> {
     for n in start..=MAX_SIBLINGS {
         let suffix = if n == 1 {

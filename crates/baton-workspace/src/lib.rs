@@ -28,7 +28,7 @@ mod select;
 mod stage;
 pub mod validate;
 
-pub use apply::{Applied, Leftover, StagedTree, leftovers};
+pub use apply::{Applied, Leftover, StagedTree, leftovers, planned_path};
 pub use baton_proto::workspace::{
     ChunkParams, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles, PlanSummary,
     WorkspaceManifest,
