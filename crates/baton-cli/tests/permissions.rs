@@ -224,7 +224,11 @@ fn a_request_open_at_handoff_is_asked_again_on_the_target_and_runs_there() {
         let log = w.log(DESKTOP, &s);
         log.last()
             .is_some_and(|e| {
-                e["seq"].as_u64() > Some(new + 1) && w.session(DESKTOP, &s)["status"] == "idle"
+                // The turn ends with the agent's reply, after the tool's result: reading the
+                // log as soon as the status shows idle could catch it before that reply.
+                e["seq"].as_u64() > Some(new + 1)
+                    && e["role"] == "assistant"
+                    && w.session(DESKTOP, &s)["status"] == "idle"
             })
             .then_some(log)
     })
