@@ -24,7 +24,7 @@ use crate::validate::Limits;
 /// A file whose change time was less than this before it was read is hashed again next time: a
 /// later write might leave its timestamps unchanged (coarse kernel clocks, 1–2 s granularity on
 /// some filesystems), which git calls "racily clean".
-const RACY_NS: i64 = 2_000_000_000;
+pub(crate) const RACY_NS: i64 = 2_000_000_000;
 
 /// How to scan.
 #[derive(Clone, Debug, Default)]
@@ -64,13 +64,14 @@ pub struct ScanStats {
     pub reused_files: u64,
 }
 
+/// What a scan saw of one file that cannot travel: its identity and change time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct LocalStat {
-    dev: u64,
-    ino: u64,
-    ctime_ns: i64,
+pub(crate) struct LocalStat {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) ctime_ns: i64,
     /// When the content was read (before opening it).
-    read_ns: i64,
+    pub(crate) read_ns: i64,
 }
 
 impl LocalStat {
@@ -97,6 +98,11 @@ impl Scanned {
     /// What the scan read and what it reused.
     pub fn stats(&self) -> ScanStats {
         self.stats
+    }
+
+    /// Per manifest entry (files only): what the scan saw of the file on this machine.
+    pub(crate) fn local(&self) -> &[Option<LocalStat>] {
+        &self.local
     }
 
     /// The previous hashes of `rel` when the file at `md` is provably the one they describe.
