@@ -39,6 +39,8 @@ pub use index::ChunkIndex;
 pub use plan::{Plan, check_space, plan};
 pub use progress::{Progress, ProgressSnapshot};
 pub use safety::{check_destination, check_source, destination_state};
-pub use scan::{Measured, ScanOptions, ScanStats, Scanned, measure, scan};
+pub use scan::{
+    Measured, PreparedScan, ScanOptions, ScanPart, ScanStats, Scanned, STREAM_FIRST_PART, measure, prepare_scan, scan,
+};
 pub use stage::{Filled, Stager, check_transfer_id, staging_dir};
 pub use validate::{Limits, validate};

@@ -100,6 +100,22 @@ impl Scanned {
         self.stats
     }
 
+    /// The entries from `start` on, as a scan of their own (same root, stats and local
+    /// knowledge), e.g. to index one part of a streamed scan.
+    pub fn tail(&self, start: usize) -> Scanned {
+        let start = start.min(self.manifest.entries.len());
+        let mut manifest = WorkspaceManifest::new(self.manifest.params);
+        manifest.root_mode = self.manifest.root_mode;
+        manifest.root_mtime_ns = self.manifest.root_mtime_ns;
+        manifest.entries = self.manifest.entries[start..].to_vec();
+        Scanned {
+            manifest,
+            root: self.root.clone(),
+            local: self.local[start..].to_vec(),
+            stats: self.stats,
+        }
+    }
+
     /// Per manifest entry (files only): what the scan saw of the file on this machine.
     pub(crate) fn local(&self) -> &[Option<LocalStat>] {
         &self.local
@@ -165,6 +181,51 @@ pub fn measure(root: &Path, ignored: &IgnoredFiles) -> Result<Measured> {
 /// it is canonicalised here. With `previous` (an earlier scan of the same root and parameters),
 /// files whose size, mtime, inode and ctime are unchanged keep their hashes without being read.
 pub fn scan(root: &Path, opts: &ScanOptions, previous: Option<&Scanned>) -> Result<Scanned> {
+    prepare_scan(root, opts, previous)?
+        .run(opts, u64::MAX, |_| true)?
+        .ok_or_else(|| Error::BadOption("the scan stopped before its last part".into()))
+}
+
+/// One part of a scan in progress: the tree scanned so far, in path order.
+pub struct ScanPart<'a> {
+    /// The entries scanned so far (sorted by path); `skipped` is filled only in the last part.
+    pub scanned: &'a Scanned,
+    /// Index of this part's first entry in `scanned.manifest.entries`.
+    pub start: usize,
+    /// True for the last part: the manifest is then complete.
+    pub last: bool,
+}
+
+/// A walked tree whose files are still to be hashed (see [`prepare_scan`]).
+pub struct PreparedScan {
+    root: PathBuf,
+    root_md: Metadata,
+    found: Vec<(String, Found, Option<(FileData, LocalStat)>)>,
+    skipped: std::collections::BTreeMap<String, SkipReason>,
+    files: u64,
+    bytes: u64,
+    reused_files: u64,
+}
+
+/// A good first part for [`PreparedScan::run`] when streaming: small enough to start sending
+/// at once.
+pub const STREAM_FIRST_PART: u64 = FIRST_PART_COST;
+
+/// Smallest part [`PreparedScan::run`] emits when asked for parts; later parts grow with what
+/// was hashed, so a big tree makes a few dozen parts at most.
+const FIRST_PART_COST: u64 = 16 * 1024 * 1024;
+/// Largest part cost (bytes, plus [`FILE_COST`] per file).
+const MAX_PART_COST: u64 = 256 * 1024 * 1024;
+/// What opening and hashing one file costs, counted as bytes when cutting parts.
+const FILE_COST: u64 = 16 * 1024;
+
+/// Walks `root` and decides which files a scan must read (see [`scan`]), refusing
+/// (`transfer_too_large`) before any file is read. [`PreparedScan::run`] then hashes.
+pub fn prepare_scan(
+    root: &Path,
+    opts: &ScanOptions,
+    previous: Option<&Scanned>,
+) -> Result<PreparedScan> {
     opts.params
         .check()
         .map_err(|e| Error::BadOption(format!("chunk parameters: {e}")))?;
@@ -173,7 +234,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, previous: Option<&Scanned>) -> Resu
     if !root_md.is_dir() {
         return Err(Error::unsafe_path(&root, "is not a directory"));
     }
-    let mut sel = select(&root, &opts.ignored)?;
+    let sel = select(&root, &opts.ignored)?;
 
     if sel.found.len() > opts.limits.max_entries {
         return Err(Error::TooLarge(format!(
@@ -193,107 +254,179 @@ pub fn scan(root: &Path, opts: &ScanOptions, previous: Option<&Scanned>) -> Resu
             opts.limits.max_total_bytes
         )));
     }
-    let progress = opts.progress.clone().unwrap_or_default();
-    progress.start(files, bytes);
-
     let previous = previous.filter(|p| p.root == root && p.manifest.params == opts.params);
-    let mut stats = ScanStats::default();
-    let mut jobs: Vec<(&str, PathBuf)> = Vec::new();
-    let mut reused: Vec<Option<(FileData, LocalStat)>> = Vec::with_capacity(sel.found.len());
-    for (rel, f) in &sel.found {
-        let prior = match f.what {
-            What::File => previous
-                .and_then(|p| p.reusable(rel, &f.md))
-                .map(|(d, l)| (d.clone(), l)),
-            _ => None,
-        };
-        match (&f.what, &prior) {
-            (What::File, Some((d, _))) => {
-                stats.reused_files += 1;
-                progress.add(1, d.size);
-            }
-            (What::File, None) => jobs.push((rel.as_str(), root.join(rel))),
-            _ => {}
-        }
-        reused.push(prior);
+    let mut reused_files = 0;
+    let found = sel
+        .found
+        .into_iter()
+        .map(|(rel, f)| {
+            let prior = match f.what {
+                What::File => previous
+                    .and_then(|p| p.reusable(&rel, &f.md))
+                    .map(|(d, l)| (d.clone(), l)),
+                _ => None,
+            };
+            reused_files += u64::from(prior.is_some());
+            (rel, f, prior)
+        })
+        .collect();
+    Ok(PreparedScan {
+        root,
+        root_md,
+        found,
+        skipped: sel.skipped,
+        files,
+        bytes,
+        reused_files,
+    })
+}
+
+impl PreparedScan {
+    /// Regular files the scan selected.
+    pub fn files(&self) -> u64 {
+        self.files
     }
 
-    let threads = if opts.threads == 0 {
-        pool::default_threads()
-    } else {
-        opts.threads
-    };
-    let hashed = pool::map(
-        &jobs,
-        threads,
-        || Chunker::new(&opts.params),
-        |chunker, (_, path)| {
-            let r = hash_file(chunker, path);
-            if let Ok(Some((d, _, _))) = &r {
-                progress.add(1, d.size);
-            }
-            r
-        },
-    );
+    /// Their total size.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
 
-    let mut hashed = jobs.iter().map(|(rel, _)| *rel).zip(hashed).peekable();
-    let mut manifest = WorkspaceManifest {
-        version: MANIFEST_VERSION,
-        params: opts.params,
-        root_mode: root_md.mode() & 0o7777,
-        root_mtime_ns: mtime_ns(&root_md),
-        entries: Vec::with_capacity(sel.found.len()),
-        skipped: Vec::new(),
-    };
-    let mut local = Vec::with_capacity(sel.found.len());
-    let mut late_skips = Vec::new();
-    for ((rel, Found { md, what }), prior) in sel.found.iter().zip(reused) {
-        let (kind, md, stat) = match what {
-            What::Dir => (EntryKind::Dir, md.clone(), None),
-            What::Symlink(t) => (EntryKind::Symlink { target: t.clone() }, md.clone(), None),
-            What::File => match prior {
-                Some((d, l)) => (EntryKind::File(d), md.clone(), Some(l)),
-                None => {
-                    let (_, result) = hashed
-                        .next_if(|(r, _)| *r == rel.as_str())
-                        .expect("every file without a prior hash was queued, in order");
-                    match result? {
-                        Some((d, fresh, read_ns)) => {
-                            stats.hashed_files += 1;
-                            stats.hashed_bytes += d.size;
-                            let stat = Some(LocalStat::of(&fresh, read_ns));
-                            (EntryKind::File(d), fresh, stat)
-                        }
-                        None => {
-                            late_skips.push(rel.clone());
-                            continue;
-                        }
-                    }
-                }
+    /// Entries (directories, files, symlinks) selected.
+    pub fn entries(&self) -> usize {
+        self.found.len()
+    }
+
+    /// Hashes the files, calling `on_part` with the tree scanned so far each time a part of
+    /// about `first_part_cost` bytes (growing with what was hashed, `u64::MAX` for one part) is
+    /// done, so a caller can send the start of a big tree while the rest is read. `on_part`
+    /// returns false to stop the scan (nothing more is read). Returns the whole scan, or `None`
+    /// when stopped.
+    pub fn run(
+        self,
+        opts: &ScanOptions,
+        first_part_cost: u64,
+        mut on_part: impl FnMut(ScanPart<'_>) -> bool,
+    ) -> Result<Option<Scanned>> {
+        let progress = opts.progress.clone().unwrap_or_default();
+        progress.start(self.files, self.bytes);
+        let threads = if opts.threads == 0 {
+            pool::default_threads()
+        } else {
+            opts.threads
+        };
+        let mut scanned = Scanned {
+            manifest: WorkspaceManifest {
+                version: MANIFEST_VERSION,
+                params: opts.params,
+                root_mode: self.root_md.mode() & 0o7777,
+                root_mtime_ns: mtime_ns(&self.root_md),
+                entries: Vec::with_capacity(self.found.len()),
+                skipped: Vec::new(),
+            },
+            root: self.root,
+            local: Vec::with_capacity(self.found.len()),
+            stats: ScanStats {
+                reused_files: self.reused_files,
+                ..ScanStats::default()
             },
         };
-        manifest.entries.push(WorkspaceEntry {
-            path: rel.clone(),
-            mode: md.mode() & 0o7777,
-            mtime_ns: mtime_ns(&md),
-            kind,
-        });
-        local.push(stat);
+        let mut skipped = self.skipped;
+        let mut found = self.found.into_iter().peekable();
+        let mut done_cost = 0u64;
+        loop {
+            // This part: entries up to the one that brings the cost of reading to the target.
+            let target = if first_part_cost == u64::MAX {
+                u64::MAX
+            } else {
+                first_part_cost
+                    .max(done_cost / 2)
+                    .min(MAX_PART_COST.max(first_part_cost))
+            };
+            let mut part = Vec::new();
+            let mut cost = 0u64;
+            while cost < target {
+                let Some(item) = found.next() else { break };
+                if matches!(item.1.what, What::File) && item.2.is_none() {
+                    cost += item.1.md.len() + FILE_COST;
+                } else if let (What::File, Some((d, _))) = (&item.1.what, &item.2) {
+                    progress.add(1, d.size);
+                }
+                part.push(item);
+            }
+            done_cost += cost;
+            let last = found.peek().is_none();
+            let jobs: Vec<PathBuf> = part
+                .iter()
+                .filter(|(_, f, prior)| matches!(f.what, What::File) && prior.is_none())
+                .map(|(rel, _, _)| scanned.root.join(rel))
+                .collect();
+            let hashed = pool::map(
+                &jobs,
+                threads,
+                || Chunker::new(&opts.params),
+                |chunker, path| {
+                    let r = hash_file(chunker, path);
+                    if let Ok(Some((d, _, _))) = &r {
+                        progress.add(1, d.size);
+                    }
+                    r
+                },
+            );
+            let mut hashed = hashed.into_iter();
+            let start = scanned.manifest.entries.len();
+            for (rel, Found { md, what }, prior) in part {
+                let (kind, md, stat) = match what {
+                    What::Dir => (EntryKind::Dir, md, None),
+                    What::Symlink(t) => (EntryKind::Symlink { target: t }, md, None),
+                    What::File => match prior {
+                        Some((d, l)) => (EntryKind::File(d), md, Some(l)),
+                        None => {
+                            let result = hashed.next().ok_or_else(|| {
+                                Error::BadOption("a file was hashed out of turn".into())
+                            })?;
+                            match result? {
+                                Some((d, fresh, read_ns)) => {
+                                    scanned.stats.hashed_files += 1;
+                                    scanned.stats.hashed_bytes += d.size;
+                                    let stat = Some(LocalStat::of(&fresh, read_ns));
+                                    (EntryKind::File(d), fresh, stat)
+                                }
+                                None => {
+                                    skipped.insert(rel, SkipReason::Unreadable);
+                                    continue;
+                                }
+                            }
+                        }
+                    },
+                };
+                scanned.manifest.entries.push(WorkspaceEntry {
+                    path: rel,
+                    mode: md.mode() & 0o7777,
+                    mtime_ns: mtime_ns(&md),
+                    kind,
+                });
+                scanned.local.push(stat);
+            }
+            if last {
+                scanned.manifest.skipped = std::mem::take(&mut skipped)
+                    .into_iter()
+                    .map(|(path, reason)| SkippedEntry { path, reason })
+                    .collect();
+            }
+            let go_on = on_part(ScanPart {
+                scanned: &scanned,
+                start,
+                last,
+            });
+            if last {
+                return Ok(Some(scanned));
+            }
+            if !go_on {
+                return Ok(None);
+            }
+        }
     }
-    for rel in late_skips {
-        sel.skipped.insert(rel, SkipReason::Unreadable);
-    }
-    manifest.skipped = sel
-        .skipped
-        .into_iter()
-        .map(|(path, reason)| SkippedEntry { path, reason })
-        .collect();
-    Ok(Scanned {
-        manifest,
-        root,
-        local,
-        stats,
-    })
 }
 
 /// Reads one file; `None` when it vanished or became unreadable since the walk (it is then
