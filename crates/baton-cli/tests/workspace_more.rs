@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use baton_cli::harness::Cluster;
 use baton_proto::workspace::{
-    ChunkParams, ChunkRef, ContentHash, EntryKind, FileData, MANIFEST_VERSION, WorkspaceEntry,
-    WorkspaceManifest,
+    ChunkParams, ChunkRef, ContentHash, EntryKind, FileData, MANIFEST_VERSION, ManifestPart,
+    WorkspaceEntry, WorkspaceManifest,
 };
 use common::{World, agent_pids, assert_dense, code, exe, parse, wait_for};
 use serde_json::Value;
@@ -944,7 +944,9 @@ mod fake {
 
     use baton_crypto::TransferCipher;
     use baton_daemon::client::Client;
-    use baton_daemon::transfer::{ChunkSource, TransferConn, TransferTuning, serve_source};
+    use baton_daemon::transfer::{
+        BlobFeed, ChunkSource, TransferConn, TransferTuning, serve_source,
+    };
     use baton_proto::transfer::{
         ChunksFrame, Frame, MAX_TRANSFER_FRAME, TransferRole, decode, encode_blob, encode_done_ack,
         transfer_ws_path,
@@ -1054,11 +1056,18 @@ mod fake {
                             }
                         }
                         None => {
+                            let feed = match BlobFeed::single(cipher.clone(), &serving.blob) {
+                                Ok(feed) => feed,
+                                Err(e) => {
+                                    eprintln!("fake source: {e}");
+                                    return;
+                                }
+                            };
                             let r = serve_source(
                                 &conn,
                                 cipher,
                                 Arc::new(Nothing),
-                                serving.blob,
+                                feed,
                                 CancellationToken::new(),
                             )
                             .await;
@@ -1106,16 +1115,17 @@ mod fake {
             .connect_ws_at(&transfer_ws_path(transfer, TransferRole::Source), config)
             .await
             .map_err(|e| e.to_string())?;
-        let sealed = cipher.seal_blob(blob).into_vec();
+        let sealed = cipher.seal_blob(0, blob).into_vec();
         while let Some(msg) = ws.next().await {
             let Message::Binary(bytes) = msg.map_err(|e| e.to_string())? else {
                 continue;
             };
             let reply: Vec<Vec<u8>> = match decode(&bytes).map_err(|e| e.to_string())? {
-                Frame::WantBlob { offset } => {
+                // One part only: the whole manifest.
+                Frame::WantBlob { seq: 0, offset } => {
                     let at = (offset as usize).min(sealed.len());
                     vec![
-                        encode_blob(sealed.len() as u64, at as u64, &sealed[at..])
+                        encode_blob(0, sealed.len() as u64, at as u64, &sealed[at..])
                             .map_err(|e| e.to_string())?,
                     ]
                 }
@@ -1207,13 +1217,20 @@ fn link_entry(path: &str, target: &str) -> WorkspaceEntry {
 }
 
 fn manifest(entries: Vec<WorkspaceEntry>) -> Vec<u8> {
-    serde_json::to_vec(&WorkspaceManifest {
+    let manifest = WorkspaceManifest {
         version: MANIFEST_VERSION,
         params: ChunkParams::DEFAULT,
         root_mode: 0o755,
         root_mtime_ns: 1_700_000_000_000_000_000,
         entries,
         skipped: Vec::new(),
+    };
+    // The whole manifest as the one and last part of the pass.
+    serde_json::to_vec(&ManifestPart {
+        last: true,
+        files: manifest.file_count(),
+        bytes: manifest.total_bytes(),
+        manifest,
     })
     .expect("manifest encodes")
 }

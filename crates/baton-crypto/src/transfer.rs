@@ -127,8 +127,8 @@ impl TransferCipher {
         ad
     }
 
-    fn blob_ad(&self) -> Vec<u8> {
-        [BLOB_TAG, self.transfer.as_bytes()].concat()
+    fn blob_ad(&self, seq: u32) -> Vec<u8> {
+        [BLOB_TAG, self.transfer.as_bytes(), &seq.to_be_bytes()].concat()
     }
 
     /// Seals `plain`, the chunk named `hash`.
@@ -162,16 +162,17 @@ impl TransferCipher {
         Ok(VerifiedChunk { hash: *hash, data })
     }
 
-    /// Seals the transfer's blob (its manifest).
-    pub fn seal_blob(&self, plain: &[u8]) -> SealedBlob {
+    /// Seals blob `seq` of the transfer (a part of its manifest); the number is bound in, so
+    /// the relay cannot reorder or swap parts.
+    pub fn seal_blob(&self, seq: u32, plain: &[u8]) -> SealedBlob {
         let mut out = Vec::new();
-        seal_append(&mut out, &self.key, &self.blob_ad(), plain);
+        seal_append(&mut out, &self.key, &self.blob_ad(seq), plain);
         SealedBlob(out)
     }
 
-    /// Opens the transfer's blob.
-    pub fn open_blob(&self, sealed: &[u8]) -> Result<Vec<u8>> {
-        crate::open(&self.key, &self.blob_ad(), sealed)
+    /// Opens blob `seq` of the transfer.
+    pub fn open_blob(&self, seq: u32, sealed: &[u8]) -> Result<Vec<u8>> {
+        crate::open(&self.key, &self.blob_ad(seq), sealed)
     }
 }
 
@@ -305,17 +306,22 @@ mod tests {
         let s = session();
         let id = HandoffId::new();
         let c = s.transfer(id);
-        let sealed = c.seal_blob(b"{\"entries\":[]}");
-        assert_eq!(c.open_blob(sealed.as_bytes()).unwrap(), b"{\"entries\":[]}");
+        let sealed = c.seal_blob(3, b"{\"entries\":[]}");
+        assert_eq!(
+            c.open_blob(3, sealed.as_bytes()).unwrap(),
+            b"{\"entries\":[]}"
+        );
         assert!(
             s.transfer(HandoffId::new())
-                .open_blob(sealed.as_bytes())
+                .open_blob(3, sealed.as_bytes())
                 .is_err()
         );
+        // A part cannot pass for another part of the same transfer.
+        assert!(c.open_blob(2, sealed.as_bytes()).is_err());
         // A chunk cannot pass for the blob or the other way round.
         let hash = named(b"x");
         let chunk = c.seal_chunk(&hash, b"x");
-        assert!(c.open_blob(chunk.as_bytes()).is_err());
+        assert!(c.open_blob(0, chunk.as_bytes()).is_err());
         assert!(c.open_chunk(&hash, sealed.as_bytes()).is_err());
         assert_eq!(sealed.clone().into_vec(), sealed.as_bytes());
     }
@@ -344,7 +350,7 @@ mod tests {
         fn garbage_never_opens(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let c = session().transfer(HandoffId::new());
             prop_assert!(c.open_chunk(&named(&bytes), &bytes).is_err());
-            prop_assert!(c.open_blob(&bytes).is_err());
+            prop_assert!(c.open_blob(0, &bytes).is_err());
         }
     }
 }

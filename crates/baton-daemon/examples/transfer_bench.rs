@@ -15,7 +15,7 @@ mod transfer_world;
 use std::sync::Arc;
 use std::time::Instant;
 
-use baton_daemon::transfer::{Receiver, TransferTuning, serve_source};
+use baton_daemon::transfer::{BlobFeed, Receiver, TransferTuning, serve_source};
 use baton_server::TransferLimits;
 use tokio_util::sync::CancellationToken;
 use transfer_world::{MemSink, MemSource, Meter, World, bytes, cipher, refs};
@@ -86,12 +86,13 @@ async fn main() {
 
     let source_conn = world.conn(world.m(0), transfer, tuning.clone());
     let source_cipher = c.clone();
+    let feed = BlobFeed::single(c.clone(), b"manifest").expect("feed");
     let serving = tokio::spawn(async move {
         serve_source(
             &source_conn,
             source_cipher,
             source,
-            b"manifest".to_vec(),
+            feed,
             CancellationToken::new(),
         )
         .await
@@ -105,7 +106,7 @@ async fn main() {
     )
     .await
     .expect("target connects");
-    receiver.blob().await.expect("blob");
+    receiver.blob(0).await.expect("blob");
     let count = wanted.len();
     receiver
         .chunks(sink, wanted, &mut |_| {})

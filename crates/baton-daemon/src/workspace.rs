@@ -16,17 +16,19 @@ use std::sync::{Arc, Mutex};
 use baton_crypto::SessionCipher;
 use baton_proto::handoff::{WorkspaceOutcome, WorkspacePass};
 use baton_proto::workspace::{
-    ChunkRef, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles, WorkspaceManifest,
+    ChunkRef, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles, ManifestPart,
+    WorkspaceManifest,
 };
 use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
 use baton_workspace::{
-    ChunkIndex, Limits, ScanOptions, Scanned, StagedTree, Stager, check_source, scan,
+    ChunkIndex, Limits, STREAM_FIRST_PART, ScanOptions, Scanned, StagedTree, Stager, check_source,
+    plan_absent, prepare_scan, scan,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::participant::{api, open_options};
-use crate::transfer::{ChunkSink, ChunkSource, Receiver, TransferConn, TransferTuning};
+use crate::transfer::{BlobFeed, ChunkSink, ChunkSource, Receiver, TransferConn, TransferTuning};
 use crate::{Daemon, lock};
 
 /// Free space kept beyond the tree's bytes, so a transfer never fills a disk to the last block.
@@ -71,12 +73,28 @@ struct TargetRecord {
     dest: PathBuf,
 }
 
-/// A scan's chunks, served by hash.
-struct IndexSource(Arc<ChunkIndex>);
+/// The chunks of a scan served by hash, part by part as the scan makes them.
+#[derive(Default)]
+struct PartsSource(std::sync::RwLock<Vec<ChunkIndex>>);
 
-impl ChunkSource for IndexSource {
+impl PartsSource {
+    fn push(&self, index: ChunkIndex) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(index);
+    }
+}
+
+impl ChunkSource for PartsSource {
     fn read(&self, hash: &ContentHash) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.0.read(hash))
+        let parts = self.0.read().unwrap_or_else(|p| p.into_inner());
+        // A chunk is asked for only once its part was served; the newest parts are likeliest.
+        Ok(parts
+            .iter()
+            .rev()
+            .find(|p| p.contains(hash))
+            .and_then(|p| p.read(hash)))
     }
 }
 
@@ -200,8 +218,10 @@ pub async fn check_destination(
     .map_err(ws_err)
 }
 
-/// Source: scans the workspace (reusing the previous pass's hashes for unchanged files) and
-/// serves this pass on its transfer socket, in the background, until the target is done.
+/// Source: walks the workspace, answers its counts, and serves this pass on its transfer socket
+/// in the background until the target is done. Files are hashed behind the answer, in parts
+/// (reusing the previous pass's hashes for unchanged files): each part is served as soon as it
+/// is hashed, so the target fetches the start of a big tree while the rest is read.
 pub async fn send(
     d: &Arc<Daemon>,
     handoff: HandoffId,
@@ -215,47 +235,87 @@ pub async fn send(
         .and_then(|s| s.scanned.clone());
     let path = PathBuf::from(&meta.workspace);
     let home = d.home.clone();
-    let ignored = options.ignored.clone();
-    let scanned = tokio::task::spawn_blocking(move || {
+    let opts = ScanOptions {
+        ignored: options.ignored.clone(),
+        ..ScanOptions::default()
+    };
+    let scan_opts = opts.clone();
+    // Refusals (unsafe path, caps) come back as the answer, before anything is served.
+    let prepared = tokio::task::spawn_blocking(move || {
         let root = check_source(&path, Some(&home))?;
-        let opts = ScanOptions {
-            ignored,
-            ..ScanOptions::default()
-        };
-        scan(&root, &opts, previous.as_deref())
+        prepare_scan(&root, &scan_opts, previous.as_deref())
     })
     .await
     .map_err(internal("The workspace scan"))?
     .map_err(ws_err)?;
-    let scanned = Arc::new(scanned);
-    let files = scanned.manifest.file_count();
-    let bytes = scanned.manifest.total_bytes();
-    let blob = serde_json::to_vec(&scanned.manifest)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("Encoding the manifest: {e}.")))?;
-    let index = Arc::new(ChunkIndex::from_scan(&scanned));
+    let files = prepared.files();
+    let bytes = prepared.bytes();
+    let tcipher = cipher.transfer(transfer);
+    let feed = BlobFeed::new(tcipher.clone());
+    let index = Arc::new(PartsSource::default());
     let cancel = CancellationToken::new();
     {
         let mut sources = lock(&d.workspaces.sources);
         let side = sources.entry(handoff).or_default();
-        side.scanned = Some(scanned);
         side.serving.push((transfer, cancel.clone()));
+    }
+    {
+        let (feed, index, cancel, d) = (feed.clone(), index.clone(), cancel.clone(), d.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut failure = None;
+            let scanned = prepared.run(&opts, STREAM_FIRST_PART, |part| {
+                if cancel.is_cancelled() {
+                    return false;
+                }
+                let mut tail = part.scanned.tail(part.start);
+                index.push(ChunkIndex::from_scan(&tail));
+                if part.last {
+                    tail.manifest.skipped = part.scanned.manifest.skipped.clone();
+                    // Kept before the last part goes out: the next pass may start as soon as
+                    // the target has it, and must find this scan to reuse.
+                    if let Some(side) = lock(&d.workspaces.sources).get_mut(&handoff) {
+                        side.scanned = Some(Arc::new(part.scanned.clone()));
+                    }
+                }
+                let blob = ManifestPart {
+                    last: part.last,
+                    files,
+                    bytes,
+                    manifest: tail.manifest,
+                };
+                let published = serde_json::to_vec(&blob)
+                    .map_err(|e| format!("encoding the manifest: {e}"))
+                    .and_then(|json| feed.publish(&json).map_err(|e| e.to_string()));
+                match published {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                }
+            });
+            match (scanned, failure) {
+                (_, Some(why)) => feed.fail(why),
+                (Ok(Some(_)), None) => {}
+                (Ok(None), None) => feed.fail("the pass was cancelled".into()),
+                (Err(e), None) => {
+                    tracing::warn!(handoff_id = %handoff, %transfer, error = %e, "scanning the workspace failed");
+                    feed.fail(format!("scanning the workspace failed: {e}"));
+                }
+            }
+        });
     }
     let conn = TransferConn {
         client: d.client.clone(),
         transfer,
         tuning: TransferTuning::default(),
     };
-    let tcipher = cipher.transfer(transfer);
     let d2 = d.clone();
     tokio::spawn(async move {
-        let served = crate::transfer::serve_source(
-            &conn,
-            tcipher,
-            Arc::new(IndexSource(index)),
-            blob,
-            cancel,
-        )
-        .await;
+        let served =
+            crate::transfer::serve_source(&conn, tcipher, index, feed, cancel.clone()).await;
+        // A target that finished early (a plan made from counts) stops the scan too.
+        cancel.cancel();
         if let Some(side) = lock(&d2.workspaces.sources).get_mut(&handoff) {
             side.serving.retain(|(t, _)| *t != transfer);
         }
@@ -366,10 +426,78 @@ async fn open_target(
     })
 }
 
-/// Target: one pass. The plan pass reads only the manifest and answers what the transfer will
-/// do at the destination, before anything moves. The pre-copy (while the session still runs on
-/// the source) may miss chunks whose files changed meanwhile; the final pass switches the
-/// staging to the final manifest, fetches what it still lacks and verifies every file.
+/// Most manifest parts one pass may send (a source makes a few dozen).
+const MAX_PARTS: u32 = 100_000;
+
+/// The manifest of a pass as its parts arrive: each part extends the one before.
+struct Parts {
+    whole: WorkspaceManifest,
+    /// Files and bytes of the whole selection, from the first part.
+    files: u64,
+    bytes: u64,
+    next: u32,
+    done: bool,
+}
+
+/// Fetches and opens part `seq` of a pass's manifest.
+async fn fetch_part(receiver: &mut Receiver, seq: u32) -> Result<ManifestPart, ApiError> {
+    if seq >= MAX_PARTS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidWorkspaceManifest,
+            format!("The workspace manifest came in more than {MAX_PARTS} parts."),
+        ));
+    }
+    let blob = receiver.blob(seq).await.map_err(|e| e.to_api())?;
+    serde_json::from_slice(&blob).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidWorkspaceManifest,
+            format!("Part {seq} of the workspace manifest does not parse: {e}."),
+        )
+    })
+}
+
+/// Fetches the first part of a pass's manifest.
+async fn first_part(receiver: &mut Receiver) -> Result<Parts, ApiError> {
+    let part = fetch_part(receiver, 0).await?;
+    Ok(Parts {
+        whole: part.manifest,
+        files: part.files,
+        bytes: part.bytes,
+        next: 1,
+        done: part.last,
+    })
+}
+
+/// Fetches the next part of a pass's manifest and appends it to `parts`.
+async fn next_part(receiver: &mut Receiver, parts: &mut Parts) -> Result<(), ApiError> {
+    let seq = parts.next;
+    let part = fetch_part(receiver, seq).await?;
+    let (w, m) = (&parts.whole, &part.manifest);
+    if (w.version, w.params, w.root_mode, w.root_mtime_ns)
+        != (m.version, m.params, m.root_mode, m.root_mtime_ns)
+        || (part.files, part.bytes) != (parts.files, parts.bytes)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidWorkspaceManifest,
+            format!("Part {seq} of the workspace manifest describes another tree."),
+        ));
+    }
+    parts.whole.entries.extend(part.manifest.entries);
+    parts.whole.skipped.extend(part.manifest.skipped);
+    parts.next += 1;
+    parts.done = part.last;
+    Ok(())
+}
+
+/// Target: one pass. The source sends its manifest in parts, as it hashes.
+/// - The plan pass answers what the transfer will do at the destination, before anything
+///   moves. When the destination is absent there is nothing to compare with, and the plan
+///   comes from the source's counts at once (the pre-copy then streams the tree as it is
+///   hashed).
+/// - The pre-copy (while the session still runs on the source) stages each part as it comes,
+///   and may miss chunks whose files changed meanwhile.
+/// - The final pass switches the staging to the final manifest, fetches what it still lacks
+///   and verifies every file.
 #[allow(clippy::too_many_arguments)]
 pub async fn receive(
     d: &Arc<Daemon>,
@@ -380,7 +508,6 @@ pub async fn receive(
     policy: ConflictPolicy,
     pass: WorkspacePass,
 ) -> Result<DaemonReply, ApiError> {
-    let final_pass = pass == WorkspacePass::Final;
     let (cipher, meta, options) = session_parts(d, handoff, session, sealed_options)?;
     let conn = TransferConn {
         client: d.client.clone(),
@@ -391,22 +518,46 @@ pub async fn receive(
     let mut receiver = Receiver::connect(conn, cipher.transfer(transfer), cancel)
         .await
         .map_err(|e| e.to_api())?;
-    let blob = receiver.blob().await.map_err(|e| e.to_api())?;
-    let manifest: WorkspaceManifest = serde_json::from_slice(&blob).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidWorkspaceManifest,
-            format!("The workspace manifest does not parse: {e}."),
-        )
-    })?;
-    drop(blob);
-    // Whatever arrives is checked before anything is planned or staged from it.
+    let result = receive_pass(
+        d,
+        handoff,
+        &cipher,
+        &meta,
+        &options,
+        policy,
+        pass,
+        &mut receiver,
+    )
+    .await;
+    match &result {
+        Ok(_) => {
+            let _ = receiver.finish().await;
+        }
+        Err(e) => receiver.abort(&e.message).await,
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive_pass(
+    d: &Arc<Daemon>,
+    handoff: HandoffId,
+    cipher: &SessionCipher,
+    meta: &SessionMeta,
+    options: &baton_proto::handoff::SealedHandoffOptions,
+    policy: ConflictPolicy,
+    pass: WorkspacePass,
+    receiver: &mut Receiver,
+) -> Result<DaemonReply, ApiError> {
     let limits = Limits::default();
-    baton_workspace::validate(&manifest, &limits).map_err(ws_err)?;
+    let mut parts = first_part(receiver).await?;
+    // Whatever arrives is checked before anything is planned or staged from it.
+    baton_workspace::validate(&parts.whole, &limits).map_err(ws_err)?;
     let existing = lock(&d.workspaces.targets).get(&handoff).cloned();
     let side = match existing {
         Some(side) => side,
         None => {
-            let side = open_target(d, handoff, &meta, &options, policy, &manifest).await?;
+            let side = open_target(d, handoff, meta, options, policy, &parts.whole).await?;
             let side = Arc::new(tokio::sync::Mutex::new(side));
             lock(&d.workspaces.targets).insert(handoff, side.clone());
             side
@@ -414,31 +565,133 @@ pub async fn receive(
     };
     let mut side = side.lock().await;
     if pass == WorkspacePass::Plan {
-        let plan = baton_workspace::plan(
-            &manifest,
-            side.state,
-            side.existing.as_ref(),
-            &side.index,
-            side.policy,
-        );
-        let _ = receiver.finish().await;
-        let transfer_bytes = plan.summary.transfer_bytes;
+        let summary = if side.state == DestinationState::Absent && side.stager.is_none() {
+            plan_absent(parts.files, parts.bytes, side.policy)
+        } else {
+            while !parts.done {
+                next_part(receiver, &mut parts).await?;
+            }
+            baton_workspace::validate(&parts.whole, &limits).map_err(ws_err)?;
+            baton_workspace::plan(
+                &parts.whole,
+                side.state,
+                side.existing.as_ref(),
+                &side.index,
+                side.policy,
+            )
+            .summary
+        };
+        let transfer_bytes = summary.transfer_bytes;
         return Ok(DaemonReply::WorkspacePlanned {
-            sealed_plan: cipher.seal_plan(handoff, &plan.summary),
+            sealed_plan: cipher.seal_plan(handoff, &summary),
             transfer_bytes,
         });
     }
     // The plan's view of the old tree is not needed any more.
     side.existing = None;
-    let files = manifest.file_count();
-    let bytes_total = manifest.total_bytes();
-    let skipped = manifest.skipped.clone();
+    let final_pass = pass == WorkspacePass::Final;
+    let mut reporter = ProgressReporter::new(d, handoff, pass);
+    let mut sent = 0u64;
+    let mut reused = 0u64;
+    let mut gone = 0usize;
+    loop {
+        if final_pass {
+            // The final manifest replaces the staged one whole (entries it lacks are removed),
+            // so it is staged only once complete.
+            while !parts.done {
+                next_part(receiver, &mut parts).await?;
+            }
+        }
+        let remaining = parts.bytes.saturating_sub(parts.whole.total_bytes());
+        let staged = stage_and_fetch(
+            &mut side,
+            handoff,
+            parts.whole.clone(),
+            receiver,
+            &mut reporter,
+            (sent, if parts.done { 0 } else { remaining }),
+        )
+        .await?;
+        sent += staged.sent;
+        reused += staged.reused;
+        gone += staged.gone;
+        if parts.done {
+            break;
+        }
+        next_part(receiver, &mut parts).await?;
+    }
+    side.bytes_sent += sent;
+    let files = parts.whole.file_count();
+    let bytes_total = parts.whole.total_bytes();
+    let Some(stager) = side.stager.take() else {
+        return Err(ApiError::new(ErrorCode::Internal, "The staging is gone."));
+    };
+    if !final_pass {
+        let stager = tokio::task::spawn_blocking(move || stager.sync().map(|()| stager))
+            .await
+            .map_err(internal("Syncing the pre-copy"))?
+            .map_err(ws_err)?;
+        side.stager = Some(stager);
+        return Ok(DaemonReply::WorkspaceReceived {
+            files,
+            bytes_total,
+            bytes_sent: sent,
+            bytes_reused: reused,
+            sealed_outcome: None,
+        });
+    }
+    if gone > 0 {
+        side.stager = Some(stager);
+        return Err(ApiError::new(
+            ErrorCode::TransferFailed,
+            format!(
+                "{gone} chunk(s) changed on the source after it stopped (is something else still writing to the workspace?); try again."
+            ),
+        ));
+    }
+    let staged = tokio::task::spawn_blocking(move || stager.finish(0))
+        .await
+        .map_err(internal("Verifying the workspace"))?
+        .map_err(ws_err)?;
+    side.staged = Some(staged);
+    let outcome = WorkspaceOutcome {
+        path: side.final_path.to_string_lossy().into_owned(),
+        files,
+        bytes_total,
+        bytes_sent: side.bytes_sent,
+        skipped: parts.whole.skipped,
+    };
+    Ok(DaemonReply::WorkspaceReceived {
+        files,
+        bytes_total,
+        bytes_sent: sent,
+        bytes_reused: reused,
+        sealed_outcome: Some(cipher.seal_workspace(handoff, &outcome)),
+    })
+}
+
+/// What staging one manifest (or manifest prefix) moved.
+struct Staged {
+    sent: u64,
+    reused: u64,
+    gone: usize,
+}
+
+/// Stages `manifest` (creating the staging, or moving it to this later or longer manifest),
+/// fills what the destination already holds, and fetches the rest from the source. The stager
+/// stays in `side` whatever happens, so an abort removes it.
+async fn stage_and_fetch(
+    side: &mut TargetSide,
+    handoff: HandoffId,
+    manifest: WorkspaceManifest,
+    receiver: &mut Receiver,
+    reporter: &mut ProgressReporter,
+    (sent_before, bytes_to_come): (u64, u64),
+) -> Result<Staged, ApiError> {
     let lens: HashMap<ContentHash, u32> = manifest
         .files()
         .flat_map(|(_, f)| f.chunks.iter().map(|c| (c.hash, c.len)))
         .collect();
-
-    // Stage the manifest, filling from the destination first.
     let stager = side.stager.take();
     let dest = side.dest.clone();
     let index = side.index.clone();
@@ -466,83 +719,54 @@ pub async fn receive(
             len: lens.get(&hash).copied().unwrap_or(0),
         })
         .collect();
-    let tree = stager.progress();
+    drop(lens);
+    reporter.tree = stager.progress();
+    let before = receiver.stats();
     let stager = Arc::new(Mutex::new(stager));
     let sink = Arc::new(StagerSink {
         stager: stager.clone(),
         failure: Mutex::new(None),
     });
-    let mut reporter = ProgressReporter::new(d, handoff, pass, tree);
-    reporter.send(0, wanted.iter().map(|c| u64::from(c.len)).sum(), true);
+    let wanted_bytes: u64 = wanted.iter().map(|c| u64::from(c.len)).sum();
+    reporter.send(
+        sent_before,
+        sent_before + wanted_bytes + bytes_to_come,
+        true,
+    );
     let received = receiver
         .chunks(sink.clone(), wanted, &mut |p| {
-            reporter.send(p.bytes, p.bytes_total, false)
+            reporter.send(
+                sent_before + p.bytes,
+                sent_before + p.bytes_total + bytes_to_come,
+                false,
+            )
         })
         .await;
+    let failure = lock(&sink.failure).take();
+    drop(sink);
+    side.stager = Arc::try_unwrap(stager)
+        .ok()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()));
     let stats = match received {
         Ok(s) => s,
         Err(e) => {
-            let failure = lock(&sink.failure).take();
-            drop(sink);
-            side.stager = Arc::try_unwrap(stager)
-                .ok()
-                .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()));
-            receiver.abort("the target could not receive").await;
             return Err(match failure {
                 Some(f) => f.to_api(),
                 None => e.to_api(),
             });
         }
     };
-    let _ = receiver.finish().await;
-    side.bytes_sent += stats.bytes;
-    drop(sink);
-    let stager = Arc::try_unwrap(stager)
-        .map_err(|_| ApiError::new(ErrorCode::Internal, "The stager is still in use."))?
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner());
-    if !final_pass {
-        let stager = tokio::task::spawn_blocking(move || stager.sync().map(|()| stager))
-            .await
-            .map_err(internal("Syncing the pre-copy"))?
-            .map_err(ws_err)?;
-        side.stager = Some(stager);
-        return Ok(DaemonReply::WorkspaceReceived {
-            files,
-            bytes_total,
-            bytes_sent: stats.bytes,
-            bytes_reused: reused,
-            sealed_outcome: None,
-        });
-    }
-    if !stats.gone.is_empty() {
-        side.stager = Some(stager);
+    if side.stager.is_none() {
         return Err(ApiError::new(
-            ErrorCode::TransferFailed,
-            format!(
-                "{} chunk(s) changed on the source after it stopped (is something else still writing to the workspace?); try again.",
-                stats.gone.len()
-            ),
+            ErrorCode::Internal,
+            "The stager is still in use.",
         ));
     }
-    let staged = tokio::task::spawn_blocking(move || stager.finish(0))
-        .await
-        .map_err(internal("Verifying the workspace"))?
-        .map_err(ws_err)?;
-    side.staged = Some(staged);
-    let outcome = WorkspaceOutcome {
-        path: side.final_path.to_string_lossy().into_owned(),
-        files,
-        bytes_total,
-        bytes_sent: side.bytes_sent,
-        skipped,
-    };
-    Ok(DaemonReply::WorkspaceReceived {
-        files,
-        bytes_total,
-        bytes_sent: stats.bytes,
-        bytes_reused: reused,
-        sealed_outcome: Some(cipher.seal_workspace(handoff, &outcome)),
+    // The receiver counts over the whole pass.
+    Ok(Staged {
+        sent: stats.bytes - before.bytes,
+        reused,
+        gone: stats.gone.len() - before.gone.len(),
     })
 }
 
@@ -559,17 +783,12 @@ struct ProgressReporter {
 impl ProgressReporter {
     const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-    fn new(
-        d: &Daemon,
-        handoff: HandoffId,
-        pass: WorkspacePass,
-        tree: Arc<baton_workspace::Progress>,
-    ) -> Self {
+    fn new(d: &Daemon, handoff: HandoffId, pass: WorkspacePass) -> Self {
         Self {
             client: d.client.clone(),
             handoff,
             pass,
-            tree,
+            tree: Arc::default(),
             last: None,
         }
     }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use baton_daemon::client::{ClientError, WsStream};
 use baton_daemon::transfer::{
-    Progress, ReceiveStats, Receiver, SourceStats, TransferError, TransferTuning, serve_source,
+    BlobFeed, Progress, ReceiveStats, Receiver, SourceStats, TransferError, TransferTuning,
+    serve_source,
 };
 use baton_proto::transfer::{
     ChunksFrame, FrameKind, TransferNotice, TransferRole, decode, frame_kind, transfer_ws_path,
@@ -59,14 +60,15 @@ async fn run(
     let cancel = CancellationToken::new();
     let source_cancel = cancel.clone();
     let source_task = tokio::spawn(async move {
-        serve_source(&source_conn, source_cipher, source, blob, source_cancel).await
+        let feed = BlobFeed::single(source_cipher.clone(), &blob)?;
+        serve_source(&source_conn, source_cipher, source, feed, source_cancel).await
     });
     let target_conn = world.conn(world.m(1), transfer, target_tuning);
     let mut progress = Vec::new();
     let wanted = refs(chunks);
     let target = async {
         let mut receiver = Receiver::connect(target_conn, c, cancel.clone()).await?;
-        let blob = receiver.blob().await?;
+        let blob = receiver.blob(0).await?;
         let mut record = |p: Progress| progress.push(p);
         receiver.chunks(sink, wanted, &mut record).await?;
         let stats = receiver.finish().await?;
@@ -255,12 +257,13 @@ async fn a_target_busy_between_phases_keeps_its_socket() {
     let c = cipher(transfer);
     let source_conn = world.conn(world.m(0), transfer, tuning());
     let source_cipher = c.clone();
+    let c2 = c.clone();
     let serving = tokio::spawn(async move {
         serve_source(
             &source_conn,
             source_cipher,
             source,
-            b"manifest".to_vec(),
+            BlobFeed::single(c2, b"manifest").expect("feed"),
             CancellationToken::new(),
         )
         .await
@@ -272,7 +275,7 @@ async fn a_target_busy_between_phases_keeps_its_socket() {
     )
     .await
     .expect("connects");
-    assert_eq!(receiver.blob().await.expect("blob"), b"manifest");
+    assert_eq!(receiver.blob(0).await.expect("blob"), b"manifest");
     tokio::time::sleep(Duration::from_secs(3)).await;
     receiver
         .chunks(sink.clone(), refs(&chunks), &mut |_| {})
@@ -551,7 +554,7 @@ async fn chunk_sealed_for_another_transfer_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_frame_is_refused() {
-    let err = target_facing(|_, _, _, _| vec![1, 2, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3]).await;
+    let err = target_facing(|_, _, _, _| vec![2, 2, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3]).await;
     assert!(matches!(err, TransferError::Protocol(_)), "{err:?}");
     assert_eq!(err.code(), ErrorCode::TransferFailed);
     assert!(err.to_string().contains("malformed chunks frame"), "{err}");
@@ -761,7 +764,7 @@ async fn a_third_concurrent_transfer_is_refused() {
         &world.conn(world.m(0), t3, tuning()),
         cipher(t3),
         Arc::new(MemSource::new(&chunks, Arc::default())),
-        Vec::new(),
+        BlobFeed::new(cipher(t3)),
         CancellationToken::new(),
     )
     .await
@@ -894,7 +897,7 @@ async fn a_source_whose_target_never_comes_gives_up() {
         ),
         cipher(transfer),
         Arc::new(MemSource::new(&[], Arc::default())),
-        Vec::new(),
+        BlobFeed::new(cipher(transfer)),
         CancellationToken::new(),
     )
     .await
@@ -921,9 +924,62 @@ async fn cancelling_stops_a_waiting_target() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.cancel();
     });
-    let err = tokio::time::timeout(Duration::from_secs(10), receiver.blob())
+    let err = tokio::time::timeout(Duration::from_secs(10), receiver.blob(0))
         .await
         .expect("in time")
         .expect_err("cancelled");
     assert!(matches!(err, TransferError::Cancelled), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_parts_are_served_as_they_are_published_and_a_failed_feed_aborts() {
+    let world = World::start(limits()).await;
+    let transfer = world.allow_a_to_b();
+    let c = cipher(transfer);
+    let feed = BlobFeed::new(c.clone());
+    feed.publish(b"part zero").expect("publish");
+    let source_conn = world.conn(world.m(0), transfer, tuning());
+    let (source_cipher, source_feed) = (c.clone(), feed.clone());
+    let serving = tokio::spawn(async move {
+        serve_source(
+            &source_conn,
+            source_cipher,
+            Arc::new(MemSource::new(&[], Arc::default())),
+            source_feed,
+            CancellationToken::new(),
+        )
+        .await
+    });
+    let mut receiver = Receiver::connect(
+        world.conn(world.m(1), transfer, tuning()),
+        c,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("connects");
+    assert_eq!(receiver.blob(0).await.expect("part 0"), b"part zero");
+    // Part 1 does not exist yet: the target waits for it rather than failing.
+    let later = feed.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        later.publish(b"part one").expect("publish");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        later.fail("the disk went away".into());
+    });
+    let asked = Instant::now();
+    assert_eq!(receiver.blob(1).await.expect("part 1"), b"part one");
+    assert!(asked.elapsed() >= Duration::from_millis(250));
+    let err = tokio::time::timeout(Duration::from_secs(10), receiver.blob(2))
+        .await
+        .expect("in time")
+        .expect_err("the feed failed");
+    assert!(
+        matches!(&err, TransferError::PeerAborted(why) if why.contains("the disk went away")),
+        "{err:?}"
+    );
+    let served = tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("source ends")
+        .expect("joins");
+    assert!(served.is_err(), "the source reports the failure too");
 }

@@ -13,13 +13,13 @@
 //! Frame layout (integers big-endian):
 //!
 //! ```text
-//! frame      = version:u8 (= 1) ‖ kind:u8 ‖ body
+//! frame      = version:u8 (= 2) ‖ kind:u8 ‖ body
 //! 1 want     = round:u32 ‖ count:u32 ‖ count × hash[32]          target → source
 //! 2 chunks   = round:u32 ‖ count:u32 ‖ count × (hash[32] ‖ len:u32 ‖ sealed[len])
 //!                                                                source → target
 //! 3 gone     = round:u32 ‖ count:u32 ‖ count × hash[32]          source → target
-//! 4 want_blob= offset:u64                                        target → source
-//! 5 blob     = total:u64 ‖ offset:u64 ‖ part (rest of the frame)  source → target
+//! 4 want_blob= seq:u32 ‖ offset:u64                              target → source
+//! 5 blob     = seq:u32 ‖ total:u64 ‖ offset:u64 ‖ part (rest)   source → target
 //! 6 done     = (empty)                                           target → source
 //! 7 done_ack = (empty)                                           source → target
 //! 8 abort    = reason (UTF-8, rest of the frame)                 either way
@@ -39,7 +39,7 @@ use crate::ApiError;
 use crate::workspace::{ChunkParams, ContentHash};
 
 /// Version byte of every frame; bumped on any incompatible change.
-pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_VERSION: u8 = 2;
 
 /// Largest frame (WebSocket message) either side or the server accepts on a transfer socket.
 pub const MAX_TRANSFER_FRAME: usize = 8 * 1024 * 1024;
@@ -314,13 +314,18 @@ pub enum Frame<'a> {
         /// The chunks.
         hashes: HashList<'a>,
     },
-    /// Target asks for the blob from `offset`.
+    /// Target asks for blob `seq` from `offset` (a source may stream its manifest as several
+    /// blobs, 0, 1, …; the last one says it is the last inside its sealed content).
     WantBlob {
+        /// Which blob.
+        seq: u32,
         /// First byte wanted.
         offset: u64,
     },
-    /// A part of the sealed blob.
+    /// A part of the sealed blob `seq`.
     Blob {
+        /// Which blob.
+        seq: u32,
         /// The blob's whole length.
         total: u64,
         /// Where this part starts.
@@ -436,19 +441,22 @@ pub fn decode(frame: &[u8]) -> Result<Frame<'_>, FrameError> {
             Frame::Chunks { round, chunks }
         }
         FrameKind::WantBlob => {
-            let offset = body
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| malformed("want_blob", "body is not 8 bytes"))?;
-            Frame::WantBlob { offset }
+            if body.len() != 12 {
+                return Err(malformed("want_blob", "body is not 12 bytes"));
+            }
+            Frame::WantBlob {
+                seq: read_u32(body),
+                offset: read_u64(&body[4..]),
+            }
         }
         FrameKind::Blob => {
-            if body.len() < 16 {
+            if body.len() < 20 {
                 return Err(malformed("blob", "header cut short"));
             }
-            let total = read_u64(body);
-            let offset = read_u64(&body[8..]);
-            let part = &body[16..];
+            let seq = read_u32(body);
+            let total = read_u64(&body[4..]);
+            let offset = read_u64(&body[12..]);
+            let part = &body[20..];
             if total > MAX_BLOB_BYTES {
                 return Err(malformed("blob", "blob exceeds the limit"));
             }
@@ -457,6 +465,7 @@ pub fn decode(frame: &[u8]) -> Result<Frame<'_>, FrameError> {
                 return Err(malformed("blob", "part lies outside the blob"));
             }
             Frame::Blob {
+                seq,
                 total,
                 offset,
                 part,
@@ -517,25 +526,27 @@ pub fn encode_gone(round: u32, hashes: &[ContentHash]) -> Result<Vec<u8>, FrameE
     encode_hashes(FrameKind::Gone, round, hashes)
 }
 
-/// A `want_blob` frame.
-pub fn encode_want_blob(offset: u64) -> Vec<u8> {
-    let mut out = header(FrameKind::WantBlob, 8);
+/// A `want_blob` frame: blob `seq` from `offset`.
+pub fn encode_want_blob(seq: u32, offset: u64) -> Vec<u8> {
+    let mut out = header(FrameKind::WantBlob, 12);
+    out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&offset.to_be_bytes());
     out
 }
 
-/// A `blob` frame carrying `part`, which starts at `offset` of a blob of `total` bytes.
-pub fn encode_blob(total: u64, offset: u64, part: &[u8]) -> Result<Vec<u8>, FrameError> {
+/// A `blob` frame carrying `part`, which starts at `offset` of blob `seq` of `total` bytes.
+pub fn encode_blob(seq: u32, total: u64, offset: u64, part: &[u8]) -> Result<Vec<u8>, FrameError> {
     if total > MAX_BLOB_BYTES {
         return Err(malformed("blob", "blob exceeds the limit"));
     }
     if offset > total || part.len() as u64 > total - offset {
         return Err(malformed("blob", "part lies outside the blob"));
     }
-    if HEADER + 16 + part.len() > MAX_TRANSFER_FRAME {
-        return Err(FrameError::TooLarge(HEADER + 16 + part.len()));
+    if HEADER + 20 + part.len() > MAX_TRANSFER_FRAME {
+        return Err(FrameError::TooLarge(HEADER + 20 + part.len()));
     }
-    let mut out = header(FrameKind::Blob, 16 + part.len());
+    let mut out = header(FrameKind::Blob, 20 + part.len());
+    out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&total.to_be_bytes());
     out.extend_from_slice(&offset.to_be_bytes());
     out.extend_from_slice(part);
@@ -664,18 +675,21 @@ mod tests {
     #[test]
     fn layout_is_as_documented() {
         let frame = encode_want(258, &[h(9)]).unwrap();
-        assert_eq!(&frame[..10], &[1, 1, 0, 0, 1, 2, 0, 0, 0, 1]);
+        assert_eq!(&frame[..10], &[2, 1, 0, 0, 1, 2, 0, 0, 0, 1]);
         assert_eq!(&frame[10..], &[9; 32]);
         let mut c = ChunksFrame::new(5, 0);
         c.push(&h(3), b"xyz").unwrap();
         let frame = c.finish();
-        assert_eq!(&frame[..10], &[1, 2, 0, 0, 0, 5, 0, 0, 0, 1]);
+        assert_eq!(&frame[..10], &[2, 2, 0, 0, 0, 5, 0, 0, 0, 1]);
         assert_eq!(&frame[10..42], &[3; 32]);
         assert_eq!(&frame[42..46], &[0, 0, 0, 3]);
         assert_eq!(&frame[46..], b"xyz");
-        assert_eq!(encode_want_blob(258), vec![1, 4, 0, 0, 0, 0, 0, 0, 1, 2]);
-        assert_eq!(encode_done(), vec![1, 6]);
-        assert_eq!(encode_done_ack(), vec![1, 7]);
+        assert_eq!(
+            encode_want_blob(3, 258),
+            vec![2, 4, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1, 2]
+        );
+        assert_eq!(encode_done(), vec![2, 6]);
+        assert_eq!(encode_done_ack(), vec![2, 7]);
     }
 
     #[test]
@@ -700,24 +714,25 @@ mod tests {
 
     #[test]
     fn blob_bounds_are_checked() {
-        let frame = encode_blob(10, 4, b"abcdef").unwrap();
+        let frame = encode_blob(7, 10, 4, b"abcdef").unwrap();
         assert_eq!(
             decode(&frame).unwrap(),
             Frame::Blob {
+                seq: 7,
                 total: 10,
                 offset: 4,
                 part: b"abcdef"
             }
         );
-        assert!(encode_blob(10, 5, b"abcdef").is_err());
-        assert!(encode_blob(MAX_BLOB_BYTES + 1, 0, b"").is_err());
+        assert!(encode_blob(0, 10, 5, b"abcdef").is_err());
+        assert!(encode_blob(0, MAX_BLOB_BYTES + 1, 0, b"").is_err());
         // A hand-made part past the end.
-        let mut bad = encode_blob(10, 4, b"abcdef").unwrap();
-        bad[2 + 15] = 5;
+        let mut bad = encode_blob(0, 10, 4, b"abcdef").unwrap();
+        bad[2 + 19] = 5;
         assert!(matches!(decode(&bad), Err(FrameError::Malformed { .. })));
         // An offset near u64::MAX must not overflow.
-        let mut bad = encode_blob(10, 0, b"").unwrap();
-        bad[10..18].copy_from_slice(&u64::MAX.to_be_bytes());
+        let mut bad = encode_blob(0, 10, 0, b"").unwrap();
+        bad[14..22].copy_from_slice(&u64::MAX.to_be_bytes());
         assert!(decode(&bad).is_err());
     }
 
@@ -735,14 +750,14 @@ mod tests {
     fn bad_headers_are_refused() {
         assert_eq!(decode(&[]), Err(FrameError::Empty));
         assert_eq!(decode(&[1]), Err(FrameError::Empty));
-        assert_eq!(decode(&[2, 1]), Err(FrameError::Version(2)));
-        assert_eq!(decode(&[1, 99]), Err(FrameError::Kind(99)));
-        assert!(decode(&[1, 6, 0]).is_err(), "done with a body");
+        assert_eq!(decode(&[1, 1]), Err(FrameError::Version(1)));
+        assert_eq!(decode(&[2, 99]), Err(FrameError::Kind(99)));
+        assert!(decode(&[2, 6, 0]).is_err(), "done with a body");
         assert!(
-            decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0]).is_err(),
+            decode(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0]).is_err(),
             "want cut short"
         );
-        assert!(decode(&[1, 1, 0, 0]).is_err(), "want without a round");
+        assert!(decode(&[2, 1, 0, 0]).is_err(), "want without a round");
         let big = vec![0u8; MAX_TRANSFER_FRAME + 1];
         assert_eq!(decode(&big), Err(FrameError::TooLarge(big.len())));
     }
@@ -750,8 +765,8 @@ mod tests {
     #[test]
     fn lying_counts_are_refused() {
         // Claims four billion entries in a tiny frame.
-        assert!(decode(&[1, 2, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
-        assert!(decode(&[1, 1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode(&[2, 2, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode(&[2, 1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
         // An entry claiming more bytes than the frame holds.
         let mut c = ChunksFrame::new(0, 0);
         c.push(&h(1), b"abc").unwrap();
@@ -846,9 +861,9 @@ mod tests {
         }
 
         #[test]
-        fn blob_round_trip(total in 0u64..10_000, offset in 0u64..10_000, part in prop::collection::vec(any::<u8>(), 0..200)) {
-            match encode_blob(total, offset, &part) {
-                Ok(frame) => prop_assert_eq!(decode(&frame).unwrap(), Frame::Blob { total, offset, part: &part }),
+        fn blob_round_trip(seq in any::<u32>(), total in 0u64..10_000, offset in 0u64..10_000, part in prop::collection::vec(any::<u8>(), 0..200)) {
+            match encode_blob(seq, total, offset, &part) {
+                Ok(frame) => prop_assert_eq!(decode(&frame).unwrap(), Frame::Blob { seq, total, offset, part: &part }),
                 Err(_) => prop_assert!(offset > total || part.len() as u64 > total - offset),
             }
         }

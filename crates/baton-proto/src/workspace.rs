@@ -520,6 +520,27 @@ pub struct PlanSummary {
     /// True when a list above was cut at [`PLAN_LIST_CAP`].
     #[serde(default)]
     pub lists_truncated: bool,
+    /// True when the destination was absent and the plan was made from the source's counts
+    /// before its files were hashed: the transfer figures are then upper bounds (identical
+    /// chunks travel once, so fewer bytes may move).
+    #[serde(default)]
+    pub estimated: bool,
+}
+
+/// One part of a workspace manifest sent in parts (blob `seq` of a transfer pass): the source
+/// sends the start of a big tree while it still reads the rest. Parts concatenate, in order,
+/// into the pass's manifest; each prefix is itself a valid manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestPart {
+    /// True for the last part of the pass.
+    pub last: bool,
+    /// Regular files the whole selection holds (known before any file is read).
+    pub files: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// This part's entries (and, in the last part, the skipped ones); `version`, `params` and
+    /// the root's mode and mtime are the same in every part.
+    pub manifest: WorkspaceManifest,
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ pub use baton_proto::workspace::{
 pub use error::{Error, Result};
 pub use fsutil::available_bytes;
 pub use index::ChunkIndex;
-pub use plan::{Plan, check_space, plan};
+pub use plan::{Plan, check_space, plan, plan_absent};
 pub use progress::{Progress, ProgressSnapshot};
 pub use safety::{check_destination, check_source, destination_state};
 pub use scan::{

@@ -28,6 +28,25 @@ pub struct Plan {
     pub needed: Vec<ContentHash>,
 }
 
+/// The plan for a destination that does not exist yet, from the source's counts alone (before
+/// any file is hashed): everything is added, nothing is overwritten, and the transfer figures
+/// are upper bounds (`estimated`), since identical chunks travel once.
+pub fn plan_absent(files: u64, bytes: u64, policy: ConflictPolicy) -> PlanSummary {
+    PlanSummary {
+        destination: DestinationState::Absent,
+        policy,
+        files,
+        bytes,
+        add_files: files,
+        add_bytes: bytes,
+        transfer_bytes: bytes,
+        // Every file rounded up to a block, at worst.
+        disk_bytes: bytes.saturating_add(files.saturating_mul(BLOCK)),
+        estimated: true,
+        ..PlanSummary::default()
+    }
+}
+
 /// Plans the transfer of `source` to a destination in `state`, whose current contents are
 /// `existing` (a scan of it, `None` when absent or not a directory), given the chunks `index`
 /// holds, under `policy`.

@@ -529,11 +529,19 @@ fn print_plan(p: &PlanSummary, dest: &str, target: &str) {
         human_bytes(p.remove_bytes)
     );
     println!("  same     {:>7} files", p.unchanged_files);
-    println!(
-        "  to send: {} after delta ({} not sent: already at the destination or repeated in the tree)",
-        human_bytes(p.transfer_bytes),
-        human_bytes(p.reused_bytes)
-    );
+    if p.estimated {
+        // Nothing at the destination to compare with: the tree streams while it is hashed.
+        println!(
+            "  to send: at most {} (repeated content travels once)",
+            human_bytes(p.transfer_bytes)
+        );
+    } else {
+        println!(
+            "  to send: {} after delta ({} not sent: already at the destination or repeated in the tree)",
+            human_bytes(p.transfer_bytes),
+            human_bytes(p.reused_bytes)
+        );
+    }
     if p.policy == ConflictPolicy::Replace && p.destination == DestinationState::Exists {
         for path in &p.overwritten {
             println!("  overwritten: {path}");

@@ -25,7 +25,7 @@ use baton_proto::{ApiError, ErrorCode, HandoffId};
 
 use crate::client::Client;
 
-pub use source::{SourceStats, serve_source};
+pub use source::{BlobFeed, SourceStats, serve_source};
 pub use target::{Progress, ReceiveStats, Receiver, receive};
 
 /// Fault injection for tests: `BATON_TEST_DROP_TRANSFER_AFTER_BYTES=N` makes this daemon close

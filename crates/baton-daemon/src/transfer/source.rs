@@ -279,7 +279,7 @@ fn read_ahead(
 /// Requests for the writer that are not chunks.
 #[derive(Default)]
 struct Control {
-    blob_from: Option<u64>,
+    blob_from: Option<(u32, u64)>,
     done: bool,
 }
 
@@ -309,28 +309,99 @@ enum Outcome {
     Failed(TransferError),
 }
 
+/// What a blob request finds in the feed.
+enum Part {
+    Ready(Arc<Vec<u8>>),
+    NotYet,
+    Failed(String),
+}
+
+#[derive(Default)]
+struct FeedState {
+    parts: Vec<Arc<Vec<u8>>>,
+    failed: Option<String>,
+}
+
+/// The blobs a source serves, in order (blob 0, 1, …): the parts of its manifest, published as
+/// the scan makes them, so the target starts on the first part while the rest is read. Each
+/// part is sealed with its number bound in.
+pub struct BlobFeed {
+    cipher: TransferCipher,
+    state: Mutex<FeedState>,
+    changed: Notify,
+}
+
+impl BlobFeed {
+    /// An empty feed whose parts are sealed with `cipher`.
+    pub fn new(cipher: TransferCipher) -> Arc<Self> {
+        Arc::new(Self {
+            cipher,
+            state: Mutex::new(FeedState::default()),
+            changed: Notify::new(),
+        })
+    }
+
+    /// A feed of one blob, complete.
+    pub fn single(cipher: TransferCipher, plain: &[u8]) -> Result<Arc<Self>> {
+        let feed = Self::new(cipher);
+        feed.publish(plain)?;
+        Ok(feed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seals `plain` as the next blob. Refused (`transfer_too_large`) above the blob limit.
+    pub fn publish(&self, plain: &[u8]) -> Result<()> {
+        let mut state = self.lock();
+        let seq = u32::try_from(state.parts.len())
+            .map_err(|_| TransferError::Protocol("too many manifest parts".into()))?;
+        let sealed = self.cipher.seal_blob(seq, plain).into_vec();
+        if sealed.len() as u64 > MAX_BLOB_BYTES {
+            return Err(TransferError::Refused(ApiError::new(
+                ErrorCode::TransferTooLarge,
+                format!(
+                    "A part of the workspace manifest is {} bytes, above the {MAX_BLOB_BYTES}-byte limit.",
+                    sealed.len()
+                ),
+            )));
+        }
+        state.parts.push(Arc::new(sealed));
+        drop(state);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// No more parts will come: the target asking for one is told why.
+    pub fn fail(&self, reason: String) {
+        self.lock().failed.get_or_insert(reason);
+        self.changed.notify_one();
+    }
+
+    fn part(&self, seq: u32) -> Part {
+        let state = self.lock();
+        match state.parts.get(seq as usize) {
+            Some(p) => Part::Ready(p.clone()),
+            None => match &state.failed {
+                Some(why) => Part::Failed(why.clone()),
+                None => Part::NotYet,
+            },
+        }
+    }
+}
+
 /// Serves the source side of `conn.transfer` until the target says it is done: answers requests
-/// for chunks with sealed `chunks` frames (or `gone`), and requests for the blob (`blob`, the
-/// plaintext manifest, sealed here) with its parts. Reconnects within the reconnect timeout;
+/// for chunks with sealed `chunks` frames (or `gone`), and requests for a blob (a part of the
+/// manifest) with its frames once `feed` has it. Reconnects within the reconnect timeout;
 /// fails when the target stays away longer, aborts, or `cancel` fires.
 pub async fn serve_source(
     conn: &TransferConn,
     cipher: TransferCipher,
     source: Arc<dyn ChunkSource>,
-    blob: Vec<u8>,
+    feed: Arc<BlobFeed>,
     cancel: CancellationToken,
 ) -> Result<SourceStats> {
-    let sealed = cipher.seal_blob(&blob).into_vec();
-    drop(blob);
-    if sealed.len() as u64 > MAX_BLOB_BYTES {
-        return Err(TransferError::Refused(ApiError::new(
-            ErrorCode::TransferTooLarge,
-            format!(
-                "The workspace manifest is {} bytes, above the {MAX_BLOB_BYTES}-byte limit.",
-                sealed.len()
-            ),
-        )));
-    }
     let pipeline = Arc::new(Pipeline {
         pending: Mutex::new(Pending {
             queue: VecDeque::new(),
@@ -347,7 +418,7 @@ pub async fn serve_source(
             read_ahead(pipeline, source, cipher, frame_tx, frame_bytes)
         })
     };
-    let result = serve(conn, &pipeline, &mut frames, &sealed, &cancel).await;
+    let result = serve(conn, &pipeline, &mut frames, &feed, &cancel).await;
     pipeline.close();
     // Unblocks a thread waiting to hand over a frame.
     drop(frames);
@@ -359,7 +430,7 @@ async fn serve(
     conn: &TransferConn,
     pipeline: &Pipeline,
     frames: &mut mpsc::Receiver<Produced>,
-    blob: &[u8],
+    feed: &BlobFeed,
     cancel: &CancellationToken,
 ) -> Result<SourceStats> {
     let mut stats = SourceStats::default();
@@ -396,7 +467,7 @@ async fn serve(
                 frames,
                 pipeline,
                 &signals,
-                blob,
+                feed,
                 &mut stats,
                 (&mut data_bytes, &mut hook_fired),
             );
@@ -470,7 +541,9 @@ async fn read_loop(
                         return Outcome::Failed(e);
                     }
                 }
-                Ok(Frame::WantBlob { offset }) => signals.update(|c| c.blob_from = Some(offset)),
+                Ok(Frame::WantBlob { seq, offset }) => {
+                    signals.update(|c| c.blob_from = Some((seq, offset)));
+                }
                 Ok(Frame::Done) => signals.update(|c| c.done = true),
                 Ok(Frame::Abort(reason)) => {
                     return Outcome::Failed(TransferError::PeerAborted(reason.to_string()));
@@ -509,13 +582,28 @@ async fn write_loop(
     frames: &mut mpsc::Receiver<Produced>,
     pipeline: &Pipeline,
     signals: &Signals,
-    blob: &[u8],
+    feed: &BlobFeed,
     stats: &mut SourceStats,
     (data_bytes, hook_fired): (&mut u64, &mut bool),
 ) -> Outcome {
-    let mut blob_at: Option<usize> = None;
-    let total = blob.len() as u64;
+    // The blob being sent (or waited for): its number, the part itself once the feed has it,
+    // and where the next frame starts.
+    let mut want: Option<(u32, u64)> = None;
+    let mut blob: Option<(u32, Arc<Vec<u8>>, usize)> = None;
     loop {
+        if let Some((seq, offset)) = want {
+            match feed.part(seq) {
+                Part::Ready(part) => {
+                    let at = offset.min(part.len() as u64) as usize;
+                    blob = Some((seq, part, at));
+                    want = None;
+                }
+                Part::Failed(why) => {
+                    return Outcome::Failed(TransferError::Source(io::Error::other(why)));
+                }
+                Part::NotYet => {}
+            }
+        }
         let (frame, data) = tokio::select! {
             biased;
             _ = signals.wake.notified() => {
@@ -526,11 +614,14 @@ async fn write_loop(
                         Err(e) => Outcome::Lost(e.to_string()),
                     };
                 }
-                if let Some(offset) = control.blob_from {
-                    blob_at = Some(offset.min(total) as usize);
+                if let Some(asked) = control.blob_from {
+                    blob = None;
+                    want = Some(asked);
                 }
                 continue;
             }
+            // The part asked for is not made yet: wait for the feed.
+            _ = feed.changed.notified(), if want.is_some() => continue,
             produced = frames.recv() => match produced {
                 Some(Produced::Frame { epoch, bytes, chunks, plain, gone }) => {
                     if !pipeline.is_current(epoch) {
@@ -547,15 +638,17 @@ async fn write_loop(
                     return Outcome::Failed(TransferError::Protocol("the reading thread stopped".into()));
                 }
             },
-            _ = std::future::ready(()), if blob_at.is_some() => {
-                let at = blob_at.unwrap_or_default();
-                let end = (at + BLOB_PART).min(blob.len());
-                let frame = match encode_blob(total, at as u64, &blob[at..end]) {
+            _ = std::future::ready(()), if blob.is_some() => {
+                let Some((seq, part, at)) = blob.take() else { continue };
+                let end = (at + BLOB_PART).min(part.len());
+                let frame = match encode_blob(seq, part.len() as u64, at as u64, &part[at..end]) {
                     Ok(f) => f,
                     Err(e) => return Outcome::Failed(TransferError::Protocol(e.to_string())),
                 };
-                blob_at = (end < blob.len()).then_some(end);
                 stats.blob_bytes += (end - at) as u64;
+                if end < part.len() {
+                    blob = Some((seq, part, end));
+                }
                 (frame, end - at)
             }
         };

@@ -216,10 +216,11 @@ impl Receiver {
         Err(e)
     }
 
-    /// Fetches the source's blob (the sealed manifest), reassembling its parts, and opens it.
-    pub async fn blob(&mut self) -> Result<Vec<u8>> {
-        match self.fetch_blob().await {
-            Ok(sealed) => match self.cipher.open_blob(&sealed) {
+    /// Fetches the source's blob `seq` (a sealed part of the manifest; the source may still be
+    /// making it), reassembling its frames, and opens it.
+    pub async fn blob(&mut self, seq: u32) -> Result<Vec<u8>> {
+        match self.fetch_blob(seq).await {
+            Ok(sealed) => match self.cipher.open_blob(seq, &sealed) {
                 Ok(plain) => Ok(plain),
                 Err(source) => {
                     self.fail(TransferError::Verify {
@@ -233,11 +234,11 @@ impl Receiver {
         }
     }
 
-    async fn fetch_blob(&mut self) -> Result<Vec<u8>> {
+    async fn fetch_blob(&mut self, seq: u32) -> Result<Vec<u8>> {
         let mut buf: Vec<u8> = Vec::new();
         let mut total: Option<u64> = None;
         if self.link.peer() {
-            self.link.send(encode_want_blob(0)).await?;
+            self.link.send(encode_want_blob(seq, 0)).await?;
         }
         loop {
             if total == Some(buf.len() as u64) {
@@ -247,10 +248,11 @@ impl Receiver {
             match self.link.next().await? {
                 Event::Frame(bytes) => match decode(&bytes) {
                     Ok(Frame::Blob {
+                        seq: s,
                         total: t,
                         offset,
                         part,
-                    }) => {
+                    }) if s == seq => {
                         if total.is_some_and(|known| known != t) {
                             return Err(TransferError::Protocol(
                                 "the blob changed size during the transfer".into(),
@@ -271,7 +273,13 @@ impl Receiver {
                     Ok(Frame::Abort(reason)) => {
                         return Err(TransferError::PeerAborted(reason.to_string()));
                     }
-                    Ok(Frame::Chunks { .. } | Frame::Gone { .. } | Frame::DoneAck) => {}
+                    // Frames of an earlier blob or of requests already settled.
+                    Ok(
+                        Frame::Blob { .. }
+                        | Frame::Chunks { .. }
+                        | Frame::Gone { .. }
+                        | Frame::DoneAck,
+                    ) => {}
                     Ok(other) => {
                         return Err(TransferError::Protocol(format!(
                             "unexpected frame from the source: {other:?}"
@@ -280,7 +288,9 @@ impl Receiver {
                     Err(e) => return Err(TransferError::Protocol(e.to_string())),
                 },
                 Event::PeerJoined | Event::Reconnected { peer: true } => {
-                    self.link.send(encode_want_blob(buf.len() as u64)).await?;
+                    self.link
+                        .send(encode_want_blob(seq, buf.len() as u64))
+                        .await?;
                 }
                 Event::PeerLeft | Event::Reconnected { peer: false } => {}
             }
