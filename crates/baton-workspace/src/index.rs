@@ -1,15 +1,21 @@
 //! What a machine already holds, chunk by chunk: the target uses it to skip chunks it has (delta
 //! transfer), the source to serve chunks by hash.
+//!
+//! Every chunk read is proved to be the indexed bytes before it is returned: by its BLAKE3, or,
+//! for a file indexed from a scan, by the file being provably the one the scan hashed (same
+//! size, mtime, inode and ctime, and a ctime older than the scan's read by [`RACY_NS`]), the same
+//! proof that lets a rescan reuse a file's hashes without reading it.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::{File, Metadata, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use baton_proto::workspace::{ChunkParams, ContentHash, WorkspaceManifest};
 
 use crate::chunk::hash_bytes;
-use crate::scan::Scanned;
+use crate::fsutil::{ctime_ns, mtime_ns};
+use crate::scan::{LocalStat, RACY_NS, Scanned};
 
 /// Where one chunk can be read: a file of an indexed tree, an offset and a length.
 #[derive(Clone, Copy, Debug)]
@@ -19,13 +25,62 @@ struct Location {
     len: u32,
 }
 
+/// What a scan saw of an indexed file, when that proves an unchanged file holds the bytes it
+/// hashed (its change time was not racily close to the read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    size: u64,
+    mtime_ns: i64,
+    dev: u64,
+    ino: u64,
+    ctime_ns: i64,
+}
+
+impl Seen {
+    fn new(size: u64, mtime_ns: i64, local: &LocalStat) -> Option<Self> {
+        (local.ctime_ns < local.read_ns.saturating_sub(RACY_NS)).then_some(Self {
+            size,
+            mtime_ns,
+            dev: local.dev,
+            ino: local.ino,
+            ctime_ns: local.ctime_ns,
+        })
+    }
+
+    fn unchanged(&self, md: &Metadata) -> bool {
+        md.is_file()
+            && md.len() == self.size
+            && mtime_ns(md) == self.mtime_ns
+            && md.dev() == self.dev
+            && md.ino() == self.ino
+            && ctime_ns(md) == self.ctime_ns
+    }
+}
+
+/// One indexed file: its root, its path below it, and what the scan saw of it if anything.
+#[derive(Debug)]
+struct Indexed {
+    root: u32,
+    rel: String,
+    seen: Option<Seen>,
+}
+
+/// How a chunk read from the index was proved to be the indexed bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Proof {
+    /// Its BLAKE3 was computed and matched.
+    Hashed,
+    /// Its file is provably the one the scan hashed; the bytes were not hashed again.
+    Unchanged,
+}
+
 /// Chunk hash → a place on this machine holding those bytes. Built from scans made with the
 /// same chunk parameters; every read is verified, so a file changed since is simply a miss.
 #[derive(Debug)]
 pub struct ChunkIndex {
     params: ChunkParams,
     roots: Vec<PathBuf>,
-    files: Vec<(u32, String)>,
+    files: Vec<Indexed>,
     map: HashMap<ContentHash, Location>,
 }
 
@@ -40,16 +95,28 @@ impl ChunkIndex {
         }
     }
 
-    /// An index of one scanned tree.
+    /// An index of one scanned tree. What the scan saw of each file (size, mtime, inode, ctime)
+    /// lets a read of an unchanged file skip hashing its chunk again.
     pub fn from_scan(scanned: &Scanned) -> Self {
         let mut idx = Self::new(scanned.manifest.params);
-        idx.add(scanned.root(), &scanned.manifest);
+        idx.insert(scanned.root(), &scanned.manifest, scanned.local());
         idx
     }
 
     /// Adds the chunks of `manifest`, a scan of `root`. Returns false (and adds nothing) when the
-    /// manifest was cut with other parameters, since none of its chunks could match.
+    /// manifest was cut with other parameters, since none of its chunks could match. Every read
+    /// of these chunks is hashed.
     pub fn add(&mut self, root: &Path, manifest: &WorkspaceManifest) -> bool {
+        self.insert(root, manifest, &[])
+    }
+
+    /// [`ChunkIndex::add`], with what a scan saw per manifest entry (`local`, possibly empty).
+    pub(crate) fn insert(
+        &mut self,
+        root: &Path,
+        manifest: &WorkspaceManifest,
+        local: &[Option<LocalStat>],
+    ) -> bool {
         if manifest.params != self.params {
             return false;
         }
@@ -57,7 +124,8 @@ impl ChunkIndex {
             return false;
         };
         self.roots.push(root.to_path_buf());
-        for (entry, data) in manifest.files() {
+        for (i, entry) in manifest.entries.iter().enumerate() {
+            let Some(data) = entry.file() else { continue };
             let Ok(file) = u32::try_from(self.files.len()) else {
                 break;
             };
@@ -75,7 +143,16 @@ impl ChunkIndex {
                 offset += u64::from(c.len);
             }
             if used {
-                self.files.push((r, entry.path.clone()));
+                let seen = local
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .and_then(|l| Seen::new(data.size, entry.mtime_ns, &l));
+                self.files.push(Indexed {
+                    root: r,
+                    rel: entry.path.clone(),
+                    seen,
+                });
             }
         }
         true
@@ -101,20 +178,30 @@ impl ChunkIndex {
         self.map.is_empty()
     }
 
-    /// Reads the chunk into `buf` (replacing its contents) and checks its BLAKE3. False when the
-    /// chunk is not indexed, its file is gone, or its bytes changed since the scan.
+    /// Reads the chunk into `buf` (replacing its contents) and checks it: its file is provably
+    /// unchanged since the scan (see [`ChunkIndex::from_scan`]), or else its BLAKE3 matches.
+    /// False when the chunk is not indexed, its file is gone, or its bytes changed since the scan.
     pub fn read_into(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> bool {
-        let Some(loc) = self.map.get(hash) else {
-            return false;
-        };
-        let (root, rel) = &self.files[loc.file as usize];
-        let path = self.roots[*root as usize].join(rel);
-        let Ok(file) = open_nofollow(&path) else {
-            return false;
-        };
+        self.read_proved(hash, buf).is_some()
+    }
+
+    /// [`ChunkIndex::read_into`], saying how the bytes were proved.
+    pub(crate) fn read_proved(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> Option<Proof> {
+        let loc = self.map.get(hash)?;
+        let f = &self.files[loc.file as usize];
+        let path = self.roots[f.root as usize].join(&f.rel);
+        let file = open_nofollow(&path).ok()?;
         buf.clear();
         buf.resize(loc.len as usize, 0);
-        file.read_exact_at(buf, loc.offset).is_ok() && hash_bytes(buf) == *hash
+        file.read_exact_at(buf, loc.offset).ok()?;
+        // Stat after the read: a write that could have touched what was read has changed the
+        // ctime by then.
+        if let Some(seen) = &f.seen
+            && file.metadata().is_ok_and(|md| seen.unchanged(&md))
+        {
+            return Some(Proof::Unchanged);
+        }
+        (hash_bytes(buf) == *hash).then_some(Proof::Hashed)
     }
 
     /// The chunk's bytes, verified; `None` as for [`ChunkIndex::read_into`].
@@ -129,4 +216,133 @@ fn open_nofollow(path: &Path) -> std::io::Result<File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_proto::workspace::{EntryKind, IgnoredFiles};
+
+    use super::*;
+    use crate::fsutil::set_mtime;
+    use crate::scan::{ScanOptions, scan};
+
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn scanned(root: &Path) -> Scanned {
+        let opts = ScanOptions {
+            ignored: IgnoredFiles::Skip,
+            ..ScanOptions::default()
+        };
+        scan(root, &opts, None).unwrap()
+    }
+
+    /// What the scan saw, as if it had read every file long after its last change (a test's
+    /// files are always racily new).
+    fn aged(s: &Scanned) -> Vec<Option<LocalStat>> {
+        s.local()
+            .iter()
+            .map(|l| {
+                l.map(|mut l| {
+                    l.read_ns += 2 * RACY_NS;
+                    l
+                })
+            })
+            .collect()
+    }
+
+    fn index_of(s: &Scanned, local: &[Option<LocalStat>]) -> ChunkIndex {
+        let mut idx = ChunkIndex::new(s.manifest.params);
+        assert!(idx.insert(s.root(), &s.manifest, local));
+        idx
+    }
+
+    fn tree() -> (tempfile::TempDir, Vec<u8>) {
+        let t = tempfile::tempdir().unwrap();
+        let big = noise(5, 700_000);
+        std::fs::write(t.path().join("big.bin"), &big).unwrap();
+        std::fs::write(t.path().join("small.txt"), b"small").unwrap();
+        (t, big)
+    }
+
+    #[test]
+    fn an_unchanged_file_is_served_without_hashing_again() {
+        let (t, _) = tree();
+        let s = scanned(t.path());
+        let mut buf = Vec::new();
+        let idx = index_of(&s, &aged(&s));
+        for (_, f) in s.manifest.files() {
+            for c in &f.chunks {
+                assert_eq!(idx.read_proved(&c.hash, &mut buf), Some(Proof::Unchanged));
+                assert_eq!(hash_bytes(&buf), c.hash);
+            }
+        }
+        // Proof that no hash was computed: a name the bytes do not have is served all the same.
+        let mut lying = s.clone();
+        let EntryKind::File(f) = &mut lying.manifest.entries[1].kind else {
+            panic!("small.txt is a file")
+        };
+        f.chunks[0].hash = ContentHash([7; 32]);
+        let idx = index_of(&lying, &aged(&s));
+        assert_eq!(
+            idx.read_proved(&ContentHash([7; 32]), &mut buf),
+            Some(Proof::Unchanged)
+        );
+        assert_eq!(buf, b"small");
+        // Without what the scan saw, or with a change too recent to rule out a racy write, the
+        // same read hashes and refuses.
+        let mut no_stats = ChunkIndex::new(s.manifest.params);
+        no_stats.add(s.root(), &lying.manifest);
+        assert_eq!(no_stats.read_proved(&ContentHash([7; 32]), &mut buf), None);
+        let racy = ChunkIndex::from_scan(&lying);
+        assert_eq!(racy.read_proved(&ContentHash([7; 32]), &mut buf), None);
+        let small = s.manifest.get("small.txt").unwrap().file().unwrap().hash;
+        assert_eq!(
+            ChunkIndex::from_scan(&s).read_proved(&small, &mut buf),
+            Some(Proof::Hashed)
+        );
+    }
+
+    #[test]
+    fn a_file_rewritten_with_its_size_and_mtime_is_hashed_and_missed() {
+        let (t, mut big) = tree();
+        let s = scanned(t.path());
+        let idx = index_of(&s, &aged(&s));
+        let entry = s.manifest.get("big.bin").unwrap();
+        let chunks = &entry.file().unwrap().chunks;
+        assert!(chunks.len() > 2, "{} chunks", chunks.len());
+
+        // Same size, same mtime, one byte changed in the first chunk: only ctime tells.
+        big[10] ^= 1;
+        let p = t.path().join("big.bin");
+        std::fs::write(&p, &big).unwrap();
+        set_mtime(&p, entry.mtime_ns).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(idx.read_proved(&chunks[0].hash, &mut buf), None);
+        assert!(!idx.read_into(&chunks[0].hash, &mut buf));
+        // The rest of the file still holds its chunks, proved by hashing now.
+        assert_eq!(
+            idx.read_proved(&chunks[1].hash, &mut buf),
+            Some(Proof::Hashed)
+        );
+
+        // Replaced by another file (new inode) with the very same bytes: hashed, and served.
+        let small = s.manifest.get("small.txt").unwrap().file().unwrap().hash;
+        let q = t.path().join("small.txt");
+        std::fs::write(t.path().join("new"), b"small").unwrap();
+        std::fs::rename(t.path().join("new"), &q).unwrap();
+        assert_eq!(idx.read_proved(&small, &mut buf), Some(Proof::Hashed));
+        // Truncated: a miss.
+        std::fs::write(&q, b"").unwrap();
+        assert_eq!(idx.read_proved(&small, &mut buf), None);
+    }
 }
