@@ -1,10 +1,10 @@
 //! The staging journal: a header naming the manifest (its digest), then one 32-byte record per
-//! chunk written at all its places. Append-only, so a crash loses at most the record being
-//! written, and that chunk is simply asked for again.
+//! chunk written at all its places. Append-only, so a crash loses at most the records not yet
+//! written out (appends are buffered), and those chunks are simply asked for again.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +16,8 @@ use crate::fsutil::fsync_dir;
 const NAME: &str = "journal";
 const MAGIC: &[u8] = b"baton-staging-journal v1\n";
 const HEADER: usize = MAGIC.len() + 32;
+/// Records buffered before they are written out: one write per 128 chunks rather than per chunk.
+const BUFFERED: usize = 128;
 
 /// BLAKE3 of the manifest's JSON: ties a journal to the manifest it was written for.
 pub(super) fn manifest_digest(m: &WorkspaceManifest) -> [u8; 32] {
@@ -23,9 +25,10 @@ pub(super) fn manifest_digest(m: &WorkspaceManifest) -> [u8; 32] {
     *blake3::hash(&json).as_bytes()
 }
 
-/// An open journal, positioned for appending.
+/// An open journal, positioned for appending. Records are buffered, and written out every
+/// [`BUFFERED`] appends, by [`Journal::flush`], and on drop.
 pub(super) struct Journal {
-    file: File,
+    file: BufWriter<File>,
     path: PathBuf,
 }
 
@@ -60,7 +63,14 @@ impl Journal {
             .append(true)
             .open(&path)
             .map_err(io_err("open", &path))?;
-        Ok(Self { file, path })
+        Ok(Self::appending(file, path))
+    }
+
+    fn appending(file: File, path: PathBuf) -> Self {
+        Self {
+            file: BufWriter::with_capacity(BUFFERED * 32, file),
+            path,
+        }
     }
 
     /// The journal in `dir` if it was written for `digest`, with the chunks it records; `None`
@@ -99,15 +109,21 @@ impl Journal {
                 ContentHash(h)
             })
             .collect();
-        Ok(Some((Self { file, path }, written)))
+        Ok(Some((Self::appending(file, path), written)))
     }
 
-    /// Records one chunk as written everywhere. Not fsynced: the record only spares a resend,
-    /// and `finish` verifies every file whatever the journal says.
+    /// Records one chunk as written everywhere; call it only once the chunk's data is written.
+    /// Buffered and not fsynced: the record only spares a resend, and `finish` verifies every
+    /// file whatever the journal says.
     pub(super) fn append(&mut self, hash: &ContentHash) -> Result<()> {
         self.file
             .write_all(hash.as_bytes())
             .map_err(io_err("write", &self.path))
+    }
+
+    /// Writes out the buffered records (not fsynced).
+    pub(super) fn flush(&mut self) -> Result<()> {
+        self.file.flush().map_err(io_err("write", &self.path))
     }
 }
 
@@ -121,7 +137,8 @@ mod tests {
         let (a, b) = ([1u8; 32], [2u8; 32]);
         let mut j = Journal::write(t.path(), &a, [ContentHash([9; 32])].into_iter()).unwrap();
         j.append(&ContentHash([8; 32])).unwrap();
-        j.file.write_all(&[0; 5]).unwrap();
+        j.flush().unwrap();
+        j.file.get_mut().write_all(&[0; 5]).unwrap();
         drop(j);
         assert!(Journal::open(t.path(), &b).unwrap().is_none());
         let (mut j, seen) = Journal::open(t.path(), &a).unwrap().unwrap();
@@ -130,5 +147,32 @@ mod tests {
         drop(j);
         let (_, seen) = Journal::open(t.path(), &a).unwrap().unwrap();
         assert!(seen.contains(&ContentHash([7; 32])) && seen.len() == 3);
+    }
+
+    fn on_disk(dir: &Path) -> usize {
+        (fs::metadata(dir.join(NAME)).unwrap().len() as usize - HEADER) / 32
+    }
+
+    #[test]
+    fn appends_are_buffered_until_flushed_full_or_dropped() {
+        let t = tempfile::tempdir().unwrap();
+        let mut j = Journal::write(t.path(), &[1; 32], std::iter::empty()).unwrap();
+        for i in 0..BUFFERED - 1 {
+            j.append(&ContentHash([i as u8; 32])).unwrap();
+        }
+        assert_eq!(on_disk(t.path()), 0, "one write per chunk");
+        j.append(&ContentHash([200; 32])).unwrap();
+        j.append(&ContentHash([201; 32])).unwrap();
+        assert!(
+            on_disk(t.path()) >= BUFFERED,
+            "a full buffer is written out"
+        );
+        j.append(&ContentHash([202; 32])).unwrap();
+        j.flush().unwrap();
+        assert_eq!(on_disk(t.path()), BUFFERED + 2);
+        j.append(&ContentHash([203; 32])).unwrap();
+        drop(j);
+        let (_, seen) = Journal::open(t.path(), &[1; 32]).unwrap().unwrap();
+        assert_eq!(seen.len(), BUFFERED + 3);
     }
 }

@@ -5,19 +5,24 @@
 //! are written, so a reopened stager resumes), `aside/` briefly during [`Stager::update`], and
 //! `apply.json` once apply has begun. Nothing of ours ever sits inside `tree/`.
 //!
-//! Each file is verified (read back, BLAKE3 and size) and given its mode and mtime as soon as its
-//! last chunk lands, so that after a pre-copy, `finish` only checks what changed since.
+//! Each file is verified (BLAKE3 and size) and given its mode and mtime as soon as its last chunk
+//! lands, so that after a pre-copy, `finish` only checks what changed since. A file of several
+//! chunks is read back for that, which also catches damage to what was staged between its
+//! chunks. A one-chunk file is written and sealed at once, so its BLAKE3 is known without a
+//! read-back: it is its chunk's hash, already checked for the bytes written (or computed from
+//! them); its size on disk is still checked.
 
 mod journal;
 mod tree;
 mod update;
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder, File};
+use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use baton_proto::workspace::{ContentHash, EntryKind, WorkspaceManifest};
 
@@ -25,14 +30,18 @@ use crate::apply::{APPLY_RECORD, StagedTree};
 use crate::chunk::hash_bytes;
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{remove_tree, set_mtime, sync_filesystem};
-use crate::index::ChunkIndex;
+use crate::index::{ChunkIndex, Proof};
 use crate::pool;
 use crate::progress::Progress;
 use crate::validate::{Limits, validate};
 use journal::{Journal, manifest_digest};
-use tree::{create_entry, verify_file};
+use tree::{create_entry, open_nofollow, seal_written, verify_file};
 
 pub(crate) const TREE: &str = "tree";
+
+/// Most write handles kept open, for files written chunk by chunk (a one-chunk file is opened,
+/// written and sealed at once).
+const OPEN_FILES: usize = 64;
 
 /// One place a chunk goes: an entry, an offset, and whether it holds the bytes yet.
 struct Placement {
@@ -55,6 +64,14 @@ struct FileState {
     verified: bool,
 }
 
+/// A file whose last chunk was just written, to verify and seal.
+struct Completed {
+    entry: usize,
+    /// For a one-chunk file: the handle it was written through, and whether the bytes written
+    /// hash to the manifest's BLAKE3. `None`: read the file back.
+    written: Option<(File, bool)>,
+}
+
 /// Builds one workspace in a staging directory beside its destination.
 pub struct Stager {
     dest: PathBuf,
@@ -66,7 +83,10 @@ pub struct Stager {
     order: Vec<ContentHash>,
     written: HashSet<ContentHash>,
     files: Vec<FileState>,
-    journal: Journal,
+    /// Write handles of files being written, by entry (at most [`OPEN_FILES`]).
+    open: HashMap<u32, File>,
+    /// Locked only to flush from `&self` ([`Stager::sync`]).
+    journal: Mutex<Journal>,
     progress: Arc<Progress>,
     buf: Vec<u8>,
 }
@@ -221,7 +241,7 @@ impl Stager {
         };
         let (uses, order, files) = placements(&manifest, |_, h| written.contains(h))?;
         written.retain(|h| uses.contains_key(h));
-        let stager = Self {
+        let mut stager = Self {
             dest: dest.to_path_buf(),
             id: transfer_id.to_string(),
             dir,
@@ -231,12 +251,13 @@ impl Stager {
             order,
             written,
             files,
-            journal,
+            open: HashMap::new(),
+            journal: Mutex::new(journal),
             progress: Arc::default(),
             buf: Vec::new(),
         };
-        for e in &stager.manifest.entries {
-            create_entry(&stager.tree, e, resume)?;
+        for (e, state) in stager.manifest.entries.iter().zip(&mut stager.files) {
+            state.verified = create_entry(&stager.tree, e, resume)?;
         }
         stager.restart_progress();
         Ok(stager)
@@ -294,6 +315,42 @@ impl Stager {
     /// Writes a received chunk wherever the manifest uses it. The bytes are checked against the
     /// hash first; a mismatch writes nothing. Returns false when the chunk was already written.
     pub fn put_chunk(&mut self, hash: &ContentHash, bytes: &[u8]) -> Result<bool> {
+        self.check_chunk(hash, bytes)?;
+        if hash_bytes(bytes) != *hash {
+            return Err(Error::BadChunk {
+                hash: *hash,
+                reason: "content does not match its hash".into(),
+            });
+        }
+        if self.written.contains(hash) {
+            return Ok(false);
+        }
+        self.write(hash, bytes, true)?;
+        Ok(true)
+    }
+
+    /// [`Stager::put_chunk`] without hashing the bytes again: the caller has checked that
+    /// `bytes` hash to `hash` (as the transfer's `open_chunk` does). The length and the hash's
+    /// place in the manifest are still checked. Returns false when the chunk was already written.
+    ///
+    /// Bytes that do not hash to `hash` are not all caught: a file of one chunk is sealed on the
+    /// strength of the caller's check (one of several chunks is still read back whole, and
+    /// fails). Use [`Stager::put_chunk`] for unchecked input.
+    pub fn put_verified_chunk(&mut self, hash: &ContentHash, bytes: &[u8]) -> Result<bool> {
+        self.check_chunk(hash, bytes)?;
+        debug_assert!(
+            hash_bytes(bytes) == *hash,
+            "put_verified_chunk was given bytes that do not hash to {hash}"
+        );
+        if self.written.contains(hash) {
+            return Ok(false);
+        }
+        self.write(hash, bytes, true)?;
+        Ok(true)
+    }
+
+    /// Refuses a chunk the manifest does not list, or with another length.
+    fn check_chunk(&self, hash: &ContentHash, bytes: &[u8]) -> Result<()> {
         let Some(u) = self.uses.get(hash) else {
             return Err(Error::BadChunk {
                 hash: *hash,
@@ -306,21 +363,12 @@ impl Stager {
                 reason: format!("is {} bytes, the manifest says {}", bytes.len(), u.len),
             });
         }
-        if hash_bytes(bytes) != *hash {
-            return Err(Error::BadChunk {
-                hash: *hash,
-                reason: "content does not match its hash".into(),
-            });
-        }
-        if self.written.contains(hash) {
-            return Ok(false);
-        }
-        self.write(hash, bytes)?;
-        Ok(true)
+        Ok(())
     }
 
-    /// Copies every missing chunk that `index` holds (verified as it is read); chunks whose
-    /// source changed since it was indexed stay missing.
+    /// Copies every missing chunk that `index` holds (proved as it is read, see
+    /// [`ChunkIndex::read_into`]); chunks whose source changed since it was indexed stay
+    /// missing.
     pub fn fill_from_index(&mut self, index: &ChunkIndex) -> Result<Filled> {
         let mut filled = Filled::default();
         if index.params() != self.manifest.params {
@@ -328,8 +376,11 @@ impl Stager {
         }
         let mut buf = Vec::new();
         for hash in self.missing() {
-            if index.contains(&hash) && index.read_into(&hash, &mut buf) {
-                self.write(&hash, &buf)?;
+            if !index.contains(&hash) {
+                continue;
+            }
+            if let Some(proof) = index.read_proved(&hash, &mut buf) {
+                self.write(&hash, &buf, proof == Proof::Hashed)?;
                 filled.chunks += 1;
                 filled.bytes += buf.len() as u64;
             }
@@ -337,60 +388,95 @@ impl Stager {
         Ok(filled)
     }
 
-    /// Writes verified bytes at every place still without them, records the chunk in the
-    /// journal, and verifies the files this completed.
-    fn write(&mut self, hash: &ContentHash, bytes: &[u8]) -> Result<()> {
+    /// Writes a chunk's bytes at every place still without them, records the chunk in the
+    /// journal, and verifies the files this completed. The bytes are known to be the chunk's
+    /// (`checked`: they were hashed, by us or by the caller), or else proved unchanged since a
+    /// scan hashed them; only checked bytes seal a one-chunk file without hashing them.
+    fn write(&mut self, hash: &ContentHash, bytes: &[u8], checked: bool) -> Result<()> {
         let Some(u) = self.uses.get_mut(hash) else {
             return Ok(());
         };
+        let len = bytes.len() as u64;
         let mut completed = Vec::new();
         for p in u.at.iter_mut().filter(|p| !p.done) {
-            let e = &self.manifest.entries[p.entry as usize];
-            let path = self.tree.join(&e.path);
-            let f = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(io_err("open", &path))?;
+            let i = p.entry as usize;
+            let e = &self.manifest.entries[i];
+            let data = e.file().expect("chunks are placed in files only");
+            let whole = p.offset == 0 && len == data.size;
+            let mut own = None;
+            if !whole && self.open.len() >= OPEN_FILES && !self.open.contains_key(&p.entry) {
+                // Any will do: one reopened later costs an open, nothing else.
+                let evict = *self.open.keys().next().expect("the map is full");
+                self.open.remove(&evict);
+            }
+            let f: &File = if whole {
+                own.insert(open_nofollow(&self.tree.join(&e.path), true)?)
+            } else {
+                match self.open.entry(p.entry) {
+                    Entry::Occupied(o) => o.into_mut(),
+                    Entry::Vacant(v) => v.insert(open_nofollow(&self.tree.join(&e.path), true)?),
+                }
+            };
             f.write_all_at(bytes, p.offset)
-                .map_err(io_err("write", &path))?;
+                .map_err(|err| io_err("write", &self.tree.join(&e.path))(err))?;
             p.done = true;
-            let state = &mut self.files[p.entry as usize];
+            let state = &mut self.files[i];
             state.left = state.left.saturating_sub(1);
             state.verified = false;
             if state.left == 0 {
-                completed.push(p.entry as usize);
+                self.open.remove(&p.entry);
+                // A one-chunk file's BLAKE3 is its chunk's: known for the bytes just written.
+                let written = own.map(|f| match checked {
+                    true => (f, *hash == data.hash),
+                    false => (f, hash_bytes(bytes) == data.hash),
+                });
+                completed.push(Completed { entry: i, written });
             }
             self.progress
                 .add(u64::from(state.left == 0), bytes.len() as u64);
         }
         // Recorded after the data: a crash in between only means the chunk is asked for again.
-        self.journal.append(hash)?;
+        self.journal().append(hash)?;
         self.written.insert(*hash);
         let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(1 << 20, 0);
         let result = completed
             .into_iter()
-            .try_for_each(|i| self.seal_file(i, &mut buf));
+            .try_for_each(|c| self.seal_file(c, &mut buf));
         self.buf = buf;
         result
     }
 
-    /// Verifies a complete file and gives it its mode and mtime.
-    fn seal_file(&mut self, i: usize, buf: &mut [u8]) -> Result<()> {
-        verify_file(&self.tree, &self.manifest.entries[i], buf)?;
-        self.files[i].verified = true;
+    /// Verifies a complete file (from what was written when that is known, else by reading it
+    /// back) and gives it its mode and mtime.
+    fn seal_file(&mut self, c: Completed, buf: &mut Vec<u8>) -> Result<()> {
+        let e = &self.manifest.entries[c.entry];
+        match c.written {
+            Some((f, hash_matches)) => seal_written(&self.tree, e, &f, hash_matches)?,
+            None => {
+                buf.resize(1 << 20, 0);
+                verify_file(&self.tree, e, buf)?;
+            }
+        }
+        self.files[c.entry].verified = true;
         Ok(())
+    }
+
+    fn journal(&mut self) -> &mut Journal {
+        self.journal
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Verifies every file not verified since its last write (after a resume: all of them),
     /// sets the modes and mtimes of directories (deepest first) and symlinks, flushes the
     /// filesystem, and returns the verified tree. Refused while chunks are missing.
-    pub fn finish(self, threads: usize) -> Result<StagedTree> {
+    pub fn finish(mut self, threads: usize) -> Result<StagedTree> {
         let missing = self.order.len() - self.written.len();
         if missing > 0 {
             return Err(Error::Incomplete { missing });
         }
+        self.journal().flush()?;
+        self.open.clear();
         let todo: Vec<usize> = (0..self.manifest.entries.len())
             .filter(|i| self.manifest.entries[*i].file().is_some() && !self.files[*i].verified)
             .collect();
@@ -452,11 +538,252 @@ impl Stager {
     /// Flushes what is staged so far to disk. Called at the end of a pre-copy, it keeps that
     /// flush out of `finish`, which runs while the session is stopped.
     pub fn sync(&self) -> Result<()> {
+        self.journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flush()?;
         sync_filesystem(&self.tree).map_err(io_err("sync", &self.tree))
     }
 
     /// Removes the staging directory: the transfer is abandoned.
     pub fn abort(self) -> Result<()> {
         remove_tree(&self.dir).map_err(io_err("remove", &self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_proto::workspace::IgnoredFiles;
+
+    use super::*;
+    use crate::scan::{LocalStat, RACY_NS, ScanOptions, Scanned, scan};
+    use tree::READ_BACKS;
+
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn read_backs() -> usize {
+        READ_BACKS.with(|n| n.get())
+    }
+
+    fn scanned(root: &Path) -> Scanned {
+        let opts = ScanOptions {
+            ignored: IgnoredFiles::Skip,
+            ..ScanOptions::default()
+        };
+        scan(root, &opts, None).unwrap()
+    }
+
+    /// One file of several chunks, five of one, one empty.
+    fn source(root: &Path) -> Scanned {
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("big.bin"), noise(1, 700_000)).unwrap();
+        for i in 0..5u64 {
+            fs::write(
+                root.join(format!("d/{i}.txt")),
+                noise(10 + i, 100 + 999 * i as usize),
+            )
+            .unwrap();
+        }
+        fs::write(root.join("empty"), b"").unwrap();
+        let s = scanned(root);
+        let big = s.manifest.get("big.bin").unwrap().file().unwrap();
+        assert!(big.chunks.len() > 2, "{} chunks", big.chunks.len());
+        s
+    }
+
+    /// An index of `s` that trusts its unchanged files as a scan made long after their last
+    /// change would (a test's files are always racily new).
+    fn aged_index(s: &Scanned) -> ChunkIndex {
+        let local: Vec<Option<LocalStat>> = s
+            .local()
+            .iter()
+            .map(|l| {
+                l.map(|mut l| {
+                    l.read_ns += 2 * RACY_NS;
+                    l
+                })
+            })
+            .collect();
+        let mut idx = ChunkIndex::new(s.manifest.params);
+        assert!(idx.insert(s.root(), &s.manifest, &local));
+        idx
+    }
+
+    fn assert_staged_like(src: &Path, dest: &Path, id: &str, m: &WorkspaceManifest) {
+        let tree = staging_dir(dest, id).unwrap().join(TREE);
+        for (e, _) in m.files() {
+            let staged = tree.join(&e.path);
+            assert_eq!(
+                fs::read(&staged).unwrap(),
+                fs::read(src.join(&e.path)).unwrap()
+            );
+            let md = fs::metadata(&staged).unwrap();
+            assert_eq!(crate::fsutil::mtime_ns(&md), e.mtime_ns, "{}", e.path);
+            assert_eq!(
+                md.permissions().mode() & 0o777,
+                e.mode & 0o777,
+                "{}",
+                e.path
+            );
+        }
+    }
+
+    #[test]
+    fn only_files_of_several_chunks_are_read_back() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+        let s = source(&src);
+        let idx = ChunkIndex::from_scan(&s);
+        let mut st = Stager::create(&dest, "rb", s.manifest.clone(), &Limits::default()).unwrap();
+        let before = read_backs();
+        for h in st.missing() {
+            assert!(st.put_verified_chunk(&h, &idx.read(&h).unwrap()).unwrap());
+        }
+        assert_eq!(read_backs() - before, 1, "big.bin only");
+        for (e, f) in st.manifest.entries.iter().zip(&st.files) {
+            assert!(e.file().is_none() || f.verified, "{} not sealed", e.path);
+        }
+        assert!(st.open.is_empty(), "handles of complete files are closed");
+        st.finish(1).unwrap();
+        assert_eq!(
+            read_backs() - before,
+            1,
+            "finish had nothing left to verify"
+        );
+        assert_staged_like(&src, &dest, "rb", &s.manifest);
+    }
+
+    #[test]
+    fn a_resumed_stager_reads_every_file_back_at_finish() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+        let s = source(&src);
+        let idx = ChunkIndex::from_scan(&s);
+        let mut st = Stager::create(&dest, "rs", s.manifest.clone(), &Limits::default()).unwrap();
+        for h in st.missing() {
+            st.put_verified_chunk(&h, &idx.read(&h).unwrap()).unwrap();
+        }
+        drop(st);
+        let st = Stager::create(&dest, "rs", s.manifest.clone(), &Limits::default()).unwrap();
+        assert!(st.missing().is_empty());
+        let before = read_backs();
+        st.finish(1).unwrap();
+        assert_eq!(read_backs() - before, s.manifest.file_count() as usize);
+    }
+
+    #[test]
+    fn fill_from_unchanged_files_needs_no_hash_and_no_read_back_for_one_chunk_files() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+        let s = source(&src);
+        let mut st = Stager::create(&dest, "fi", s.manifest.clone(), &Limits::default()).unwrap();
+        let before = read_backs();
+        let filled = st.fill_from_index(&aged_index(&s)).unwrap();
+        assert_eq!(filled.bytes, s.manifest.total_bytes());
+        assert!(st.missing().is_empty());
+        assert_eq!(read_backs() - before, 1, "big.bin only");
+        st.finish(1).unwrap();
+        assert_staged_like(&src, &dest, "fi", &s.manifest);
+    }
+
+    #[test]
+    fn a_one_chunk_file_from_an_unhashed_read_is_still_checked() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, other, dest) = (t.path().join("s"), t.path().join("o"), t.path().join("d"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&other).unwrap();
+        fs::write(src.join("x.txt"), b"hello").unwrap();
+        fs::write(other.join("y.txt"), b"HELLO").unwrap();
+        let s = scanned(&src);
+        // An index that wrongly believes y.txt holds x.txt's bytes, and that y.txt has not
+        // changed since: its read is not hashed.
+        let mut o = scanned(&other);
+        let want = s.manifest.entries[0].file().unwrap().clone();
+        o.manifest.entries[0].kind = EntryKind::File(want);
+        let mut st = Stager::create(&dest, "li", s.manifest.clone(), &Limits::default()).unwrap();
+        let e = st.fill_from_index(&aged_index(&o)).unwrap_err();
+        assert!(
+            matches!(&e, Error::VerifyFailed { path, .. } if path == "x.txt"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_one_chunk_file_whose_manifest_hash_is_not_its_chunks_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("s"), t.path().join("d"));
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("x.txt"), b"hello").unwrap();
+        let s = scanned(&src);
+        let mut m = s.manifest.clone();
+        let EntryKind::File(f) = &mut m.entries[0].kind else {
+            panic!("x.txt is a file")
+        };
+        f.hash = ContentHash([3; 32]);
+        let h = f.chunks[0].hash;
+        let mut st = Stager::create(&dest, "mh", m, &Limits::default()).unwrap();
+        let e = st.put_verified_chunk(&h, b"hello").unwrap_err();
+        assert!(
+            matches!(&e, Error::VerifyFailed { path, .. } if path == "x.txt"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn more_files_in_progress_than_open_handles() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("s"), t.path().join("d"));
+        fs::create_dir_all(&src).unwrap();
+        let n = OPEN_FILES + 16;
+        for i in 0..n {
+            fs::write(src.join(format!("{i:03}")), noise(i as u64 + 1, 8 * 1024)).unwrap();
+        }
+        let opts = ScanOptions {
+            ignored: IgnoredFiles::Skip,
+            params: baton_proto::workspace::ChunkParams {
+                min_size: 256,
+                avg_size: 1024,
+                max_size: 4096,
+                ..Default::default()
+            },
+            ..ScanOptions::default()
+        };
+        let s = scan(&src, &opts, None).unwrap();
+        let idx = ChunkIndex::from_scan(&s);
+        // Round robin: the first chunk of every file, then the second, ...
+        let mut order = Vec::new();
+        for k in 0.. {
+            let before = order.len();
+            for (_, f) in s.manifest.files() {
+                if let Some(c) = f.chunks.get(k) {
+                    order.push(c.hash);
+                }
+            }
+            if order.len() == before {
+                break;
+            }
+        }
+        let mut st = Stager::create(&dest, "rr", s.manifest.clone(), &Limits::default()).unwrap();
+        let mut most = 0;
+        for h in &order {
+            if let Some(bytes) = idx.read(h) {
+                st.put_verified_chunk(h, &bytes).unwrap();
+            }
+            most = most.max(st.open.len());
+        }
+        assert_eq!(most, OPEN_FILES);
+        assert!(st.open.is_empty());
+        st.finish(1).unwrap();
+        assert_staged_like(&src, &dest, "rr", &s.manifest);
     }
 }

@@ -1,12 +1,12 @@
-//! Entries on disk: creating them in the staging tree, and reading a finished file back to
-//! check it against the manifest.
+//! Entries on disk: creating them in the staging tree, and checking a finished file against the
+//! manifest, by reading it back or from what was written into it.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use baton_proto::workspace::{EntryKind, WorkspaceEntry};
+use baton_proto::workspace::{EntryKind, FileData, WorkspaceEntry};
 
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{remove_tree, set_mtime};
@@ -14,15 +14,19 @@ use crate::fsutil::{remove_tree, set_mtime};
 /// Files at least this large get their blocks reserved when created.
 const PREALLOCATE_FROM: u64 = 1 << 20;
 
+#[cfg(test)]
+thread_local! {
+    /// Files read back by [`verify_file`] on this thread.
+    pub(super) static READ_BACKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Reads a staged file back, checks its size and BLAKE3, then sets its mode and mtime.
 pub(super) fn verify_file(tree: &Path, e: &WorkspaceEntry, buf: &mut [u8]) -> Result<()> {
     let Some(want) = e.file() else { return Ok(()) };
+    #[cfg(test)]
+    READ_BACKS.with(|n| n.set(n.get() + 1));
     let p = tree.join(&e.path);
-    let mut f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&p)
-        .map_err(io_err("open", &p))?;
+    let mut f = open_nofollow(&p, false)?;
     let mut h = blake3::Hasher::new();
     let mut size = 0u64;
     loop {
@@ -35,6 +39,34 @@ pub(super) fn verify_file(tree: &Path, e: &WorkspaceEntry, buf: &mut [u8]) -> Re
         h.update(&buf[..n]);
         size += n as u64;
     }
+    check_file(
+        e,
+        want,
+        size,
+        h.finalize().as_bytes() == want.hash.as_bytes(),
+    )?;
+    set_file_meta(&f, &p, e)
+}
+
+/// Seals a staged file whose content is known without reading it back: the caller has just
+/// written all of it through `f`, and `hash_matches` says whether those bytes hash to the
+/// manifest's BLAKE3. Checks the size on disk as [`verify_file`] does, and sets the mode and
+/// mtime.
+pub(super) fn seal_written(
+    tree: &Path,
+    e: &WorkspaceEntry,
+    f: &File,
+    hash_matches: bool,
+) -> Result<()> {
+    let Some(want) = e.file() else { return Ok(()) };
+    let p = tree.join(&e.path);
+    let size = f.metadata().map_err(io_err("stat", &p))?.len();
+    check_file(e, want, size, hash_matches)?;
+    set_file_meta(f, &p, e)
+}
+
+/// The error [`verify_file`] gives for a wrong size or BLAKE3.
+fn check_file(e: &WorkspaceEntry, want: &FileData, size: u64, hash_matches: bool) -> Result<()> {
     let fail = |reason: String| Error::VerifyFailed {
         path: e.path.clone(),
         reason,
@@ -42,10 +74,20 @@ pub(super) fn verify_file(tree: &Path, e: &WorkspaceEntry, buf: &mut [u8]) -> Re
     if size != want.size {
         return Err(fail(format!("{size} bytes, expected {}", want.size)));
     }
-    if h.finalize().as_bytes() != want.hash.as_bytes() {
+    if !hash_matches {
         return Err(fail("BLAKE3 differs from the manifest".into()));
     }
-    set_file_meta(&f, &p, e)
+    Ok(())
+}
+
+/// Opens a staged file for reading, or for writing with `write`, never through a symlink.
+pub(super) fn open_nofollow(p: &Path, write: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)
+        .map_err(io_err("open", p))
 }
 
 /// Mode (setuid, setgid and sticky dropped) and mtime of a staged file, through its open handle.
@@ -58,7 +100,9 @@ fn set_file_meta(f: &File, p: &Path, e: &WorkspaceEntry) -> Result<()> {
 /// Creates one entry in the tree: directory, symlink, or preallocated file. With `resume`, what
 /// is already there and right is kept; otherwise anything there is a collision (two manifest
 /// paths naming one file, as on a case-insensitive filesystem).
-pub(super) fn create_entry(tree: &Path, e: &WorkspaceEntry, resume: bool) -> Result<()> {
+///
+/// True when the entry is an empty file created here, hence complete and verified already.
+pub(super) fn create_entry(tree: &Path, e: &WorkspaceEntry, resume: bool) -> Result<bool> {
     let p = tree.join(&e.path);
     let collides = || Error::Conflict {
         path: p.clone(),
@@ -68,10 +112,10 @@ pub(super) fn create_entry(tree: &Path, e: &WorkspaceEntry, resume: bool) -> Res
     };
     match &e.kind {
         EntryKind::Dir => match DirBuilder::new().mode(0o700).create(&p) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(false),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
                 if resume && fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                    Ok(())
+                    Ok(false)
                 } else {
                     Err(collides())
                 }
@@ -79,13 +123,14 @@ pub(super) fn create_entry(tree: &Path, e: &WorkspaceEntry, resume: bool) -> Res
             Err(err) => Err(io_err("create", &p)(err)),
         },
         EntryKind::Symlink { target } => match std::os::unix::fs::symlink(target, &p) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(false),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists && resume => {
                 if fs::read_link(&p).is_ok_and(|t| t.as_os_str() == target.as_str()) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 remove_tree(&p).map_err(io_err("remove", &p))?;
-                std::os::unix::fs::symlink(target, &p).map_err(io_err("create", &p))
+                std::os::unix::fs::symlink(target, &p).map_err(io_err("create", &p))?;
+                Ok(false)
             }
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Err(collides()),
             Err(err) => Err(io_err("create", &p)(err)),
@@ -104,8 +149,10 @@ pub(super) fn create_entry(tree: &Path, e: &WorkspaceEntry, resume: bool) -> Res
                 Err(err) => return Err(io_err("create", &p)(err)),
             };
             if f.size == 0 {
-                // Nothing will ever be written to it: it is complete now.
-                return set_file_meta(&file, &p, e);
+                // Nothing will ever be written to it: it is complete now, and known empty unless
+                // it was there before.
+                set_file_meta(&file, &p, e)?;
+                return Ok(!resume);
             }
             // Small files get their size from their one write; preallocating them costs more
             // than the early "disk full" it would buy.
@@ -118,7 +165,7 @@ pub(super) fn create_entry(tree: &Path, e: &WorkspaceEntry, resume: bool) -> Res
                     preallocate(&file, f.size).map_err(io_err("allocate", &p))?;
                 }
             }
-            Ok(())
+            Ok(false)
         }
     }
 }

@@ -45,6 +45,8 @@ impl Stager {
         }
         let old = std::mem::replace(&mut self.manifest, manifest);
         let old_files = std::mem::take(&mut self.files);
+        // Keyed by entries of the old manifest, whose files are about to move.
+        self.open.clear();
         let old_written = std::mem::take(&mut self.written);
         let aside = self.dir.join(ASIDE);
         remove_tree(&aside).map_err(io_err("remove", &aside))?;
@@ -83,9 +85,10 @@ impl Stager {
                 _ => fs::remove_file(&p).map_err(io_err("remove", &p))?,
             }
         }
+        let mut created_empty = vec![false; new.entries.len()];
         for (ni, e) in new.entries.iter().enumerate() {
             if kept_from[ni].is_none() {
-                create_entry(&self.tree, e, false)?;
+                created_empty[ni] = create_entry(&self.tree, e, false)?;
             }
         }
 
@@ -100,7 +103,10 @@ impl Stager {
             .collect();
         let mut sources = WorkspaceManifest::new(new.params);
         for (ni, e) in new.entries.iter().enumerate() {
-            let Some(oi) = kept_from[ni] else { continue };
+            let Some(oi) = kept_from[ni] else {
+                files[ni].verified = created_empty[ni];
+                continue;
+            };
             let Some(f) = e.file() else { continue };
             if files[ni].left > 0 {
                 continue;
@@ -117,7 +123,8 @@ impl Stager {
                 sources.entries.push(e.clone());
             }
         }
-        self.journal = Journal::write(&self.dir, &manifest_digest(new), written.iter().copied())?;
+        let journal = Journal::write(&self.dir, &manifest_digest(new), written.iter().copied())?;
+        self.journal = journal.into();
         self.uses = uses;
         self.order = order;
         self.files = files;
@@ -129,6 +136,7 @@ impl Stager {
         aside_manifest.entries = moved;
         local.add(&aside, &aside_manifest);
         let filled = self.fill_from_index(&local)?;
+        self.journal().flush()?;
         remove_tree(&aside).map_err(io_err("remove", &aside))?;
         self.restart_progress();
         Ok(filled)
