@@ -108,8 +108,9 @@ struct StagerSink {
 
 impl ChunkSink for StagerSink {
     fn put(&self, hash: &ContentHash, data: Vec<u8>) -> io::Result<()> {
+        // The transport checked the bytes against `hash` when it opened them.
         lock(&self.stager)
-            .put_chunk(hash, &data)
+            .put_verified_chunk(hash, &data)
             .map(|_| ())
             .map_err(|e| {
                 let io = io::Error::other(e.to_string());
@@ -696,6 +697,7 @@ async fn stage_and_fetch(
     let dest = side.dest.clone();
     let index = side.index.clone();
     let id = handoff.to_string();
+    let started = std::time::Instant::now();
     let (stager, reused) = tokio::task::spawn_blocking(move || {
         let limits = Limits::default();
         let mut stager = match stager {
@@ -720,6 +722,7 @@ async fn stage_and_fetch(
         })
         .collect();
     drop(lens);
+    let staging_ms = started.elapsed().as_millis();
     reporter.tree = stager.progress();
     let before = receiver.stats();
     let stager = Arc::new(Mutex::new(stager));
@@ -762,6 +765,13 @@ async fn stage_and_fetch(
             "The stager is still in use.",
         ));
     }
+    tracing::debug!(
+        handoff_id = %handoff,
+        staging_ms,
+        fetch_ms = started.elapsed().as_millis() - staging_ms,
+        chunks = stats.chunks - before.chunks,
+        "staged a manifest part"
+    );
     // The receiver counts over the whole pass.
     Ok(Staged {
         sent: stats.bytes - before.bytes,

@@ -196,11 +196,15 @@ pub struct ScanPart<'a> {
     pub last: bool,
 }
 
+/// One walked entry: its path, what the walk found, and the previous scan's hashes when they
+/// still hold.
+type Walked = (String, Found, Option<(FileData, LocalStat)>);
+
 /// A walked tree whose files are still to be hashed (see [`prepare_scan`]).
 pub struct PreparedScan {
     root: PathBuf,
     root_md: Metadata,
-    found: Vec<(String, Found, Option<(FileData, LocalStat)>)>,
+    found: Vec<Walked>,
     skipped: std::collections::BTreeMap<String, SkipReason>,
     files: u64,
     bytes: u64,

@@ -11,7 +11,11 @@ fn tree(root: &std::path::Path) {
         for f in 0..40 {
             let n = (d * 40 + f) as u64;
             // Some files of 200 KiB make several chunks and push parts past their cost.
-            let len = if f % 10 == 0 { 200 * 1024 } else { 3000 + f * 17 };
+            let len = if f % 10 == 0 {
+                200 * 1024
+            } else {
+                3000 + f * 17
+            };
             write(root, &format!("d{d}/sub/f{f:02}.txt"), &noise(n, len));
         }
     }
@@ -69,5 +73,8 @@ fn a_scan_stopped_after_its_first_part_reads_nothing_more() {
         })
         .unwrap();
     assert!(out.is_none());
-    assert!(seen > 0 && seen < total, "stopped after {seen} of {total} files");
+    assert!(
+        seen > 0 && seen < total,
+        "stopped after {seen} of {total} files"
+    );
 }
