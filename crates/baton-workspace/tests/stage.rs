@@ -110,7 +110,7 @@ fn bad_chunks_are_refused_and_write_nothing() {
     assert!(unknown.to_string().contains("not part of"), "{unknown}");
 
     let staged_a = staging_dir(&dest, "bad").unwrap().join("tree/a.txt");
-    assert!(fs::read(&staged_a).unwrap().is_empty(), "nothing written");
+    assert!(!staged_a.exists(), "nothing written: created at its first write");
     assert_eq!(st.missing(), missing);
     let early = st.finish(1).unwrap_err();
     assert_eq!(early.code().as_str(), "transfer_failed");
@@ -161,4 +161,33 @@ fn a_reopened_stager_verifies_everything_again_at_finish() {
     assert_eq!(e.code().as_str(), "verify_failed");
     assert!(e.to_string().contains("small/3.txt"), "{e}");
     assert!(!dest.exists());
+}
+
+#[test]
+fn files_with_content_are_created_at_their_first_write_and_never_over_something_else() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    write(&src, "d/a.txt", b"alpha");
+    write(&src, "d/b.txt", b"bravo");
+    write(&src, "d/empty", b"");
+    let s = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
+    let mut st = Stager::create(&dest, "lazy", s.manifest.clone(), &Limits::default()).unwrap();
+    let tree = staging_dir(&dest, "lazy").unwrap().join("tree");
+    // Directories and empty files are made at once; files with content wait for their data.
+    assert!(tree.join("d").is_dir());
+    assert!(tree.join("d/empty").is_file());
+    assert!(!tree.join("d/a.txt").exists() && !tree.join("d/b.txt").exists());
+
+    let a = s.manifest.get("d/a.txt").unwrap().file().unwrap().hash;
+    assert!(st.put_chunk(&a, b"alpha").unwrap());
+    assert_eq!(fs::read(tree.join("d/a.txt")).unwrap(), b"alpha");
+
+    // Something that takes a file's path before its data arrives (as a second manifest path
+    // naming the same file would, on a case-insensitive filesystem) is never written through.
+    fs::write(tree.join("d/b.txt"), b"squatter").unwrap();
+    let b = s.manifest.get("d/b.txt").unwrap().file().unwrap().hash;
+    let err = st.put_chunk(&b, b"bravo").unwrap_err();
+    assert!(err.to_string().contains("collides"), "{err}");
+    assert_eq!(fs::read(tree.join("d/b.txt")).unwrap(), b"squatter");
+    assert!(st.missing().contains(&b));
 }

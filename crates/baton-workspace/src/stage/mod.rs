@@ -35,7 +35,7 @@ use crate::pool;
 use crate::progress::Progress;
 use crate::validate::{Limits, validate};
 use journal::{Journal, manifest_digest};
-use tree::{create_entry, open_nofollow, seal_written, verify_file};
+use tree::{create_entry, created_lazily, open_for_write, seal_written, verify_file};
 
 pub(crate) const TREE: &str = "tree";
 
@@ -62,6 +62,8 @@ struct ChunkUse {
 struct FileState {
     left: u32,
     verified: bool,
+    /// The file exists in the tree (files with content are created at their first write).
+    created: bool,
 }
 
 /// A file whose last chunk was just written, to verify and seal.
@@ -257,7 +259,11 @@ impl Stager {
             buf: Vec::new(),
         };
         for (e, state) in stager.manifest.entries.iter().zip(&mut stager.files) {
+            if !resume && created_lazily(e) {
+                continue;
+            }
             state.verified = create_entry(&stager.tree, e, resume)?;
+            state.created = true;
         }
         stager.restart_progress();
         Ok(stager)
@@ -409,12 +415,13 @@ impl Stager {
                 let evict = *self.open.keys().next().expect("the map is full");
                 self.open.remove(&evict);
             }
+            let created = &mut self.files[i].created;
             let f: &File = if whole {
-                own.insert(open_nofollow(&self.tree.join(&e.path), true)?)
+                own.insert(open_for_write(&self.tree, e, created)?)
             } else {
                 match self.open.entry(p.entry) {
                     Entry::Occupied(o) => o.into_mut(),
-                    Entry::Vacant(v) => v.insert(open_nofollow(&self.tree.join(&e.path), true)?),
+                    Entry::Vacant(v) => v.insert(open_for_write(&self.tree, e, created)?),
                 }
             };
             f.write_all_at(bytes, p.offset)

@@ -97,6 +97,52 @@ fn set_file_meta(f: &File, p: &Path, e: &WorkspaceEntry) -> Result<()> {
     set_mtime(p, e.mtime_ns).map_err(io_err("set mtime of", p))
 }
 
+/// Opens a staged file for writing, creating it (`resume`: unless it exists already).
+fn open_created(p: &Path, resume: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    if resume {
+        o.create(true);
+    } else {
+        o.create_new(true);
+    }
+    o.open(p)
+}
+
+/// True for the entries [`open_for_write`] creates at their first write rather than at
+/// staging: files with content. Creating them as their data arrives overlaps the work of
+/// creating thousands of files with the transfer, instead of holding the transfer up while a
+/// part of the manifest is staged.
+pub(super) fn created_lazily(e: &WorkspaceEntry) -> bool {
+    matches!(&e.kind, EntryKind::File(f) if f.size > 0)
+}
+
+/// Opens the staged file of `e` for writing; at its first write (`created` false) creates it,
+/// preallocated like [`create_entry`] does, and refuses a path that exists already (two
+/// manifest paths naming one file, as on a case-insensitive filesystem).
+pub(super) fn open_for_write(tree: &Path, e: &WorkspaceEntry, created: &mut bool) -> Result<File> {
+    let p = tree.join(&e.path);
+    if *created {
+        return open_nofollow(&p, true);
+    }
+    let file = open_created(&p, false).map_err(|err| match err.kind() {
+        io::ErrorKind::AlreadyExists => Error::Conflict {
+            path: p.clone(),
+            reason: "collides with another manifest entry (case-insensitive or name-normalising \
+                     filesystem?)"
+                .into(),
+        },
+        _ => io_err("create", &p)(err),
+    })?;
+    if let Some(f) = e.file()
+        && f.size >= PREALLOCATE_FROM
+    {
+        preallocate(&file, f.size).map_err(io_err("allocate", &p))?;
+    }
+    *created = true;
+    Ok(file)
+}
+
 /// Creates one entry in the tree: directory, symlink, or preallocated file. With `resume`, what
 /// is already there and right is kept; otherwise anything there is a collision (two manifest
 /// paths naming one file, as on a case-insensitive filesystem).
@@ -136,18 +182,10 @@ pub(super) fn create_entry(tree: &Path, e: &WorkspaceEntry, resume: bool) -> Res
             Err(err) => Err(io_err("create", &p)(err)),
         },
         EntryKind::File(f) => {
-            let mut o = OpenOptions::new();
-            o.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
-            if resume {
-                o.create(true);
-            } else {
-                o.create_new(true);
-            }
-            let file = match o.open(&p) {
-                Ok(file) => file,
-                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Err(collides()),
-                Err(err) => return Err(io_err("create", &p)(err)),
-            };
+            let file = open_created(&p, resume).map_err(|err| match err.kind() {
+                io::ErrorKind::AlreadyExists => collides(),
+                _ => io_err("create", &p)(err),
+            })?;
             if f.size == 0 {
                 // Nothing will ever be written to it: it is complete now, and known empty unless
                 // it was there before.

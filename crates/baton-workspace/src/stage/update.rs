@@ -8,7 +8,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use baton_proto::workspace::{EntryKind, WorkspaceEntry, WorkspaceManifest};
 
 use super::journal::{Journal, manifest_digest};
-use super::{Filled, Stager, create_entry, placements};
+use super::{Filled, Stager, create_entry, created_lazily, placements};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{remove_tree, set_mtime};
 use crate::index::ChunkIndex;
@@ -72,6 +72,8 @@ impl Stager {
             }
             let p = self.tree.join(&e.path);
             match &e.kind {
+                // Never written to, so never created: nothing to remove or keep.
+                EntryKind::File(_) if !old_files[oi].created => {}
                 EntryKind::File(f) if !f.chunks.is_empty() => {
                     // Kept aside as a source of chunks for the new files.
                     let name = moved.len().to_string();
@@ -86,9 +88,15 @@ impl Stager {
             }
         }
         let mut created_empty = vec![false; new.entries.len()];
+        let mut created = vec![false; new.entries.len()];
         for (ni, e) in new.entries.iter().enumerate() {
-            if kept_from[ni].is_none() {
-                created_empty[ni] = create_entry(&self.tree, e, false)?;
+            match kept_from[ni] {
+                Some(oi) => created[ni] = old_files[oi].created,
+                None if created_lazily(e) => {}
+                None => {
+                    created_empty[ni] = create_entry(&self.tree, e, false)?;
+                    created[ni] = true;
+                }
             }
         }
 
@@ -101,6 +109,9 @@ impl Stager {
             .filter(|(_, u)| u.at.iter().all(|p| p.done))
             .map(|(h, _)| *h)
             .collect();
+        for (state, made) in files.iter_mut().zip(created) {
+            state.created = made;
+        }
         let mut sources = WorkspaceManifest::new(new.params);
         for (ni, e) in new.entries.iter().enumerate() {
             let Some(oi) = kept_from[ni] else {
