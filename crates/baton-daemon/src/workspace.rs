@@ -619,7 +619,14 @@ async fn receive_pass(
         if parts.done {
             break;
         }
+        let waited = std::time::Instant::now();
         next_part(receiver, &mut parts).await?;
+        tracing::debug!(
+            handoff_id = %handoff,
+            part = parts.next - 1,
+            wait_ms = waited.elapsed().as_millis(),
+            "received a manifest part"
+        );
     }
     side.bytes_sent += sent;
     let files = parts.whole.file_count();

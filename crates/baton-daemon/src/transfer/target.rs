@@ -22,6 +22,8 @@ use super::{ChunkSink, Result, TransferConn, TransferError};
 /// Frames waiting for the verifying thread; reading the socket pauses when it is full, which is
 /// how a slow disk slows the source down.
 const JOB_QUEUE: usize = 4;
+/// Threads opening, checking and storing received frames.
+const VERIFY_WORKERS: usize = 2;
 /// Silence after which the target asks again for every chunk it is still waiting for.
 const STALL_REASK: Duration = Duration::from_secs(10);
 /// How long [`Receiver::finish`] waits for the source to acknowledge the end.
@@ -97,12 +99,18 @@ impl Shared {
 
 /// Opens and stores chunks, in arrival order, until the queue closes or something fails.
 fn verify_and_store(
-    mut jobs: mpsc::Receiver<Job>,
+    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     cipher: TransferCipher,
     sink: Arc<dyn ChunkSink>,
     shared: Arc<Shared>,
 ) {
-    while let Some(job) = jobs.blocking_recv() {
+    loop {
+        // One worker waits for the next frame at a time; the others are opening theirs.
+        let next = jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .blocking_recv();
+        let Some(job) = next else { break };
         for (hash, range) in job.entries {
             let stored = cipher
                 .open_chunk(&hash, &job.frame[range])
@@ -330,16 +338,28 @@ impl Receiver {
             wake: Notify::new(),
         });
         let (job_tx, job_rx) = mpsc::channel::<Job>(JOB_QUEUE);
-        let worker = {
-            let (cipher, shared) = (self.cipher.clone(), shared.clone());
-            tokio::task::spawn_blocking(move || verify_and_store(job_rx, cipher, sink, shared))
-        };
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        // Opening and checking a frame (AES-GCM, BLAKE3) is as costly as storing it: with two
+        // workers one opens while the other writes, so the target's CPU is not one thread.
+        let workers: Vec<_> = (0..VERIFY_WORKERS)
+            .map(|_| {
+                let (jobs, cipher, sink, shared) = (
+                    job_rx.clone(),
+                    self.cipher.clone(),
+                    sink.clone(),
+                    shared.clone(),
+                );
+                tokio::task::spawn_blocking(move || verify_and_store(jobs, cipher, sink, shared))
+            })
+            .collect();
         let before = (self.stats.chunks, self.stats.bytes);
         let result = self
             .drive(&mut window, &shared, job_tx, progress, &mut shown)
             .await;
-        // The sender is gone (moved into `drive`), so the thread ends after its last job.
-        let _ = worker.await;
+        // The sender is gone (moved into `drive`), so the workers end after their last job.
+        for worker in workers {
+            let _ = worker.await;
+        }
         let (chunks, bytes) = {
             let done = shared.lock();
             (done.chunks, done.bytes)
