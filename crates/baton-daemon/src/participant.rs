@@ -54,7 +54,7 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
             transfer_id,
             session,
             sealed_options,
-            final_pass: _,
+            final_pass,
         } => {
             crate::workspace::send(
                 d,
@@ -62,6 +62,7 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
                 transfer_id,
                 &session,
                 sealed_options.as_ref(),
+                final_pass,
             )
             .await
         }

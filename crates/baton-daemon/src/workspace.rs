@@ -22,14 +22,19 @@ use baton_proto::workspace::{
 use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
 use baton_workspace::{
-    ChunkIndex, Limits, STREAM_FIRST_PART, ScanOptions, Scanned, StagedTree, Stager, check_source,
-    plan_absent, prepare_scan, scan,
+    ChunkIndex, Limits, PreparedScan, STREAM_FIRST_PART, ScanOptions, Scanned, StagedTree, Stager,
+    Walked, check_source, plan_absent, prepare_scan, scan,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::participant::{api, open_options};
 use crate::transfer::{BlobFeed, ChunkSink, ChunkSource, Receiver, TransferConn, TransferTuning};
 use crate::{Daemon, lock};
+
+/// How long the preflight's walk stands for the tree in the passes before the final one. Those
+/// passes are best effort (the final pass walks again and moves whatever changed), so a walk a
+/// little older than the pass costs nothing but what the final pass then moves.
+const WALK_REUSE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Free space kept beyond the tree's bytes, so a transfer never fills a disk to the last block.
 const SPACE_RESERVE: u64 = 16 * 1024 * 1024;
@@ -48,6 +53,9 @@ pub struct Workspaces {
 #[derive(Default)]
 struct SourceSide {
     scanned: Option<Arc<Scanned>>,
+    /// The preflight's walk, and when it was made: the first passes start from it rather than
+    /// walking the tree again (the final pass always walks afresh).
+    walked: Option<(std::time::Instant, Walked)>,
     /// Passes being served, by transfer; a pass leaves when its serving task ends.
     serving: Vec<(HandoffId, CancellationToken)>,
 }
@@ -163,17 +171,23 @@ pub async fn check(
     let (_, meta, options) = session_parts(d, handoff, session, sealed_options)?;
     let path = PathBuf::from(&meta.workspace);
     let home = d.home.clone();
-    let measured = tokio::task::spawn_blocking(move || {
+    let opts = ScanOptions {
+        ignored: options.ignored.clone(),
+        ..ScanOptions::default()
+    };
+    let walked = tokio::task::spawn_blocking(move || {
         let root = check_source(&path, Some(&home))?;
-        baton_workspace::measure(&root, &options.ignored)
+        baton_workspace::walk(&root, &opts)
     })
     .await
     .map_err(internal("The workspace check"))?
     .map_err(ws_err)?;
-    Ok(DaemonReply::WorkspaceChecked {
-        files: measured.files,
-        bytes: measured.bytes,
-    })
+    let (files, bytes) = (walked.files(), walked.bytes());
+    lock(&d.workspaces.sources)
+        .entry(handoff)
+        .or_default()
+        .walked = Some((std::time::Instant::now(), walked));
+    Ok(DaemonReply::WorkspaceChecked { files, bytes })
 }
 
 /// Target, in preflight: the destination (`--path`, else the source's path) must be a safe
@@ -229,11 +243,23 @@ pub async fn send(
     transfer: HandoffId,
     session: &SessionRecord,
     sealed_options: Option<&Sealed>,
+    final_pass: bool,
 ) -> Result<DaemonReply, ApiError> {
     let (cipher, meta, options) = session_parts(d, handoff, session, sealed_options)?;
-    let previous = lock(&d.workspaces.sources)
-        .get(&handoff)
-        .and_then(|s| s.scanned.clone());
+    let (previous, walked) = {
+        let mut sources = lock(&d.workspaces.sources);
+        let side = sources.entry(handoff).or_default();
+        if final_pass {
+            // The session is stopped: only a fresh walk sees what it did since.
+            side.walked = None;
+        }
+        let walked = side
+            .walked
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < WALK_REUSE)
+            .map(|(_, w)| w.clone());
+        (side.scanned.clone(), walked)
+    };
     let path = PathBuf::from(&meta.workspace);
     let home = d.home.clone();
     let opts = ScanOptions {
@@ -244,7 +270,13 @@ pub async fn send(
     // Refusals (unsafe path, caps) come back as the answer, before anything is served.
     let prepared = tokio::task::spawn_blocking(move || {
         let root = check_source(&path, Some(&home))?;
-        prepare_scan(&root, &scan_opts, previous.as_deref())
+        match walked {
+            // The same directory as at preflight (not replaced meanwhile by a link elsewhere).
+            Some(w) if w.root() == root => {
+                Ok(PreparedScan::from_walk(w, &scan_opts, previous.as_deref()))
+            }
+            _ => prepare_scan(&root, &scan_opts, previous.as_deref()),
+        }
     })
     .await
     .map_err(internal("The workspace scan"))?

@@ -40,8 +40,8 @@ pub use plan::{Plan, check_space, plan, plan_absent};
 pub use progress::{Progress, ProgressSnapshot};
 pub use safety::{check_destination, check_source, destination_state};
 pub use scan::{
-    Measured, PreparedScan, STREAM_FIRST_PART, ScanOptions, ScanPart, ScanStats, Scanned, measure,
-    prepare_scan, scan,
+    Measured, PreparedScan, STREAM_FIRST_PART, ScanOptions, ScanPart, ScanStats, Scanned, Walked,
+    measure, prepare_scan, scan, walk,
 };
 pub use stage::{Filled, Stager, check_transfer_id, staging_dir};
 pub use validate::{Limits, validate};

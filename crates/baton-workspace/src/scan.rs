@@ -198,13 +198,13 @@ pub struct ScanPart<'a> {
 
 /// One walked entry: its path, what the walk found, and the previous scan's hashes when they
 /// still hold.
-type Walked = (String, Found, Option<(FileData, LocalStat)>);
+type Selected = (String, Found, Option<(FileData, LocalStat)>);
 
 /// A walked tree whose files are still to be hashed (see [`prepare_scan`]).
 pub struct PreparedScan {
     root: PathBuf,
     root_md: Metadata,
-    found: Vec<Walked>,
+    found: Vec<Selected>,
     skipped: std::collections::BTreeMap<String, SkipReason>,
     files: u64,
     bytes: u64,
@@ -223,13 +223,38 @@ const MAX_PART_COST: u64 = 256 * 1024 * 1024;
 /// What opening and hashing one file costs, counted as bytes when cutting parts.
 const FILE_COST: u64 = 16 * 1024;
 
-/// Walks `root` and decides which files a scan must read (see [`scan`]), refusing
-/// (`transfer_too_large`) before any file is read. [`PreparedScan::run`] then hashes.
-pub fn prepare_scan(
-    root: &Path,
-    opts: &ScanOptions,
-    previous: Option<&Scanned>,
-) -> Result<PreparedScan> {
+/// A walked tree: what a scan would select, from directory listings and `lstat` only. A scan
+/// that starts soon after (see [`PreparedScan::from_walk`]) can use it instead of walking again.
+#[derive(Clone)]
+pub struct Walked {
+    root: PathBuf,
+    root_md: Metadata,
+    found: std::collections::BTreeMap<String, Found>,
+    skipped: std::collections::BTreeMap<String, SkipReason>,
+    files: u64,
+    bytes: u64,
+}
+
+impl Walked {
+    /// The canonical root walked.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Regular files selected.
+    pub fn files(&self) -> u64 {
+        self.files
+    }
+
+    /// Their total size.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// Walks `root` under `opts.ignored`, refusing (`transfer_too_large`) above `opts.limits`,
+/// without reading any file.
+pub fn walk(root: &Path, opts: &ScanOptions) -> Result<Walked> {
     opts.params
         .check()
         .map_err(|e| Error::BadOption(format!("chunk parameters: {e}")))?;
@@ -258,31 +283,58 @@ pub fn prepare_scan(
             opts.limits.max_total_bytes
         )));
     }
-    let previous = previous.filter(|p| p.root == root && p.manifest.params == opts.params);
-    let mut reused_files = 0;
-    let found = sel
-        .found
-        .into_iter()
-        .map(|(rel, f)| {
-            let prior = match f.what {
-                What::File => previous
-                    .and_then(|p| p.reusable(&rel, &f.md))
-                    .map(|(d, l)| (d.clone(), l)),
-                _ => None,
-            };
-            reused_files += u64::from(prior.is_some());
-            (rel, f, prior)
-        })
-        .collect();
-    Ok(PreparedScan {
+    Ok(Walked {
         root,
         root_md,
-        found,
+        found: sel.found,
         skipped: sel.skipped,
         files,
         bytes,
-        reused_files,
     })
+}
+
+/// Walks `root` and decides which files a scan must read (see [`scan`]), refusing
+/// (`transfer_too_large`) before any file is read. [`PreparedScan::run`] then hashes.
+pub fn prepare_scan(
+    root: &Path,
+    opts: &ScanOptions,
+    previous: Option<&Scanned>,
+) -> Result<PreparedScan> {
+    Ok(PreparedScan::from_walk(walk(root, opts)?, opts, previous))
+}
+
+impl PreparedScan {
+    /// A scan of what `walked` selected (walked with the same `ignored` option), reusing the
+    /// hashes of `previous` for files provably unchanged since it was made. Files that changed
+    /// or vanished since the walk are read as they are now, or listed as skipped.
+    pub fn from_walk(walked: Walked, opts: &ScanOptions, previous: Option<&Scanned>) -> Self {
+        let root = walked.root;
+        let previous = previous.filter(|p| p.root == root && p.manifest.params == opts.params);
+        let mut reused_files = 0;
+        let found = walked
+            .found
+            .into_iter()
+            .map(|(rel, f)| {
+                let prior = match f.what {
+                    What::File => previous
+                        .and_then(|p| p.reusable(&rel, &f.md))
+                        .map(|(d, l)| (d.clone(), l)),
+                    _ => None,
+                };
+                reused_files += u64::from(prior.is_some());
+                (rel, f, prior)
+            })
+            .collect();
+        PreparedScan {
+            root,
+            root_md: walked.root_md,
+            found,
+            skipped: walked.skipped,
+            files: walked.files,
+            bytes: walked.bytes,
+            reused_files,
+        }
+    }
 }
 
 impl PreparedScan {

@@ -27,12 +27,14 @@ use crate::error::{Error, Result};
 use crate::validate::symlink_stays_inside;
 
 /// One selected path and what the walk saw of it (`lstat`).
+#[derive(Clone)]
 pub(crate) struct Found {
     pub(crate) md: Metadata,
     pub(crate) what: What,
 }
 
 /// The kind of a selected path.
+#[derive(Clone)]
 pub(crate) enum What {
     Dir,
     File,

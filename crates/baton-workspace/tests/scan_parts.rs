@@ -78,3 +78,40 @@ fn a_scan_stopped_after_its_first_part_reads_nothing_more() {
         "stopped after {seen} of {total} files"
     );
 }
+
+#[test]
+fn a_scan_from_an_earlier_walk_reads_files_as_they_are_now_and_reuses_unchanged_hashes() {
+    use baton_workspace::{PreparedScan, walk};
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path());
+    let o = opts(IgnoredFiles::Skip);
+    let walked = walk(dir.path(), &o).unwrap();
+    assert_eq!(walked.files(), 241);
+    // Past the racy window (a file changed within 2 s of being read is always read again).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+
+    // Changes after the walk: an edit, a removal, and a file the walk never saw.
+    write(dir.path(), "d0/sub/f01.txt", b"edited after the walk\n");
+    std::fs::remove_file(dir.path().join("d0/sub/f02.txt")).unwrap();
+    write(dir.path(), "d9/new.txt", b"new\n");
+
+    let scanned = PreparedScan::from_walk(walked.clone(), &o, None)
+        .run(&o, u64::MAX, |_| true)
+        .unwrap()
+        .unwrap();
+    let m = &scanned.manifest;
+    let edited = m.get("d0/sub/f01.txt").unwrap().file().unwrap();
+    assert_eq!(edited.size, 22, "read as it is now, not as the walk saw it");
+    assert!(m.get("d0/sub/f02.txt").is_none());
+    assert!(m.skipped.iter().any(|s| s.path == "d0/sub/f02.txt"));
+    assert!(m.get("d9/new.txt").is_none(), "only a new walk sees new files");
+    validate(m, &Limits::default()).unwrap();
+
+    // With the previous scan, only the file still inside the racy window is read again.
+    let again = PreparedScan::from_walk(walked, &o, Some(&scanned))
+        .run(&o, u64::MAX, |_| true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.stats().hashed_files, 1);
+    assert_eq!(again.manifest.entries, scanned.manifest.entries);
+}
