@@ -104,7 +104,10 @@ fn a_scan_from_an_earlier_walk_reads_files_as_they_are_now_and_reuses_unchanged_
     assert_eq!(edited.size, 22, "read as it is now, not as the walk saw it");
     assert!(m.get("d0/sub/f02.txt").is_none());
     assert!(m.skipped.iter().any(|s| s.path == "d0/sub/f02.txt"));
-    assert!(m.get("d9/new.txt").is_none(), "only a new walk sees new files");
+    assert!(
+        m.get("d9/new.txt").is_none(),
+        "only a new walk sees new files"
+    );
     validate(m, &Limits::default()).unwrap();
 
     // With the previous scan, only the file still inside the racy window is read again.

@@ -110,7 +110,10 @@ fn bad_chunks_are_refused_and_write_nothing() {
     assert!(unknown.to_string().contains("not part of"), "{unknown}");
 
     let staged_a = staging_dir(&dest, "bad").unwrap().join("tree/a.txt");
-    assert!(!staged_a.exists(), "nothing written: created at its first write");
+    assert!(
+        !staged_a.exists(),
+        "nothing written: created at its first write"
+    );
     assert_eq!(st.missing(), missing);
     let early = st.finish(1).unwrap_err();
     assert_eq!(early.code().as_str(), "transfer_failed");
