@@ -503,6 +503,18 @@ async fn first_part(receiver: &mut Receiver) -> Result<Parts, ApiError> {
 
 /// Fetches the next part of a pass's manifest and appends it to `parts`.
 async fn next_part(receiver: &mut Receiver, parts: &mut Parts) -> Result<(), ApiError> {
+    let m = fetch_next(receiver, parts).await?;
+    parts.whole.entries.extend(m.entries);
+    parts.whole.skipped.extend(m.skipped);
+    Ok(())
+}
+
+/// Fetches the next part of a pass's manifest, checked to describe the same tree, and returns
+/// it without appending it.
+async fn fetch_next(
+    receiver: &mut Receiver,
+    parts: &mut Parts,
+) -> Result<WorkspaceManifest, ApiError> {
     let seq = parts.next;
     let part = fetch_part(receiver, seq).await?;
     let (w, m) = (&parts.whole, &part.manifest);
@@ -515,11 +527,9 @@ async fn next_part(receiver: &mut Receiver, parts: &mut Parts) -> Result<(), Api
             format!("Part {seq} of the workspace manifest describes another tree."),
         ));
     }
-    parts.whole.entries.extend(part.manifest.entries);
-    parts.whole.skipped.extend(part.manifest.skipped);
     parts.next += 1;
     parts.done = part.last;
-    Ok(())
+    Ok(part.manifest)
 }
 
 /// Target: one pass. The source sends its manifest in parts, as it hashes.
@@ -627,22 +637,23 @@ async fn receive_pass(
     let mut sent = 0u64;
     let mut reused = 0u64;
     let mut gone = 0usize;
-    loop {
-        if final_pass {
-            // The final manifest replaces the staged one whole (entries it lacks are removed),
-            // so it is staged only once complete.
-            while !parts.done {
-                next_part(receiver, &mut parts).await?;
-            }
+    if final_pass {
+        // The final manifest replaces the staged one whole (entries it lacks are removed), so
+        // it is staged only once complete.
+        while !parts.done {
+            next_part(receiver, &mut parts).await?;
         }
-        let remaining = parts.bytes.saturating_sub(parts.whole.total_bytes());
+    }
+    let empty = WorkspaceManifest::new(parts.whole.params);
+    let mut staging = Staging::Whole(std::mem::replace(&mut parts.whole, empty));
+    loop {
         let staged = stage_and_fetch(
             &mut side,
             handoff,
-            parts.whole.clone(),
+            staging,
             receiver,
             &mut reporter,
-            (sent, if parts.done { 0 } else { remaining }),
+            (sent, parts.bytes, parts.done),
         )
         .await?;
         sent += staged.sent;
@@ -652,20 +663,22 @@ async fn receive_pass(
             break;
         }
         let waited = std::time::Instant::now();
-        next_part(receiver, &mut parts).await?;
+        let more = fetch_next(receiver, &mut parts).await?;
         tracing::debug!(
             handoff_id = %handoff,
             part = parts.next - 1,
             wait_ms = waited.elapsed().as_millis(),
             "received a manifest part"
         );
+        staging = Staging::More(more);
     }
     side.bytes_sent += sent;
-    let files = parts.whole.file_count();
-    let bytes_total = parts.whole.total_bytes();
     let Some(stager) = side.stager.take() else {
         return Err(ApiError::new(ErrorCode::Internal, "The staging is gone."));
     };
+    let files = stager.manifest().file_count();
+    let bytes_total = stager.manifest().total_bytes();
+    let skipped = stager.manifest().skipped.clone();
     if !final_pass {
         let stager = tokio::task::spawn_blocking(move || stager.sync().map(|()| stager))
             .await
@@ -699,7 +712,7 @@ async fn receive_pass(
         files,
         bytes_total,
         bytes_sent: side.bytes_sent,
-        skipped: parts.whole.skipped,
+        skipped,
     };
     Ok(DaemonReply::WorkspaceReceived {
         files,
@@ -708,6 +721,15 @@ async fn receive_pass(
         bytes_reused: reused,
         sealed_outcome: Some(cipher.seal_workspace(handoff, &outcome)),
     })
+}
+
+/// What a pass stages next.
+enum Staging {
+    /// A whole manifest (or the first part of one): creates the staging, or moves it to this
+    /// later scan.
+    Whole(WorkspaceManifest),
+    /// The next part of a manifest streamed in path order: appended to what is staged.
+    More(WorkspaceManifest),
 }
 
 /// What staging one manifest (or manifest prefix) moved.
@@ -723,44 +745,61 @@ struct Staged {
 async fn stage_and_fetch(
     side: &mut TargetSide,
     handoff: HandoffId,
-    manifest: WorkspaceManifest,
+    staging: Staging,
     receiver: &mut Receiver,
     reporter: &mut ProgressReporter,
-    (sent_before, bytes_to_come): (u64, u64),
+    (sent_before, source_bytes, complete): (u64, u64, bool),
 ) -> Result<Staged, ApiError> {
-    let lens: HashMap<ContentHash, u32> = manifest
-        .files()
-        .flat_map(|(_, f)| f.chunks.iter().map(|c| (c.hash, c.len)))
-        .collect();
     let stager = side.stager.take();
     let dest = side.dest.clone();
     let index = side.index.clone();
     let id = handoff.to_string();
     let started = std::time::Instant::now();
-    let (stager, reused) = tokio::task::spawn_blocking(move || {
+    let staged = tokio::task::spawn_blocking(move || {
         let limits = Limits::default();
-        let mut stager = match stager {
-            Some(mut s) => {
-                s.update(manifest, &limits)?;
-                s
+        // A stager that fails is handed back so that an abort removes its directory.
+        let mut stager = match (stager, staging) {
+            (Some(mut s), Staging::Whole(m)) => match s.update(m, &limits) {
+                Ok(_) => s,
+                Err(e) => return Err(Box::new((Some(s), e))),
+            },
+            (Some(mut s), Staging::More(m)) => match s.extend(m.entries, m.skipped, &limits) {
+                Ok(_) => s,
+                Err(e) => return Err(Box::new((Some(s), e))),
+            },
+            (None, Staging::Whole(m)) => {
+                Stager::create(&dest, &id, m, &limits).map_err(|e| Box::new((None, e)))?
             }
-            None => Stager::create(&dest, &id, manifest, &limits)?,
+            (None, Staging::More(_)) => {
+                return Err(Box::new((
+                    None,
+                    baton_workspace::Error::BadOption(
+                        "a later part of the manifest came before its first".into(),
+                    ),
+                )));
+            }
         };
-        let filled = stager.fill_from_index(&index)?;
-        Ok::<_, baton_workspace::Error>((stager, filled.bytes))
+        match stager.fill_from_index(&index) {
+            Ok(filled) => Ok((stager, filled.bytes)),
+            Err(e) => Err(Box::new((Some(stager), e))),
+        }
     })
     .await
-    .map_err(internal("Staging"))?
-    .map_err(ws_err)?;
-    let wanted: Vec<ChunkRef> = stager
-        .missing()
-        .into_iter()
-        .map(|hash| ChunkRef {
-            hash,
-            len: lens.get(&hash).copied().unwrap_or(0),
-        })
-        .collect();
-    drop(lens);
+    .map_err(internal("Staging"))?;
+    let (stager, reused) = match staged {
+        Ok(s) => s,
+        Err(failed) => {
+            let (stager, e) = *failed;
+            side.stager = stager;
+            return Err(ws_err(e));
+        }
+    };
+    let wanted: Vec<ChunkRef> = stager.missing_chunks();
+    // While parts are still coming, the rest of the tree counts as still to send.
+    let bytes_to_come = match complete {
+        true => 0,
+        false => source_bytes.saturating_sub(stager.manifest().total_bytes()),
+    };
     let staging_ms = started.elapsed().as_millis();
     reporter.tree = stager.progress();
     let before = receiver.stats();

@@ -12,6 +12,7 @@
 //! read-back: it is its chunk's hash, already checked for the bytes written (or computed from
 //! them); its size on disk is still checked.
 
+mod extend;
 mod journal;
 mod tree;
 mod update;
@@ -24,7 +25,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use baton_proto::workspace::{ContentHash, EntryKind, WorkspaceManifest};
+use baton_proto::workspace::{ChunkRef, ContentHash, EntryKind, WorkspaceManifest};
 
 use crate::apply::{APPLY_RECORD, StagedTree};
 use crate::chunk::hash_bytes;
@@ -306,6 +307,19 @@ impl Stager {
             .iter()
             .filter(|h| !self.written.contains(h))
             .copied()
+            .collect()
+    }
+
+    /// Chunks still to write with their lengths, distinct, in the order the manifest first uses
+    /// them.
+    pub fn missing_chunks(&self) -> Vec<ChunkRef> {
+        self.order
+            .iter()
+            .filter(|h| !self.written.contains(h))
+            .map(|h| ChunkRef {
+                hash: *h,
+                len: self.uses[h].len,
+            })
             .collect()
     }
 

@@ -1,0 +1,104 @@
+//! Growing a staging tree with the next part of a manifest streamed in path order: the
+//! pre-copy of a big tree starts before the source has hashed all of it, and each part costs
+//! work in proportion to the part, not to the tree.
+
+use std::collections::hash_map::Entry;
+use std::os::unix::fs::FileExt;
+
+use baton_proto::workspace::{SkippedEntry, WorkspaceEntry};
+
+use super::tree::{create_entry, created_lazily, open_nofollow};
+use super::{ChunkUse, FileState, Filled, Placement, Stager};
+use crate::error::{Error, Result, io_err};
+use crate::validate::{Limits, validate};
+
+impl Stager {
+    /// Appends `entries` (the next part of a manifest streamed in path order) and `skipped` to
+    /// the staged manifest. The manifest they make with what is staged is validated whole, and
+    /// left as it was when it does not pass. Chunks the part shares with files already staged
+    /// are copied from them; [`Stager::missing`] then lists what the source still has to send.
+    ///
+    /// The journal keeps the digest of the manifest the stager was created with, so a stager
+    /// reopened after a crash in the middle of a stream starts that stream over. If this fails
+    /// past validation, abort the stager.
+    pub fn extend(
+        &mut self,
+        entries: Vec<WorkspaceEntry>,
+        skipped: Vec<SkippedEntry>,
+        limits: &Limits,
+    ) -> Result<Filled> {
+        let start = self.manifest.entries.len();
+        let skipped_start = self.manifest.skipped.len();
+        self.manifest.entries.extend(entries);
+        self.manifest.skipped.extend(skipped);
+        if let Err(e) = validate(&self.manifest, limits) {
+            self.manifest.entries.truncate(start);
+            self.manifest.skipped.truncate(skipped_start);
+            return Err(e);
+        }
+        self.files
+            .resize(self.manifest.entries.len(), FileState::default());
+        let mut shared = Vec::new();
+        for i in start..self.manifest.entries.len() {
+            let e = &self.manifest.entries[i];
+            if !created_lazily(e) {
+                self.files[i].verified = create_entry(&self.tree, e, false)?;
+                self.files[i].created = true;
+            }
+            let Some(f) = e.file() else { continue };
+            let mut offset = 0u64;
+            for c in &f.chunks {
+                let u = match self.uses.entry(c.hash) {
+                    Entry::Occupied(o) => o.into_mut(),
+                    Entry::Vacant(v) => {
+                        self.order.push(c.hash);
+                        v.insert(ChunkUse {
+                            len: c.len,
+                            at: Vec::new(),
+                        })
+                    }
+                };
+                if u.len != c.len {
+                    return Err(Error::manifest(
+                        &e.path,
+                        format!("chunk {} appears with two different lengths", c.hash),
+                    ));
+                }
+                u.at.push(Placement {
+                    entry: i as u32,
+                    offset,
+                    done: false,
+                });
+                self.files[i].left += 1;
+                if self.written.contains(&c.hash) {
+                    shared.push(c.hash);
+                }
+                offset += u64::from(c.len);
+            }
+        }
+        // A chunk already written elsewhere is copied from there into its new places.
+        shared.sort_unstable();
+        shared.dedup();
+        let mut filled = Filled::default();
+        let mut buf = Vec::new();
+        for hash in shared {
+            let u = &self.uses[&hash];
+            let Some(p) = u.at.iter().find(|p| p.done) else {
+                continue;
+            };
+            let path = self.tree.join(&self.manifest.entries[p.entry as usize].path);
+            buf.resize(u.len as usize, 0);
+            open_nofollow(&path, false)?
+                .read_exact_at(&mut buf, p.offset)
+                .map_err(io_err("read", &path))?;
+            self.written.remove(&hash);
+            // Not trusted as checked: a one-chunk file it completes is hashed in memory, and a
+            // bigger one is read back when its last chunk lands.
+            self.write(&hash, &buf, false)?;
+            filled.chunks += 1;
+            filled.bytes += buf.len() as u64;
+        }
+        self.restart_progress();
+        Ok(filled)
+    }
+}
