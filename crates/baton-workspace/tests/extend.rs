@@ -5,16 +5,18 @@
 mod common;
 
 use baton_proto::workspace::{EntryKind, FileData, WorkspaceEntry};
-use baton_workspace::{
-    ChunkIndex, ConflictPolicy, IgnoredFiles, Limits, Stager, prepare_scan,
-};
+use baton_workspace::{ChunkIndex, ConflictPolicy, IgnoredFiles, Limits, Stager, prepare_scan};
 use common::*;
 
 fn source(root: &std::path::Path) {
     for d in 0..4 {
         for f in 0..30 {
             let n = (d * 30 + f) as u64;
-            let len = if f % 10 == 0 { 300 * 1024 } else { 900 + f * 31 };
+            let len = if f % 10 == 0 {
+                300 * 1024
+            } else {
+                900 + f * 31
+            };
             write(root, &format!("d{d}/f{f:02}.bin"), &noise(n, len));
         }
     }
@@ -67,7 +69,10 @@ fn a_staging_grown_part_by_part_rebuilds_the_tree_and_copies_shared_chunks_local
         copied += filled.chunks;
         send_missing(&mut st);
     }
-    assert!(copied >= 1, "the late copy's chunks came from the early one");
+    assert!(
+        copied >= 1,
+        "the late copy's chunks came from the early one"
+    );
     assert_eq!(st.manifest(), &whole.manifest);
     let staged = st.finish(1).unwrap();
     let applied = staged.apply(ConflictPolicy::Sibling).unwrap();
@@ -93,10 +98,9 @@ fn a_part_that_breaks_the_rules_leaves_the_staging_as_it_was() {
         mtime_ns: 0,
         kind: EntryKind::File(FileData {
             size: 0,
-            hash: whole.manifest.entries[0].file().map_or(
-                baton_proto::workspace::ContentHash([0; 32]),
-                |f| f.hash,
-            ),
+            hash: whole.manifest.entries[0]
+                .file()
+                .map_or(baton_proto::workspace::ContentHash([0; 32]), |f| f.hash),
             chunks: Vec::new(),
         }),
     };

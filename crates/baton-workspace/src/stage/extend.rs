@@ -86,7 +86,9 @@ impl Stager {
             let Some(p) = u.at.iter().find(|p| p.done) else {
                 continue;
             };
-            let path = self.tree.join(&self.manifest.entries[p.entry as usize].path);
+            let path = self
+                .tree
+                .join(&self.manifest.entries[p.entry as usize].path);
             buf.resize(u.len as usize, 0);
             open_nofollow(&path, false)?
                 .read_exact_at(&mut buf, p.offset)
