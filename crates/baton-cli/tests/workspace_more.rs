@@ -1705,3 +1705,41 @@ fn a_disk_that_fills_after_preflight_fails_the_transfer_as_insufficient_space() 
     assert_eq!(row["owner"]["name"], "laptop", "{row}");
     std::fs::remove_file(&filler).expect("rm filler");
 }
+
+#[test]
+fn a_tree_streamed_in_many_manifest_parts_arrives_whole() {
+    // Parts from 4 KiB on: this small tree travels in dozens of parts, as a big one would.
+    let w = world_with(&[(LAPTOP, "BATON_TEST_MANIFEST_PART_BYTES", "4096")]);
+    let mut files: Vec<(String, Vec<u8>)> = (0..60)
+        .map(|i| {
+            (
+                format!("src/m{:02}/f{i}.rs", i % 7),
+                noise(900 + i, 3000 + i as usize * 13),
+            )
+        })
+        .collect();
+    // The same content first and last in path order: the later part reuses what the earlier
+    // one staged. Plus a file of several chunks and an empty one.
+    files.push(("a-early/same.bin".into(), noise(4242, 70_000)));
+    files.push(("z-late/same.bin".into(), noise(4242, 70_000)));
+    files.push(("m-big/several-chunks.bin".into(), noise(7, 700_000)));
+    files.push(("z-late/empty".into(), Vec::new()));
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let (s, ws_a) = session_with(&w, "proj", &files);
+    let dest = PathBuf::from(w.dir("desktop-ws")).join("proj");
+
+    let out = moved(&w, LAPTOP, &s, "desktop", &dest, &[]);
+    assert_eq!(content(&dest, &[]), content(&ws_a, &[]), "{out}");
+    let ws = &out["workspace"];
+    assert_eq!(ws["files"].as_u64(), Some(files.len() as u64), "{ws}");
+    // The duplicate travelled once.
+    let total = ws["bytes_total"].as_u64().expect("bytes_total");
+    assert_eq!(ws["bytes_sent"].as_u64(), Some(total - 70_000), "{ws}");
+    let parts = daemon_log(&w, DESKTOP)
+        .matches("received a manifest part")
+        .count();
+    assert!(
+        parts >= 3,
+        "the manifest came in {parts} parts after the first"
+    );
+}

@@ -31,6 +31,11 @@ use crate::participant::{api, open_options};
 use crate::transfer::{BlobFeed, ChunkSink, ChunkSource, Receiver, TransferConn, TransferTuning};
 use crate::{Daemon, lock};
 
+/// Test hook: `BATON_TEST_MANIFEST_PART_BYTES=N` makes the source cut its manifest into parts
+/// from N bytes on (instead of 16 MiB), so a small test tree travels in many parts. Unset in
+/// normal use.
+pub const PART_BYTES_VAR: &str = "BATON_TEST_MANIFEST_PART_BYTES";
+
 /// How long the preflight's walk stands for the tree in the passes before the final one. Those
 /// passes are best effort (the final pass walks again and moves whatever changed), so a walk a
 /// little older than the pass costs nothing but what the final pass then moves.
@@ -296,7 +301,11 @@ pub async fn send(
         let (feed, index, cancel, d) = (feed.clone(), index.clone(), cancel.clone(), d.clone());
         tokio::task::spawn_blocking(move || {
             let mut failure = None;
-            let scanned = prepared.run(&opts, STREAM_FIRST_PART, |part| {
+            let first_part = std::env::var(PART_BYTES_VAR)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(STREAM_FIRST_PART);
+            let scanned = prepared.run(&opts, first_part, |part| {
                 if cancel.is_cancelled() {
                     return false;
                 }
@@ -644,8 +653,16 @@ async fn receive_pass(
             next_part(receiver, &mut parts).await?;
         }
     }
-    let empty = WorkspaceManifest::new(parts.whole.params);
-    let mut staging = Staging::Whole(std::mem::replace(&mut parts.whole, empty));
+    // What later parts are checked against stays; the entries go to the stager.
+    let header = WorkspaceManifest {
+        version: parts.whole.version,
+        params: parts.whole.params,
+        root_mode: parts.whole.root_mode,
+        root_mtime_ns: parts.whole.root_mtime_ns,
+        entries: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut staging = Staging::Whole(std::mem::replace(&mut parts.whole, header));
     loop {
         let staged = stage_and_fetch(
             &mut side,
