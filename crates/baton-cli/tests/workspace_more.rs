@@ -526,9 +526,13 @@ fn sibling_leaves_an_existing_destination_untouched_and_replace_takes_its_place(
         "replace puts exactly the session's tree in place"
     );
     assert!(!ws_a.join("stale.txt").exists());
+    // The replaced tree is removed after commit, in the background past a short wait.
     let laptop_side = ws_a.parent().expect("parent");
     assert!(
-        stray(laptop_side).is_empty(),
+        wait_for(Duration::from_secs(20), || stray(laptop_side)
+            .is_empty()
+            .then_some(()))
+        .is_some(),
         "backup or staging left after commit: {:?}",
         stray(laptop_side)
     );

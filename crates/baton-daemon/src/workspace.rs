@@ -994,8 +994,10 @@ fn release_memory() {
 }
 
 /// How long activation waits for the replaced tree to be removed before letting it finish in
-/// the background.
-const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// the background: enough for a small tree, so it is usually gone when the handoff returns,
+/// and short, since the session stays stopped meanwhile (rule: the stopped time must not grow
+/// with the tree).
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Either side, when a handoff aborts (or its source is done): stops serving, removes staging.
 pub async fn forget(d: &Daemon, handoff: HandoffId) {
