@@ -220,51 +220,11 @@ fn open_nofollow(path: &Path) -> std::io::Result<File> {
 
 #[cfg(test)]
 mod tests {
-    use baton_proto::workspace::{EntryKind, IgnoredFiles};
+    use baton_proto::workspace::EntryKind;
 
     use super::*;
     use crate::fsutil::set_mtime;
-    use crate::scan::{ScanOptions, scan};
-
-    fn noise(seed: u64, n: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
-
-    fn scanned(root: &Path) -> Scanned {
-        let opts = ScanOptions {
-            ignored: IgnoredFiles::Skip,
-            ..ScanOptions::default()
-        };
-        scan(root, &opts, None).unwrap()
-    }
-
-    /// What the scan saw, as if it had read every file long after its last change (a test's
-    /// files are always racily new).
-    fn aged(s: &Scanned) -> Vec<Option<LocalStat>> {
-        s.local()
-            .iter()
-            .map(|l| {
-                l.map(|mut l| {
-                    l.read_ns += 2 * RACY_NS;
-                    l
-                })
-            })
-            .collect()
-    }
-
-    fn index_of(s: &Scanned, local: &[Option<LocalStat>]) -> ChunkIndex {
-        let mut idx = ChunkIndex::new(s.manifest.params);
-        assert!(idx.insert(s.root(), &s.manifest, local));
-        idx
-    }
+    use crate::testutil::{aged, index_of, noise, scanned};
 
     fn tree() -> (tempfile::TempDir, Vec<u8>) {
         let t = tempfile::tempdir().unwrap();

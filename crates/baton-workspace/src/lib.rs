@@ -26,6 +26,8 @@ pub mod safety;
 mod scan;
 mod select;
 mod stage;
+#[cfg(test)]
+mod testutil;
 pub mod validate;
 
 pub use apply::{Applied, Leftover, StagedTree, leftovers, planned_path};

@@ -577,31 +577,12 @@ mod tests {
     use baton_proto::workspace::IgnoredFiles;
 
     use super::*;
-    use crate::scan::{LocalStat, RACY_NS, ScanOptions, Scanned, scan};
+    use crate::scan::{ScanOptions, Scanned, scan};
+    use crate::testutil::{aged, index_of, noise, scanned};
     use tree::READ_BACKS;
-
-    fn noise(seed: u64, n: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     fn read_backs() -> usize {
         READ_BACKS.with(|n| n.get())
-    }
-
-    fn scanned(root: &Path) -> Scanned {
-        let opts = ScanOptions {
-            ignored: IgnoredFiles::Skip,
-            ..ScanOptions::default()
-        };
-        scan(root, &opts, None).unwrap()
     }
 
     /// One file of several chunks, five of one, one empty.
@@ -625,19 +606,7 @@ mod tests {
     /// An index of `s` that trusts its unchanged files as a scan made long after their last
     /// change would (a test's files are always racily new).
     fn aged_index(s: &Scanned) -> ChunkIndex {
-        let local: Vec<Option<LocalStat>> = s
-            .local()
-            .iter()
-            .map(|l| {
-                l.map(|mut l| {
-                    l.read_ns += 2 * RACY_NS;
-                    l
-                })
-            })
-            .collect();
-        let mut idx = ChunkIndex::new(s.manifest.params);
-        assert!(idx.insert(s.root(), &s.manifest, &local));
-        idx
+        index_of(s, &aged(s))
     }
 
     fn assert_staged_like(src: &Path, dest: &Path, id: &str, m: &WorkspaceManifest) {
