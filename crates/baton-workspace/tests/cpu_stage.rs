@@ -11,8 +11,7 @@ use std::path::Path;
 
 use baton_proto::workspace::ContentHash;
 use baton_workspace::{
-    ChunkIndex, ChunkParams, ConflictPolicy, IgnoredFiles, Limits, Scanned, Stager, scan,
-    staging_dir,
+    ChunkIndex, ChunkParams, IgnoredFiles, Limits, Scanned, Stager, scan, staging_dir,
 };
 use common::*;
 
@@ -86,13 +85,7 @@ fn verified_chunks_rebuild_the_tree_exactly() {
                 .unwrap()
         );
     }
-    let at = st
-        .finish(2)
-        .unwrap()
-        .apply(ConflictPolicy::Sibling)
-        .unwrap()
-        .commit()
-        .unwrap();
+    let at = land(st);
     let mut want = listing(&src);
     want.retain(|k, _| s.manifest.get(k).is_some());
     assert_same(&listing(&at), &want);
@@ -175,13 +168,7 @@ fn a_crash_loses_only_the_journal_records_not_yet_synced() {
     for h in rest {
         st.put_verified_chunk(h, &chunks.read(h).unwrap()).unwrap();
     }
-    let at = st
-        .finish(2)
-        .unwrap()
-        .apply(ConflictPolicy::Sibling)
-        .unwrap()
-        .commit()
-        .unwrap();
+    let at = land(st);
     assert_same(&listing(&at), &listing(&src));
 }
 
@@ -233,13 +220,7 @@ fn update_forgets_the_handles_of_files_it_moves() {
         st.put_verified_chunk(&h, &source.read(&h).unwrap())
             .unwrap();
     }
-    let at = st
-        .finish(2)
-        .unwrap()
-        .apply(ConflictPolicy::Sibling)
-        .unwrap()
-        .commit()
-        .unwrap();
+    let at = land(st);
     assert_same(&listing(&at), &listing(&src));
 }
 
@@ -278,12 +259,6 @@ fn files_written_a_chunk_at_a_time_in_turn_come_out_exact() {
         st.put_verified_chunk(&h, &source.read(&h).unwrap())
             .unwrap();
     }
-    let at = st
-        .finish(2)
-        .unwrap()
-        .apply(ConflictPolicy::Sibling)
-        .unwrap()
-        .commit()
-        .unwrap();
+    let at = land(st);
     assert_same(&listing(&at), &listing(&src));
 }

@@ -202,6 +202,16 @@ pub fn stage_from(src: &Scanned, dest: &Path, id: &str, local: Option<&ChunkInde
     st.finish(2).unwrap()
 }
 
+/// Finishes a complete stager, applies it (`sibling`) and commits; returns where it landed.
+pub fn land(st: Stager) -> std::path::PathBuf {
+    st.finish(2)
+        .unwrap()
+        .apply(ConflictPolicy::Sibling)
+        .unwrap()
+        .commit()
+        .unwrap()
+}
+
 /// Scan, stage, finish, apply and commit; returns where the workspace landed.
 pub fn transfer(
     src_root: &Path,
