@@ -155,24 +155,22 @@ pub struct Measured {
 /// Counts what [`scan`] would select under `ignored`, from directory listings and `lstat` only:
 /// cheap enough for a preflight check or a size cap before anything is hashed.
 pub fn measure(root: &Path, ignored: &IgnoredFiles) -> Result<Measured> {
-    let root = std::fs::canonicalize(root).map_err(io_err("resolve", root))?;
-    if !std::fs::metadata(&root)
-        .map_err(io_err("stat", &root))?
-        .is_dir()
-    {
-        return Err(Error::unsafe_path(&root, "is not a directory"));
-    }
-    let sel = select(&root, ignored)?;
-    let mut m = Measured {
-        entries: sel.found.len() as u64,
-        skipped: sel.skipped.len() as u64,
-        ..Measured::default()
+    // Counting refuses nothing: the caps apply when a scan is made.
+    let opts = ScanOptions {
+        ignored: ignored.clone(),
+        limits: Limits {
+            max_entries: usize::MAX,
+            max_total_bytes: u64::MAX,
+        },
+        ..ScanOptions::default()
     };
-    for f in sel.found.values().filter(|f| matches!(f.what, What::File)) {
-        m.files += 1;
-        m.bytes += f.md.len();
-    }
-    Ok(m)
+    let w = walk(root, &opts)?;
+    Ok(Measured {
+        entries: w.found.len() as u64,
+        files: w.files,
+        bytes: w.bytes,
+        skipped: w.skipped.len() as u64,
+    })
 }
 
 /// Scans `root` into a manifest.
