@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use baton_crypto::SessionCipher;
 use baton_proto::handoff::{WorkspaceOutcome, WorkspacePass};
 use baton_proto::workspace::{
-    ChunkRef, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles, ManifestPart,
-    WorkspaceManifest,
+    ChunkParams, ChunkRef, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles,
+    ManifestPart, WorkspaceManifest,
 };
 use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
@@ -474,6 +474,8 @@ const MAX_PARTS: u32 = 100_000;
 /// The manifest of a pass as its parts arrive: each part extends the one before.
 struct Parts {
     whole: WorkspaceManifest,
+    /// What every part must repeat: version, chunk parameters, root mode and mtime.
+    tree: (u32, ChunkParams, u32, i64),
     /// Files and bytes of the whole selection, from the first part.
     files: u64,
     bytes: u64,
@@ -501,7 +503,9 @@ async fn fetch_part(receiver: &mut Receiver, seq: u32) -> Result<ManifestPart, A
 /// Fetches the first part of a pass's manifest.
 async fn first_part(receiver: &mut Receiver) -> Result<Parts, ApiError> {
     let part = fetch_part(receiver, 0).await?;
+    let m = &part.manifest;
     Ok(Parts {
+        tree: (m.version, m.params, m.root_mode, m.root_mtime_ns),
         whole: part.manifest,
         files: part.files,
         bytes: part.bytes,
@@ -526,9 +530,8 @@ async fn fetch_next(
 ) -> Result<WorkspaceManifest, ApiError> {
     let seq = parts.next;
     let part = fetch_part(receiver, seq).await?;
-    let (w, m) = (&parts.whole, &part.manifest);
-    if (w.version, w.params, w.root_mode, w.root_mtime_ns)
-        != (m.version, m.params, m.root_mode, m.root_mtime_ns)
+    let m = &part.manifest;
+    if parts.tree != (m.version, m.params, m.root_mode, m.root_mtime_ns)
         || (part.files, part.bytes) != (parts.files, parts.bytes)
     {
         return Err(ApiError::new(
@@ -653,16 +656,9 @@ async fn receive_pass(
             next_part(receiver, &mut parts).await?;
         }
     }
-    // What later parts are checked against stays; the entries go to the stager.
-    let header = WorkspaceManifest {
-        version: parts.whole.version,
-        params: parts.whole.params,
-        root_mode: parts.whole.root_mode,
-        root_mtime_ns: parts.whole.root_mtime_ns,
-        entries: Vec::new(),
-        skipped: Vec::new(),
-    };
-    let mut staging = Staging::Whole(std::mem::replace(&mut parts.whole, header));
+    // The entries go to the stager; later parts are checked against `parts.tree`.
+    let empty = WorkspaceManifest::new(parts.whole.params);
+    let mut staging = Staging::Whole(std::mem::replace(&mut parts.whole, empty));
     loop {
         let staged = stage_and_fetch(
             &mut side,
