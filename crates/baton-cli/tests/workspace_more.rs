@@ -577,22 +577,7 @@ fn source_killed_during_the_final_pass_aborts_and_the_destination_is_as_it_was()
             .matches(&format!("{HOLD} set"))
             .count()
     };
-    let dest_s = dest.to_string_lossy().into_owned();
-    let child = w.spawn(
-        LAPTOP,
-        &[
-            "--json",
-            "handoff",
-            &s,
-            "--to",
-            "desktop",
-            "--workspace",
-            "--path",
-            &dest_s,
-            "--conflict",
-            "replace",
-        ],
-    );
+    let child = spawn_handoff_to_desktop(&w, &s, &dest, &["--conflict", "replace"]);
     // Every pass before the final one has been served once quiesce runs; the next hold is the
     // final pass, with the pre-copy staged beside the destination.
     wait_phase(&w, &s, "quiesce_source", Duration::from_secs(30));
@@ -660,7 +645,11 @@ fn source_killed_during_the_final_pass_aborts_and_the_destination_is_as_it_was()
 
     // Nothing left behind blocks the next attempt.
     let out = moved(&w, LAPTOP, &s, "desktop", &dest, &["--conflict", "replace"]);
-    assert_eq!(out["workspace"]["path"], dest_s.as_str(), "{out}");
+    assert_eq!(
+        out["workspace"]["path"],
+        dest.to_string_lossy().as_ref(),
+        "{out}"
+    );
     assert_eq!(content(&dest, &[]), content(&ws_a, &[]));
     assert!(stray(&desk).is_empty(), "{:?}", stray(&desk));
 }
@@ -690,22 +679,7 @@ fn source_killed_while_the_target_pulls_the_final_pass_aborts_promptly() {
             .matches(&format!("{HOLD} set"))
             .count()
     };
-    let dest_s = dest.to_string_lossy().into_owned();
-    let child = w.spawn(
-        LAPTOP,
-        &[
-            "--json",
-            "handoff",
-            &s,
-            "--to",
-            "desktop",
-            "--workspace",
-            "--path",
-            &dest_s,
-            "--conflict",
-            "replace",
-        ],
-    );
+    let child = spawn_handoff_to_desktop(&w, &s, &dest, &["--conflict", "replace"]);
     wait_phase(&w, &s, "quiesce_source", Duration::from_secs(30));
     let before_final = held();
     wait_for(Duration::from_secs(20), || {
@@ -852,20 +826,7 @@ fn files_edited_during_and_after_the_precopy_arrive_in_their_edited_form() {
         ],
     );
     let dest = PathBuf::from(w.dir("desktop-ws")).join("proj");
-    let dest_s = dest.to_string_lossy().into_owned();
-    let child = w.spawn(
-        LAPTOP,
-        &[
-            "--json",
-            "handoff",
-            &s,
-            "--to",
-            "desktop",
-            "--workspace",
-            "--path",
-            &dest_s,
-        ],
-    );
+    let child = spawn_handoff_to_desktop(&w, &s, &dest, &[]);
 
     // During the pre-copy: the source has scanned (the target is asked only once the source
     // answered), the target has not pulled yet. Its holds: the plan pass (in prepare_target),
@@ -930,7 +891,7 @@ fn files_edited_during_and_after_the_precopy_arrive_in_their_edited_form() {
         "pre-copy: everything but during.bin's old bytes; final pass: the edits ({ws})"
     );
     let row = w.session(DESKTOP, &s);
-    assert_eq!(row["workspace"], dest_s.as_str(), "{row}");
+    assert_eq!(row["workspace"], dest.to_string_lossy().as_ref(), "{row}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1654,20 +1615,7 @@ fn a_disk_that_fills_after_preflight_fails_the_transfer_as_insufficient_space() 
     let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
     let (s, _ws_a) = session_with(&w, "proj", &files);
     let dest = small.join("proj");
-    let dest_s = dest.to_string_lossy().into_owned();
-    let child = w.spawn(
-        LAPTOP,
-        &[
-            "--json",
-            "handoff",
-            &s,
-            "--to",
-            "desktop",
-            "--workspace",
-            "--path",
-            &dest_s,
-        ],
-    );
+    let child = spawn_handoff_to_desktop(&w, &s, &dest, &[]);
     // Preflight passed; while the target holds the plan pass, something else fills the disk to
     // all but 512 KiB.
     wait_phase(&w, &s, "prepare_target", Duration::from_secs(30));
@@ -1746,4 +1694,27 @@ fn a_tree_streamed_in_many_manifest_parts_arrives_whole() {
         parts >= 3,
         "the manifest came in {parts} parts after the first"
     );
+}
+
+/// Starts `baton --json handoff S --to desktop --workspace --path DEST EXTRA…` on laptop,
+/// without waiting for it.
+fn spawn_handoff_to_desktop(
+    w: &World,
+    s: &str,
+    dest: &Path,
+    extra: &[&str],
+) -> std::process::Child {
+    let dest = dest.to_string_lossy();
+    let mut args = vec![
+        "--json",
+        "handoff",
+        s,
+        "--to",
+        "desktop",
+        "--workspace",
+        "--path",
+        &dest,
+    ];
+    args.extend_from_slice(extra);
+    w.spawn(LAPTOP, &args)
 }
