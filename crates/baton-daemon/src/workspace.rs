@@ -305,6 +305,12 @@ pub async fn send(
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(STREAM_FIRST_PART);
+            let encode = |part: ManifestPart| {
+                serde_json::to_vec(&part).map_err(|e| format!("encoding the manifest: {e}"))
+            };
+            // The last part goes out only once the whole scan is kept: the next pass may start
+            // as soon as the target has it, and must find this scan to reuse.
+            let mut last = None;
             let scanned = prepared.run(&opts, first_part, |part| {
                 if cancel.is_cancelled() {
                     return false;
@@ -313,21 +319,21 @@ pub async fn send(
                 index.push(ChunkIndex::from_scan(&tail));
                 if part.last {
                     tail.manifest.skipped = part.scanned.manifest.skipped.clone();
-                    // Kept before the last part goes out: the next pass may start as soon as
-                    // the target has it, and must find this scan to reuse.
-                    if let Some(side) = lock(&d.workspaces.sources).get_mut(&handoff) {
-                        side.scanned = Some(Arc::new(part.scanned.clone()));
-                    }
                 }
-                let blob = ManifestPart {
+                let blob = encode(ManifestPart {
                     last: part.last,
                     files,
                     bytes,
                     manifest: tail.manifest,
+                });
+                let published = match (blob, part.last) {
+                    (Ok(json), true) => {
+                        last = Some(json);
+                        Ok(())
+                    }
+                    (Ok(json), false) => feed.publish(&json).map_err(|e| e.to_string()),
+                    (Err(e), _) => Err(e),
                 };
-                let published = serde_json::to_vec(&blob)
-                    .map_err(|e| format!("encoding the manifest: {e}"))
-                    .and_then(|json| feed.publish(&json).map_err(|e| e.to_string()));
                 match published {
                     Ok(()) => true,
                     Err(e) => {
@@ -336,11 +342,18 @@ pub async fn send(
                     }
                 }
             });
-            match (scanned, failure) {
-                (_, Some(why)) => feed.fail(why),
-                (Ok(Some(_)), None) => {}
-                (Ok(None), None) => feed.fail("the pass was cancelled".into()),
-                (Err(e), None) => {
+            match (scanned, failure, last) {
+                (_, Some(why), _) => feed.fail(why),
+                (Ok(Some(scanned)), None, Some(json)) => {
+                    if let Some(side) = lock(&d.workspaces.sources).get_mut(&handoff) {
+                        side.scanned = Some(Arc::new(scanned));
+                    }
+                    if let Err(e) = feed.publish(&json) {
+                        feed.fail(e.to_string());
+                    }
+                }
+                (Ok(_), None, _) => feed.fail("the pass was cancelled".into()),
+                (Err(e), None, _) => {
                     tracing::warn!(handoff_id = %handoff, %transfer, error = %e, "scanning the workspace failed");
                     feed.fail(format!("scanning the workspace failed: {e}"));
                 }
