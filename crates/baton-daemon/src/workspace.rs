@@ -119,17 +119,45 @@ struct StagerSink {
     failure: Mutex<Option<baton_workspace::Error>>,
 }
 
+impl StagerSink {
+    /// Stores a chunk whose bytes the transport checked against `hash` when it opened them.
+    /// The stager is locked only to claim and settle: files are created, written and read back
+    /// without it, so the transport's workers store chunks side by side.
+    fn store(&self, hash: &ContentHash, data: &[u8]) -> baton_workspace::Result<()> {
+        let Some(mut claim) = lock(&self.stager).claim(hash, data)? else {
+            return Ok(());
+        };
+        if let Err(e) = claim.write(data) {
+            lock(&self.stager).unclaim(claim);
+            return Err(e);
+        }
+        let seals = lock(&self.stager).settle(claim, data)?;
+        READ_BACK.with_borrow_mut(|buf| {
+            for seal in &seals {
+                seal.run(buf)?;
+            }
+            Ok::<_, baton_workspace::Error>(())
+        })?;
+        let mut stager = lock(&self.stager);
+        for seal in &seals {
+            stager.sealed(seal);
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// A worker's buffer for reading back the files it completes.
+    static READ_BACK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl ChunkSink for StagerSink {
     fn put(&self, hash: &ContentHash, data: Vec<u8>) -> io::Result<()> {
-        // The transport checked the bytes against `hash` when it opened them.
-        lock(&self.stager)
-            .put_verified_chunk(hash, &data)
-            .map(|_| ())
-            .map_err(|e| {
-                let io = io::Error::other(e.to_string());
-                *lock(&self.failure) = Some(e);
-                io
-            })
+        self.store(hash, &data).map_err(|e| {
+            let io = io::Error::other(e.to_string());
+            *lock(&self.failure) = Some(e);
+            io
+        })
     }
 }
 

@@ -45,5 +45,5 @@ pub use scan::{
     Measured, PreparedScan, STREAM_FIRST_PART, ScanOptions, ScanPart, ScanStats, Scanned, Walked,
     measure, prepare_scan, scan, walk,
 };
-pub use stage::{Filled, Stager, check_transfer_id, staging_dir};
+pub use stage::{Claim, Filled, Seal, Stager, check_transfer_id, staging_dir};
 pub use validate::{Limits, validate};

@@ -12,16 +12,16 @@
 //! read-back: it is its chunk's hash, already checked for the bytes written (or computed from
 //! them); its size on disk is still checked.
 
+mod claim;
 mod extend;
 mod journal;
 mod tree;
 mod update;
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File};
-use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -35,14 +35,15 @@ use crate::index::{ChunkIndex, Proof};
 use crate::pool;
 use crate::progress::Progress;
 use crate::validate::{Limits, validate};
+pub use claim::{Claim, Seal};
 use journal::{Journal, manifest_digest};
-use tree::{create_entry, created_lazily, open_for_write, seal_written, verify_file};
+use tree::{create_entry, created_lazily, verify_file};
 
 pub(crate) const TREE: &str = "tree";
 
 /// Most write handles kept open, for files written chunk by chunk (a one-chunk file is opened,
 /// written and sealed at once).
-const OPEN_FILES: usize = 64;
+pub(super) const OPEN_FILES: usize = 64;
 
 /// One place a chunk goes: an entry, an offset, and whether it holds the bytes yet.
 struct Placement {
@@ -67,27 +68,21 @@ struct FileState {
     created: bool,
 }
 
-/// A file whose last chunk was just written, to verify and seal.
-struct Completed {
-    entry: usize,
-    /// For a one-chunk file: the handle it was written through, and whether the bytes written
-    /// hash to the manifest's BLAKE3. `None`: read the file back.
-    written: Option<(File, bool)>,
-}
-
 /// Builds one workspace in a staging directory beside its destination.
 pub struct Stager {
     dest: PathBuf,
     id: String,
     dir: PathBuf,
-    tree: PathBuf,
+    tree: Arc<Path>,
     manifest: WorkspaceManifest,
     uses: HashMap<ContentHash, ChunkUse>,
     order: Vec<ContentHash>,
     written: HashSet<ContentHash>,
+    /// Chunks claimed for writing and not yet settled (see [`Stager::claim`]).
+    claimed: HashSet<ContentHash>,
     files: Vec<FileState>,
     /// Write handles of files being written, by entry (at most [`OPEN_FILES`]).
-    open: HashMap<u32, File>,
+    open: HashMap<u32, Arc<File>>,
     /// Locked only to flush from `&self` ([`Stager::sync`]).
     journal: Mutex<Journal>,
     progress: Arc<Progress>,
@@ -248,11 +243,12 @@ impl Stager {
             dest: dest.to_path_buf(),
             id: transfer_id.to_string(),
             dir,
-            tree,
+            tree: Arc::from(tree),
             manifest,
             uses,
             order,
             written,
+            claimed: HashSet::new(),
             files,
             open: HashMap::new(),
             journal: Mutex::new(journal),
@@ -408,80 +404,6 @@ impl Stager {
         Ok(filled)
     }
 
-    /// Writes a chunk's bytes at every place still without them, records the chunk in the
-    /// journal, and verifies the files this completed. The bytes are known to be the chunk's
-    /// (`checked`: they were hashed, by us or by the caller), or else proved unchanged since a
-    /// scan hashed them; only checked bytes seal a one-chunk file without hashing them.
-    fn write(&mut self, hash: &ContentHash, bytes: &[u8], checked: bool) -> Result<()> {
-        let Some(u) = self.uses.get_mut(hash) else {
-            return Ok(());
-        };
-        let len = bytes.len() as u64;
-        let mut completed = Vec::new();
-        for p in u.at.iter_mut().filter(|p| !p.done) {
-            let i = p.entry as usize;
-            let e = &self.manifest.entries[i];
-            let data = e.file().expect("chunks are placed in files only");
-            let whole = p.offset == 0 && len == data.size;
-            let mut own = None;
-            if !whole && self.open.len() >= OPEN_FILES && !self.open.contains_key(&p.entry) {
-                // Any will do: one reopened later costs an open, nothing else.
-                let evict = *self.open.keys().next().expect("the map is full");
-                self.open.remove(&evict);
-            }
-            let created = &mut self.files[i].created;
-            let f: &File = if whole {
-                own.insert(open_for_write(&self.tree, e, created)?)
-            } else {
-                match self.open.entry(p.entry) {
-                    Entry::Occupied(o) => o.into_mut(),
-                    Entry::Vacant(v) => v.insert(open_for_write(&self.tree, e, created)?),
-                }
-            };
-            f.write_all_at(bytes, p.offset)
-                .map_err(|err| io_err("write", &self.tree.join(&e.path))(err))?;
-            p.done = true;
-            let state = &mut self.files[i];
-            state.left = state.left.saturating_sub(1);
-            state.verified = false;
-            if state.left == 0 {
-                self.open.remove(&p.entry);
-                // A one-chunk file's BLAKE3 is its chunk's: known for the bytes just written.
-                let written = own.map(|f| match checked {
-                    true => (f, *hash == data.hash),
-                    false => (f, hash_bytes(bytes) == data.hash),
-                });
-                completed.push(Completed { entry: i, written });
-            }
-            self.progress
-                .add(u64::from(state.left == 0), bytes.len() as u64);
-        }
-        // Recorded after the data: a crash in between only means the chunk is asked for again.
-        self.journal().append(hash)?;
-        self.written.insert(*hash);
-        let mut buf = std::mem::take(&mut self.buf);
-        let result = completed
-            .into_iter()
-            .try_for_each(|c| self.seal_file(c, &mut buf));
-        self.buf = buf;
-        result
-    }
-
-    /// Verifies a complete file (from what was written when that is known, else by reading it
-    /// back) and gives it its mode and mtime.
-    fn seal_file(&mut self, c: Completed, buf: &mut Vec<u8>) -> Result<()> {
-        let e = &self.manifest.entries[c.entry];
-        match c.written {
-            Some((f, hash_matches)) => seal_written(&self.tree, e, &f, hash_matches)?,
-            None => {
-                buf.resize(1 << 20, 0);
-                verify_file(&self.tree, e, buf)?;
-            }
-        }
-        self.files[c.entry].verified = true;
-        Ok(())
-    }
-
     fn journal(&mut self) -> &mut Journal {
         self.journal
             .get_mut()
@@ -543,10 +465,10 @@ impl Stager {
         // parent needs write permission on it. Apply sets its exact mode afterwards.
         let root_mode = (self.manifest.root_mode & 0o1777) | 0o700;
         fs::set_permissions(&self.tree, fs::Permissions::from_mode(root_mode))
-            .map_err(io_err("chmod", &self.tree))?;
+            .map_err(io_err("chmod", &*self.tree))?;
         set_mtime(&self.tree, self.manifest.root_mtime_ns)
-            .map_err(io_err("set mtime of", &self.tree))?;
-        sync_filesystem(&self.tree).map_err(io_err("sync", &self.tree))?;
+            .map_err(io_err("set mtime of", &*self.tree))?;
+        sync_filesystem(&self.tree).map_err(io_err("sync", &*self.tree))?;
         Ok(StagedTree {
             dest: self.dest,
             id: self.id,
@@ -563,7 +485,7 @@ impl Stager {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .flush()?;
-        sync_filesystem(&self.tree).map_err(io_err("sync", &self.tree))
+        sync_filesystem(&self.tree).map_err(io_err("sync", &*self.tree))
     }
 
     /// Removes the staging directory: the transfer is abandoned.

@@ -121,25 +121,29 @@ pub(super) fn created_lazily(e: &WorkspaceEntry) -> bool {
 /// preallocated like [`create_entry`] does, and refuses a path that exists already (two
 /// manifest paths naming one file, as on a case-insensitive filesystem).
 pub(super) fn open_for_write(tree: &Path, e: &WorkspaceEntry, created: &mut bool) -> Result<File> {
-    let p = tree.join(&e.path);
-    if *created {
-        return open_nofollow(&p, true);
+    let size = e.file().map_or(0, |f| f.size);
+    let file = open_for_write_at(&tree.join(&e.path), size, *created)?;
+    *created = true;
+    Ok(file)
+}
+
+/// [`open_for_write`] of the file at `p`, `size` bytes long, created already or not.
+pub(super) fn open_for_write_at(p: &Path, size: u64, created: bool) -> Result<File> {
+    if created {
+        return open_nofollow(p, true);
     }
-    let file = open_created(&p, false).map_err(|err| match err.kind() {
+    let file = open_created(p, false).map_err(|err| match err.kind() {
         io::ErrorKind::AlreadyExists => Error::Conflict {
-            path: p.clone(),
+            path: p.to_path_buf(),
             reason: "collides with another manifest entry (case-insensitive or name-normalising \
                      filesystem?)"
                 .into(),
         },
-        _ => io_err("create", &p)(err),
+        _ => io_err("create", p)(err),
     })?;
-    if let Some(f) = e.file()
-        && f.size >= PREALLOCATE_FROM
-    {
-        preallocate(&file, f.size).map_err(io_err("allocate", &p))?;
+    if size >= PREALLOCATE_FROM {
+        preallocate(&file, size).map_err(io_err("allocate", p))?;
     }
-    *created = true;
     Ok(file)
 }
 

@@ -1,0 +1,266 @@
+//! Writing a chunk in three steps, so that several threads can store chunks into one staging
+//! tree: the places a chunk goes are claimed under the stager's lock ([`Stager::claim`]), the
+//! files are created and written without it ([`Claim::write`]), and the claim is settled under
+//! the lock again ([`Stager::settle`]), which names the files it completed; those are verified
+//! and sealed without the lock ([`Seal::run`]). Creating files, copying bytes into them and
+//! reading them back is most of a target's work, and it no longer runs one chunk at a time.
+
+use std::collections::hash_map::Entry;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use baton_proto::workspace::{ContentHash, WorkspaceEntry};
+
+use super::tree::{open_for_write, open_for_write_at, seal_written, verify_file};
+use super::{OPEN_FILES, Stager};
+use crate::chunk::hash_bytes;
+use crate::error::{Result, io_err};
+
+/// The places of one chunk, claimed for writing (see the module docs). Give it back with
+/// [`Stager::settle`] once written, or [`Stager::unclaim`] when writing failed.
+#[derive(Debug)]
+pub struct Claim {
+    hash: ContentHash,
+    /// The bytes were hashed against `hash` (by us or the caller).
+    checked: bool,
+    writes: Vec<ClaimedWrite>,
+}
+
+#[derive(Debug)]
+struct ClaimedWrite {
+    entry: u32,
+    offset: u64,
+    path: PathBuf,
+    to: WriteTo,
+}
+
+#[derive(Debug)]
+enum WriteTo {
+    /// A file written chunk by chunk, through the stager's handle.
+    Shared(Arc<File>),
+    /// A file of this one chunk: opened (and created, unless `created`) by the write, then kept
+    /// to seal it without reading it back.
+    Whole {
+        size: u64,
+        created: bool,
+        file: Option<File>,
+    },
+}
+
+/// A file whose last chunk was written, to verify and seal (see [`Stager::settle`]).
+#[derive(Debug)]
+pub struct Seal {
+    entry: usize,
+    e: WorkspaceEntry,
+    tree: Arc<Path>,
+    /// For a one-chunk file: the handle it was written through, and whether the bytes written
+    /// hash to the manifest's BLAKE3. `None`: read the file back.
+    written: Option<(File, bool)>,
+}
+
+impl Claim {
+    /// Creates and writes the claimed files (without the stager's lock).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        for w in &mut self.writes {
+            let path = &w.path;
+            match &mut w.to {
+                WriteTo::Shared(f) => f
+                    .write_all_at(bytes, w.offset)
+                    .map_err(io_err("write", path))?,
+                WriteTo::Whole {
+                    size,
+                    created,
+                    file,
+                } => {
+                    let f = open_for_write_at(path, *size, *created)?;
+                    *created = true;
+                    f.write_all_at(bytes, w.offset)
+                        .map_err(io_err("write", path))?;
+                    *file = Some(f);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Seal {
+    /// Verifies the file (from what was written when that is known, else by reading it back)
+    /// and gives it its mode and mtime; then tell the stager with [`Stager::sealed`].
+    pub fn run(&self, buf: &mut Vec<u8>) -> Result<()> {
+        match &self.written {
+            Some((f, hash_matches)) => seal_written(&self.tree, &self.e, f, *hash_matches),
+            None => {
+                buf.resize(1 << 20, 0);
+                verify_file(&self.tree, &self.e, buf)
+            }
+        }
+    }
+}
+
+impl Stager {
+    /// Claims the places of a received chunk still without their bytes, after the checks of
+    /// [`Stager::put_verified_chunk`] (the caller has checked that `bytes` hash to `hash`).
+    /// `None` when the chunk is written or claimed already.
+    pub fn claim(&mut self, hash: &ContentHash, bytes: &[u8]) -> Result<Option<Claim>> {
+        self.check_chunk(hash, bytes)?;
+        debug_assert!(
+            hash_bytes(bytes) == *hash,
+            "Stager::claim was given bytes that do not hash to {hash}"
+        );
+        if self.written.contains(hash) || self.claimed.contains(hash) {
+            return Ok(None);
+        }
+        self.claim_places(hash, bytes.len() as u64, true)
+    }
+
+    /// Claims every place of `hash` still without its bytes (`None`: the chunk has none).
+    pub(super) fn claim_places(
+        &mut self,
+        hash: &ContentHash,
+        len: u64,
+        checked: bool,
+    ) -> Result<Option<Claim>> {
+        let Some(u) = self.uses.get_mut(hash) else {
+            return Ok(None);
+        };
+        let mut writes = Vec::new();
+        for p in u.at.iter_mut().filter(|p| !p.done) {
+            let i = p.entry as usize;
+            let e = &self.manifest.entries[i];
+            let data = e.file().expect("chunks are placed in files only");
+            let state = &mut self.files[i];
+            let to = if p.offset == 0 && len == data.size {
+                let created = state.created;
+                // Set now so that no other claim creates it too; undone by `unclaim` when the
+                // write fails before creating it.
+                state.created = true;
+                WriteTo::Whole {
+                    size: data.size,
+                    created,
+                    file: None,
+                }
+            } else {
+                if self.open.len() >= OPEN_FILES && !self.open.contains_key(&p.entry) {
+                    // Any will do: one reopened later costs an open, nothing else; a write in
+                    // flight keeps its own reference.
+                    let evict = *self.open.keys().next().expect("the map is full");
+                    self.open.remove(&evict);
+                }
+                let f = match self.open.entry(p.entry) {
+                    Entry::Occupied(o) => o.into_mut(),
+                    Entry::Vacant(v) => {
+                        v.insert(Arc::new(open_for_write(&self.tree, e, &mut state.created)?))
+                    }
+                };
+                WriteTo::Shared(Arc::clone(f))
+            };
+            p.done = true;
+            state.verified = false;
+            writes.push(ClaimedWrite {
+                entry: p.entry,
+                offset: p.offset,
+                path: self.tree.join(&e.path),
+                to,
+            });
+        }
+        self.claimed.insert(*hash);
+        Ok(Some(Claim {
+            hash: *hash,
+            checked,
+            writes,
+        }))
+    }
+
+    /// Gives back a claim whose [`Claim::write`] failed: its places are without their bytes
+    /// again, and will be written by the next claim of the chunk.
+    pub fn unclaim(&mut self, claim: Claim) {
+        self.claimed.remove(&claim.hash);
+        let Some(u) = self.uses.get_mut(&claim.hash) else {
+            return;
+        };
+        for w in claim.writes {
+            if let Some(p) =
+                u.at.iter_mut()
+                    .find(|p| p.entry == w.entry && p.offset == w.offset)
+            {
+                p.done = false;
+            }
+            if let WriteTo::Whole { created: false, .. } = w.to {
+                self.files[w.entry as usize].created = false;
+            }
+        }
+    }
+
+    /// Records a written claim: the chunk goes to the journal, and the files it completed are
+    /// returned, to [`Seal::run`] and then report with [`Stager::sealed`].
+    pub fn settle(&mut self, claim: Claim, bytes: &[u8]) -> Result<Vec<Seal>> {
+        let mut seals = Vec::new();
+        for w in claim.writes {
+            let i = w.entry as usize;
+            let state = &mut self.files[i];
+            state.left = state.left.saturating_sub(1);
+            let complete = state.left == 0;
+            self.progress.add(u64::from(complete), bytes.len() as u64);
+            if !complete {
+                continue;
+            }
+            self.open.remove(&w.entry);
+            let e = &self.manifest.entries[i];
+            let written = match w.to {
+                WriteTo::Whole { file: Some(f), .. } => {
+                    let want = e.file().expect("chunks are placed in files only").hash;
+                    // A one-chunk file's BLAKE3 is its chunk's: known for the bytes written.
+                    let matches = match claim.checked {
+                        true => claim.hash == want,
+                        false => hash_bytes(bytes) == want,
+                    };
+                    Some((f, matches))
+                }
+                _ => None,
+            };
+            seals.push(Seal {
+                entry: i,
+                e: e.clone(),
+                tree: Arc::clone(&self.tree),
+                written,
+            });
+        }
+        self.claimed.remove(&claim.hash);
+        // Recorded after the data: a crash in between only means the chunk is asked for again.
+        self.journal().append(&claim.hash)?;
+        self.written.insert(claim.hash);
+        Ok(seals)
+    }
+
+    /// Records that `seal`'s file was verified and sealed.
+    pub fn sealed(&mut self, seal: &Seal) {
+        self.files[seal.entry].verified = true;
+    }
+
+    /// Writes a chunk's bytes at every place still without them, records the chunk in the
+    /// journal, and verifies the files this completed, all on this thread. The bytes are known
+    /// to be the chunk's (`checked`: they were hashed, by us or by the caller), or else proved
+    /// unchanged since a scan hashed them; only checked bytes seal a one-chunk file without
+    /// hashing them.
+    pub(super) fn write(&mut self, hash: &ContentHash, bytes: &[u8], checked: bool) -> Result<()> {
+        let Some(mut claim) = self.claim_places(hash, bytes.len() as u64, checked)? else {
+            return Ok(());
+        };
+        if let Err(e) = claim.write(bytes) {
+            self.unclaim(claim);
+            return Err(e);
+        }
+        let seals = self.settle(claim, bytes)?;
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = seals.iter().try_for_each(|s| {
+            s.run(&mut buf)?;
+            self.sealed(s);
+            Ok(())
+        });
+        self.buf = buf;
+        result
+    }
+}
