@@ -402,6 +402,7 @@ fn mib(b: u64) -> f64 {
 
 /// Starts the cluster and the rsync daemon, then measures every round.
 fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
+    check_space(ctx, work)?;
     let mut cluster = Cluster::start(ctx.baton, &work.join("cluster"))?;
     let laptop = cluster.add_machine("laptop", true)?;
     let desktop = cluster.add_machine("desktop", true)?;
@@ -428,6 +429,7 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
     let edited = ctx.edit.clone();
     let mut memory = Vec::new();
 
+    let mut sessions = Vec::new();
     for run in 0..ctx.runs {
         let dir = work.join(format!("run{run}"));
         std::fs::create_dir_all(&dir)?;
@@ -499,6 +501,13 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
             );
         }
 
+        sessions.push(session);
+    }
+
+    // The re-handoffs come after every first transfer, so that no first transfer creates its
+    // files over inodes a re-handoff (`replace` removes the old tree) just freed.
+    for (run, session) in sessions.iter().enumerate() {
+        let dir = work.join(format!("run{run}"));
         // The re-handoff: one file edited on desktop, then back to laptop into a copy of the
         // original tree (node_modules included, as the laptop's tree would have it).
         let on_desktop = dir.join(Subject::Baton.name());
@@ -588,16 +597,13 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
             push(&mut back, who, sample);
         }
         memory.push(Memory::read(&cluster, run));
-        // Free the disk for the next round.
-        let mut leftovers = vec![dir.clone()];
+    }
+    // Only now is anything removed: see `check_space`.
+    for run in 0..ctx.runs {
+        remove_dir(&work.join(format!("run{run}")));
         if let Some(d) = &rsyncd {
-            leftovers.push(d.path(&format!("run{run}")));
+            remove_dir(&d.path(&format!("run{run}")));
         }
-        for p in leftovers {
-            remove_dir(&p);
-        }
-        // Deleting is slow on some disks (online discard); let it finish before the next round.
-        tools::sync()?;
     }
     cluster.shutdown();
     Ok(Measured {
@@ -607,6 +613,33 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
         memory,
     })
 }
+
+/// Every tree the runs write is kept until the end: removing one frees tens of thousands of
+/// inodes, and ext4 without a journal (as on this machine's disk) skips an inode freed in the
+/// last minute (six once its table block is dirty again) at each allocation, checking each one
+/// it skips, so whichever run came next would pay for the removal in its file creation. Fails
+/// up front, naming what to change, when the disk cannot hold them all.
+fn check_space(ctx: &Ctx, work: &Path) -> Result<()> {
+    let tree = ctx.sel.manifest.total_bytes();
+    let per_round = (1 + ctx.tools.len() as u64) * tree + tree + ctx.sel.ignored_bytes;
+    // Blocks, directories and staging overhead beyond the files' bytes.
+    let need = ctx.runs as u64 * per_round / 10 * 12 + (1 << 30);
+    let free = baton_workspace::available_bytes(work)?;
+    if free < need {
+        bail!(
+            "the runs need about {:.1} GiB free beside the tree ({} rounds of {:.1} GiB, every tree \
+             kept until the end), and {} has {:.1} GiB: lower --runs, use --small, or free space",
+            need as f64 / GIB,
+            ctx.runs,
+            per_round as f64 / GIB,
+            work.display(),
+            free as f64 / GIB
+        );
+    }
+    Ok(())
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// Removes `path`, retrying once (a daemon may still be removing a backup inside it); a
 /// failure is only reported, the next round writes elsewhere.
