@@ -539,7 +539,7 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
                         out = handoff(
                             &cluster,
                             DESKTOP,
-                            &session,
+                            session,
                             "laptop",
                             &original,
                             Some(ctx.back_conflict.as_str()),
