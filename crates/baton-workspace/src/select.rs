@@ -137,11 +137,48 @@ fn overrides(root: &Path, globs: &[String]) -> Result<Override> {
         .map_err(|e| Error::BadOption(format!("ignored-files globs are not valid: {e}")))
 }
 
+/// What the walk reports of one path: where, how deep, and its `lstat`, taken on the walking
+/// thread.
+type Visited = std::result::Result<(PathBuf, usize, io::Result<Metadata>), ignore::Error>;
+
+/// Threads walking a tree. Listing directories and taking `lstat` of thousands of entries waits
+/// on the disk when the cache is cold (as it is on a first handoff): several requests in flight
+/// shorten that wait, whatever the number of cores.
+fn walk_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get().max(4))
+}
+
+/// Every path `b` yields (in no particular order).
+fn visit_all(b: &mut WalkBuilder) -> Vec<Visited> {
+    let all = Mutex::new(Vec::new());
+    b.threads(walk_threads()).build_parallel().run(|| {
+        let all = &all;
+        Box::new(move |item| {
+            let visited = item.map(|ent| {
+                // The walker's entries stat lazily; stat here, on the walking threads.
+                let md = fs::symlink_metadata(ent.path());
+                let depth = ent.depth();
+                (ent.into_path(), depth, md)
+            });
+            lock(all).push(visited);
+            ignore::WalkState::Continue
+        })
+    });
+    all.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Selection {
     fn walk(&mut self, root: &Path, b: &mut WalkBuilder, include_top: bool) -> Result<()> {
-        for item in b.build() {
-            let ent = match item {
-                Ok(ent) => ent,
+        let mut visited = visit_all(b);
+        // Errors without a path fail the walk whatever came before them.
+        visited.sort_by_key(|v| v.is_ok());
+        for item in visited {
+            let (path, depth, md) = match item {
+                Ok(found) => found,
                 Err(e) => match error_path(&e) {
                     Some(p) => {
                         self.skip(root, p, SkipReason::Unreadable);
@@ -156,10 +193,10 @@ impl Selection {
                     }
                 },
             };
-            if ent.depth() == 0 && !include_top {
+            if depth == 0 && !include_top {
                 continue;
             }
-            let path = ent.path();
+            let path = path.as_path();
             let Some(rel) = path
                 .strip_prefix(root)
                 .ok()
@@ -174,12 +211,9 @@ impl Selection {
             if self.found.contains_key(rel) {
                 continue;
             }
-            let md = match ent.metadata() {
-                Ok(md) => md,
-                Err(_) => {
-                    self.skip(root, path, SkipReason::Unreadable);
-                    continue;
-                }
+            let Ok(md) = md else {
+                self.skip(root, path, SkipReason::Unreadable);
+                continue;
             };
             let ft = md.file_type();
             let what = if ft.is_dir() {
