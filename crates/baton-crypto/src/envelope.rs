@@ -56,6 +56,27 @@ pub fn open(key: &[u8; 32], ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
     decrypt(key, ad, body)
 }
 
+/// Opens [`seal`]'s output where it lies, without a copy: the plaintext is returned as the part
+/// of `sealed` it was decrypted into (the rest of `sealed` is then garbage).
+pub(crate) fn open_in_place<'a>(key: &[u8; 32], ad: &[u8], sealed: &'a mut [u8]) -> Result<&'a [u8]> {
+    let body = match sealed.split_first_mut() {
+        None => return Err(CryptoError::Format("envelope is empty")),
+        Some((v, body)) => {
+            strip_version(&[*v], V_SYMMETRIC)?;
+            body
+        }
+    };
+    if body.len() < NONCE_LEN + TAG_LEN {
+        return Err(TOO_SHORT);
+    }
+    let (nonce, rest) = body.split_at_mut(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = (&*nonce).try_into().map_err(|_| TOO_SHORT)?;
+    let plain = aead_key(key)
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(ad), rest)
+        .map_err(|_| CryptoError::Open)?;
+    Ok(plain)
+}
+
 /// Seals `plaintext` to an X25519 public key with an ephemeral key.
 ///
 /// A low-order `recipient_pk` would make the shared secret public; rather than seal under a key

@@ -162,6 +162,22 @@ impl TransferCipher {
         Ok(VerifiedChunk { hash: *hash, data })
     }
 
+    /// [`TransferCipher::open_chunk`] where the sealed chunk lies (a received frame), without
+    /// copying it: returns the plaintext, decrypted over `sealed`.
+    pub fn open_chunk_in_place<'a>(
+        &self,
+        hash: &ContentHash,
+        sealed: &'a mut [u8],
+    ) -> Result<&'a [u8]> {
+        let data = crate::envelope::open_in_place(&self.key, &self.chunk_ad(hash), sealed)?;
+        if blake3::hash(data).as_bytes() != hash.as_bytes() {
+            return Err(CryptoError::Decode(format!(
+                "chunk {hash:?} does not hash to its name"
+            )));
+        }
+        Ok(data)
+    }
+
     /// Seals blob `seq` of the transfer (a part of its manifest); the number is bound in, so
     /// the relay cannot reorder or swap parts.
     pub fn seal_blob(&self, seq: u32, plain: &[u8]) -> SealedBlob {
@@ -269,6 +285,30 @@ mod tests {
         }
         assert!(c.open_chunk(&hash, &sealed.as_bytes()[..20]).is_err());
         assert!(c.open_chunk(&hash, &[]).is_err());
+    }
+
+    #[test]
+    fn opening_in_place_gives_what_opening_gives_and_refuses_what_it_refuses() {
+        let c = session().transfer(HandoffId::new());
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let hash = named(&data);
+        let sealed = c.seal_chunk(&hash, &data);
+        let mut buf = sealed.as_bytes().to_vec();
+        assert_eq!(c.open_chunk_in_place(&hash, &mut buf).unwrap(), &data[..]);
+        for at in [0, 1, 13, 500, sealed.as_bytes().len() - 1] {
+            let mut bad = sealed.as_bytes().to_vec();
+            bad[at] ^= 1;
+            assert!(c.open_chunk_in_place(&hash, &mut bad).is_err(), "flipped byte {at}");
+        }
+        let mut short = sealed.as_bytes()[..20].to_vec();
+        assert!(c.open_chunk_in_place(&hash, &mut short).is_err());
+        assert!(c.open_chunk_in_place(&hash, &mut []).is_err());
+        let liar = named(b"what the manifest says");
+        let mut lie = c.seal_chunk(&liar, b"something else").as_bytes().to_vec();
+        assert!(matches!(
+            c.open_chunk_in_place(&liar, &mut lie),
+            Err(CryptoError::Decode(_))
+        ));
     }
 
     #[test]

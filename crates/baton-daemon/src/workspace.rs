@@ -101,13 +101,18 @@ impl PartsSource {
 
 impl ChunkSource for PartsSource {
     fn read(&self, hash: &ContentHash) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = Vec::new();
+        Ok(self.read_into(hash, &mut buf)?.then_some(buf))
+    }
+
+    fn read_into(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> io::Result<bool> {
         let parts = self.0.read().unwrap_or_else(|p| p.into_inner());
         // A chunk is asked for only once its part was served; the newest parts are likeliest.
         Ok(parts
             .iter()
             .rev()
             .find(|p| p.contains(hash))
-            .and_then(|p| p.read(hash)))
+            .is_some_and(|p| p.read_into(hash, buf)))
     }
 }
 
@@ -152,8 +157,8 @@ thread_local! {
 }
 
 impl ChunkSink for StagerSink {
-    fn put(&self, hash: &ContentHash, data: Vec<u8>) -> io::Result<()> {
-        self.store(hash, &data).map_err(|e| {
+    fn put(&self, hash: &ContentHash, data: &[u8]) -> io::Result<()> {
+        self.store(hash, data).map_err(|e| {
             let io = io::Error::other(e.to_string());
             *lock(&self.failure) = Some(e);
             io

@@ -191,8 +191,12 @@ impl ChunkIndex {
         let f = &self.files[loc.file as usize];
         let path = self.roots[f.root as usize].join(&f.rel);
         let file = open_nofollow(&path).ok()?;
-        buf.clear();
-        buf.resize(loc.len as usize, 0);
+        // Reused buffers are not zeroed again: the read overwrites every byte kept.
+        let len = loc.len as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf.truncate(len);
         file.read_exact_at(buf, loc.offset).ok()?;
         // Stat after the read: a write that could have touched what was read has changed the
         // ctime by then.

@@ -41,13 +41,25 @@ pub trait ChunkSource: Send + Sync + 'static {
     /// (reading the bytes is when it is cheapest); [`serve_source`] does not hash again, and a
     /// chunk that does not match its name fails the transfer at the target.
     fn read(&self, hash: &ContentHash) -> io::Result<Option<Vec<u8>>>;
+
+    /// [`ChunkSource::read`] into `buf` (replacing what it held), so that one buffer serves
+    /// every chunk; false when the chunk can no longer be produced.
+    fn read_into(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> io::Result<bool> {
+        Ok(match self.read(hash)? {
+            Some(data) => {
+                *buf = data;
+                true
+            }
+            None => false,
+        })
+    }
 }
 
 /// Where chunks go on the target. Called on a blocking thread, one chunk at a time, only with
 /// chunks whose content was checked against their name.
 pub trait ChunkSink: Send + Sync + 'static {
     /// Stores chunk `hash`.
-    fn put(&self, hash: &ContentHash, data: Vec<u8>) -> io::Result<()>;
+    fn put(&self, hash: &ContentHash, data: &[u8]) -> io::Result<()>;
 }
 
 /// Knobs of a transfer; the defaults suit a LAN or loopback.

@@ -212,6 +212,8 @@ fn read_ahead(
         plain: 0,
         frame_bytes,
     };
+    // Every chunk is read into this one buffer, then sealed into the frame.
+    let mut scratch = Vec::new();
     loop {
         let next = {
             let mut p = pipeline.lock();
@@ -239,8 +241,9 @@ fn read_ahead(
             }
             continue;
         };
-        match source.read(&hash) {
-            Ok(Some(data)) => {
+        match source.read_into(&hash, &mut scratch) {
+            Ok(true) => {
+                let data = &scratch;
                 let entry = 32 + 4 + data.len() + SEALED_OVERHEAD;
                 if !b.frame.is_empty()
                     && (b.frame.len() + entry > b.frame_bytes || !b.frame.fits(entry - 36))
@@ -248,7 +251,7 @@ fn read_ahead(
                 {
                     return;
                 }
-                if let Err(e) = cipher.seal_chunk_to(&hash, &data, &mut b.frame) {
+                if let Err(e) = cipher.seal_chunk_to(&hash, data, &mut b.frame) {
                     let _ = out.blocking_send(Produced::Failed(io::Error::other(format!(
                         "chunk {hash:?} of {} bytes cannot be sent: {e}",
                         data.len()
@@ -262,7 +265,7 @@ fn read_ahead(
                 }
             }
             // Changed since the manifest was made, or gone.
-            Ok(None) => {
+            Ok(false) => {
                 b.gone.push(hash);
                 if b.gone.len() == MAX_HASHES_PER_FRAME && !b.flush(&out) {
                     return;

@@ -14,6 +14,7 @@ use baton_proto::transfer::{
 use baton_proto::workspace::{ChunkRef, ContentHash};
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Bytes;
+use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{Event, Link};
@@ -111,17 +112,22 @@ fn verify_and_store(
             .unwrap_or_else(|p| p.into_inner())
             .blocking_recv();
         let Some(job) = next else { break };
+        // Opened where it lies: the frame is this worker's alone once decoded, so the chunks
+        // are decrypted over it instead of into copies.
+        let mut frame = job
+            .frame
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         for (hash, range) in job.entries {
             let stored = cipher
-                .open_chunk(&hash, &job.frame[range])
+                .open_chunk_in_place(&hash, &mut frame[range])
                 .map_err(|source| TransferError::Verify {
                     what: format!("chunk {hash:?}"),
                     source,
                 })
-                .and_then(|chunk| {
-                    let len = chunk.data().len() as u64;
-                    sink.put(&hash, chunk.into_data())
-                        .map(|()| len)
+                .and_then(|data| {
+                    sink.put(&hash, data)
+                        .map(|()| data.len() as u64)
                         .map_err(TransferError::Sink)
                 });
             let mut done = shared.lock();

@@ -348,7 +348,7 @@ impl MemSink {
 }
 
 impl ChunkSink for MemSink {
-    fn put(&self, hash: &ContentHash, data: Vec<u8>) -> io::Result<()> {
+    fn put(&self, hash: &ContentHash, data: &[u8]) -> io::Result<()> {
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
         }
@@ -358,7 +358,7 @@ impl ChunkSink for MemSink {
             .fetch_add(data.len() as u64, Ordering::SeqCst);
         if self.keep {
             self.puts.lock().expect("lock").push((at, *hash));
-            self.got.lock().expect("lock").insert(*hash, data);
+            self.got.lock().expect("lock").insert(*hash, data.to_vec());
         }
         Ok(())
     }
