@@ -58,7 +58,11 @@ pub fn open(key: &[u8; 32], ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
 
 /// Opens [`seal`]'s output where it lies, without a copy: the plaintext is returned as the part
 /// of `sealed` it was decrypted into (the rest of `sealed` is then garbage).
-pub(crate) fn open_in_place<'a>(key: &[u8; 32], ad: &[u8], sealed: &'a mut [u8]) -> Result<&'a [u8]> {
+pub(crate) fn open_in_place<'a>(
+    key: &[u8; 32],
+    ad: &[u8],
+    sealed: &'a mut [u8],
+) -> Result<&'a [u8]> {
     let body = match sealed.split_first_mut() {
         None => return Err(CryptoError::Format("envelope is empty")),
         Some((v, body)) => {

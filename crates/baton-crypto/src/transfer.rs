@@ -298,7 +298,10 @@ mod tests {
         for at in [0, 1, 13, 500, sealed.as_bytes().len() - 1] {
             let mut bad = sealed.as_bytes().to_vec();
             bad[at] ^= 1;
-            assert!(c.open_chunk_in_place(&hash, &mut bad).is_err(), "flipped byte {at}");
+            assert!(
+                c.open_chunk_in_place(&hash, &mut bad).is_err(),
+                "flipped byte {at}"
+            );
         }
         let mut short = sealed.as_bytes()[..20].to_vec();
         assert!(c.open_chunk_in_place(&hash, &mut short).is_err());

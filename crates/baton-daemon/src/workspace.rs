@@ -126,7 +126,7 @@ struct StagerSink {
 
 impl StagerSink {
     /// Stores a chunk whose bytes the transport checked against `hash` when it opened them.
-    /// The stager is locked only to claim and settle: files are created, written and read back
+    /// The stager is locked only to claim and settle: files are created, written and hashed
     /// without it, so the transport's workers store chunks side by side.
     fn store(&self, hash: &ContentHash, data: &[u8]) -> baton_workspace::Result<()> {
         let Some(mut claim) = lock(&self.stager).claim(hash, data)? else {

@@ -12,9 +12,9 @@ use baton_proto::transfer::{
     encode_abort, encode_done, encode_want, encode_want_blob,
 };
 use baton_proto::workspace::{ChunkRef, ContentHash};
+use bytes::BytesMut;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Bytes;
-use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{Event, Link};

@@ -2,14 +2,21 @@
 //! tree: the places a chunk goes are claimed under the stager's lock ([`Stager::claim`]), the
 //! files are created and written without it ([`Claim::write`]), and the claim is settled under
 //! the lock again ([`Stager::settle`]), which names the files it completed; those are verified
-//! and sealed without the lock ([`Seal::run`]). Creating files, copying bytes into them and
-//! reading them back is most of a target's work, and it no longer runs one chunk at a time.
+//! and sealed without the lock ([`Seal::run`]). Creating files and copying bytes into them is
+//! most of a target's work, and it no longer runs one chunk at a time.
+//!
+//! A file of several chunks is hashed as its chunks are written ([`FileHasher`]): in file
+//! order, with a chunk that lands before the ones ahead of it read back from the page cache once
+//! the gap closes. Its BLAKE3 is then known when its last chunk lands, without reading the whole
+//! file back; a file whose beginning was written before this stager's hasher saw it (an earlier
+//! pass, a resume) is read back whole.
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use baton_proto::workspace::{ContentHash, WorkspaceEntry};
 
@@ -38,8 +45,8 @@ struct ClaimedWrite {
 
 #[derive(Debug)]
 enum WriteTo {
-    /// A file written chunk by chunk, through the stager's handle.
-    Shared(Arc<File>),
+    /// A file written chunk by chunk, through the stager's handle, and its hasher.
+    Shared(Arc<File>, Arc<Mutex<FileHasher>>),
     /// A file of this one chunk: opened (and created, unless `created`) by the write, then kept
     /// to seal it without reading it back.
     Whole {
@@ -55,9 +62,58 @@ pub struct Seal {
     entry: usize,
     e: WorkspaceEntry,
     tree: Arc<Path>,
-    /// For a one-chunk file: the handle it was written through, and whether the bytes written
-    /// hash to the manifest's BLAKE3. `None`: read the file back.
-    written: Option<(File, bool)>,
+    /// The handle the file was written through, and whether the bytes written hash to the
+    /// manifest's BLAKE3, when that is known. `None`: read the file back.
+    written: Option<(Arc<File>, bool)>,
+}
+
+/// The BLAKE3 of a file written chunk by chunk, fed in file order as its chunks are written.
+#[derive(Debug, Default)]
+pub(super) struct FileHasher {
+    hasher: blake3::Hasher,
+    /// Bytes hashed so far: the file's first `next` bytes.
+    next: u64,
+    /// Ranges written beyond `next` (offset → length), hashed once the gap before them closes.
+    ahead: BTreeMap<u64, u64>,
+    /// A read of a range ahead failed: the file is read back whole when complete.
+    broken: bool,
+}
+
+impl FileHasher {
+    /// Records that `bytes` were written at `offset` of `f`.
+    fn wrote(&mut self, f: &File, offset: u64, bytes: &[u8]) {
+        if self.broken {
+            return;
+        }
+        if offset != self.next {
+            // A chunk placed twice at one offset cannot happen (placements are distinct);
+            // a range behind `next` would be a rewrite, which only a later pass makes.
+            if offset > self.next {
+                self.ahead.insert(offset, bytes.len() as u64);
+            } else {
+                self.broken = true;
+            }
+            return;
+        }
+        self.hasher.update(bytes);
+        self.next += bytes.len() as u64;
+        let mut buf = Vec::new();
+        while let Some(len) = self.ahead.remove(&self.next) {
+            buf.resize(len as usize, 0);
+            if f.read_exact_at(&mut buf, self.next).is_err() {
+                self.broken = true;
+                return;
+            }
+            self.hasher.update(&buf);
+            self.next += len;
+        }
+    }
+
+    /// Whether the file's `size` bytes hash to `want`; `None` when not all were seen.
+    fn matches(&self, size: u64, want: &ContentHash) -> Option<bool> {
+        (!self.broken && self.next == size)
+            .then(|| self.hasher.finalize().as_bytes() == want.as_bytes())
+    }
 }
 
 impl Claim {
@@ -66,9 +122,14 @@ impl Claim {
         for w in &mut self.writes {
             let path = &w.path;
             match &mut w.to {
-                WriteTo::Shared(f) => f
-                    .write_all_at(bytes, w.offset)
-                    .map_err(io_err("write", path))?,
+                WriteTo::Shared(f, hasher) => {
+                    f.write_all_at(bytes, w.offset)
+                        .map_err(io_err("write", path))?;
+                    hasher
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .wrote(f, w.offset, bytes);
+                }
                 WriteTo::Whole {
                     size,
                     created,
@@ -155,7 +216,8 @@ impl Stager {
                         v.insert(Arc::new(open_for_write(&self.tree, e, &mut state.created)?))
                     }
                 };
-                WriteTo::Shared(Arc::clone(f))
+                let hasher = self.hashers.entry(p.entry).or_default();
+                WriteTo::Shared(Arc::clone(f), Arc::clone(hasher))
             };
             p.done = true;
             state.verified = false;
@@ -208,18 +270,25 @@ impl Stager {
                 continue;
             }
             self.open.remove(&w.entry);
+            let hasher = self.hashers.remove(&w.entry);
             let e = &self.manifest.entries[i];
+            let want = e.file().expect("chunks are placed in files only");
             let written = match w.to {
                 WriteTo::Whole { file: Some(f), .. } => {
-                    let want = e.file().expect("chunks are placed in files only").hash;
                     // A one-chunk file's BLAKE3 is its chunk's: known for the bytes written.
                     let matches = match claim.checked {
-                        true => claim.hash == want,
-                        false => hash_bytes(bytes) == want,
+                        true => claim.hash == want.hash,
+                        false => hash_bytes(bytes) == want.hash,
                     };
-                    Some((f, matches))
+                    Some((Arc::new(f), matches))
                 }
-                _ => None,
+                WriteTo::Shared(f, _) => hasher.and_then(|h| {
+                    h.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .matches(want.size, &want.hash)
+                        .map(|matches| (f, matches))
+                }),
+                WriteTo::Whole { file: None, .. } => None,
             };
             seals.push(Seal {
                 entry: i,

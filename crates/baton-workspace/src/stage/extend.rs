@@ -94,8 +94,7 @@ impl Stager {
                 .read_exact_at(&mut buf, p.offset)
                 .map_err(io_err("read", &path))?;
             self.written.remove(&hash);
-            // Not trusted as checked: a one-chunk file it completes is hashed in memory, and a
-            // bigger one is read back when its last chunk lands.
+            // Not trusted as checked: a file it completes is hashed from the bytes written.
             self.write(&hash, &buf, false)?;
             filled.chunks += 1;
             filled.bytes += buf.len() as u64;

@@ -6,11 +6,12 @@
 //! `apply.json` once apply has begun. Nothing of ours ever sits inside `tree/`.
 //!
 //! Each file is verified (BLAKE3 and size) and given its mode and mtime as soon as its last chunk
-//! lands, so that after a pre-copy, `finish` only checks what changed since. A file of several
-//! chunks is read back for that, which also catches damage to what was staged between its
-//! chunks. A one-chunk file is written and sealed at once, so its BLAKE3 is known without a
-//! read-back: it is its chunk's hash, already checked for the bytes written (or computed from
-//! them); its size on disk is still checked.
+//! lands, so that after a pre-copy, `finish` only checks what changed since. The BLAKE3 is that
+//! of the bytes written: a one-chunk file's is its chunk's hash, already checked for the bytes
+//! written (or computed from them), and a file of several chunks is hashed in file order as its
+//! chunks land (see `claim`). Its size on disk is still checked. Only a file whose beginning was
+//! written before (an earlier pass) is read back whole, and a stager reopened on a staging
+//! directory (after a crash) reads every file back at `finish`.
 
 mod claim;
 mod extend;
@@ -83,6 +84,8 @@ pub struct Stager {
     files: Vec<FileState>,
     /// Write handles of files being written, by entry (at most [`OPEN_FILES`]).
     open: HashMap<u32, Arc<File>>,
+    /// The BLAKE3 of each file being written chunk by chunk, fed as its chunks land.
+    hashers: HashMap<u32, Arc<Mutex<claim::FileHasher>>>,
     /// Locked only to flush from `&self` ([`Stager::sync`]).
     journal: Mutex<Journal>,
     progress: Arc<Progress>,
@@ -251,6 +254,7 @@ impl Stager {
             claimed: HashSet::new(),
             files,
             open: HashMap::new(),
+            hashers: HashMap::new(),
             journal: Mutex::new(journal),
             progress: Arc::default(),
             buf: Vec::new(),
@@ -350,8 +354,8 @@ impl Stager {
     /// place in the manifest are still checked. Returns false when the chunk was already written.
     ///
     /// Bytes that do not hash to `hash` are not all caught: a file of one chunk is sealed on the
-    /// strength of the caller's check (one of several chunks is still read back whole, and
-    /// fails). Use [`Stager::put_chunk`] for unchecked input.
+    /// strength of the caller's check (one of several chunks is still hashed whole, and fails).
+    /// Use [`Stager::put_chunk`] for unchecked input.
     pub fn put_verified_chunk(&mut self, hash: &ContentHash, bytes: &[u8]) -> Result<bool> {
         self.check_chunk(hash, bytes)?;
         debug_assert!(
@@ -420,6 +424,7 @@ impl Stager {
         }
         self.journal().flush()?;
         self.open.clear();
+        self.hashers.clear();
         let todo: Vec<usize> = (0..self.manifest.entries.len())
             .filter(|i| self.manifest.entries[*i].file().is_some() && !self.files[*i].verified)
             .collect();
@@ -550,29 +555,82 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_files_of_several_chunks_are_read_back() {
-        let t = tempfile::tempdir().unwrap();
-        let (src, dest) = (t.path().join("src"), t.path().join("dest"));
-        let s = source(&src);
-        let idx = ChunkIndex::from_scan(&s);
-        let mut st = Stager::create(&dest, "rb", s.manifest.clone(), &Limits::default()).unwrap();
+    /// Puts every chunk of `s` in `order` and checks that no file was read back whole.
+    fn stage_without_read_backs(s: &Scanned, dest: &Path, id: &str, order: &[ContentHash]) {
+        let idx = ChunkIndex::from_scan(s);
+        let mut st = Stager::create(dest, id, s.manifest.clone(), &Limits::default()).unwrap();
         let before = read_backs();
-        for h in st.missing() {
-            assert!(st.put_verified_chunk(&h, &idx.read(&h).unwrap()).unwrap());
+        for h in order {
+            assert!(st.put_verified_chunk(h, &idx.read(h).unwrap()).unwrap());
         }
-        assert_eq!(read_backs() - before, 1, "big.bin only");
+        assert_eq!(read_backs() - before, 0, "hashed as written");
         for (e, f) in st.manifest.entries.iter().zip(&st.files) {
             assert!(e.file().is_none() || f.verified, "{} not sealed", e.path);
         }
         assert!(st.open.is_empty(), "handles of complete files are closed");
+        assert!(st.hashers.is_empty(), "hashers of complete files are gone");
         st.finish(1).unwrap();
         assert_eq!(
             read_backs() - before,
-            1,
+            0,
             "finish had nothing left to verify"
         );
-        assert_staged_like(&src, &dest, "rb", &s.manifest);
+    }
+
+    #[test]
+    fn no_file_is_read_back_whole_whatever_order_its_chunks_land_in() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let s = source(&src);
+        let mut order = {
+            let st = Stager::create(
+                &t.path().join("probe"),
+                "o",
+                s.manifest.clone(),
+                &Limits::default(),
+            )
+            .unwrap();
+            st.missing()
+        };
+        stage_without_read_backs(&s, &t.path().join("in-order"), "io", &order);
+        assert_staged_like(&src, &t.path().join("in-order"), "io", &s.manifest);
+        // Backwards: every chunk of big.bin lands before the ones ahead of it, and is read
+        // back from the page cache only when its gap closes.
+        order.reverse();
+        stage_without_read_backs(&s, &t.path().join("reversed"), "rv", &order);
+        assert_staged_like(&src, &t.path().join("reversed"), "rv", &s.manifest);
+    }
+
+    #[test]
+    fn a_file_of_several_chunks_whose_bytes_do_not_hash_to_its_blake3_is_refused_at_its_last_chunk()
+    {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+        let s = source(&src);
+        let idx = ChunkIndex::from_scan(&s);
+        let mut m = s.manifest.clone();
+        let i = m.entries.iter().position(|e| e.path == "big.bin").unwrap();
+        if let EntryKind::File(f) = &mut m.entries[i].kind {
+            f.hash = ContentHash(*blake3::hash(b"another file").as_bytes());
+        }
+        let mut st = Stager::create(&dest, "lie", m.clone(), &Limits::default()).unwrap();
+        let big: Vec<ContentHash> = m.entries[i]
+            .file()
+            .unwrap()
+            .chunks
+            .iter()
+            .map(|c| c.hash)
+            .collect();
+        for (k, h) in big.iter().enumerate().rev() {
+            let r = st.put_verified_chunk(h, &idx.read(h).unwrap());
+            if k > 0 {
+                r.unwrap();
+            } else {
+                let e = r.unwrap_err();
+                assert_eq!(e.code().as_str(), "verify_failed");
+                assert!(e.to_string().contains("big.bin"), "{e}");
+            }
+        }
     }
 
     #[test]
@@ -603,7 +661,11 @@ mod tests {
         let filled = st.fill_from_index(&aged_index(&s)).unwrap();
         assert_eq!(filled.bytes, s.manifest.total_bytes());
         assert!(st.missing().is_empty());
-        assert_eq!(read_backs() - before, 1, "big.bin only");
+        assert_eq!(
+            read_backs() - before,
+            0,
+            "big.bin is hashed as it is copied"
+        );
         st.finish(1).unwrap();
         assert_staged_like(&src, &dest, "fi", &s.manifest);
     }

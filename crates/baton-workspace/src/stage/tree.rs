@@ -80,10 +80,12 @@ fn check_file(e: &WorkspaceEntry, want: &FileData, size: u64, hash_matches: bool
     Ok(())
 }
 
-/// Opens a staged file for reading, or for writing with `write`, never through a symlink.
+/// Opens a staged file for reading, or for reading and writing with `write` (a file written
+/// chunk by chunk reads back chunks that landed early, to hash them in order), never through a
+/// symlink.
 pub(super) fn open_nofollow(p: &Path, write: bool) -> Result<File> {
     OpenOptions::new()
-        .read(!write)
+        .read(true)
         .write(write)
         .custom_flags(libc::O_NOFOLLOW)
         .open(p)
@@ -100,7 +102,10 @@ fn set_file_meta(f: &File, p: &Path, e: &WorkspaceEntry) -> Result<()> {
 /// Opens a staged file for writing, creating it (`resume`: unless it exists already).
 fn open_created(p: &Path, resume: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
-    o.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    o.read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW);
     if resume {
         o.create(true);
     } else {

@@ -47,6 +47,7 @@ impl Stager {
         let old_files = std::mem::take(&mut self.files);
         // Keyed by entries of the old manifest, whose files are about to move.
         self.open.clear();
+        self.hashers.clear();
         let old_written = std::mem::take(&mut self.written);
         let aside = self.dir.join(ASIDE);
         remove_tree(&aside).map_err(io_err("remove", &aside))?;
