@@ -3,7 +3,7 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use baton_proto::workspace::{EntryKind, FileData, WorkspaceEntry};
@@ -84,12 +84,37 @@ fn check_file(e: &WorkspaceEntry, want: &FileData, size: u64, hash_matches: bool
 /// chunk by chunk reads back chunks that landed early, to hash them in order), never through a
 /// symlink.
 pub(super) fn open_nofollow(p: &Path, write: bool) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(p)
-        .map_err(io_err("open", p))
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+    };
+    match write {
+        true => writable_again(p, open),
+        false => open(),
+    }
+    .map_err(io_err("open", p))
+}
+
+/// Runs `open` (for writing a staged file), and when the file's own mode refuses it (a file
+/// sealed read-only, written again by a resume or a later pass; only root ignores the mode),
+/// makes it owner-writable and runs `open` again. Its mode is set back when it is sealed.
+fn writable_again(p: &Path, open: impl Fn() -> io::Result<File>) -> io::Result<File> {
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            // Never through a symlink: the staging directory is ours (0700), so what is a
+            // regular file here stays one.
+            let md = fs::symlink_metadata(p)?;
+            if !md.file_type().is_file() {
+                return Err(e);
+            }
+            fs::set_permissions(p, fs::Permissions::from_mode(md.mode() | 0o600))?;
+            open()
+        }
+        other => other,
+    }
 }
 
 /// Mode (setuid, setgid and sticky dropped) and mtime of a staged file, through its open handle.
@@ -111,7 +136,7 @@ fn open_created(p: &Path, resume: bool) -> io::Result<File> {
     } else {
         o.create_new(true);
     }
-    o.open(p)
+    writable_again(p, || o.open(p))
 }
 
 /// True for the entries [`open_for_write`] creates at their first write rather than at
