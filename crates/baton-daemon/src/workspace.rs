@@ -52,6 +52,32 @@ const TARGET_RECORD: &str = "workspace.json";
 pub struct Workspaces {
     sources: Mutex<HashMap<HandoffId, SourceSide>>,
     targets: Mutex<HashMap<HandoffId, Arc<tokio::sync::Mutex<TargetSide>>>>,
+    /// The last scans of workspace trees this machine sent or received.
+    known: Arc<KnownTrees>,
+}
+
+/// The last scans of workspace trees this machine sent or received, newest first (at most
+/// [`KNOWN_TREES`]): a later handoff of the same tree, from here or into it, hashes only the
+/// files changed since.
+#[derive(Default)]
+struct KnownTrees(Mutex<Vec<Arc<Scanned>>>);
+
+/// Trees whose last scan a daemon keeps (some MiB each for a big tree).
+const KNOWN_TREES: usize = 2;
+
+impl KnownTrees {
+    /// Keeps `scanned` as the last scan of its root.
+    fn remember(&self, scanned: Arc<Scanned>) {
+        let mut known = lock(&self.0);
+        known.retain(|k| k.root() != scanned.root());
+        known.insert(0, scanned);
+        known.truncate(KNOWN_TREES);
+    }
+
+    /// The last scan of `root` (canonical), if kept.
+    fn recall(&self, root: &std::path::Path) -> Option<Arc<Scanned>> {
+        lock(&self.0).iter().find(|k| k.root() == root).cloned()
+    }
 }
 
 /// The source of one handoff: its last scan (reused by the next) and the serving tasks.
@@ -78,6 +104,9 @@ struct TargetSide {
     /// What the destination held when the handoff began (for the plan).
     existing: Option<WorkspaceManifest>,
     state: DestinationState,
+    /// The verified tree's manifest and when its verification ended, for a scan of the tree
+    /// once it is in place.
+    received: Option<(WorkspaceManifest, i64)>,
 }
 
 /// Where the target stages the workspace of a handoff (persisted beside its provider staging).
@@ -306,8 +335,11 @@ pub async fn send(
     };
     let scan_opts = opts.clone();
     // Refusals (unsafe path, caps) come back as the answer, before anything is served.
+    let known = Arc::clone(&d.workspaces.known);
     let prepared = tokio::task::spawn_blocking(move || {
         let root = check_source(&path, Some(&home))?;
+        // A first pass starts from this machine's last scan of the tree, if any.
+        let previous = previous.or_else(|| known.recall(&root));
         match walked {
             // The same directory as at preflight (not replaced meanwhile by a link elsewhere).
             Some(w) if w.root() == root => {
@@ -378,9 +410,20 @@ pub async fn send(
             match (scanned, failure, last) {
                 (_, Some(why), _) => feed.fail(why),
                 (Ok(Some(scanned)), None, Some(json)) => {
+                    let stats = scanned.stats();
+                    tracing::info!(
+                        handoff_id = %handoff,
+                        %transfer,
+                        hashed_files = stats.hashed_files,
+                        hashed_bytes = stats.hashed_bytes,
+                        reused_files = stats.reused_files,
+                        "workspace scanned"
+                    );
+                    let scanned = Arc::new(scanned);
                     if let Some(side) = lock(&d.workspaces.sources).get_mut(&handoff) {
-                        side.scanned = Some(Arc::new(scanned));
+                        side.scanned = Some(scanned.clone());
                     }
+                    d.workspaces.known.remember(scanned);
                     if let Err(e) = feed.publish(&json) {
                         feed.fail(e.to_string());
                     }
@@ -456,6 +499,7 @@ async fn open_target(
     );
     let home = d.home.clone();
     let params = manifest.params;
+    let known = Arc::clone(&d.workspaces.known);
     let (dest, index, existing, state) = tokio::task::spawn_blocking(move || {
         let dest = baton_workspace::check_destination(&wanted, Some(&home))?;
         let mut index = ChunkIndex::new(params);
@@ -468,7 +512,10 @@ async fn open_target(
                 params,
                 ..ScanOptions::default()
             };
-            let scanned = scan(&dest, &opts, None)?;
+            let known = std::fs::canonicalize(&dest)
+                .ok()
+                .and_then(|root| known.recall(&root));
+            let scanned = scan(&dest, &opts, known.as_deref())?;
             index = ChunkIndex::from_scan(&scanned);
             existing = Some(scanned.manifest);
         }
@@ -511,6 +558,7 @@ async fn open_target(
         bytes_sent: 0,
         existing,
         state,
+        received: None,
     })
 }
 
@@ -761,11 +809,18 @@ async fn receive_pass(
             ),
         ));
     }
-    let staged = tokio::task::spawn_blocking(move || stager.finish(0))
-        .await
-        .map_err(internal("Verifying the workspace"))?
-        .map_err(ws_err)?;
+    let staged = tokio::task::spawn_blocking(move || {
+        let manifest = stager.manifest().clone();
+        stager
+            .finish(0)
+            .map(|staged| (staged, manifest, baton_workspace::now_ns()))
+    })
+    .await
+    .map_err(internal("Verifying the workspace"))?
+    .map_err(ws_err)?;
+    let (staged, manifest, verified_ns) = staged;
     side.staged = Some(staged);
+    side.received = Some((manifest, verified_ns));
     let outcome = WorkspaceOutcome {
         path: side.final_path.to_string_lossy().into_owned(),
         files,
@@ -1018,6 +1073,17 @@ pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
         Err(_) => {
             tracing::info!(handoff_id = %handoff, "removing the replaced tree goes on in the background")
         }
+    }
+    // The tree is remembered as scanned when it was verified, so handing it on or back later
+    // hashes only what changed since; the session is running again meanwhile.
+    if let Some((manifest, verified_ns)) = side.received.take() {
+        let root = side.final_path.clone();
+        let d2 = Arc::clone(&d.workspaces.known);
+        tokio::task::spawn_blocking(move || {
+            if let Ok(root) = std::fs::canonicalize(&root) {
+                d2.remember(Arc::new(Scanned::of_received(manifest, root, verified_ns)));
+            }
+        });
     }
     drop(side);
     let _ = tokio::task::spawn_blocking(release_memory).await;

@@ -116,6 +116,31 @@ impl Scanned {
         }
     }
 
+    /// A scan of a tree this machine received: `manifest` describes the tree at `root`
+    /// (canonical), every file of which was verified against it by `known_ns` (nanoseconds since
+    /// the epoch; the end of the stager's `finish`). Takes each file's `lstat` now, so that a
+    /// later scan of `root` reuses the hashes of the files unchanged since: a file changed after
+    /// `known_ns`, or less than the racy margin before it, has a later change time and is hashed
+    /// again; one whose size or mtime differs from the manifest already is not remembered.
+    pub fn of_received(manifest: WorkspaceManifest, root: PathBuf, known_ns: i64) -> Scanned {
+        let local = manifest
+            .entries
+            .iter()
+            .map(|e| {
+                let f = e.file()?;
+                let md = std::fs::symlink_metadata(root.join(&e.path)).ok()?;
+                let matches = md.is_file() && md.len() == f.size && mtime_ns(&md) == e.mtime_ns;
+                matches.then(|| LocalStat::of(&md, known_ns))
+            })
+            .collect();
+        Scanned {
+            manifest,
+            root,
+            local,
+            stats: ScanStats::default(),
+        }
+    }
+
     /// Per manifest entry (files only): what the scan saw of the file on this machine.
     pub(crate) fn local(&self) -> &[Option<LocalStat>] {
         &self.local
@@ -516,7 +541,8 @@ fn vanished(e: &io::Error) -> bool {
     ) || e.raw_os_error() == Some(libc::ELOOP)
 }
 
-fn now_ns() -> i64 {
+/// Nanoseconds since the epoch, as scans stamp what they read.
+pub fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

@@ -3,8 +3,10 @@
 
 mod common;
 
-use baton_workspace::{IgnoredFiles, Limits, prepare_scan, scan, validate};
-use common::{noise, opts, write};
+use baton_workspace::{
+    ConflictPolicy, IgnoredFiles, Limits, Scanned, prepare_scan, scan, validate,
+};
+use common::{noise, opts, rich_tree, stage_from, write};
 
 fn tree(root: &std::path::Path) {
     for d in 0..6 {
@@ -117,4 +119,45 @@ fn a_scan_from_an_earlier_walk_reads_files_as_they_are_now_and_reuses_unchanged_
         .unwrap();
     assert_eq!(again.stats().hashed_files, 1);
     assert_eq!(again.manifest.entries, scanned.manifest.entries);
+}
+
+/// A tree received and verified is remembered as a scan: scanning it later reuses the hashes of
+/// the files unchanged since, and hashes the ones changed since (or too near the time it was
+/// verified to tell).
+#[test]
+fn a_received_tree_is_scanned_again_without_hashing_what_did_not_change() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    rich_tree(&src);
+    write(&src, "big.bin", &noise(21, 400_000));
+    let s = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
+    let landed = stage_from(&s, &dest, "rx", None)
+        .apply(ConflictPolicy::Sibling)
+        .unwrap()
+        .commit()
+        .unwrap();
+    let at = std::fs::canonicalize(landed).unwrap();
+    let files = s.manifest.file_count();
+
+    // Verified long enough ago: every file is reused.
+    let known = baton_workspace::now_ns() + 10_000_000_000;
+    let received = Scanned::of_received(s.manifest.clone(), at.clone(), known);
+    let again = scan(&at, &opts(IgnoredFiles::Skip), Some(&received)).unwrap();
+    assert_eq!(again.manifest.entries, received.manifest.entries);
+    assert_eq!(again.stats().hashed_files, 0, "{:?}", again.stats());
+    assert_eq!(again.stats().reused_files, files);
+
+    // Just verified: every file changed too recently to tell, so all are hashed.
+    let racy = Scanned::of_received(s.manifest.clone(), at.clone(), baton_workspace::now_ns());
+    let hashed = scan(&at, &opts(IgnoredFiles::Skip), Some(&racy)).unwrap();
+    assert_eq!(hashed.stats().reused_files, 0, "{:?}", hashed.stats());
+
+    // A file edited after it was received is hashed; the rest are not.
+    write(&at, "big.bin", &noise(22, 400_000));
+    let edited = scan(&at, &opts(IgnoredFiles::Skip), Some(&received)).unwrap();
+    assert_eq!(edited.stats().hashed_files, 1, "{:?}", edited.stats());
+    assert_ne!(
+        edited.manifest.get("big.bin").unwrap().file().unwrap().hash,
+        s.manifest.get("big.bin").unwrap().file().unwrap().hash
+    );
 }
