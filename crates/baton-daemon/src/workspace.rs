@@ -166,6 +166,9 @@ impl StagerSink {
             return Err(e);
         }
         let seals = lock(&self.stager).settle(claim, data)?;
+        if seals.is_empty() {
+            return Ok(());
+        }
         READ_BACK.with_borrow_mut(|buf| {
             for seal in &seals {
                 seal.run(buf)?;
@@ -181,7 +184,8 @@ impl StagerSink {
 }
 
 thread_local! {
-    /// A worker's buffer for reading back the files it completes.
+    /// A worker's buffer for reading back the files it completes (those whose start was
+    /// written in an earlier pass).
     static READ_BACK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
