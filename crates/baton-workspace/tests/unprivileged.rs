@@ -82,8 +82,13 @@ fn read_only_staged_files_are_rewritten_on_resume_and_in_later_passes() {
     }
     let t = tempfile::tempdir().unwrap();
     std::os::unix::fs::chown(t.path(), Some(NOBODY), Some(NOBODY)).unwrap();
-    let exe = std::env::current_exe().unwrap();
+    // A copy of this test binary inside the directory nobody owns: the build directory may sit
+    // where nobody cannot reach it (under a 0700 home, say).
+    let exe = t.path().join("unprivileged-test");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new(&exe)
+        .current_dir(t.path())
         .args([
             "read_only_staged_files_are_rewritten_on_resume_and_in_later_passes",
             "--exact",
