@@ -63,22 +63,12 @@ pub(crate) fn open_in_place<'a>(
     ad: &[u8],
     sealed: &'a mut [u8],
 ) -> Result<&'a [u8]> {
-    let body = match sealed.split_first_mut() {
-        None => return Err(CryptoError::Format("envelope is empty")),
-        Some((v, body)) => {
-            strip_version(&[*v], V_SYMMETRIC)?;
-            body
-        }
-    };
-    if body.len() < NONCE_LEN + TAG_LEN {
-        return Err(TOO_SHORT);
-    }
-    let (nonce, rest) = body.split_at_mut(NONCE_LEN);
-    let nonce: [u8; NONCE_LEN] = (&*nonce).try_into().map_err(|_| TOO_SHORT)?;
-    let plain = aead_key(key)
-        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(ad), rest)
-        .map_err(|_| CryptoError::Open)?;
-    Ok(plain)
+    strip_version(sealed, V_SYMMETRIC)?;
+    let (nonce, rest) = sealed[1..]
+        .split_first_chunk_mut::<NONCE_LEN>()
+        .ok_or(TOO_SHORT)?;
+    let len = open_detached(key, nonce, ad, rest)?;
+    Ok(&rest[..len])
 }
 
 /// Seals `plaintext` to an X25519 public key with an ephemeral key.
@@ -222,20 +212,26 @@ fn encrypt_into(out: &mut Vec<u8>, key: &[u8; 32], nonce: &[u8; 12], ad: &[u8], 
 /// Opens `nonce ‖ ciphertext ‖ tag`.
 fn decrypt(key: &[u8; 32], ad: &[u8], body: &[u8]) -> Result<Vec<u8>> {
     let (nonce, rest) = body.split_first_chunk::<NONCE_LEN>().ok_or(TOO_SHORT)?;
-    if rest.len() < TAG_LEN {
-        return Err(TOO_SHORT);
-    }
     let mut buf = rest.to_vec();
-    let len = aead_key(key)
-        .open_in_place(
-            Nonce::assume_unique_for_key(*nonce),
-            Aad::from(ad),
-            &mut buf,
-        )
-        .map_err(|_| CryptoError::Open)?
-        .len();
+    let len = open_detached(key, nonce, ad, &mut buf)?;
     buf.truncate(len);
     Ok(buf)
+}
+
+/// Decrypts `ciphertext ‖ tag` in place; the plaintext's length.
+fn open_detached(
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    ad: &[u8],
+    in_out: &mut [u8],
+) -> Result<usize> {
+    if in_out.len() < TAG_LEN {
+        return Err(TOO_SHORT);
+    }
+    let plain = aead_key(key)
+        .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(ad), in_out)
+        .map_err(|_| CryptoError::Open)?;
+    Ok(plain.len())
 }
 
 #[cfg(test)]

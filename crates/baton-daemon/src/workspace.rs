@@ -104,9 +104,8 @@ struct TargetSide {
     /// What the destination held when the handoff began (for the plan).
     existing: Option<WorkspaceManifest>,
     state: DestinationState,
-    /// The verified tree's manifest and when its verification ended, for a scan of the tree
-    /// once it is in place.
-    received: Option<(WorkspaceManifest, i64)>,
+    /// When the staged tree's verification ended, for a scan of the tree once it is in place.
+    verified_ns: Option<i64>,
 }
 
 /// Where the target stages the workspace of a handoff (persisted beside its provider staging).
@@ -562,7 +561,7 @@ async fn open_target(
         bytes_sent: 0,
         existing,
         state,
-        received: None,
+        verified_ns: None,
     })
 }
 
@@ -814,17 +813,16 @@ async fn receive_pass(
         ));
     }
     let staged = tokio::task::spawn_blocking(move || {
-        let manifest = stager.manifest().clone();
         stager
             .finish(0)
-            .map(|staged| (staged, manifest, baton_workspace::now_ns()))
+            .map(|staged| (staged, baton_workspace::now_ns()))
     })
     .await
     .map_err(internal("Verifying the workspace"))?
     .map_err(ws_err)?;
-    let (staged, manifest, verified_ns) = staged;
+    let (staged, verified_ns) = staged;
     side.staged = Some(staged);
-    side.received = Some((manifest, verified_ns));
+    side.verified_ns = Some(verified_ns);
     let outcome = WorkspaceOutcome {
         path: side.final_path.to_string_lossy().into_owned(),
         files,
@@ -1036,12 +1034,16 @@ pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
         return Ok(());
     };
     let mut side = side.lock().await;
-    let Some(staged) = side.staged.take() else {
+    let Some(mut staged) = side.staged.take() else {
         return Err(ApiError::new(
             ErrorCode::ActivateFailed,
             "The verified workspace is missing (was the target restarted?).",
         ));
     };
+    let received = side
+        .verified_ns
+        .take()
+        .map(|at| (staged.take_manifest(), at));
     let policy = side.policy;
     let expected = side.final_path.clone();
     let applied = tokio::task::spawn_blocking(move || {
@@ -1080,7 +1082,7 @@ pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
     }
     // The tree is remembered as scanned when it was verified, so handing it on or back later
     // hashes only what changed since; the session is running again meanwhile.
-    if let Some((manifest, verified_ns)) = side.received.take() {
+    if let Some((manifest, verified_ns)) = received {
         let root = side.final_path.clone();
         let d2 = Arc::clone(&d.workspaces.known);
         tokio::task::spawn_blocking(move || {

@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use baton_proto::workspace::{ConflictPolicy, DestinationState};
+use baton_proto::workspace::{ConflictPolicy, DestinationState, WorkspaceManifest};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, io_err};
@@ -36,6 +36,8 @@ pub struct StagedTree {
     pub(crate) dir: PathBuf,
     pub(crate) root_mode: u32,
     pub(crate) root_mtime_ns: i64,
+    /// The manifest the tree was verified against (see [`StagedTree::take_manifest`]).
+    pub(crate) manifest: WorkspaceManifest,
 }
 
 /// What apply did, as recorded before doing it.
@@ -83,6 +85,14 @@ pub enum Leftover {
 }
 
 impl StagedTree {
+    /// Moves out the manifest the tree was verified against (apply does not need it), leaving
+    /// an empty one: the caller can remember the tree as scanned without copying the manifest
+    /// while the session is stopped.
+    pub fn take_manifest(&mut self) -> WorkspaceManifest {
+        let empty = WorkspaceManifest::new(self.manifest.params);
+        std::mem::replace(&mut self.manifest, empty)
+    }
+
     /// The verified tree, still inside the staging directory.
     pub fn path(&self) -> PathBuf {
         self.dir.join(TREE)

@@ -94,7 +94,7 @@ fn a_claimed_chunk_is_not_claimed_again_until_settled_or_given_back() {
     assert!(!st.missing().contains(&a));
     assert!(st.claim(&a, b"alpha").unwrap().is_none(), "written already");
 
-    // A file of several chunks completes on its last settle only, and is read back then.
+    // A file of several chunks completes on its last settle only, hashed as it was written.
     let big: Vec<_> = s
         .manifest
         .get("big.bin")

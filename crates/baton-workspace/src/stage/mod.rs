@@ -480,6 +480,7 @@ impl Stager {
             dir: self.dir,
             root_mode: self.manifest.root_mode & 0o1777,
             root_mtime_ns: self.manifest.root_mtime_ns,
+            manifest: self.manifest,
         })
     }
 
