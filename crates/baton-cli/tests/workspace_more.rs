@@ -20,7 +20,7 @@ use std::time::Duration;
 use baton_cli::harness::Cluster;
 use baton_proto::workspace::{
     ChunkParams, ChunkRef, ContentHash, EntryKind, FileData, MANIFEST_VERSION, ManifestPart,
-    WorkspaceEntry, WorkspaceManifest,
+    PartDelta, WorkspaceEntry, WorkspaceManifest,
 };
 use common::{World, agent_pids, assert_dense, code, exe, parse, wait_for};
 use serde_json::Value;
@@ -892,6 +892,15 @@ fn files_edited_during_and_after_the_precopy_arrive_in_their_edited_form() {
     );
     let row = w.session(DESKTOP, &s);
     assert_eq!(row["workspace"], dest.to_string_lossy().as_ref(), "{row}");
+    // The final pass's manifest travelled as the change since the pre-copy: during.bin,
+    // after.txt, same-size.txt, new/ and new/born.txt changed or came; doomed.txt went.
+    let log = daemon_log(&w, DESKTOP);
+    let line = log
+        .lines()
+        .find(|l| l.contains("workspace manifest received as a change"))
+        .unwrap_or_else(|| panic!("the final pass sent its whole manifest:\n{log}"));
+    assert_eq!(field(line, "changed"), Some(5), "{line}");
+    assert_eq!(field(line, "removed"), Some(1), "{line}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1196,6 +1205,7 @@ fn manifest(entries: Vec<WorkspaceEntry>) -> Vec<u8> {
         files: manifest.file_count(),
         bytes: manifest.total_bytes(),
         manifest,
+        delta: None,
     })
     .expect("manifest encodes")
 }
@@ -1223,7 +1233,29 @@ fn hostile_cases(outside: &Path) -> Vec<Hostile> {
         codes: &["invalid_workspace_manifest"],
         says,
     };
+    // A manifest sent as a change to a pass the target never received whole.
+    let as_change = {
+        let mut m: ManifestPart =
+            serde_json::from_slice(&manifest(vec![file_entry("x", 5, &[(h(9), 5)])]))
+                .expect("parse");
+        m.delta = Some(PartDelta {
+            base: baton_proto::HandoffId::new(),
+            removed: vec!["README".into()],
+            digest: Some(h(10)),
+        });
+        serde_json::to_vec(&m).expect("encode")
+    };
     vec![
+        Hostile {
+            name: "a change to a pass the target does not hold",
+            serving: fake::Serving {
+                blob: as_change,
+                raw_chunks: None,
+                ..Default::default()
+            },
+            codes: &["invalid_workspace_manifest"],
+            says: "which this machine does not hold whole",
+        },
         manifest_case(
             "a path climbing out with ..",
             vec![file_entry("../escape", 5, &[(h(1), 5)])],

@@ -55,6 +55,7 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
             session,
             sealed_options,
             final_pass,
+            base_transfer,
         } => {
             crate::workspace::send(
                 d,
@@ -63,6 +64,7 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
                 &session,
                 sealed_options.as_ref(),
                 final_pass,
+                base_transfer,
             )
             .await
         }

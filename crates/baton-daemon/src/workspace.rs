@@ -17,7 +17,7 @@ use baton_crypto::SessionCipher;
 use baton_proto::handoff::{WorkspaceOutcome, WorkspacePass};
 use baton_proto::workspace::{
     ChunkParams, ChunkRef, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles,
-    ManifestPart, WorkspaceManifest,
+    ManifestPart, PartDelta, WorkspaceManifest,
 };
 use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
@@ -84,6 +84,9 @@ impl KnownTrees {
 #[derive(Default)]
 struct SourceSide {
     scanned: Option<Arc<Scanned>>,
+    /// The pass (transfer) that sent `scanned` whole: a later pass that builds on it sends
+    /// only what changed.
+    scanned_in: Option<HandoffId>,
     /// The preflight's walk, and when it was made: the first passes start from it rather than
     /// walking the tree again (the final pass always walks afresh).
     walked: Option<(std::time::Instant, Walked)>,
@@ -106,6 +109,9 @@ struct TargetSide {
     state: DestinationState,
     /// When the staged tree's verification ended, for a scan of the tree once it is in place.
     verified_ns: Option<i64>,
+    /// The pass (transfer) whose complete manifest the stager holds, set when that pass
+    /// succeeded: the next pass may send its manifest as a change to it.
+    held: Option<HandoffId>,
 }
 
 /// Where the target stages the workspace of a handoff (persisted beside its provider staging).
@@ -314,9 +320,10 @@ pub async fn send(
     session: &SessionRecord,
     sealed_options: Option<&Sealed>,
     final_pass: bool,
+    base_transfer: Option<HandoffId>,
 ) -> Result<DaemonReply, ApiError> {
     let (cipher, meta, options) = session_parts(d, handoff, session, sealed_options)?;
-    let (previous, walked) = {
+    let (previous, walked, delta_base) = {
         let mut sources = lock(&d.workspaces.sources);
         let side = sources.entry(handoff).or_default();
         if final_pass {
@@ -328,7 +335,12 @@ pub async fn send(
             .as_ref()
             .filter(|(at, _)| at.elapsed() < WALK_REUSE)
             .map(|(_, w)| w.clone());
-        (side.scanned.clone(), walked)
+        // The target took the scan of that pass whole: only the change needs to travel.
+        let delta_base = match (&side.scanned, base_transfer) {
+            (Some(s), Some(b)) if side.scanned_in == Some(b) => Some((b, s.clone())),
+            _ => None,
+        };
+        (side.scanned.clone(), walked, delta_base)
     };
     let path = PathBuf::from(&meta.workspace);
     let home = d.home.clone();
@@ -385,6 +397,10 @@ pub async fn send(
                 }
                 let mut tail = part.scanned.tail(part.start);
                 index.push(ChunkIndex::from_scan(&tail));
+                if delta_base.is_some() {
+                    // The change is known only once the scan is whole.
+                    return true;
+                }
                 if part.last {
                     tail.manifest.skipped = part.scanned.manifest.skipped.clone();
                 }
@@ -393,6 +409,7 @@ pub async fn send(
                     files,
                     bytes,
                     manifest: tail.manifest,
+                    delta: None,
                 });
                 let published = match (blob, part.last) {
                     (Ok(json), true) => {
@@ -410,9 +427,9 @@ pub async fn send(
                     }
                 }
             });
-            match (scanned, failure, last) {
-                (_, Some(why), _) => feed.fail(why),
-                (Ok(Some(scanned)), None, Some(json)) => {
+            match (scanned, failure) {
+                (_, Some(why)) => feed.fail(why),
+                (Ok(Some(scanned)), None) => {
                     let stats = scanned.stats();
                     tracing::info!(
                         handoff_id = %handoff,
@@ -422,17 +439,32 @@ pub async fn send(
                         reused_files = stats.reused_files,
                         "workspace scanned"
                     );
+                    let blobs = match &delta_base {
+                        Some((base, prev)) => {
+                            delta_parts(*base, &prev.manifest, &scanned.manifest, (files, bytes))
+                        }
+                        None => last.map(|json| vec![json]).ok_or_else(|| {
+                            "the scan ended without its last manifest part".to_string()
+                        }),
+                    };
                     let scanned = Arc::new(scanned);
                     if let Some(side) = lock(&d.workspaces.sources).get_mut(&handoff) {
                         side.scanned = Some(scanned.clone());
+                        side.scanned_in = Some(transfer);
                     }
                     d.workspaces.known.remember(scanned);
-                    if let Err(e) = feed.publish(&json) {
-                        feed.fail(e.to_string());
+                    let published = blobs.and_then(|blobs| {
+                        blobs
+                            .iter()
+                            .try_for_each(|json| feed.publish(json))
+                            .map_err(|e| e.to_string())
+                    });
+                    if let Err(e) = published {
+                        feed.fail(e);
                     }
                 }
-                (Ok(_), None, _) => feed.fail("the pass was cancelled".into()),
-                (Err(e), None, _) => {
+                (Ok(None), None) => feed.fail("the pass was cancelled".into()),
+                (Err(e), None) => {
                     tracing::warn!(handoff_id = %handoff, %transfer, error = %e, "scanning the workspace failed");
                     feed.fail(format!("scanning the workspace failed: {e}"));
                 }
@@ -463,6 +495,54 @@ pub async fn send(
         }
     });
     Ok(DaemonReply::WorkspaceServing { files, bytes })
+}
+
+/// Entries (changed ones, and removed paths) in one part of a manifest sent as a change.
+const DELTA_PART_ENTRIES: usize = 20_000;
+
+/// The parts of a pass's manifest sent as the change from `base` (the complete manifest of
+/// pass `base_id`, which the target staged) to `new`, the last one with `new`'s digest.
+fn delta_parts(
+    base_id: HandoffId,
+    base: &WorkspaceManifest,
+    new: &WorkspaceManifest,
+    (files, bytes): (u64, u64),
+) -> Result<Vec<Vec<u8>>, String> {
+    let change = baton_workspace::diff(base, new);
+    let digest = baton_workspace::digest(new);
+    let count = change
+        .changed
+        .len()
+        .max(change.removed.len())
+        .div_ceil(DELTA_PART_ENTRIES)
+        .max(1);
+    let mut changed = change.changed.into_iter();
+    let mut removed = change.removed.into_iter();
+    (0..count)
+        .map(|i| {
+            let last = i + 1 == count;
+            let mut manifest = WorkspaceManifest::new(new.params);
+            manifest.version = new.version;
+            manifest.root_mode = new.root_mode;
+            manifest.root_mtime_ns = new.root_mtime_ns;
+            manifest.entries = changed.by_ref().take(DELTA_PART_ENTRIES).collect();
+            if last {
+                manifest.skipped = new.skipped.clone();
+            }
+            let part = ManifestPart {
+                last,
+                files,
+                bytes,
+                manifest,
+                delta: Some(PartDelta {
+                    base: base_id,
+                    removed: removed.by_ref().take(DELTA_PART_ENTRIES).collect(),
+                    digest: last.then_some(digest),
+                }),
+            };
+            serde_json::to_vec(&part).map_err(|e| format!("encoding the manifest: {e}"))
+        })
+        .collect()
 }
 
 /// Source: whether this daemon still serves pass `transfer` of `handoff` (a restarted daemon
@@ -562,6 +642,7 @@ async fn open_target(
         existing,
         state,
         verified_ns: None,
+        held: None,
     })
 }
 
@@ -578,6 +659,9 @@ struct Parts {
     bytes: u64,
     next: u32,
     done: bool,
+    /// Set when the manifest travels as a change: the base pass, the removed paths gathered
+    /// from every part, and the digest of the result (from the last part).
+    delta: Option<PartDelta>,
 }
 
 /// Fetches and opens part `seq` of a pass's manifest.
@@ -601,14 +685,21 @@ async fn fetch_part(receiver: &mut Receiver, seq: u32) -> Result<ManifestPart, A
 async fn first_part(receiver: &mut Receiver) -> Result<Parts, ApiError> {
     let part = fetch_part(receiver, 0).await?;
     let m = &part.manifest;
-    Ok(Parts {
+    let mut parts = Parts {
         tree: (m.version, m.params, m.root_mode, m.root_mtime_ns),
-        whole: part.manifest,
         files: part.files,
         bytes: part.bytes,
         next: 1,
         done: part.last,
-    })
+        delta: part.delta.as_ref().map(|d| PartDelta {
+            base: d.base,
+            removed: Vec::new(),
+            digest: None,
+        }),
+        whole: WorkspaceManifest::new(m.params),
+    };
+    parts.whole = take_delta(&mut parts, 0, part)?;
+    Ok(parts)
 }
 
 /// Fetches the next part of a pass's manifest and appends it to `parts`.
@@ -637,7 +728,38 @@ async fn fetch_next(
         ));
     }
     parts.next += 1;
+    take_delta(parts, seq, part)
+}
+
+/// Checks that part `seq` is sent the way the first part was (whole, or as a change to the
+/// same base), gathers its removed paths and digest into `parts`, and returns its manifest.
+fn take_delta(
+    parts: &mut Parts,
+    seq: u32,
+    part: ManifestPart,
+) -> Result<WorkspaceManifest, ApiError> {
+    let bad = |why: &str| {
+        Err(ApiError::new(
+            ErrorCode::InvalidWorkspaceManifest,
+            format!("Part {seq} of the workspace manifest {why}."),
+        ))
+    };
     parts.done = part.last;
+    match (&mut parts.delta, part.delta) {
+        (None, None) => {}
+        (Some(held), Some(d)) if held.base == d.base => {
+            if d.digest.is_some() != part.last {
+                return bad("must carry the digest of the result in its last part, and only there");
+            }
+            held.removed.extend(d.removed);
+            held.digest = d.digest;
+        }
+        _ => {
+            return bad(
+                "is not sent the way the first part was (whole, or as a change to the same pass)",
+            );
+        }
+    }
     Ok(part.manifest)
 }
 
@@ -672,7 +794,7 @@ pub async fn receive(
         .map_err(|e| e.to_api())?;
     let result = receive_pass(
         d,
-        handoff,
+        (handoff, transfer),
         &cipher,
         &meta,
         &options,
@@ -693,7 +815,7 @@ pub async fn receive(
 #[allow(clippy::too_many_arguments)]
 async fn receive_pass(
     d: &Arc<Daemon>,
-    handoff: HandoffId,
+    (handoff, transfer): (HandoffId, HandoffId),
     cipher: &SessionCipher,
     meta: &SessionMeta,
     options: &baton_proto::handoff::SealedHandoffOptions,
@@ -703,11 +825,15 @@ async fn receive_pass(
 ) -> Result<DaemonReply, ApiError> {
     let limits = Limits::default();
     let mut parts = first_part(receiver).await?;
-    // Whatever arrives is checked before anything is planned or staged from it.
-    baton_workspace::validate(&parts.whole, &limits).map_err(ws_err)?;
+    // Whatever arrives is checked before anything is planned or staged from it (a change is
+    // checked once applied to its base).
+    if parts.delta.is_none() {
+        baton_workspace::validate(&parts.whole, &limits).map_err(ws_err)?;
+    }
     let existing = lock(&d.workspaces.targets).get(&handoff).cloned();
     let side = match existing {
         Some(side) => side,
+        None if parts.delta.is_some() => return Err(base_not_held(&parts)),
         None => {
             let side = open_target(d, handoff, meta, options, policy, &parts.whole).await?;
             let side = Arc::new(tokio::sync::Mutex::new(side));
@@ -716,6 +842,37 @@ async fn receive_pass(
         }
     };
     let mut side = side.lock().await;
+    // Until this pass succeeds, the stager holds no complete manifest to build on.
+    let held = side.held.take();
+    if parts.delta.is_some() {
+        while !parts.done {
+            next_part(receiver, &mut parts).await?;
+        }
+        if side.stager.is_none() || held != parts.delta.as_ref().map(|p| p.base) {
+            return Err(base_not_held(&parts));
+        }
+        let stager = side.stager.take();
+        let changed = std::mem::replace(&mut parts.whole, WorkspaceManifest::new(parts.tree.1));
+        let delta = parts.delta.take();
+        tracing::info!(
+            handoff_id = %handoff,
+            %transfer,
+            changed = changed.entries.len(),
+            removed = delta.as_ref().map_or(0, |d| d.removed.len()),
+            "workspace manifest received as a change"
+        );
+        let (stager, whole) = tokio::task::spawn_blocking(move || {
+            let whole = match (&stager, delta) {
+                (Some(s), Some(delta)) => rebuild(s.manifest(), delta, changed, &limits),
+                _ => Err(ApiError::new(ErrorCode::Internal, "The staging is gone.")),
+            };
+            (stager, whole)
+        })
+        .await
+        .map_err(internal("Applying the manifest's change"))?;
+        side.stager = stager;
+        parts.whole = whole?;
+    }
     if pass == WorkspacePass::Plan {
         let summary = if side.state == DestinationState::Absent && side.stager.is_none() {
             plan_absent(parts.files, parts.bytes, side.policy)
@@ -795,6 +952,7 @@ async fn receive_pass(
             .map_err(internal("Syncing the pre-copy"))?
             .map_err(ws_err)?;
         side.stager = Some(stager);
+        side.held = Some(transfer);
         return Ok(DaemonReply::WorkspaceReceived {
             files,
             bytes_total,
@@ -837,6 +995,45 @@ async fn receive_pass(
         bytes_reused: reused,
         sealed_outcome: Some(cipher.seal_workspace(handoff, &outcome)),
     })
+}
+
+/// The refusal of a manifest sent as a change to a pass this machine does not hold whole.
+fn base_not_held(parts: &Parts) -> ApiError {
+    let base = parts
+        .delta
+        .as_ref()
+        .map(|d| d.base.to_string())
+        .unwrap_or_default();
+    ApiError::new(
+        ErrorCode::InvalidWorkspaceManifest,
+        format!(
+            "The workspace manifest was sent as a change to pass {base}, which this machine does not hold whole; hand the session off again."
+        ),
+    )
+}
+
+/// The manifest `base` becomes with the change the source sent, checked whole and against the
+/// source's digest of it.
+fn rebuild(
+    base: &WorkspaceManifest,
+    delta: PartDelta,
+    changed: WorkspaceManifest,
+    limits: &Limits,
+) -> Result<WorkspaceManifest, ApiError> {
+    let change = baton_workspace::ManifestChange {
+        changed: changed.entries,
+        removed: delta.removed,
+    };
+    let root = (changed.root_mode, changed.root_mtime_ns);
+    let whole = baton_workspace::patch(base, change, root, changed.skipped).map_err(ws_err)?;
+    baton_workspace::validate(&whole, limits).map_err(ws_err)?;
+    if delta.digest != Some(baton_workspace::digest(&whole)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidWorkspaceManifest,
+            "The workspace manifest sent as a change does not rebuild the source's manifest (its digest differs); hand the session off again.",
+        ));
+    }
+    Ok(whole)
 }
 
 /// What a pass stages next.

@@ -539,8 +539,25 @@ pub struct ManifestPart {
     /// Their total size.
     pub bytes: u64,
     /// This part's entries (and, in the last part, the skipped ones); `version`, `params` and
-    /// the root's mode and mtime are the same in every part.
+    /// the root's mode and mtime are the same in every part. Under `delta`, the entries are
+    /// those added or changed since the base.
     pub manifest: WorkspaceManifest,
+    /// Set when the pass's manifest travels as a change to the complete manifest of an earlier
+    /// pass of the same handoff, which both daemons hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<PartDelta>,
+}
+
+/// How a manifest part sent as a change relates to its base (see [`ManifestPart::delta`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartDelta {
+    /// The earlier pass (its transfer id) whose complete manifest this pass changes.
+    pub base: crate::ids::HandoffId,
+    /// This part's share of the base's paths that are gone, sorted across the parts.
+    pub removed: Vec<String>,
+    /// In the last part: the digest of the whole resulting manifest, which the target checks
+    /// after applying the change.
+    pub digest: Option<ContentHash>,
 }
 
 #[cfg(test)]

@@ -167,6 +167,10 @@ pub enum DaemonCommand {
         sealed_options: Option<Sealed>,
         /// True after quiesce: the tree the target must end up with.
         final_pass: bool,
+        /// The last earlier pass of this handoff that the target completed: when the source
+        /// still holds that pass's scan, it sends only what changed since.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_transfer: Option<HandoffId>,
     },
     /// Source: answer whether this daemon still serves `transfer_id` (after it reconnected:
     /// a restarted daemon does not, and the pass fails at once).

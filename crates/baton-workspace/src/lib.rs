@@ -16,6 +16,7 @@
 
 mod apply;
 mod chunk;
+mod delta;
 mod error;
 mod fsutil;
 mod index;
@@ -35,6 +36,7 @@ pub use baton_proto::workspace::{
     ChunkParams, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles, PlanSummary,
     WorkspaceManifest,
 };
+pub use delta::{ManifestChange, diff, digest, patch};
 pub use error::{Error, Result};
 pub use fsutil::available_bytes;
 pub use index::ChunkIndex;

@@ -40,6 +40,13 @@ pub struct WorkspaceArgs {
     /// A tenth of the tree (2 000 text files, 20 large files, 20 MiB ignored), for a quick check.
     #[arg(long)]
     small: bool,
+    /// Source-like text files instead of the shape's count (to see how memory grows with the
+    /// number of files).
+    #[arg(long)]
+    source_files: Option<u64>,
+    /// Large files instead of the shape's count.
+    #[arg(long)]
+    big_files: Option<u64>,
     /// Seed of the generated tree.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     seed: u64,
@@ -81,6 +88,12 @@ fn reproduce_command(args: &WorkspaceArgs, bench_profile: Option<&str>) -> Strin
     );
     if args.small {
         cmd.push_str(" --small");
+    }
+    if let Some(n) = args.source_files {
+        cmd.push_str(&format!(" --source-files {n}"));
+    }
+    if let Some(n) = args.big_files {
+        cmd.push_str(&format!(" --big-files {n}"));
     }
     if args.seed != DEFAULT_SEED {
         cmd.push_str(&format!(" --seed {}", args.seed));
@@ -208,11 +221,17 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| setup::default_out("workspace.json"));
-    let shape = if args.small {
+    let mut shape = if args.small {
         Shape::small(args.seed)
     } else {
         Shape::full(args.seed)
     };
+    if let Some(n) = args.source_files {
+        shape.source_files = n;
+    }
+    if let Some(n) = args.big_files {
+        shape.big_files = n;
+    }
     let tree_root = args
         .tree
         .clone()

@@ -174,6 +174,7 @@ fn spawn_drive(state: Arc<AppState>, account: AccountId, handoff: HandoffRecord,
                 sealed_meta: None,
                 last_error: None,
                 workspace_bytes: 0,
+                last_pass: None,
             }
             .drive(step)
             .await
@@ -193,6 +194,9 @@ struct Driver {
     last_error: Option<ApiError>,
     /// Bytes of the workspace selection, as the source counted them in preflight.
     workspace_bytes: u64,
+    /// The last workspace pass whose manifest the target took whole (its transfer id): the
+    /// next pass may send only what changed since.
+    last_pass: Option<HandoffId>,
 }
 
 impl Driver {
@@ -393,6 +397,7 @@ impl Driver {
                         session: session.clone(),
                         sealed_options: self.h.sealed_options.clone(),
                         final_pass,
+                        base_transfer: self.last_pass,
                     },
                     t.transfer,
                 )
@@ -430,6 +435,9 @@ impl Driver {
         }
         .await;
         self.state.transfers.finish(transfer);
+        // Whatever happens next, the target holds no complete manifest of an earlier pass
+        // until this one is received whole.
+        self.last_pass = None;
         let reply = result.map_err(|e| relabel(e, code))?;
         match reply {
             DaemonReply::WorkspacePlanned { sealed_plan, .. } => {
@@ -449,6 +457,8 @@ impl Driver {
                 self.h.bytes += bytes_sent;
                 if final_pass {
                     self.h.workspace = sealed_outcome;
+                } else {
+                    self.last_pass = Some(transfer);
                 }
                 Ok(())
             }
