@@ -95,3 +95,55 @@ fn update_refuses_other_chunk_parameters() {
     let e = st.update(other, &Limits::default()).unwrap_err();
     assert_eq!(e.code().as_str(), "bad_request");
 }
+
+#[test]
+fn a_final_manifest_with_the_same_entries_keeps_the_staging_and_its_journal() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    for i in 0..40 {
+        write(&src, &format!("d{}/f{i}.bin", i % 4), &noise(i, 3000));
+    }
+    let o = opts(IgnoredFiles::Skip);
+    let first = scan(&src, &o, None).unwrap();
+    let limits = Limits::default();
+    let mut st = Stager::create(&dest, "same", first.manifest.clone(), &limits).unwrap();
+    let source = ChunkIndex::from_scan(&first);
+    let all = st.missing();
+    for h in &all[..20] {
+        st.put_chunk(h, &source.read(h).unwrap()).unwrap();
+    }
+    st.sync().unwrap();
+
+    // The source stopped; only its root changed (a new mtime) and a link is now left out.
+    let mut last = first.manifest.clone();
+    last.root_mtime_ns += 1_000_000_000;
+    last.skipped.push(baton_proto::workspace::SkippedEntry {
+        path: "out-link".into(),
+        reason: baton_proto::workspace::SkipReason::SymlinkOutside,
+    });
+    let filled = st.update(last.clone(), &limits).unwrap();
+    assert_eq!(filled.chunks, 0, "nothing to copy: the staged files stand");
+    assert_eq!(st.missing(), all[20..], "what was written stays written");
+    assert_eq!(st.manifest(), &last);
+
+    // A daemon restarted here reopens the staging for the final manifest and its journal.
+    drop(st);
+    let mut st = Stager::create(&dest, "same", last.clone(), &limits).unwrap();
+    assert_eq!(
+        st.missing(),
+        all[20..],
+        "the journal names the final manifest"
+    );
+    for h in st.missing() {
+        st.put_chunk(&h, &source.read(&h).unwrap()).unwrap();
+    }
+    let landed = land(st);
+    assert_same(&listing(&src), &listing(&landed));
+    let mtime = fs::metadata(&landed).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        mtime.mtime() * 1_000_000_000 + mtime.mtime_nsec(),
+        last.root_mtime_ns,
+        "the root takes the final manifest's mtime"
+    );
+}

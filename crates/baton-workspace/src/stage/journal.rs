@@ -14,15 +14,14 @@ use crate::error::{Result, io_err};
 use crate::fsutil::fsync_dir;
 
 const NAME: &str = "journal";
-const MAGIC: &[u8] = b"baton-staging-journal v1\n";
+const MAGIC: &[u8] = b"baton-staging-journal v2\n";
 const HEADER: usize = MAGIC.len() + 32;
 /// Records buffered before they are written out: one write per 128 chunks rather than per chunk.
 const BUFFERED: usize = 128;
 
-/// BLAKE3 of the manifest's JSON: ties a journal to the manifest it was written for.
+/// The manifest's digest ([`crate::digest`]): ties a journal to the manifest it was written for.
 pub(super) fn manifest_digest(m: &WorkspaceManifest) -> [u8; 32] {
-    let json = serde_json::to_vec(m).expect("manifest types always serialise to JSON");
-    *blake3::hash(&json).as_bytes()
+    crate::delta::digest(m).0
 }
 
 /// An open journal, positioned for appending. Records are buffered, and written out every

@@ -1,5 +1,6 @@
-//! Moving a staging tree to a newer manifest of the same source (pre-copy, then delta): work is
-//! proportional to what changed, so the time a session is stopped does not grow with the tree.
+//! Moving a staging tree to a newer manifest of the same source (pre-copy, then delta). Files
+//! are rewritten only where they changed; the bookkeeping is still rebuilt over the whole tree,
+//! except when no entry changed at all, which leaves the tree as it stands.
 
 use std::collections::HashSet;
 use std::fs::{self, DirBuilder};
@@ -37,6 +38,9 @@ impl Stager {
     /// files before being dropped. Then [`Stager::missing`] lists only what the source still has
     /// to send. If this fails, abort the stager.
     pub fn update(&mut self, manifest: WorkspaceManifest, limits: &Limits) -> Result<Filled> {
+        if manifest.params == self.manifest.params && manifest.entries == self.manifest.entries {
+            return self.update_root(manifest, limits);
+        }
         validate(&manifest, limits)?;
         if manifest.params != self.manifest.params {
             return Err(Error::BadOption(
@@ -152,5 +156,42 @@ impl Stager {
         remove_tree(&aside).map_err(io_err("remove", &aside))?;
         self.restart_progress();
         Ok(filled)
+    }
+
+    /// [`Stager::update`] to a manifest whose entries are the staged ones (nothing in the tree
+    /// changed since the pre-copy): only the root's mode and mtime and the skipped list may
+    /// differ, so the staged tree stands as it is, whatever its size.
+    fn update_root(&mut self, manifest: WorkspaceManifest, limits: &Limits) -> Result<Filled> {
+        let WorkspaceManifest {
+            version,
+            params,
+            root_mode,
+            root_mtime_ns,
+            entries: _,
+            skipped,
+        } = manifest;
+        let rest = WorkspaceManifest {
+            version,
+            params,
+            root_mode,
+            root_mtime_ns,
+            entries: Vec::new(),
+            skipped,
+        };
+        validate(&rest, limits)?;
+        let m = &mut self.manifest;
+        if (m.root_mode, m.root_mtime_ns, &m.skipped) != (root_mode, root_mtime_ns, &rest.skipped) {
+            (m.root_mode, m.root_mtime_ns) = (root_mode, root_mtime_ns);
+            m.skipped = rest.skipped;
+            // A resumed stager must find the journal of the manifest it now holds.
+            let journal = Journal::write(
+                &self.dir,
+                &manifest_digest(&self.manifest),
+                self.written.iter().copied(),
+            )?;
+            self.journal = journal.into();
+        }
+        self.restart_progress();
+        Ok(Filled::default())
     }
 }
