@@ -369,7 +369,13 @@ pub async fn send(
     let files = prepared.files();
     let bytes = prepared.bytes();
     let tcipher = cipher.transfer(transfer);
-    let feed = BlobFeed::new(tcipher.clone());
+    // A big tree's manifest is tens of MB: it waits on disk, not in memory, until the pass ends.
+    let feed = BlobFeed::spooled(tcipher.clone(), &d.handoff_dir(handoff)).map_err(|e| {
+        ApiError::new(
+            ErrorCode::TransferFailed,
+            format!("Cannot keep the workspace manifest on disk: {e}."),
+        )
+    })?;
     let index = Arc::new(PartsSource::default());
     let cancel = CancellationToken::new();
     {
@@ -478,6 +484,7 @@ pub async fn send(
     };
     let d2 = d.clone();
     tokio::spawn(async move {
+        let manifest = feed.clone();
         let served =
             crate::transfer::serve_source(&conn, tcipher, index, feed, cancel.clone()).await;
         // A target that finished early (a plan made from counts) stops the scan too.
@@ -487,7 +494,7 @@ pub async fn send(
         }
         match served {
             Ok(stats) => {
-                tracing::info!(handoff_id = %handoff, %transfer, chunks = stats.chunks, bytes = stats.bytes, "workspace pass served")
+                tracing::info!(handoff_id = %handoff, %transfer, chunks = stats.chunks, bytes = stats.bytes, manifest_bytes = manifest.published_bytes(), "workspace pass served")
             }
             Err(e) => {
                 tracing::warn!(handoff_id = %handoff, %transfer, error = %e, "serving the workspace failed")

@@ -936,8 +936,15 @@ async fn manifest_parts_are_served_as_they_are_published_and_a_failed_feed_abort
     let world = World::start(limits()).await;
     let transfer = world.allow_a_to_b();
     let c = cipher(transfer);
-    let feed = BlobFeed::new(c.clone());
+    // Parts wait in an unnamed file, as a daemon's manifests do.
+    let spool = tempfile::tempdir().expect("tempdir");
+    let feed = BlobFeed::spooled(c.clone(), spool.path()).expect("spool");
     feed.publish(b"part zero").expect("publish");
+    assert_eq!(
+        std::fs::read_dir(spool.path()).expect("ls").count(),
+        0,
+        "the spool has no name to leave behind"
+    );
     let source_conn = world.conn(world.m(0), transfer, tuning());
     let (source_cipher, source_feed) = (c.clone(), feed.clone());
     let serving = tokio::spawn(async move {
@@ -982,4 +989,5 @@ async fn manifest_parts_are_served_as_they_are_published_and_a_failed_feed_abort
         .expect("source ends")
         .expect("joins");
     assert!(served.is_err(), "the source reports the failure too");
+    assert_eq!(feed.published_bytes(), 17, "two parts' plaintext");
 }

@@ -15,10 +15,10 @@ use baton_proto::workspace::{
 
 use crate::chunk::Chunker;
 use crate::error::{Error, Result, io_err};
-use crate::fsutil::{ctime_ns, mtime_ns};
+use crate::fsutil::mtime_ns;
 use crate::pool;
 use crate::progress::Progress;
-use crate::select::{Found, What, select};
+use crate::select::{Found, Stat, What, select};
 use crate::validate::Limits;
 
 /// A file whose change time was less than this before it was read is hashed again next time: a
@@ -75,17 +75,17 @@ pub(crate) struct LocalStat {
 }
 
 impl LocalStat {
-    fn of(md: &Metadata, read_ns: i64) -> Self {
+    fn of(md: &Stat, read_ns: i64) -> Self {
         Self {
-            dev: md.dev(),
-            ino: md.ino(),
-            ctime_ns: ctime_ns(md),
+            dev: md.dev,
+            ino: md.ino,
+            ctime_ns: md.ctime_ns,
             read_ns,
         }
     }
 
-    fn same_file(&self, md: &Metadata) -> bool {
-        self.dev == md.dev() && self.ino == md.ino() && self.ctime_ns == ctime_ns(md)
+    fn same_file(&self, md: &Stat) -> bool {
+        self.dev == md.dev && self.ino == md.ino && self.ctime_ns == md.ctime_ns
     }
 }
 
@@ -130,7 +130,7 @@ impl Scanned {
                 let f = e.file()?;
                 let md = std::fs::symlink_metadata(root.join(&e.path)).ok()?;
                 let matches = md.is_file() && md.len() == f.size && mtime_ns(&md) == e.mtime_ns;
-                matches.then(|| LocalStat::of(&md, known_ns))
+                matches.then(|| LocalStat::of(&Stat::of(&md), known_ns))
             })
             .collect();
         Scanned {
@@ -147,7 +147,7 @@ impl Scanned {
     }
 
     /// The previous hashes of `rel` when the file at `md` is provably the one they describe.
-    fn reusable(&self, rel: &str, md: &Metadata) -> Option<(&FileData, LocalStat)> {
+    fn reusable(&self, rel: &str, md: &Stat) -> Option<(&FileData, LocalStat)> {
         let i = self
             .manifest
             .entries
@@ -156,8 +156,8 @@ impl Scanned {
         let entry = &self.manifest.entries[i];
         let file = entry.file()?;
         let local = self.local.get(i).copied().flatten()?;
-        let same = file.size == md.len()
-            && entry.mtime_ns == mtime_ns(md)
+        let same = file.size == md.len
+            && entry.mtime_ns == md.mtime_ns
             && local.same_file(md)
             && local.ctime_ns < local.read_ns.saturating_sub(RACY_NS);
         same.then_some((file, local))
@@ -243,6 +243,10 @@ pub const STREAM_FIRST_PART: u64 = FIRST_PART_COST;
 const FIRST_PART_COST: u64 = 16 * 1024 * 1024;
 /// Largest part cost (bytes, plus [`FILE_COST`] per file).
 const MAX_PART_COST: u64 = 256 * 1024 * 1024;
+/// Most entries in one part, and in one batch of hashing: what a part's results, JSON and
+/// index take stays bounded whatever the tree (files whose hashes are reused cost nothing to
+/// read, so cost alone would put all of them in one part).
+const MAX_PART_ENTRIES: usize = 16 * 1024;
 /// What opening and hashing one file costs, counted as bytes when cutting parts.
 const FILE_COST: u64 = 16 * 1024;
 
@@ -298,7 +302,7 @@ pub fn walk(root: &Path, opts: &ScanOptions) -> Result<Walked> {
     let (mut files, mut bytes) = (0u64, 0u64);
     for f in sel.found.values().filter(|f| matches!(f.what, What::File)) {
         files += 1;
-        bytes += f.md.len();
+        bytes += f.md.len;
     }
     if bytes > opts.limits.max_total_bytes {
         return Err(Error::TooLarge(format!(
@@ -377,8 +381,8 @@ impl PreparedScan {
     }
 
     /// Hashes the files, calling `on_part` with the tree scanned so far each time a part of
-    /// about `first_part_cost` bytes (growing with what was hashed, `u64::MAX` for one part) is
-    /// done, so a caller can send the start of a big tree while the rest is read. `on_part`
+    /// about `first_part_cost` bytes (growing with what was hashed; `u64::MAX` for no limit by
+    /// bytes) or of at most 16 Ki entries is done, so a caller can send the start of a big tree while the rest is read. `on_part`
     /// returns false to stop the scan (nothing more is read). Returns the whole scan, or `None`
     /// when stopped.
     pub fn run(
@@ -424,10 +428,10 @@ impl PreparedScan {
             };
             let mut part = Vec::new();
             let mut cost = 0u64;
-            while cost < target {
+            while cost < target && part.len() < MAX_PART_ENTRIES {
                 let Some(item) = found.next() else { break };
                 if matches!(item.1.what, What::File) && item.2.is_none() {
-                    cost += item.1.md.len() + FILE_COST;
+                    cost += item.1.md.len + FILE_COST;
                 } else if let (What::File, Some((d, _))) = (&item.1.what, &item.2) {
                     progress.add(1, d.size);
                 }
@@ -481,8 +485,8 @@ impl PreparedScan {
                 };
                 scanned.manifest.entries.push(WorkspaceEntry {
                     path: rel,
-                    mode: md.mode() & 0o7777,
-                    mtime_ns: mtime_ns(&md),
+                    mode: md.mode & 0o7777,
+                    mtime_ns: md.mtime_ns,
                     kind,
                 });
                 scanned.local.push(stat);
@@ -510,7 +514,7 @@ impl PreparedScan {
 
 /// Reads one file; `None` when it vanished or became unreadable since the walk (it is then
 /// listed as skipped rather than failing the scan).
-fn hash_file(chunker: &mut Chunker, path: &Path) -> Result<Option<(FileData, Metadata, i64)>> {
+fn hash_file(chunker: &mut Chunker, path: &Path) -> Result<Option<(FileData, Stat, i64)>> {
     let read_ns = now_ns();
     // O_NOFOLLOW: the walk saw a regular file; if a symlink took its place, do not read through
     // it. O_NONBLOCK: a FIFO that took its place must not hang the scan.
@@ -528,7 +532,7 @@ fn hash_file(chunker: &mut Chunker, path: &Path) -> Result<Option<(FileData, Met
         return Ok(None);
     }
     match chunker.digest(&file) {
-        Ok(d) => Ok(Some((d, md, read_ns))),
+        Ok(d) => Ok(Some((d, Stat::of(&md), read_ns))),
         Err(e) if vanished(&e) => Ok(None),
         Err(e) => Err(io_err("read", path)(e)),
     }

@@ -161,3 +161,34 @@ fn a_received_tree_is_scanned_again_without_hashing_what_did_not_change() {
         s.manifest.get("big.bin").unwrap().file().unwrap().hash
     );
 }
+
+/// Parts stay bounded by their entry count even when nothing is read (every hash reused, or a
+/// tree of empty files): a rescan of a huge tree must not build one part of all of it.
+#[test]
+fn parts_hold_at_most_16_ki_entries_whatever_their_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in 0..17 {
+        let sub = dir.path().join(format!("d{d:02}"));
+        std::fs::create_dir(&sub).unwrap();
+        for f in 0..1000 {
+            std::fs::File::create(sub.join(format!("f{f:04}"))).unwrap();
+        }
+    }
+    let o = opts(IgnoredFiles::Skip);
+    let mut sizes = Vec::new();
+    let scanned = prepare_scan(dir.path(), &o, None)
+        .unwrap()
+        .run(&o, u64::MAX, |part| {
+            sizes.push(part.scanned.manifest.entries.len() - part.start);
+            true
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(scanned.manifest.entries.len(), 17 * 1001);
+    assert_eq!(sizes.iter().sum::<usize>(), 17 * 1001);
+    assert_eq!(
+        sizes,
+        [16 * 1024, 17 * 1001 - 16 * 1024],
+        "two parts, the first full"
+    );
+}

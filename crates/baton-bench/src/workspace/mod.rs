@@ -473,7 +473,7 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
                     if let Some(why) = failure_of(&out) {
                         bail!("the first handoff failed: {why}: {out}");
                     }
-                    let passes = served_passes(&cluster, LAPTOP, &out)?;
+                    let passes = served_passes(&cluster, LAPTOP, &out, ctx.sel.manifest_json)?;
                     let mut info =
                         BatonInfo::of(&out, passes, ctx.sel.manifest_json, &ctx.sel.manifest)?;
                     info.cpu = cpu;
@@ -565,8 +565,8 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
                         )?;
                         Ok(())
                     })?;
-                    let passes = served_passes(&cluster, DESKTOP, &out)?;
                     let json = serde_json::to_vec(&edited_manifest)?.len() as u64;
+                    let passes = served_passes(&cluster, DESKTOP, &out, json)?;
                     let mut info = BatonInfo::of(&out, passes, json, &edited_manifest)?;
                     info.cpu = report::cpu_used(&cpu_before, &report::cpu_now(&cluster));
                     let failure = failure_of(&out);
@@ -743,8 +743,14 @@ fn failure_of(out: &Value) -> Option<String> {
 }
 
 /// The passes the source machine `idx` served for the handoff `out` reports, from its log's
-/// "workspace pass served" lines: (chunks, chunk bytes) each.
-fn served_passes(cluster: &Cluster, idx: usize, out: &Value) -> Result<Vec<(u64, u64)>> {
+/// "workspace pass served" lines: (chunks, chunk bytes, manifest bytes) each. A `baton` that
+/// does not log its manifest bytes is taken to send `manifest_json` in every pass.
+fn served_passes(
+    cluster: &Cluster,
+    idx: usize,
+    out: &Value,
+    manifest_json: u64,
+) -> Result<Vec<(u64, u64, u64)>> {
     let id = out["handoff_id"]
         .as_str()
         .with_context(|| format!("no handoff_id in {out}"))?;
@@ -761,9 +767,12 @@ fn served_passes(cluster: &Cluster, idx: usize, out: &Value) -> Result<Vec<(u64,
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
         };
-        passes.push((field("chunks="), field("bytes=")));
+        passes.push((
+            field("chunks=").unwrap_or(0),
+            field("bytes=").unwrap_or(0),
+            field("manifest_bytes=").unwrap_or(manifest_json),
+        ));
     }
     Ok(passes)
 }

@@ -62,10 +62,10 @@ pub struct BatonInfo {
     pub bytes_total: u64,
     /// Bytes of chunk data sent, all passes.
     pub bytes_sent: u64,
-    /// Each pass the source served, from its log: (chunks, chunk bytes). The manifest travels
-    /// once per pass.
-    pub passes: Vec<(u64, u64)>,
-    /// Bytes of the manifest as JSON (what each pass seals and sends before any chunk).
+    /// Each pass the source served, from its log: (chunks, chunk bytes, manifest bytes). A pass
+    /// sends its manifest whole, or as the change since the pass before.
+    pub passes: Vec<(u64, u64, u64)>,
+    /// Bytes of the whole manifest as JSON.
     pub manifest_json: u64,
     /// CPU seconds each of the cluster's processes used during the handoff.
     pub cpu: Vec<(String, f64)>,
@@ -77,7 +77,7 @@ impl BatonInfo {
     /// then those of `expected`, and the bytes sent the sum of the passes'.
     pub fn of(
         out: &Value,
-        passes: Vec<(u64, u64)>,
+        passes: Vec<(u64, u64, u64)>,
         manifest_json: u64,
         expected: &WorkspaceManifest,
     ) -> Result<Self> {
@@ -117,9 +117,9 @@ impl BatonInfo {
 }
 
 impl BatonInfo {
-    /// Bytes of manifest sent: its JSON once per pass (sealing adds a few bytes each).
+    /// Bytes of manifest sent over all passes, as JSON (sealing adds a few bytes each).
     pub fn manifest_sent(&self) -> u64 {
-        self.manifest_json * self.passes.len() as u64
+        self.passes.iter().map(|p| p.2).sum()
     }
 }
 
@@ -178,7 +178,7 @@ impl Sample {
                 "files": b.files,
                 "bytes_total": b.bytes_total,
                 "bytes_sent": b.bytes_sent,
-                "passes": b.passes.iter().map(|(c, n)| json!({ "chunks": c, "bytes": n })).collect::<Vec<_>>(),
+                "passes": b.passes.iter().map(|(c, n, m)| json!({ "chunks": c, "bytes": n, "manifest_bytes": m })).collect::<Vec<_>>(),
                 "manifest_json_bytes": b.manifest_json,
                 "manifest_bytes_sent": b.manifest_sent(),
                 "cpu_seconds": b.cpu.iter().map(|(n, c)| (n.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
@@ -307,13 +307,15 @@ fn thousands(n: u64) -> String {
     out
 }
 
-/// "manifest N B of JSON x P passes = M B".
+/// "manifest N B of JSON; sent a + b + c = M B over P passes".
 fn manifest_note(b: &BatonInfo) -> String {
+    let each: Vec<String> = b.passes.iter().map(|p| thousands(p.2)).collect();
     format!(
-        "manifest {} B of JSON x {} passes = {} B",
+        "manifest {} B of JSON whole; sent {} = {} B over {} passes",
         thousands(b.manifest_json),
-        b.passes.len(),
-        thousands(b.manifest_sent())
+        each.join(" + "),
+        thousands(b.manifest_sent()),
+        b.passes.len()
     )
 }
 

@@ -321,8 +321,18 @@ enum Part {
 
 #[derive(Default)]
 struct FeedState {
-    parts: Vec<Arc<Vec<u8>>>,
+    parts: Vec<Stored>,
+    /// Where sealed parts are written instead of being kept in memory, and its length.
+    spool: Option<(std::fs::File, u64)>,
+    /// Plaintext bytes of the parts published so far.
+    published: u64,
     failed: Option<String>,
+}
+
+/// A published part: in memory, or at an offset of the spool file.
+enum Stored {
+    Memory(Arc<Vec<u8>>),
+    Spooled { at: u64, len: usize },
 }
 
 /// The blobs a source serves, in order (blob 0, 1, …): the parts of its manifest, published as
@@ -342,6 +352,17 @@ impl BlobFeed {
             state: Mutex::new(FeedState::default()),
             changed: Notify::new(),
         })
+    }
+
+    /// An empty feed that keeps its sealed parts in an unnamed file in `dir` rather than in
+    /// memory: a manifest is some hundred bytes per file of the tree, and is kept until the pass
+    /// ends in case the target reconnects and asks again.
+    pub fn spooled(cipher: TransferCipher, dir: &std::path::Path) -> io::Result<Arc<Self>> {
+        std::fs::create_dir_all(dir)?;
+        let file = tempfile::tempfile_in(dir)?;
+        let feed = Self::new(cipher);
+        feed.lock().spool = Some((file, 0));
+        Ok(feed)
     }
 
     /// A feed of one blob, complete.
@@ -370,10 +391,30 @@ impl BlobFeed {
                 ),
             )));
         }
-        state.parts.push(Arc::new(sealed));
+        let stored = match &mut state.spool {
+            Some((file, end)) => {
+                use std::os::unix::fs::FileExt;
+                file.write_all_at(&sealed, *end)
+                    .map_err(TransferError::Source)?;
+                let at = *end;
+                *end += sealed.len() as u64;
+                Stored::Spooled {
+                    at,
+                    len: sealed.len(),
+                }
+            }
+            None => Stored::Memory(Arc::new(sealed)),
+        };
+        state.parts.push(stored);
+        state.published += plain.len() as u64;
         drop(state);
         self.changed.notify_one();
         Ok(())
+    }
+
+    /// Plaintext bytes of the parts published so far (what the manifest cost, before sealing).
+    pub fn published_bytes(&self) -> u64 {
+        self.lock().published
     }
 
     /// No more parts will come: the target asking for one is told why.
@@ -385,7 +426,18 @@ impl BlobFeed {
     fn part(&self, seq: u32) -> Part {
         let state = self.lock();
         match state.parts.get(seq as usize) {
-            Some(p) => Part::Ready(p.clone()),
+            Some(Stored::Memory(p)) => Part::Ready(p.clone()),
+            Some(Stored::Spooled { at, len }) => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; *len];
+                match &state.spool {
+                    Some((file, _)) => match file.read_exact_at(&mut buf, *at) {
+                        Ok(()) => Part::Ready(Arc::new(buf)),
+                        Err(e) => Part::Failed(format!("reading back manifest part {seq}: {e}")),
+                    },
+                    None => Part::Failed(format!("manifest part {seq} is lost")),
+                }
+            }
             None => match &state.failed {
                 Some(why) => Part::Failed(why.clone()),
                 None => Part::NotYet,
