@@ -17,7 +17,7 @@ use baton_crypto::SessionCipher;
 use baton_proto::handoff::{WorkspaceOutcome, WorkspacePass};
 use baton_proto::workspace::{
     ChunkParams, ChunkRef, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles,
-    ManifestPart, PartDelta, WorkspaceManifest,
+    ManifestPart, PartDelta, SkippedEntry, WorkspaceManifest,
 };
 use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
@@ -680,12 +680,14 @@ async fn fetch_part(receiver: &mut Receiver, seq: u32) -> Result<ManifestPart, A
         ));
     }
     let blob = receiver.blob(seq).await.map_err(|e| e.to_api())?;
-    serde_json::from_slice(&blob).map_err(|e| {
+    let mut part: ManifestPart = serde_json::from_slice(&blob).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidWorkspaceManifest,
             format!("Part {seq} of the workspace manifest does not parse: {e}."),
         )
-    })
+    })?;
+    part.manifest.compact();
+    Ok(part)
 }
 
 /// Fetches the first part of a pass's manifest.
@@ -851,6 +853,8 @@ async fn receive_pass(
     let mut side = side.lock().await;
     // Until this pass succeeds, the stager holds no complete manifest to build on.
     let held = side.held.take();
+    // What a manifest sent as a change makes of the staged one.
+    let mut rebuilt_staging = None;
     if parts.delta.is_some() {
         while !parts.done {
             next_part(receiver, &mut parts).await?;
@@ -868,17 +872,17 @@ async fn receive_pass(
             removed = delta.as_ref().map_or(0, |d| d.removed.len()),
             "workspace manifest received as a change"
         );
-        let (stager, whole) = tokio::task::spawn_blocking(move || {
-            let whole = match (&stager, delta) {
+        let (stager, rebuilt) = tokio::task::spawn_blocking(move || {
+            let rebuilt = match (&stager, delta) {
                 (Some(s), Some(delta)) => rebuild(s.manifest(), delta, changed, &limits),
                 _ => Err(ApiError::new(ErrorCode::Internal, "The staging is gone.")),
             };
-            (stager, whole)
+            (stager, rebuilt)
         })
         .await
         .map_err(internal("Applying the manifest's change"))?;
         side.stager = stager;
-        parts.whole = whole?;
+        rebuilt_staging = Some(rebuilt?);
     }
     if pass == WorkspacePass::Plan {
         let summary = if side.state == DestinationState::Absent && side.stager.is_none() {
@@ -919,7 +923,8 @@ async fn receive_pass(
     }
     // The entries go to the stager; later parts are checked against `parts.tree`.
     let empty = WorkspaceManifest::new(parts.whole.params);
-    let mut staging = Staging::Whole(std::mem::replace(&mut parts.whole, empty));
+    let whole = std::mem::replace(&mut parts.whole, empty);
+    let mut staging = rebuilt_staging.unwrap_or(Staging::Whole(whole));
     loop {
         let staged = stage_and_fetch(
             &mut side,
@@ -1019,28 +1024,38 @@ fn base_not_held(parts: &Parts) -> ApiError {
     )
 }
 
-/// The manifest `base` becomes with the change the source sent, checked whole and against the
-/// source's digest of it.
+/// What the staged manifest `base` becomes with the change the source sent, checked whole and
+/// against the source's digest of it. An empty change (nothing in the tree changed since the
+/// pre-copy) only touches the root and the skipped list, and copies nothing.
 fn rebuild(
     base: &WorkspaceManifest,
     delta: PartDelta,
     changed: WorkspaceManifest,
     limits: &Limits,
-) -> Result<WorkspaceManifest, ApiError> {
+) -> Result<Staging, ApiError> {
+    let root = (changed.root_mode, changed.root_mtime_ns);
+    let digest_differs = || {
+        ApiError::new(
+            ErrorCode::InvalidWorkspaceManifest,
+            "The workspace manifest sent as a change does not rebuild the source's manifest (its digest differs); hand the session off again.",
+        )
+    };
+    if changed.entries.is_empty() && delta.removed.is_empty() {
+        if delta.digest != Some(baton_workspace::digest_of(base, root, &changed.skipped)) {
+            return Err(digest_differs());
+        }
+        return Ok(Staging::Root(root, changed.skipped));
+    }
     let change = baton_workspace::ManifestChange {
         changed: changed.entries,
         removed: delta.removed,
     };
-    let root = (changed.root_mode, changed.root_mtime_ns);
     let whole = baton_workspace::patch(base, change, root, changed.skipped).map_err(ws_err)?;
     baton_workspace::validate(&whole, limits).map_err(ws_err)?;
     if delta.digest != Some(baton_workspace::digest(&whole)) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidWorkspaceManifest,
-            "The workspace manifest sent as a change does not rebuild the source's manifest (its digest differs); hand the session off again.",
-        ));
+        return Err(digest_differs());
     }
-    Ok(whole)
+    Ok(Staging::Whole(whole))
 }
 
 /// What a pass stages next.
@@ -1050,6 +1065,9 @@ enum Staging {
     Whole(WorkspaceManifest),
     /// The next part of a manifest streamed in path order: appended to what is staged.
     More(WorkspaceManifest),
+    /// The staged manifest with this root mode and mtime and this skipped list (a final pass
+    /// in which no entry changed).
+    Root((u32, i64), Vec<SkippedEntry>),
 }
 
 /// What staging one manifest (or manifest prefix) moved.
@@ -1087,10 +1105,16 @@ async fn stage_and_fetch(
                 Ok(_) => s,
                 Err(e) => return Err(Box::new((Some(s), e))),
             },
+            (Some(mut s), Staging::Root(root, skipped)) => {
+                match s.update_root(root, skipped, &limits) {
+                    Ok(_) => s,
+                    Err(e) => return Err(Box::new((Some(s), e))),
+                }
+            }
             (None, Staging::Whole(m)) => {
                 Stager::create(&dest, &id, m, &limits).map_err(|e| Box::new((None, e)))?
             }
-            (None, Staging::More(_)) => {
+            (None, Staging::More(_) | Staging::Root(..)) => {
                 return Err(Box::new((
                     None,
                     baton_workspace::Error::BadOption(

@@ -108,6 +108,9 @@ impl Chunker {
                 ContentHash(*file.finalize().as_bytes())
             }
         };
+        // Most files are one chunk, and a grown list keeps room for four: a manifest of 10⁵
+        // files would carry megabytes of spare room.
+        chunks.shrink_to_fit();
         Ok(FileData { size, hash, chunks })
     }
 }

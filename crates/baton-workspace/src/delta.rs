@@ -131,6 +131,16 @@ fn sorted<'a>(paths: impl Iterator<Item = &'a str>, what: &str) -> Result<()> {
 /// BLAKE3 of a manifest's content in a fixed binary form: what the target compares after
 /// rebuilding a manifest from a change (JSON would cost a serialisation of the whole tree).
 pub fn digest(m: &WorkspaceManifest) -> ContentHash {
+    digest_of(m, (m.root_mode, m.root_mtime_ns), &m.skipped)
+}
+
+/// [`digest`] of `m` with another root mode and mtime and another skipped list, without
+/// building that manifest.
+pub fn digest_of(
+    m: &WorkspaceManifest,
+    (root_mode, root_mtime_ns): (u32, i64),
+    skipped: &[SkippedEntry],
+) -> ContentHash {
     let mut h = blake3::Hasher::new();
     // Small pieces are gathered so that BLAKE3 sees large inputs.
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -147,8 +157,8 @@ pub fn digest(m: &WorkspaceManifest) -> ContentHash {
     // The parameters are a handful of fields, and JSON names them all.
     let params = serde_json::to_string(&m.params).unwrap_or_default();
     text(&mut buf, &params);
-    num(&mut buf, u64::from(m.root_mode));
-    num(&mut buf, m.root_mtime_ns as u64);
+    num(&mut buf, u64::from(root_mode));
+    num(&mut buf, root_mtime_ns as u64);
     num(&mut buf, m.entries.len() as u64);
     for e in &m.entries {
         text(&mut buf, &e.path);
@@ -175,8 +185,8 @@ pub fn digest(m: &WorkspaceManifest) -> ContentHash {
             flush(&mut h, &mut buf);
         }
     }
-    num(&mut buf, m.skipped.len() as u64);
-    for s in &m.skipped {
+    num(&mut buf, skipped.len() as u64);
+    for s in skipped {
         text(&mut buf, &s.path);
         text(&mut buf, s.reason.as_str());
     }
@@ -303,11 +313,15 @@ mod tests {
         let mut m = base.clone();
         m.entries[1].path = "a/y".into();
         assert_ne!(digest(&m), d);
-        let mut m = base;
+        let mut m = base.clone();
         m.skipped.push(SkippedEntry {
             path: "s".into(),
             reason: SkipReason::SpecialFile,
         });
         assert_ne!(digest(&m), d);
+        // The same digest without building the manifest with another root and skipped list.
+        m.root_mode = 0o700;
+        m.root_mtime_ns = 5;
+        assert_eq!(digest_of(&base, (0o700, 5), &m.skipped), digest(&m));
     }
 }

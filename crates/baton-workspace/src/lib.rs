@@ -36,7 +36,7 @@ pub use baton_proto::workspace::{
     ChunkParams, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles, PlanSummary,
     WorkspaceManifest,
 };
-pub use delta::{ManifestChange, diff, digest, patch};
+pub use delta::{ManifestChange, diff, digest, digest_of, patch};
 pub use error::{Error, Result};
 pub use fsutil::available_bytes;
 pub use index::ChunkIndex;

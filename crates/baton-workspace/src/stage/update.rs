@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
-use baton_proto::workspace::{EntryKind, WorkspaceEntry, WorkspaceManifest};
+use baton_proto::workspace::{EntryKind, SkippedEntry, WorkspaceEntry, WorkspaceManifest};
 
 use super::journal::{Journal, manifest_digest};
 use super::{Filled, Stager, create_entry, created_lazily, placements};
@@ -39,7 +39,8 @@ impl Stager {
     /// to send. If this fails, abort the stager.
     pub fn update(&mut self, manifest: WorkspaceManifest, limits: &Limits) -> Result<Filled> {
         if manifest.params == self.manifest.params && manifest.entries == self.manifest.entries {
-            return self.update_root(manifest, limits);
+            let root = (manifest.root_mode, manifest.root_mtime_ns);
+            return self.update_root(root, manifest.skipped, limits);
         }
         validate(&manifest, limits)?;
         if manifest.params != self.manifest.params {
@@ -158,26 +159,19 @@ impl Stager {
         Ok(filled)
     }
 
-    /// [`Stager::update`] to a manifest whose entries are the staged ones (nothing in the tree
-    /// changed since the pre-copy): only the root's mode and mtime and the skipped list may
-    /// differ, so the staged tree stands as it is, whatever its size.
-    fn update_root(&mut self, manifest: WorkspaceManifest, limits: &Limits) -> Result<Filled> {
-        let WorkspaceManifest {
-            version,
-            params,
-            root_mode,
-            root_mtime_ns,
-            entries: _,
-            skipped,
-        } = manifest;
-        let rest = WorkspaceManifest {
-            version,
-            params,
-            root_mode,
-            root_mtime_ns,
-            entries: Vec::new(),
-            skipped,
-        };
+    /// [`Stager::update`] to the staged manifest with another root mode and mtime and another
+    /// skipped list: nothing in the tree changed since the pre-copy, so the staged tree stands
+    /// as it is, whatever its size.
+    pub fn update_root(
+        &mut self,
+        (root_mode, root_mtime_ns): (u32, i64),
+        skipped: Vec<SkippedEntry>,
+        limits: &Limits,
+    ) -> Result<Filled> {
+        let mut rest = WorkspaceManifest::new(self.manifest.params);
+        rest.version = self.manifest.version;
+        (rest.root_mode, rest.root_mtime_ns) = (root_mode, root_mtime_ns);
+        rest.skipped = skipped;
         validate(&rest, limits)?;
         let m = &mut self.manifest;
         if (m.root_mode, m.root_mtime_ns, &m.skipped) != (root_mode, root_mtime_ns, &rest.skipped) {
