@@ -64,14 +64,23 @@ struct KnownTrees(Mutex<Vec<Arc<Scanned>>>);
 
 /// Trees whose last scan a daemon keeps (some MiB each for a big tree).
 const KNOWN_TREES: usize = 2;
+/// Entries the kept scans may hold together (a few hundred bytes each): what stays resident
+/// between handoffs is bounded whatever the trees, and a bigger tree is simply hashed again.
+const KNOWN_ENTRIES: usize = 250_000;
 
 impl KnownTrees {
-    /// Keeps `scanned` as the last scan of its root.
+    /// Keeps `scanned` as the last scan of its root, forgetting the oldest scans beyond
+    /// [`KNOWN_TREES`] or [`KNOWN_ENTRIES`].
     fn remember(&self, scanned: Arc<Scanned>) {
         let mut known = lock(&self.0);
         known.retain(|k| k.root() != scanned.root());
         known.insert(0, scanned);
         known.truncate(KNOWN_TREES);
+        let mut entries = 0;
+        known.retain(|k| {
+            entries += k.manifest.entries.len();
+            entries <= KNOWN_ENTRIES
+        });
     }
 
     /// The last scan of `root` (canonical), if kept.
@@ -1401,5 +1410,46 @@ pub fn remove_recorded_staging(d: &Daemon, handoff: HandoffId) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "looking for leftover workspace staging failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::workspace::{EntryKind, WorkspaceEntry};
+
+    fn tree(root: &str, dirs: usize) -> Arc<Scanned> {
+        let mut m = WorkspaceManifest::new(ChunkParams::default());
+        m.entries = (0..dirs)
+            .map(|i| WorkspaceEntry {
+                path: format!("d{i:07}"),
+                mode: 0o755,
+                mtime_ns: 0,
+                kind: EntryKind::Dir,
+            })
+            .collect();
+        Arc::new(Scanned::of_received(m, PathBuf::from(root), 0))
+    }
+
+    fn roots(k: &KnownTrees) -> Vec<PathBuf> {
+        lock(&k.0).iter().map(|s| s.root().to_path_buf()).collect()
+    }
+
+    #[test]
+    fn known_trees_keep_the_newest_within_their_count_and_entry_budget() {
+        let k = KnownTrees::default();
+        k.remember(tree("/a", 10));
+        k.remember(tree("/b", 10));
+        k.remember(tree("/a", 20));
+        assert_eq!(roots(&k), [PathBuf::from("/a"), PathBuf::from("/b")]);
+        k.remember(tree("/c", 10));
+        assert_eq!(roots(&k), [PathBuf::from("/c"), PathBuf::from("/a")]);
+        // Together over the entry budget: the older one goes.
+        k.remember(tree("/big", KNOWN_ENTRIES - 5));
+        assert_eq!(roots(&k), [PathBuf::from("/big")]);
+        // Alone over it: nothing is kept.
+        k.remember(tree("/huge", KNOWN_ENTRIES + 1));
+        assert!(roots(&k).is_empty());
+        assert!(k.recall(std::path::Path::new("/huge")).is_none());
     }
 }
