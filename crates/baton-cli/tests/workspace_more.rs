@@ -461,6 +461,22 @@ fn sibling_leaves_an_existing_destination_untouched_and_replace_takes_its_place(
 
     // Sibling (the default): the tree lands at `<dest>-handoff`, the destination is untouched.
     let out = moved(&w, LAPTOP, &s, "desktop", &dest, &[]);
+    // The target planned from the whole manifest and kept it: the pre-copy and the final pass
+    // both came as changes (nothing changed, so empty ones).
+    let id = out["handoff_id"].as_str().expect("handoff_id").to_string();
+    let log = daemon_log(&w, DESKTOP);
+    let changes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("workspace manifest received as a change") && l.contains(&id))
+        .collect();
+    assert_eq!(changes.len(), 2, "{log}");
+    for line in changes {
+        assert_eq!(
+            (field(line, "changed"), field(line, "removed")),
+            (Some(0), Some(0)),
+            "{line}"
+        );
+    }
     let first = desk.join("proj-handoff");
     assert_eq!(
         out["workspace"]["path"],

@@ -118,9 +118,12 @@ struct TargetSide {
     state: DestinationState,
     /// When the staged tree's verification ended, for a scan of the tree once it is in place.
     verified_ns: Option<i64>,
-    /// The pass (transfer) whose complete manifest the stager holds, set when that pass
-    /// succeeded: the next pass may send its manifest as a change to it.
+    /// The pass (transfer) whose complete manifest the stager (or, before there is one,
+    /// `planned`) holds, set when that pass succeeded: the next pass may send its manifest as a
+    /// change to it.
     held: Option<HandoffId>,
+    /// The whole manifest a plan pass planned from, kept for the pre-copy to build on.
+    planned: Option<WorkspaceManifest>,
 }
 
 /// Where the target stages the workspace of a handoff (persisted beside its provider staging).
@@ -659,6 +662,7 @@ async fn open_target(
         state,
         verified_ns: None,
         held: None,
+        planned: None,
     })
 }
 
@@ -862,13 +866,15 @@ async fn receive_pass(
     let mut side = side.lock().await;
     // Until this pass succeeds, the stager holds no complete manifest to build on.
     let held = side.held.take();
+    let mut planned = side.planned.take();
     // What a manifest sent as a change makes of the staged one.
     let mut rebuilt_staging = None;
     if parts.delta.is_some() {
         while !parts.done {
             next_part(receiver, &mut parts).await?;
         }
-        if side.stager.is_none() || held != parts.delta.as_ref().map(|p| p.base) {
+        let base_held = side.stager.is_some() || planned.is_some();
+        if !base_held || held != parts.delta.as_ref().map(|p| p.base) {
             return Err(base_not_held(&parts));
         }
         let stager = side.stager.take();
@@ -881,9 +887,13 @@ async fn receive_pass(
             removed = delta.as_ref().map_or(0, |d| d.removed.len()),
             "workspace manifest received as a change"
         );
+        let planned = planned.take();
         let (stager, rebuilt) = tokio::task::spawn_blocking(move || {
-            let rebuilt = match (&stager, delta) {
-                (Some(s), Some(delta)) => rebuild(s.manifest(), delta, changed, &limits),
+            let rebuilt = match (&stager, planned, delta) {
+                (Some(s), _, Some(delta)) => rebuild(s.manifest(), delta, changed, &limits),
+                (None, Some(base), Some(delta)) => {
+                    rebuild_planned(base, delta, changed, &limits).map(Staging::Whole)
+                }
                 _ => Err(ApiError::new(ErrorCode::Internal, "The staging is gone.")),
             };
             (stager, rebuilt)
@@ -893,6 +903,8 @@ async fn receive_pass(
         side.stager = stager;
         rebuilt_staging = Some(rebuilt?);
     }
+    // A pass sent whole does not need the plan's manifest.
+    drop(planned);
     if pass == WorkspacePass::Plan {
         let summary = if side.state == DestinationState::Absent && side.stager.is_none() {
             plan_absent(parts.files, parts.bytes, side.policy)
@@ -901,19 +913,29 @@ async fn receive_pass(
                 next_part(receiver, &mut parts).await?;
             }
             baton_workspace::validate(&parts.whole, &limits).map_err(ws_err)?;
-            baton_workspace::plan(
+            let summary = baton_workspace::plan(
                 &parts.whole,
                 side.state,
                 side.existing.as_ref(),
                 &side.index,
                 side.policy,
             )
-            .summary
+            .summary;
+            if side.stager.is_none() {
+                // The pre-copy may then send only what changed since this scan.
+                side.planned = Some(std::mem::replace(
+                    &mut parts.whole,
+                    WorkspaceManifest::new(parts.tree.1),
+                ));
+                side.held = Some(transfer);
+            }
+            summary
         };
         let transfer_bytes = summary.transfer_bytes;
         return Ok(DaemonReply::WorkspacePlanned {
             sealed_plan: cipher.seal_plan(handoff, &summary),
             transfer_bytes,
+            holds_manifest: side.planned.is_some(),
         });
     }
     // The plan's view of the old tree is not needed any more.
@@ -1065,6 +1087,29 @@ fn rebuild(
         return Err(digest_differs());
     }
     Ok(Staging::Whole(whole))
+}
+
+/// [`rebuild`] onto the whole manifest a plan pass kept (there is no stager yet): the result
+/// is a manifest to create the staging from.
+fn rebuild_planned(
+    mut base: WorkspaceManifest,
+    delta: PartDelta,
+    changed: WorkspaceManifest,
+    limits: &Limits,
+) -> Result<WorkspaceManifest, ApiError> {
+    match rebuild(&base, delta, changed, limits)? {
+        Staging::Whole(m) => Ok(m),
+        Staging::Root((mode, mtime_ns), skipped) => {
+            (base.root_mode, base.root_mtime_ns) = (mode, mtime_ns);
+            base.skipped = skipped;
+            baton_workspace::validate(&base, limits).map_err(ws_err)?;
+            Ok(base)
+        }
+        Staging::More(_) => Err(ApiError::new(
+            ErrorCode::Internal,
+            "A change rebuilt into a part.",
+        )),
+    }
 }
 
 /// What a pass stages next.

@@ -353,6 +353,10 @@ pub enum DaemonReply {
         sealed_plan: Sealed,
         /// Bytes of file data that will travel (after delta).
         transfer_bytes: u64,
+        /// True when the target planned from the whole manifest and keeps it, so the next pass
+        /// may send only what changed since (false for a plan made from the source's counts).
+        #[serde(default)]
+        holds_manifest: bool,
     },
     /// Answer to [`DaemonCommand::WorkspaceReceive`]: what this pass moved.
     WorkspaceReceived {

@@ -440,7 +440,14 @@ impl Driver {
         self.last_pass = None;
         let reply = result.map_err(|e| relabel(e, code))?;
         match reply {
-            DaemonReply::WorkspacePlanned { sealed_plan, .. } => {
+            DaemonReply::WorkspacePlanned {
+                sealed_plan,
+                holds_manifest,
+                ..
+            } => {
+                if holds_manifest {
+                    self.last_pass = Some(transfer);
+                }
                 self.h.plan = Some(sealed_plan);
                 self.h.updated_at = now_millis();
                 if let Err(e) = self.state.store.update_handoff(&self.h).await {
