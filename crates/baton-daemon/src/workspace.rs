@@ -1002,6 +1002,7 @@ async fn receive_pass(
             bytes_sent: sent,
             bytes_reused: reused,
             sealed_outcome: None,
+            holds_manifest: true,
         });
     }
     if gone > 0 {
@@ -1037,6 +1038,7 @@ async fn receive_pass(
         bytes_sent: sent,
         bytes_reused: reused,
         sealed_outcome: Some(cipher.seal_workspace(handoff, &outcome)),
+        holds_manifest: false,
     })
 }
 

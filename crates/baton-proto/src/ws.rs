@@ -371,6 +371,10 @@ pub enum DaemonReply {
         /// The final path, the entries left out and the pass's figures, sealed for the
         /// session's clients ([`crate::handoff::WorkspaceOutcome`]); final pass only.
         sealed_outcome: Option<Sealed>,
+        /// True when the target keeps this pass's whole manifest and takes the next pass's as
+        /// a change to it (a target that does not say so is sent whole manifests).
+        #[serde(default)]
+        holds_manifest: bool,
     },
     /// Bundle uploaded.
     Exported {

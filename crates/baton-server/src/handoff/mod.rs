@@ -459,12 +459,13 @@ impl Driver {
             DaemonReply::WorkspaceReceived {
                 bytes_sent,
                 sealed_outcome,
+                holds_manifest,
                 ..
             } => {
                 self.h.bytes += bytes_sent;
                 if final_pass {
                     self.h.workspace = sealed_outcome;
-                } else {
+                } else if holds_manifest {
                     self.last_pass = Some(transfer);
                 }
                 Ok(())
