@@ -121,6 +121,11 @@ fn a_final_manifest_with_the_same_entries_keeps_the_staging_and_its_journal() {
         path: "out-link".into(),
         reason: baton_proto::workspace::SkipReason::SymlinkOutside,
     });
+    // The same entries under another manifest version are still refused.
+    let mut other_version = last.clone();
+    other_version.version += 1;
+    let e = st.update(other_version, &limits).unwrap_err();
+    assert!(e.to_string().contains("version"), "{e}");
     let filled = st.update(last.clone(), &limits).unwrap();
     assert_eq!(filled.chunks, 0, "nothing to copy: the staged files stand");
     assert_eq!(st.missing(), all[20..], "what was written stays written");

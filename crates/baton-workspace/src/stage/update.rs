@@ -38,7 +38,10 @@ impl Stager {
     /// files before being dropped. Then [`Stager::missing`] lists only what the source still has
     /// to send. If this fails, abort the stager.
     pub fn update(&mut self, manifest: WorkspaceManifest, limits: &Limits) -> Result<Filled> {
-        if manifest.params == self.manifest.params && manifest.entries == self.manifest.entries {
+        let m = &self.manifest;
+        if (manifest.version, manifest.params) == (m.version, m.params)
+            && manifest.entries == m.entries
+        {
             let root = (manifest.root_mode, manifest.root_mtime_ns);
             return self.update_root(root, manifest.skipped, limits);
         }
