@@ -197,35 +197,12 @@ pub fn digest_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_proto::workspace::{ChunkParams, ChunkRef, FileData, SkipReason};
+    use baton_proto::workspace::SkipReason;
 
-    fn dir(path: &str) -> WorkspaceEntry {
-        WorkspaceEntry {
-            path: path.into(),
-            mode: 0o755,
-            mtime_ns: 1,
-            kind: EntryKind::Dir,
-        }
-    }
+    use crate::testutil::{dir_entry as dir, manifest_of as manifest};
 
     fn file(path: &str, byte: u8) -> WorkspaceEntry {
-        let hash = ContentHash([byte; 32]);
-        WorkspaceEntry {
-            path: path.into(),
-            mode: 0o644,
-            mtime_ns: 2,
-            kind: EntryKind::File(FileData {
-                size: 5,
-                hash,
-                chunks: vec![ChunkRef { hash, len: 5 }],
-            }),
-        }
-    }
-
-    fn manifest(entries: Vec<WorkspaceEntry>) -> WorkspaceManifest {
-        let mut m = WorkspaceManifest::new(ChunkParams::default());
-        m.entries = entries;
-        m
+        crate::testutil::file_entry(path, byte, 5)
     }
 
     #[test]

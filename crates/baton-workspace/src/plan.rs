@@ -184,36 +184,9 @@ fn push_capped(list: &mut Vec<String>, path: &str, truncated: &mut bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_proto::workspace::{ChunkParams, ChunkRef, FileData};
+    use baton_proto::workspace::ChunkParams;
 
-    fn file(path: &str, byte: u8, size: u32) -> WorkspaceEntry {
-        let h = ContentHash([byte; 32]);
-        WorkspaceEntry {
-            path: path.into(),
-            mode: 0o644,
-            mtime_ns: 0,
-            kind: EntryKind::File(FileData {
-                size: u64::from(size),
-                hash: h,
-                chunks: vec![ChunkRef { hash: h, len: size }],
-            }),
-        }
-    }
-
-    fn dir(path: &str) -> WorkspaceEntry {
-        WorkspaceEntry {
-            path: path.into(),
-            mode: 0o755,
-            mtime_ns: 0,
-            kind: EntryKind::Dir,
-        }
-    }
-
-    fn manifest(entries: Vec<WorkspaceEntry>) -> WorkspaceManifest {
-        let mut m = WorkspaceManifest::new(ChunkParams::DEFAULT);
-        m.entries = entries;
-        m
-    }
+    use crate::testutil::{dir_entry as dir, file_entry as file, manifest_of as manifest};
 
     #[test]
     fn a_removed_directory_is_listed_once_even_with_a_sibling_sorting_inside_it() {

@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use baton_proto::workspace::IgnoredFiles;
+use baton_proto::workspace::{
+    ChunkParams, ChunkRef, ContentHash, EntryKind, FileData, IgnoredFiles, WorkspaceEntry,
+    WorkspaceManifest,
+};
 
 use crate::index::ChunkIndex;
 use crate::scan::{LocalStat, RACY_NS, ScanOptions, Scanned, scan};
@@ -48,4 +51,36 @@ pub(crate) fn index_of(s: &Scanned, local: &[Option<LocalStat>]) -> ChunkIndex {
     let mut idx = ChunkIndex::new(s.manifest.params);
     assert!(idx.insert(s.root(), &s.manifest, local));
     idx
+}
+
+/// A one-chunk file entry of `size` bytes whose content hash is `byte` repeated.
+pub(crate) fn file_entry(path: &str, byte: u8, size: u32) -> WorkspaceEntry {
+    let hash = ContentHash([byte; 32]);
+    WorkspaceEntry {
+        path: path.into(),
+        mode: 0o644,
+        mtime_ns: 0,
+        kind: EntryKind::File(FileData {
+            size: u64::from(size),
+            hash,
+            chunks: vec![ChunkRef { hash, len: size }],
+        }),
+    }
+}
+
+/// A directory entry.
+pub(crate) fn dir_entry(path: &str) -> WorkspaceEntry {
+    WorkspaceEntry {
+        path: path.into(),
+        mode: 0o755,
+        mtime_ns: 0,
+        kind: EntryKind::Dir,
+    }
+}
+
+/// A manifest of the default parameters holding `entries`.
+pub(crate) fn manifest_of(entries: Vec<WorkspaceEntry>) -> WorkspaceManifest {
+    let mut m = WorkspaceManifest::new(ChunkParams::DEFAULT);
+    m.entries = entries;
+    m
 }
