@@ -403,9 +403,6 @@ pub async fn send(
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(STREAM_FIRST_PART);
-            let encode = |part: ManifestPart| {
-                serde_json::to_vec(&part).map_err(|e| format!("encoding the manifest: {e}"))
-            };
             // The last part goes out only once the whole scan is kept: the next pass may start
             // as soon as the target has it, and must find this scan to reuse.
             let mut last = None;
@@ -422,7 +419,7 @@ pub async fn send(
                 if part.last {
                     tail.manifest.skipped = part.scanned.manifest.skipped.clone();
                 }
-                let blob = encode(ManifestPart {
+                let blob = encode_part(&ManifestPart {
                     last: part.last,
                     files,
                     bytes,
@@ -559,9 +556,14 @@ fn delta_parts(
                     digest: last.then_some(digest),
                 }),
             };
-            serde_json::to_vec(&part).map_err(|e| format!("encoding the manifest: {e}"))
+            encode_part(&part)
         })
         .collect()
+}
+
+/// One manifest part as the JSON the feed seals.
+fn encode_part(part: &ManifestPart) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(part).map_err(|e| format!("encoding the manifest: {e}"))
 }
 
 /// Source: whether this daemon still serves pass `transfer` of `handoff` (a restarted daemon
@@ -890,9 +892,9 @@ async fn receive_pass(
         let planned = planned.take();
         let (stager, rebuilt) = tokio::task::spawn_blocking(move || {
             let rebuilt = match (&stager, planned, delta) {
-                (Some(s), _, Some(delta)) => rebuild(s.manifest(), delta, changed, &limits),
+                (Some(s), _, Some(delta)) => rebuild(s.manifest(), delta, changed),
                 (None, Some(base), Some(delta)) => {
-                    rebuild_planned(base, delta, changed, &limits).map(Staging::Whole)
+                    rebuild_planned(base, delta, changed).map(Staging::Whole)
                 }
                 _ => Err(ApiError::new(ErrorCode::Internal, "The staging is gone.")),
             };
@@ -1057,14 +1059,13 @@ fn base_not_held(parts: &Parts) -> ApiError {
     )
 }
 
-/// What the staged manifest `base` becomes with the change the source sent, checked whole and
-/// against the source's digest of it. An empty change (nothing in the tree changed since the
+/// What the staged manifest `base` becomes with the change the source sent, checked against
+/// the source's digest of it (the stager validates the result as it takes it). An empty change (nothing in the tree changed since the
 /// pre-copy) only touches the root and the skipped list, and copies nothing.
 fn rebuild(
     base: &WorkspaceManifest,
     delta: PartDelta,
     changed: WorkspaceManifest,
-    limits: &Limits,
 ) -> Result<Staging, ApiError> {
     let root = (changed.root_mode, changed.root_mtime_ns);
     let digest_differs = || {
@@ -1084,7 +1085,6 @@ fn rebuild(
         removed: delta.removed,
     };
     let whole = baton_workspace::patch(base, change, root, changed.skipped).map_err(ws_err)?;
-    baton_workspace::validate(&whole, limits).map_err(ws_err)?;
     if delta.digest != Some(baton_workspace::digest(&whole)) {
         return Err(digest_differs());
     }
@@ -1097,14 +1097,12 @@ fn rebuild_planned(
     mut base: WorkspaceManifest,
     delta: PartDelta,
     changed: WorkspaceManifest,
-    limits: &Limits,
 ) -> Result<WorkspaceManifest, ApiError> {
-    match rebuild(&base, delta, changed, limits)? {
+    match rebuild(&base, delta, changed)? {
         Staging::Whole(m) => Ok(m),
         Staging::Root((mode, mtime_ns), skipped) => {
             (base.root_mode, base.root_mtime_ns) = (mode, mtime_ns);
             base.skipped = skipped;
-            baton_workspace::validate(&base, limits).map_err(ws_err)?;
             Ok(base)
         }
         Staging::More(_) => Err(ApiError::new(
