@@ -98,7 +98,7 @@ struct SourceSide {
     scanned_in: Option<HandoffId>,
     /// The preflight's walk, and when it was made: the first passes start from it rather than
     /// walking the tree again (the final pass always walks afresh).
-    walked: Option<(std::time::Instant, Walked)>,
+    walked: Option<(std::time::Instant, Arc<Walked>)>,
     /// Passes being served, by transfer; a pass leaves when its serving task ends.
     serving: Vec<(HandoffId, CancellationToken)>,
 }
@@ -274,7 +274,7 @@ pub async fn check(
     lock(&d.workspaces.sources)
         .entry(handoff)
         .or_default()
-        .walked = Some((std::time::Instant::now(), walked));
+        .walked = Some((std::time::Instant::now(), Arc::new(walked)));
     Ok(DaemonReply::WorkspaceChecked { files, bytes })
 }
 
@@ -346,7 +346,7 @@ pub async fn send(
             .walked
             .as_ref()
             .filter(|(at, _)| at.elapsed() < WALK_REUSE)
-            .map(|(_, w)| w.clone());
+            .map(|(_, w)| Arc::clone(w));
         // The target took the scan of that pass whole: only the change needs to travel.
         let delta_base = match (&side.scanned, base_transfer) {
             (Some(s), Some(b)) if side.scanned_in == Some(b) => Some((b, s.clone())),
@@ -369,10 +369,8 @@ pub async fn send(
         let previous = previous.or_else(|| known.recall(&root));
         match walked {
             // The same directory as at preflight (not replaced meanwhile by a link elsewhere).
-            Some(w) if w.root() == root => {
-                Ok(PreparedScan::from_walk(w, &scan_opts, previous.as_deref()))
-            }
-            _ => prepare_scan(&root, &scan_opts, previous.as_deref()),
+            Some(w) if w.root() == root => Ok(PreparedScan::from_walk(&w, &scan_opts, previous)),
+            _ => prepare_scan(&root, &scan_opts, previous),
         }
     })
     .await

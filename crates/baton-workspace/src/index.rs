@@ -6,7 +6,6 @@
 //! size, mtime, inode and ctime, and a ctime older than the scan's read by [`RACY_NS`]), the same
 //! proof that lets a rescan reuse a file's hashes without reading it.
 
-use std::collections::HashMap;
 use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -17,12 +16,12 @@ use crate::chunk::hash_bytes;
 use crate::fsutil::{ctime_ns, mtime_ns};
 use crate::scan::{LocalStat, RACY_NS, Scanned};
 
-/// Where one chunk can be read: a file of an indexed tree, an offset and a length.
+/// Where one chunk can be read: a file of an indexed tree, an offset and a length (16 bytes).
 #[derive(Clone, Copy, Debug)]
 struct Location {
     file: u32,
-    offset: u64,
     len: u32,
+    offset: u64,
 }
 
 /// What a scan saw of an indexed file, when that proves an unchanged file holds the bytes it
@@ -57,11 +56,13 @@ impl Seen {
     }
 }
 
-/// One indexed file: its root, its path below it, and what the scan saw of it if anything.
+/// One indexed file: its root, where its path below the root lies in the index's name arena,
+/// and what the scan saw of it if anything.
 #[derive(Debug)]
 struct Indexed {
     root: u32,
-    rel: String,
+    name_len: u32,
+    name_start: u64,
     seen: Option<Seen>,
 }
 
@@ -76,12 +77,18 @@ pub(crate) enum Proof {
 
 /// Chunk hash → a place on this machine holding those bytes. Built from scans made with the
 /// same chunk parameters; every read is verified, so a file changed since is simply a miss.
+///
+/// Kept compact, since a big tree indexes hundreds of thousands of chunks: a sorted array of
+/// (hash, location) pairs rather than a hash map (48 bytes a chunk instead of about 90), and
+/// the files' paths in one arena rather than a `String` each.
 #[derive(Debug)]
 pub struct ChunkIndex {
     params: ChunkParams,
     roots: Vec<PathBuf>,
     files: Vec<Indexed>,
-    map: HashMap<ContentHash, Location>,
+    names: String,
+    /// Sorted by hash, one location per hash.
+    chunks: Vec<(ContentHash, Location)>,
 }
 
 impl ChunkIndex {
@@ -91,7 +98,8 @@ impl ChunkIndex {
             params,
             roots: Vec::new(),
             files: Vec::new(),
-            map: HashMap::new(),
+            names: String::new(),
+            chunks: Vec::new(),
         }
     }
 
@@ -111,6 +119,8 @@ impl ChunkIndex {
     }
 
     /// [`ChunkIndex::add`], with what a scan saw per manifest entry (`local`, possibly empty).
+    /// A chunk already indexed keeps its first location, and a file none of whose chunks is new
+    /// is not kept.
     pub(crate) fn insert(
         &mut self,
         root: &Path,
@@ -123,39 +133,75 @@ impl ChunkIndex {
         let Ok(r) = u32::try_from(self.roots.len()) else {
             return false;
         };
-        self.roots.push(root.to_path_buf());
+        // Locations first name the manifest's entry; those of files that end up used are
+        // renumbered into `files` below.
+        let mut fresh: Vec<(ContentHash, Location)> = Vec::new();
         for (i, entry) in manifest.entries.iter().enumerate() {
             let Some(data) = entry.file() else { continue };
-            let Ok(file) = u32::try_from(self.files.len()) else {
-                break;
-            };
+            let Ok(file) = u32::try_from(i) else { break };
             let mut offset = 0u64;
-            let mut used = false;
             for c in &data.chunks {
-                self.map.entry(c.hash).or_insert_with(|| {
-                    used = true;
-                    Location {
-                        file,
-                        offset,
-                        len: c.len,
-                    }
-                });
+                if self.find(&c.hash).is_none() {
+                    fresh.push((
+                        c.hash,
+                        Location {
+                            file,
+                            len: c.len,
+                            offset,
+                        },
+                    ));
+                }
                 offset += u64::from(c.len);
             }
-            if used {
-                let seen = local
-                    .get(i)
-                    .copied()
-                    .flatten()
-                    .and_then(|l| Seen::new(data.size, entry.mtime_ns, &l));
-                self.files.push(Indexed {
-                    root: r,
-                    rel: entry.path.clone(),
-                    seen,
-                });
-            }
         }
+        // Stable: among equal hashes the first in manifest order stays.
+        fresh.sort_by_key(|(h, _)| *h);
+        fresh.dedup_by(|later, first| later.0 == first.0);
+        fresh.sort_by_key(|(_, loc)| loc.file);
+        let mut kept: Option<(u32, u32)> = None;
+        let mut added = 0;
+        for (_, loc) in &mut fresh {
+            let entry_index = loc.file;
+            let number = match kept {
+                Some((e, n)) if e == entry_index => n,
+                _ => {
+                    let entry = &manifest.entries[entry_index as usize];
+                    let (Ok(number), Ok(name_len)) = (
+                        u32::try_from(self.files.len()),
+                        u32::try_from(entry.path.len()),
+                    ) else {
+                        break;
+                    };
+                    let size = entry.file().map_or(0, |f| f.size);
+                    let seen = local
+                        .get(entry_index as usize)
+                        .copied()
+                        .flatten()
+                        .and_then(|l| Seen::new(size, entry.mtime_ns, &l));
+                    self.files.push(Indexed {
+                        root: r,
+                        name_len,
+                        name_start: self.names.len() as u64,
+                        seen,
+                    });
+                    self.names.push_str(&entry.path);
+                    kept = Some((entry_index, number));
+                    number
+                }
+            };
+            loc.file = number;
+            added += 1;
+        }
+        fresh.truncate(added);
+        self.roots.push(root.to_path_buf());
+        self.chunks.append(&mut fresh);
+        self.chunks.sort_unstable_by_key(|(h, _)| *h);
         true
+    }
+
+    fn find(&self, hash: &ContentHash) -> Option<&Location> {
+        let i = self.chunks.binary_search_by(|(h, _)| h.cmp(hash)).ok()?;
+        Some(&self.chunks[i].1)
     }
 
     /// The parameters chunks were cut with.
@@ -165,17 +211,17 @@ impl ChunkIndex {
 
     /// True when the chunk is indexed (it may still turn out stale when read).
     pub fn contains(&self, hash: &ContentHash) -> bool {
-        self.map.contains_key(hash)
+        self.find(hash).is_some()
     }
 
     /// Number of distinct chunks indexed.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.chunks.len()
     }
 
     /// True when nothing is indexed.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.chunks.is_empty()
     }
 
     /// Reads the chunk into `buf` (replacing its contents) and checks it: its file is provably
@@ -187,9 +233,11 @@ impl ChunkIndex {
 
     /// [`ChunkIndex::read_into`], saying how the bytes were proved.
     pub(crate) fn read_proved(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> Option<Proof> {
-        let loc = self.map.get(hash)?;
-        let f = &self.files[loc.file as usize];
-        let path = self.roots[f.root as usize].join(&f.rel);
+        let loc = self.find(hash)?;
+        let f = self.files.get(loc.file as usize)?;
+        let start = usize::try_from(f.name_start).ok()?;
+        let rel = self.names.get(start..start + f.name_len as usize)?;
+        let path = self.roots.get(f.root as usize)?.join(rel);
         let file = open_nofollow(&path).ok()?;
         // Reused buffers are not zeroed again: the read overwrites every byte kept.
         let len = loc.len as usize;
@@ -274,6 +322,39 @@ mod tests {
             ChunkIndex::from_scan(&s).read_proved(&small, &mut buf),
             Some(Proof::Hashed)
         );
+    }
+
+    #[test]
+    fn a_chunk_keeps_its_first_location_and_files_without_new_chunks_are_not_kept() {
+        let t = tempfile::tempdir().unwrap();
+        for (name, body) in [("a", "same"), ("b", "same"), ("c", "other")] {
+            std::fs::write(t.path().join(name), body).unwrap();
+        }
+        let s = scanned(t.path());
+        let mut idx = ChunkIndex::from_scan(&s);
+        assert_eq!(
+            (idx.len(), idx.files.len()),
+            (2, 2),
+            "b holds only a's chunk"
+        );
+        let same = s.manifest.get("a").unwrap().file().unwrap().hash;
+        let f = &idx.files[idx.find(&same).unwrap().file as usize];
+        let start = f.name_start as usize;
+        assert_eq!(&idx.names[start..start + f.name_len as usize], "a");
+
+        // A second tree adds only what the first did not hold, and the first still serves.
+        let u = tempfile::tempdir().unwrap();
+        std::fs::write(u.path().join("x"), "same").unwrap();
+        std::fs::write(u.path().join("y"), "new").unwrap();
+        assert!(idx.add(u.path(), &scanned(u.path()).manifest));
+        assert_eq!((idx.len(), idx.files.len()), (3, 3));
+        let mut buf = Vec::new();
+        assert!(idx.read_into(&same, &mut buf));
+        assert_eq!(buf, b"same");
+        let new = hash_bytes(b"new");
+        assert!(idx.read_into(&new, &mut buf));
+        assert_eq!(buf, b"new");
+        assert!(!idx.contains(&hash_bytes(b"absent")));
     }
 
     #[test]

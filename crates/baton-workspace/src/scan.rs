@@ -146,21 +146,28 @@ impl Scanned {
         &self.local
     }
 
-    /// The previous hashes of `rel` when the file at `md` is provably the one they describe.
-    fn reusable(&self, rel: &str, md: &Stat) -> Option<(&FileData, LocalStat)> {
+    /// The index of the entry of `rel` when its hashes still describe the file at `md`: same
+    /// size, mtime, inode and ctime, and not racily read.
+    fn reusable(&self, rel: &str, md: &Stat) -> Option<u32> {
         let i = self
             .manifest
             .entries
             .binary_search_by(|e| e.path.as_str().cmp(rel))
             .ok()?;
-        let entry = &self.manifest.entries[i];
-        let file = entry.file()?;
+        let file = self.manifest.entries[i].file()?;
         let local = self.local.get(i).copied().flatten()?;
         let same = file.size == md.len
-            && entry.mtime_ns == md.mtime_ns
+            && self.manifest.entries[i].mtime_ns == md.mtime_ns
             && local.same_file(md)
             && local.ctime_ns < local.read_ns.saturating_sub(RACY_NS);
-        same.then_some((file, local))
+        u32::try_from(i).ok().filter(|_| same)
+    }
+
+    /// The hashes and local knowledge of entry `i`, found by [`Scanned::reusable`].
+    fn reused(&self, i: u32) -> Option<(FileData, LocalStat)> {
+        let i = i as usize;
+        let file = self.manifest.entries.get(i)?.file()?.clone();
+        Some((file, self.local.get(i).copied().flatten()?))
     }
 }
 
@@ -204,7 +211,8 @@ pub fn measure(root: &Path, ignored: &IgnoredFiles) -> Result<Measured> {
 /// it is canonicalised here. With `previous` (an earlier scan of the same root and parameters),
 /// files whose size, mtime, inode and ctime are unchanged keep their hashes without being read.
 pub fn scan(root: &Path, opts: &ScanOptions, previous: Option<&Scanned>) -> Result<Scanned> {
-    prepare_scan(root, opts, previous)?
+    // A copy of `previous` for the scan to point into (only tests and tools scan in one call).
+    prepare_scan(root, opts, previous.map(|p| Arc::new(p.clone())))?
         .run(opts, u64::MAX, |_| true)?
         .ok_or_else(|| Error::BadOption("the scan stopped before its last part".into()))
 }
@@ -219,15 +227,22 @@ pub struct ScanPart<'a> {
     pub last: bool,
 }
 
-/// One walked entry: its path, what the walk found, and the previous scan's hashes when they
-/// still hold.
-type Selected = (String, Found, Option<(FileData, LocalStat)>);
+/// One walked entry: its path, what the walk found, and the index in the previous scan of the
+/// entry whose hashes still hold for it (an index rather than a copy: a big tree's rescan
+/// would otherwise hold every file's hashes twice).
+type Selected = (String, Found, Option<u32>);
 
 /// A walked tree whose files are still to be hashed (see [`prepare_scan`]).
 pub struct PreparedScan {
     root: PathBuf,
     root_md: Metadata,
-    found: Vec<Selected>,
+    /// The selection in path order, in blocks of [`MAX_PART_ENTRIES`]: each block is freed as
+    /// soon as it is scanned, so the walk's copy and the manifest built from it do not both
+    /// stay whole until the end.
+    found: Vec<Vec<Selected>>,
+    entries: usize,
+    /// The scan `found` points into for reused hashes.
+    previous: Option<Arc<Scanned>>,
     skipped: std::collections::BTreeMap<String, SkipReason>,
     files: u64,
     bytes: u64,
@@ -325,38 +340,59 @@ pub fn walk(root: &Path, opts: &ScanOptions) -> Result<Walked> {
 pub fn prepare_scan(
     root: &Path,
     opts: &ScanOptions,
-    previous: Option<&Scanned>,
+    previous: Option<Arc<Scanned>>,
 ) -> Result<PreparedScan> {
-    Ok(PreparedScan::from_walk(walk(root, opts)?, opts, previous))
+    Ok(PreparedScan::of_walk(walk(root, opts)?, opts, previous))
 }
 
 impl PreparedScan {
     /// A scan of what `walked` selected (walked with the same `ignored` option), reusing the
     /// hashes of `previous` for files provably unchanged since it was made. Files that changed
     /// or vanished since the walk are read as they are now, or listed as skipped.
-    pub fn from_walk(walked: Walked, opts: &ScanOptions, previous: Option<&Scanned>) -> Self {
-        let root = walked.root;
-        let previous = previous.filter(|p| p.root == root && p.manifest.params == opts.params);
+    pub fn from_walk(walked: &Walked, opts: &ScanOptions, previous: Option<Arc<Scanned>>) -> Self {
+        let found = walked.found.iter().map(|(r, f)| (r.clone(), f.clone()));
+        Self::select(walked, found, opts, previous)
+    }
+
+    /// [`PreparedScan::from_walk`] of a walk that is not kept: its paths move, not copied.
+    fn of_walk(mut walked: Walked, opts: &ScanOptions, previous: Option<Arc<Scanned>>) -> Self {
+        let found = std::mem::take(&mut walked.found);
+        Self::select(&walked, found.into_iter(), opts, previous)
+    }
+
+    fn select(
+        walked: &Walked,
+        selection: impl ExactSizeIterator<Item = (String, Found)>,
+        opts: &ScanOptions,
+        previous: Option<Arc<Scanned>>,
+    ) -> Self {
+        let previous =
+            previous.filter(|p| p.root == walked.root && p.manifest.params == opts.params);
+        let entries = selection.len();
         let mut reused_files = 0;
-        let found = walked
-            .found
-            .into_iter()
-            .map(|(rel, f)| {
-                let prior = match f.what {
-                    What::File => previous
-                        .and_then(|p| p.reusable(&rel, &f.md))
-                        .map(|(d, l)| (d.clone(), l)),
-                    _ => None,
-                };
-                reused_files += u64::from(prior.is_some());
-                (rel, f, prior)
-            })
-            .collect();
+        let mut found: Vec<Vec<Selected>> = Vec::new();
+        for (rel, f) in selection {
+            let prior = match f.what {
+                What::File => previous.as_deref().and_then(|p| p.reusable(&rel, &f.md)),
+                _ => None,
+            };
+            reused_files += u64::from(prior.is_some());
+            match found.last_mut() {
+                Some(block) if block.len() < MAX_PART_ENTRIES => block.push((rel, f, prior)),
+                _ => {
+                    let mut block = Vec::with_capacity(MAX_PART_ENTRIES.min(entries));
+                    block.push((rel, f, prior));
+                    found.push(block);
+                }
+            }
+        }
         PreparedScan {
-            root,
-            root_md: walked.root_md,
+            root: walked.root.clone(),
+            root_md: walked.root_md.clone(),
             found,
-            skipped: walked.skipped,
+            entries,
+            previous,
+            skipped: walked.skipped.clone(),
             files: walked.files,
             bytes: walked.bytes,
             reused_files,
@@ -377,7 +413,7 @@ impl PreparedScan {
 
     /// Entries (directories, files, symlinks) selected.
     pub fn entries(&self) -> usize {
-        self.found.len()
+        self.entries
     }
 
     /// Hashes the files, calling `on_part` with the tree scanned so far each time a part of
@@ -404,18 +440,20 @@ impl PreparedScan {
                 params: opts.params,
                 root_mode: self.root_md.mode() & 0o7777,
                 root_mtime_ns: mtime_ns(&self.root_md),
-                entries: Vec::with_capacity(self.found.len()),
+                entries: Vec::with_capacity(self.entries),
                 skipped: Vec::new(),
             },
             root: self.root,
-            local: Vec::with_capacity(self.found.len()),
+            local: Vec::with_capacity(self.entries),
             stats: ScanStats {
                 reused_files: self.reused_files,
                 ..ScanStats::default()
             },
         };
         let mut skipped = self.skipped;
-        let mut found = self.found.into_iter().peekable();
+        let previous = self.previous;
+        // Flattened blocks: each is dropped, its memory freed, once its last entry is taken.
+        let mut found = self.found.into_iter().flatten().peekable();
         let mut done_cost = 0u64;
         loop {
             // This part: entries up to the one that brings the cost of reading to the target.
@@ -429,13 +467,19 @@ impl PreparedScan {
             let mut part = Vec::new();
             let mut cost = 0u64;
             while cost < target && part.len() < MAX_PART_ENTRIES {
-                let Some(item) = found.next() else { break };
-                if matches!(item.1.what, What::File) && item.2.is_none() {
-                    cost += item.1.md.len + FILE_COST;
-                } else if let (What::File, Some((d, _))) = (&item.1.what, &item.2) {
-                    progress.add(1, d.size);
+                let Some((rel, f, prior)) = found.next() else {
+                    break;
+                };
+                let prior = match (&f.what, prior) {
+                    (What::File, Some(i)) => previous.as_deref().and_then(|p| p.reused(i)),
+                    _ => None,
+                };
+                match (&f.what, &prior) {
+                    (What::File, None) => cost += f.md.len + FILE_COST,
+                    (What::File, Some((d, _))) => progress.add(1, d.size),
+                    _ => {}
                 }
-                part.push(item);
+                part.push((rel, f, prior));
             }
             done_cost += cost;
             let last = found.peek().is_none();
