@@ -196,6 +196,10 @@ impl ChunkIndex {
         self.roots.push(root.to_path_buf());
         self.chunks.append(&mut fresh);
         self.chunks.sort_unstable_by_key(|(h, _)| *h);
+        // What growing reserved would otherwise stay for as long as the index.
+        self.chunks.shrink_to_fit();
+        self.files.shrink_to_fit();
+        self.names.shrink_to_fit();
         true
     }
 

@@ -171,7 +171,7 @@ impl Stager {
             hash_bytes(bytes) == *hash,
             "Stager::claim was given bytes that do not hash to {hash}"
         );
-        if self.written.contains(hash) || self.claimed.contains(hash) {
+        if self.chunks.is_written(hash) || self.claimed.contains(hash) {
             return Ok(None);
         }
         self.claim_places(hash, bytes.len() as u64, true)
@@ -184,7 +184,7 @@ impl Stager {
         len: u64,
         checked: bool,
     ) -> Result<Option<Claim>> {
-        let Some(u) = self.uses.get_mut(hash) else {
+        let Some(u) = self.chunks.get_mut(hash) else {
             return Ok(None);
         };
         let mut writes = Vec::new();
@@ -240,7 +240,7 @@ impl Stager {
     /// again, and will be written by the next claim of the chunk.
     pub fn unclaim(&mut self, claim: Claim) {
         self.claimed.remove(&claim.hash);
-        let Some(u) = self.uses.get_mut(&claim.hash) else {
+        let Some(u) = self.chunks.get_mut(&claim.hash) else {
             return;
         };
         for w in claim.writes {
@@ -300,7 +300,7 @@ impl Stager {
         self.claimed.remove(&claim.hash);
         // Recorded after the data: a crash in between only means the chunk is asked for again.
         self.journal().append(&claim.hash)?;
-        self.written.insert(claim.hash);
+        self.chunks.set_written(&claim.hash, true);
         Ok(seals)
     }
 

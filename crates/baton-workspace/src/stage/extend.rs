@@ -2,13 +2,12 @@
 //! pre-copy of a big tree starts before the source has hashed all of it, and each part costs
 //! work in proportion to the part, not to the tree.
 
-use std::collections::hash_map::Entry;
 use std::os::unix::fs::FileExt;
 
 use baton_proto::workspace::{SkippedEntry, WorkspaceEntry};
 
 use super::tree::{create_entry, created_lazily, open_nofollow};
-use super::{ChunkUse, FileState, Filled, Placement, Stager};
+use super::{FileState, Filled, Placement, Stager};
 use crate::error::{Error, Result, io_err};
 use crate::validate::{Limits, validate};
 
@@ -48,29 +47,20 @@ impl Stager {
             let Some(f) = e.file() else { continue };
             let mut offset = 0u64;
             for c in &f.chunks {
-                let u = match self.uses.entry(c.hash) {
-                    Entry::Occupied(o) => o.into_mut(),
-                    Entry::Vacant(v) => {
-                        self.order.push(c.hash);
-                        v.insert(ChunkUse {
-                            len: c.len,
-                            at: Vec::new(),
-                        })
-                    }
+                let place = Placement {
+                    entry: i as u32,
+                    offset,
+                    done: false,
                 };
+                let u = self.chunks.place(c.hash, c.len, place);
                 if u.len != c.len {
                     return Err(Error::manifest(
                         &e.path,
                         format!("chunk {} appears with two different lengths", c.hash),
                     ));
                 }
-                u.at.push(Placement {
-                    entry: i as u32,
-                    offset,
-                    done: false,
-                });
                 self.files[i].left += 1;
-                if self.written.contains(&c.hash) {
+                if u.written {
                     shared.push(c.hash);
                 }
                 offset += u64::from(c.len);
@@ -82,7 +72,9 @@ impl Stager {
         let mut filled = Filled::default();
         let mut buf = Vec::new();
         for hash in shared {
-            let u = &self.uses[&hash];
+            let Some(u) = self.chunks.get(&hash) else {
+                continue;
+            };
             let Some(p) = u.at.iter().find(|p| p.done) else {
                 continue;
             };
@@ -93,7 +85,7 @@ impl Stager {
             open_nofollow(&path, false)?
                 .read_exact_at(&mut buf, p.offset)
                 .map_err(io_err("read", &path))?;
-            self.written.remove(&hash);
+            self.chunks.set_written(&hash, false);
             // Not trusted as checked: a file it completes is hashed from the bytes written.
             self.write(&hash, &buf, false)?;
             filled.chunks += 1;

@@ -13,6 +13,7 @@
 //! written before (an earlier pass) is read back whole, and a stager reopened on a staging
 //! directory (after a crash) reads every file back at `finish`.
 
+mod chunks;
 mod claim;
 mod extend;
 mod journal;
@@ -36,6 +37,7 @@ use crate::index::{ChunkIndex, Proof};
 use crate::pool;
 use crate::progress::Progress;
 use crate::validate::{Limits, validate};
+use chunks::{ChunkTable, Placement};
 pub use claim::{Claim, Seal};
 use journal::{Journal, manifest_digest};
 use tree::{create_entry, created_lazily, verify_file};
@@ -45,19 +47,6 @@ pub(crate) const TREE: &str = "tree";
 /// Most write handles kept open, for files written chunk by chunk (a one-chunk file is opened,
 /// written and sealed at once).
 pub(super) const OPEN_FILES: usize = 64;
-
-/// One place a chunk goes: an entry, an offset, and whether it holds the bytes yet.
-struct Placement {
-    entry: u32,
-    offset: u64,
-    done: bool,
-}
-
-/// Every place a chunk goes.
-struct ChunkUse {
-    len: u32,
-    at: Vec<Placement>,
-}
 
 /// Per entry: placements still to write, and whether the file was verified (and given its mode
 /// and mtime) since its last write.
@@ -76,9 +65,7 @@ pub struct Stager {
     dir: PathBuf,
     tree: Arc<Path>,
     manifest: WorkspaceManifest,
-    uses: HashMap<ContentHash, ChunkUse>,
-    order: Vec<ContentHash>,
-    written: HashSet<ContentHash>,
+    chunks: ChunkTable,
     /// Chunks claimed for writing and not yet settled (see [`Stager::claim`]).
     claimed: HashSet<ContentHash>,
     files: Vec<FileState>,
@@ -96,8 +83,8 @@ impl std::fmt::Debug for Stager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stager")
             .field("dir", &self.dir)
-            .field("chunks", &self.order.len())
-            .field("written", &self.written.len())
+            .field("chunks", &self.chunks.len())
+            .field("written", &self.chunks.written_count())
             .finish_non_exhaustive()
     }
 }
@@ -144,18 +131,13 @@ pub fn staging_dir(dest: &Path, id: &str) -> Result<PathBuf> {
 }
 
 /// Where each chunk of `m` goes, in first-use order; `done(entry, chunk)` says which places
-/// already hold their bytes. Also returns per-entry counts of places still to write.
-#[allow(clippy::type_complexity)]
+/// already hold their bytes. Also returns per-entry counts of places still to write. A chunk
+/// all of whose places are done is marked written.
 fn placements(
     m: &WorkspaceManifest,
     done: impl Fn(usize, &ContentHash) -> bool,
-) -> Result<(
-    HashMap<ContentHash, ChunkUse>,
-    Vec<ContentHash>,
-    Vec<FileState>,
-)> {
-    let mut uses: HashMap<ContentHash, ChunkUse> = HashMap::new();
-    let mut order = Vec::new();
+) -> Result<(ChunkTable, Vec<FileState>)> {
+    let mut table = ChunkTable::default();
     let mut files = vec![FileState::default(); m.entries.len()];
     for (i, e) in m.entries.iter().enumerate() {
         let EntryKind::File(f) = &e.kind else {
@@ -163,32 +145,34 @@ fn placements(
         };
         let mut offset = 0u64;
         for c in &f.chunks {
-            let u = uses.entry(c.hash).or_insert_with(|| {
-                order.push(c.hash);
-                ChunkUse {
-                    len: c.len,
-                    at: Vec::new(),
-                }
-            });
-            if u.len != c.len {
+            let is_done = done(i, &c.hash);
+            let place = Placement {
+                entry: i as u32,
+                offset,
+                done: is_done,
+            };
+            if table.place(c.hash, c.len, place).len != c.len {
                 return Err(Error::manifest(
                     &e.path,
                     format!("chunk {} appears with two different lengths", c.hash),
                 ));
             }
-            let is_done = done(i, &c.hash);
-            u.at.push(Placement {
-                entry: i as u32,
-                offset,
-                done: is_done,
-            });
             if !is_done {
                 files[i].left += 1;
             }
             offset += u64::from(c.len);
         }
     }
-    Ok((uses, order, files))
+    let complete: Vec<ContentHash> = table
+        .iter()
+        .filter(|s| s.at.iter().all(|p| p.done))
+        .map(|s| s.hash)
+        .collect();
+    for h in &complete {
+        table.set_written(h, true);
+    }
+    table.shrink();
+    Ok((table, files))
 }
 
 impl Stager {
@@ -226,7 +210,7 @@ impl Stager {
             false => None,
         };
         let resume = resumed.is_some();
-        let (journal, mut written) = match resumed {
+        let (journal, written) = match resumed {
             Some(r) => r,
             None => {
                 remove_tree(&dir).map_err(io_err("remove", &dir))?;
@@ -240,17 +224,15 @@ impl Stager {
                 )
             }
         };
-        let (uses, order, files) = placements(&manifest, |_, h| written.contains(h))?;
-        written.retain(|h| uses.contains_key(h));
+        let (chunks, files) = placements(&manifest, |_, h| written.contains(h))?;
+        drop(written);
         let mut stager = Self {
             dest: dest.to_path_buf(),
             id: transfer_id.to_string(),
             dir,
             tree: Arc::from(tree),
             manifest,
-            uses,
-            order,
-            written,
+            chunks,
             claimed: HashSet::new(),
             files,
             open: HashMap::new(),
@@ -278,7 +260,7 @@ impl Stager {
                 files += 1;
             }
         }
-        for u in self.uses.values() {
+        for u in self.chunks.iter() {
             bytes += u.at.iter().filter(|p| p.done).count() as u64 * u64::from(u.len);
         }
         self.progress
@@ -303,33 +285,27 @@ impl Stager {
 
     /// Chunks still to write, distinct, in the order the manifest first uses them.
     pub fn missing(&self) -> Vec<ContentHash> {
-        self.order
-            .iter()
-            .filter(|h| !self.written.contains(h))
-            .copied()
-            .collect()
+        self.unwritten().map(|s| s.hash).collect()
+    }
+
+    fn unwritten(&self) -> impl Iterator<Item = &chunks::Slot> {
+        self.chunks.iter().filter(|s| !s.written)
     }
 
     /// Chunks still to write with their lengths, distinct, in the order the manifest first uses
     /// them.
     pub fn missing_chunks(&self) -> Vec<ChunkRef> {
-        self.order
-            .iter()
-            .filter(|h| !self.written.contains(h))
-            .map(|h| ChunkRef {
-                hash: *h,
-                len: self.uses[h].len,
+        self.unwritten()
+            .map(|s| ChunkRef {
+                hash: s.hash,
+                len: s.len,
             })
             .collect()
     }
 
     /// Bytes of the chunks still to write (each distinct chunk once).
     pub fn missing_bytes(&self) -> u64 {
-        self.order
-            .iter()
-            .filter(|h| !self.written.contains(h))
-            .map(|h| u64::from(self.uses[h].len))
-            .sum()
+        self.unwritten().map(|s| u64::from(s.len)).sum()
     }
 
     /// Writes a received chunk wherever the manifest uses it. The bytes are checked against the
@@ -342,7 +318,7 @@ impl Stager {
                 reason: "content does not match its hash".into(),
             });
         }
-        if self.written.contains(hash) {
+        if self.chunks.is_written(hash) {
             return Ok(false);
         }
         self.write(hash, bytes, true)?;
@@ -362,7 +338,7 @@ impl Stager {
             hash_bytes(bytes) == *hash,
             "put_verified_chunk was given bytes that do not hash to {hash}"
         );
-        if self.written.contains(hash) {
+        if self.chunks.is_written(hash) {
             return Ok(false);
         }
         self.write(hash, bytes, true)?;
@@ -371,7 +347,7 @@ impl Stager {
 
     /// Refuses a chunk the manifest does not list, or with another length.
     fn check_chunk(&self, hash: &ContentHash, bytes: &[u8]) -> Result<()> {
-        let Some(u) = self.uses.get(hash) else {
+        let Some(u) = self.chunks.get(hash) else {
             return Err(Error::BadChunk {
                 hash: *hash,
                 reason: "is not part of this manifest".into(),
@@ -395,7 +371,11 @@ impl Stager {
             return Ok(filled);
         }
         let mut buf = Vec::new();
-        for hash in self.missing() {
+        // By number, not by a list of hashes: writing does not add or reorder chunks.
+        for i in 0..self.chunks.len() {
+            let Some(hash) = self.chunks.slot(i).filter(|s| !s.written).map(|s| s.hash) else {
+                continue;
+            };
             if !index.contains(&hash) {
                 continue;
             }
@@ -418,7 +398,7 @@ impl Stager {
     /// sets the modes and mtimes of directories (deepest first) and symlinks, flushes the
     /// filesystem, and returns the verified tree. Refused while chunks are missing.
     pub fn finish(mut self, threads: usize) -> Result<StagedTree> {
-        let missing = self.order.len() - self.written.len();
+        let missing = self.chunks.len() - self.chunks.written_count();
         if missing > 0 {
             return Err(Error::Incomplete { missing });
         }

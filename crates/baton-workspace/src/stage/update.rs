@@ -2,7 +2,6 @@
 //! are rewritten only where they changed; the bookkeeping is still rebuilt over the whole tree,
 //! except when no entry changed at all, which leaves the tree as it stands.
 
-use std::collections::HashSet;
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
@@ -56,7 +55,7 @@ impl Stager {
         // Keyed by entries of the old manifest, whose files are about to move.
         self.open.clear();
         self.hashers.clear();
-        let old_written = std::mem::take(&mut self.written);
+        let old_chunks = std::mem::take(&mut self.chunks);
         let aside = self.dir.join(ASIDE);
         remove_tree(&aside).map_err(io_err("remove", &aside))?;
         DirBuilder::new()
@@ -110,14 +109,10 @@ impl Stager {
         }
 
         // A kept file holds a chunk's bytes exactly when the chunk was fully written before.
-        let (uses, order, mut files) = placements(new, |ni, h| {
-            kept_from[ni].is_some() && old_written.contains(h)
+        let (chunks, mut files) = placements(new, |ni, h| {
+            kept_from[ni].is_some() && old_chunks.is_written(h)
         })?;
-        let written: HashSet<_> = uses
-            .iter()
-            .filter(|(_, u)| u.at.iter().all(|p| p.done))
-            .map(|(h, _)| *h)
-            .collect();
+        drop(old_chunks);
         for (state, made) in files.iter_mut().zip(created) {
             state.created = made;
         }
@@ -143,12 +138,10 @@ impl Stager {
                 sources.entries.push(e.clone());
             }
         }
-        let journal = Journal::write(&self.dir, &manifest_digest(new), written.iter().copied())?;
+        let journal = Journal::write(&self.dir, &manifest_digest(new), chunks.written_hashes())?;
         self.journal = journal.into();
-        self.uses = uses;
-        self.order = order;
+        self.chunks = chunks;
         self.files = files;
-        self.written = written;
 
         let mut local = ChunkIndex::new(self.manifest.params);
         local.add(&self.tree, &sources);
@@ -184,7 +177,7 @@ impl Stager {
             let journal = Journal::write(
                 &self.dir,
                 &manifest_digest(&self.manifest),
-                self.written.iter().copied(),
+                self.chunks.written_hashes(),
             )?;
             self.journal = journal.into();
         }
