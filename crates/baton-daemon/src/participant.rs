@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_crypto::SessionCipher;
-use baton_proto::handoff::SealedHandoffOptions;
+use baton_proto::handoff::{SealedHandoffOptions, WorkspacePass};
 use baton_proto::ws::{DaemonCommand, DaemonReply};
 use baton_proto::{
     ApiError, AuthState, EntryBody, EntryRole, ErrorCode, HandoffId, HandoffRecord, HandoffResult,
@@ -56,15 +56,21 @@ pub async fn handle(d: &Arc<Daemon>, cmd: DaemonCommand) -> Reply {
             sealed_options,
             final_pass,
             base_transfer,
+            pass,
         } => {
+            let pass = crate::workspace::SendPass {
+                final_pass,
+                base_transfer,
+                // An older server does not say: keep the walk, as a plan would.
+                keeps_walk: matches!(pass, None | Some(WorkspacePass::Plan)),
+            };
             crate::workspace::send(
                 d,
                 handoff_id,
                 transfer_id,
                 &session,
                 sealed_options.as_ref(),
-                final_pass,
-                base_transfer,
+                pass,
             )
             .await
         }

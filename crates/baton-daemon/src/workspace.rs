@@ -23,7 +23,7 @@ use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
 use baton_workspace::{
     ChunkIndex, Limits, PreparedScan, STREAM_FIRST_PART, ScanOptions, Scanned, StagedTree, Stager,
-    Walked, check_source, plan_absent, prepare_scan, scan,
+    Walked, check_source, plan_absent, prepare_scan, scan_reusing,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -96,9 +96,10 @@ struct SourceSide {
     /// The pass (transfer) that sent `scanned` whole: a later pass that builds on it sends
     /// only what changed.
     scanned_in: Option<HandoffId>,
-    /// The preflight's walk, and when it was made: the first passes start from it rather than
-    /// walking the tree again (the final pass always walks afresh).
-    walked: Option<(std::time::Instant, Arc<Walked>)>,
+    /// The preflight's walk, and when it was made: the first pass that scans starts from it
+    /// rather than walking the tree again, and takes it (a walk of a big tree is tens of MB,
+    /// and once a scan is made from it, a later pass learns more from walking afresh).
+    walked: Option<(std::time::Instant, Walked)>,
     /// Passes being served, by transfer; a pass leaves when its serving task ends.
     serving: Vec<(HandoffId, CancellationToken)>,
 }
@@ -274,7 +275,7 @@ pub async fn check(
     lock(&d.workspaces.sources)
         .entry(handoff)
         .or_default()
-        .walked = Some((std::time::Instant::now(), Arc::new(walked)));
+        .walked = Some((std::time::Instant::now(), walked));
     Ok(DaemonReply::WorkspaceChecked { files, bytes })
 }
 
@@ -321,6 +322,17 @@ pub async fn check_destination(
     .map_err(ws_err)
 }
 
+/// What the server said of a pass the source is to serve.
+#[derive(Clone, Copy, Debug)]
+pub struct SendPass {
+    /// After quiesce: the tree the target must end up with.
+    pub final_pass: bool,
+    /// The earlier pass the target holds whole, if any (see [`send`]).
+    pub base_transfer: Option<HandoffId>,
+    /// A plan: the preflight walk stays for the pre-copy (a later pass takes it, freeing it).
+    pub keeps_walk: bool,
+}
+
 /// Source: walks the workspace, answers its counts, and serves this pass on its transfer socket
 /// in the background until the target is done. Files are hashed behind the answer, in parts
 /// (reusing the previous pass's hashes for unchanged files): each part is served as soon as it
@@ -331,9 +343,13 @@ pub async fn send(
     transfer: HandoffId,
     session: &SessionRecord,
     sealed_options: Option<&Sealed>,
-    final_pass: bool,
-    base_transfer: Option<HandoffId>,
+    pass: SendPass,
 ) -> Result<DaemonReply, ApiError> {
+    let SendPass {
+        final_pass,
+        base_transfer,
+        keeps_walk,
+    } = pass;
     let (cipher, meta, options) = session_parts(d, handoff, session, sealed_options)?;
     let (previous, walked, delta_base) = {
         let mut sources = lock(&d.workspaces.sources);
@@ -342,11 +358,13 @@ pub async fn send(
             // The session is stopped: only a fresh walk sees what it did since.
             side.walked = None;
         }
-        let walked = side
-            .walked
-            .as_ref()
+        let walked = match keeps_walk {
+            true => side.walked.clone(),
+            false => side.walked.take(),
+        };
+        let walked = walked
             .filter(|(at, _)| at.elapsed() < WALK_REUSE)
-            .map(|(_, w)| Arc::clone(w));
+            .map(|(_, w)| w);
         // The target took the scan of that pass whole: only the change needs to travel.
         let delta_base = match (&side.scanned, base_transfer) {
             (Some(s), Some(b)) if side.scanned_in == Some(b) => Some((b, s.clone())),
@@ -369,7 +387,7 @@ pub async fn send(
         let previous = previous.or_else(|| known.recall(&root));
         match walked {
             // The same directory as at preflight (not replaced meanwhile by a link elsewhere).
-            Some(w) if w.root() == root => Ok(PreparedScan::from_walk(&w, &scan_opts, previous)),
+            Some(w) if w.root() == root => Ok(PreparedScan::from_walk(w, &scan_opts, previous)),
             _ => prepare_scan(&root, &scan_opts, previous),
         }
     })
@@ -617,7 +635,7 @@ async fn open_target(
             let known = std::fs::canonicalize(&dest)
                 .ok()
                 .and_then(|root| known.recall(&root));
-            let scanned = scan(&dest, &opts, known.as_deref())?;
+            let scanned = scan_reusing(&dest, &opts, known)?;
             index = ChunkIndex::from_scan(&scanned);
             existing = Some(scanned.manifest);
         }

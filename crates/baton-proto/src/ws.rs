@@ -171,6 +171,10 @@ pub enum DaemonCommand {
         /// still holds that pass's scan, it sends only what changed since.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         base_transfer: Option<HandoffId>,
+        /// Which pass this is (absent from servers that predate it): the source keeps its
+        /// preflight walk through the plan, for the pre-copy to start from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pass: Option<crate::handoff::WorkspacePass>,
     },
     /// Source: answer whether this daemon still serves `transfer_id` (after it reconnected:
     /// a restarted daemon does not, and the pass fails at once).

@@ -45,7 +45,7 @@ pub use progress::{Progress, ProgressSnapshot};
 pub use safety::{check_destination, check_source, destination_state};
 pub use scan::{
     Measured, PreparedScan, STREAM_FIRST_PART, ScanOptions, ScanPart, ScanStats, Scanned, Walked,
-    measure, now_ns, prepare_scan, scan, walk,
+    measure, now_ns, prepare_scan, scan, scan_reusing, walk,
 };
 pub use stage::{Claim, Filled, Seal, Stager, check_transfer_id, staging_dir};
 pub use validate::{Limits, validate};

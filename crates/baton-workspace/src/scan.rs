@@ -211,8 +211,16 @@ pub fn measure(root: &Path, ignored: &IgnoredFiles) -> Result<Measured> {
 /// it is canonicalised here. With `previous` (an earlier scan of the same root and parameters),
 /// files whose size, mtime, inode and ctime are unchanged keep their hashes without being read.
 pub fn scan(root: &Path, opts: &ScanOptions, previous: Option<&Scanned>) -> Result<Scanned> {
-    // A copy of `previous` for the scan to point into (only tests and tools scan in one call).
-    prepare_scan(root, opts, previous.map(|p| Arc::new(p.clone())))?
+    scan_reusing(root, opts, previous.map(|p| Arc::new(p.clone())))
+}
+
+/// [`scan`] with a previous scan that is shared, not copied (a big tree's is tens of MB).
+pub fn scan_reusing(
+    root: &Path,
+    opts: &ScanOptions,
+    previous: Option<Arc<Scanned>>,
+) -> Result<Scanned> {
+    prepare_scan(root, opts, previous)?
         .run(opts, u64::MAX, |_| true)?
         .ok_or_else(|| Error::BadOption("the scan stopped before its last part".into()))
 }
@@ -342,20 +350,17 @@ pub fn prepare_scan(
     opts: &ScanOptions,
     previous: Option<Arc<Scanned>>,
 ) -> Result<PreparedScan> {
-    Ok(PreparedScan::of_walk(walk(root, opts)?, opts, previous))
+    Ok(PreparedScan::from_walk(walk(root, opts)?, opts, previous))
 }
 
 impl PreparedScan {
     /// A scan of what `walked` selected (walked with the same `ignored` option), reusing the
     /// hashes of `previous` for files provably unchanged since it was made. Files that changed
     /// or vanished since the walk are read as they are now, or listed as skipped.
-    pub fn from_walk(walked: &Walked, opts: &ScanOptions, previous: Option<Arc<Scanned>>) -> Self {
-        let found = walked.found.iter().map(|(r, f)| (r.clone(), f.clone()));
-        Self::select(walked, found, opts, previous)
-    }
-
-    /// [`PreparedScan::from_walk`] of a walk that is not kept: its paths move, not copied.
-    fn of_walk(mut walked: Walked, opts: &ScanOptions, previous: Option<Arc<Scanned>>) -> Self {
+    pub fn from_walk(walked: Walked, opts: &ScanOptions, previous: Option<Arc<Scanned>>) -> Self {
+        let mut walked = walked;
+        // Moved, not copied: the walk's paths become the scan's, and its map is freed as it
+        // is read.
         let found = std::mem::take(&mut walked.found);
         Self::select(&walked, found.into_iter(), opts, previous)
     }

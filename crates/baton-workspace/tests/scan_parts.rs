@@ -99,7 +99,7 @@ fn a_scan_from_an_earlier_walk_reads_files_as_they_are_now_and_reuses_unchanged_
     std::fs::remove_file(dir.path().join("d0/sub/f02.txt")).unwrap();
     write(dir.path(), "d9/new.txt", b"new\n");
 
-    let scanned = PreparedScan::from_walk(&walked, &o, None)
+    let scanned = PreparedScan::from_walk(walked.clone(), &o, None)
         .run(&o, u64::MAX, |_| true)
         .unwrap()
         .unwrap();
@@ -115,7 +115,7 @@ fn a_scan_from_an_earlier_walk_reads_files_as_they_are_now_and_reuses_unchanged_
     validate(m, &Limits::default()).unwrap();
 
     // With the previous scan, only the file still inside the racy window is read again.
-    let again = PreparedScan::from_walk(&walked, &o, Some(Arc::new(scanned.clone())))
+    let again = PreparedScan::from_walk(walked, &o, Some(Arc::new(scanned.clone())))
         .run(&o, u64::MAX, |_| true)
         .unwrap()
         .unwrap();

@@ -398,6 +398,7 @@ impl Driver {
                         sealed_options: self.h.sealed_options.clone(),
                         final_pass,
                         base_transfer: self.last_pass,
+                        pass: Some(pass),
                     },
                     t.transfer,
                 )
