@@ -99,7 +99,7 @@ struct SourceSide {
     /// The preflight's walk, and when it was made: the first pass that scans starts from it
     /// rather than walking the tree again, and takes it (a walk of a big tree is tens of MB,
     /// and once a scan is made from it, a later pass learns more from walking afresh).
-    walked: Option<(std::time::Instant, Walked)>,
+    walked: Option<(std::time::Instant, Arc<Walked>)>,
     /// Passes being served, by transfer; a pass leaves when its serving task ends.
     serving: Vec<(HandoffId, CancellationToken)>,
 }
@@ -115,7 +115,7 @@ struct TargetSide {
     staged: Option<StagedTree>,
     bytes_sent: u64,
     /// What the destination held when the handoff began (for the plan).
-    existing: Option<WorkspaceManifest>,
+    existing: Option<Arc<Scanned>>,
     state: DestinationState,
     /// When the staged tree's verification ended, for a scan of the tree once it is in place.
     verified_ns: Option<i64>,
@@ -275,7 +275,7 @@ pub async fn check(
     lock(&d.workspaces.sources)
         .entry(handoff)
         .or_default()
-        .walked = Some((std::time::Instant::now(), walked));
+        .walked = Some((std::time::Instant::now(), Arc::new(walked)));
     Ok(DaemonReply::WorkspaceChecked { files, bytes })
 }
 
@@ -387,7 +387,9 @@ pub async fn send(
         let previous = previous.or_else(|| known.recall(&root));
         match walked {
             // The same directory as at preflight (not replaced meanwhile by a link elsewhere).
-            Some(w) if w.root() == root => Ok(PreparedScan::from_walk(w, &scan_opts, previous)),
+            Some(w) if w.root() == root => {
+                Ok(PreparedScan::from_shared_walk(w, &scan_opts, previous))
+            }
             _ => prepare_scan(&root, &scan_opts, previous),
         }
     })
@@ -635,9 +637,10 @@ async fn open_target(
             let known = std::fs::canonicalize(&dest)
                 .ok()
                 .and_then(|root| known.recall(&root));
-            let scanned = scan_reusing(&dest, &opts, known)?;
-            index = ChunkIndex::from_scan(&scanned);
-            existing = Some(scanned.manifest);
+            let scanned = Arc::new(scan_reusing(&dest, &opts, known)?);
+            // The plan reads the scan too: the index shares it rather than copying its paths.
+            index = ChunkIndex::of_scan(Arc::clone(&scanned));
+            existing = Some(scanned);
         }
         Ok::<_, baton_workspace::Error>((dest, index, existing, state))
     })
@@ -934,7 +937,7 @@ async fn receive_pass(
             let summary = baton_workspace::plan(
                 &parts.whole,
                 side.state,
-                side.existing.as_ref(),
+                side.existing.as_ref().map(|s| &s.manifest),
                 &side.index,
                 side.policy,
             )

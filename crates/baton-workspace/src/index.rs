@@ -9,6 +9,7 @@
 use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use baton_proto::workspace::{ChunkParams, ContentHash, WorkspaceManifest};
 
@@ -56,14 +57,23 @@ impl Seen {
     }
 }
 
-/// One indexed file: its root, where its path below the root lies in the index's name arena,
-/// and what the scan saw of it if anything.
+/// One indexed file of a root that copies what it needs: where its path below the root lies
+/// in the index's name arena, and what the scan saw of it if anything.
 #[derive(Debug)]
 struct Indexed {
-    root: u32,
     name_len: u32,
     name_start: u64,
     seen: Option<Seen>,
+}
+
+/// One indexed tree. Its files are numbered from `first`: by manifest entry when the index
+/// shares the scan (`scan`), else by their records in the index's `files`, from `files_at`.
+#[derive(Debug)]
+struct Root {
+    path: PathBuf,
+    first: u32,
+    scan: Option<Arc<Scanned>>,
+    files_at: usize,
 }
 
 /// How a chunk read from the index was proved to be the indexed bytes.
@@ -84,7 +94,9 @@ pub(crate) enum Proof {
 #[derive(Debug)]
 pub struct ChunkIndex {
     params: ChunkParams,
-    roots: Vec<PathBuf>,
+    roots: Vec<Root>,
+    /// The next file number a root starts from.
+    next_file: u32,
     files: Vec<Indexed>,
     names: String,
     /// Sorted by hash, one location per hash.
@@ -97,6 +109,7 @@ impl ChunkIndex {
         Self {
             params,
             roots: Vec::new(),
+            next_file: 0,
             files: Vec::new(),
             names: String::new(),
             chunks: Vec::new(),
@@ -104,10 +117,21 @@ impl ChunkIndex {
     }
 
     /// An index of one scanned tree. What the scan saw of each file (size, mtime, inode, ctime)
-    /// lets a read of an unchanged file skip hashing its chunk again.
+    /// lets a read of an unchanged file skip hashing its chunk again. Copies the paths it
+    /// needs; [`ChunkIndex::of_scan`] shares the scan instead.
     pub fn from_scan(scanned: &Scanned) -> Self {
         let mut idx = Self::new(scanned.manifest.params);
-        idx.insert(scanned.root(), &scanned.manifest, scanned.local());
+        idx.insert(scanned.root(), &scanned.manifest, scanned.local(), None);
+        idx
+    }
+
+    /// [`ChunkIndex::from_scan`] of a scan kept anyway: the index points into it rather than
+    /// copying a path and a stat per file.
+    pub fn of_scan(scanned: Arc<Scanned>) -> Self {
+        let mut idx = Self::new(scanned.manifest.params);
+        let root = scanned.root().to_path_buf();
+        let shared = Arc::clone(&scanned);
+        idx.insert(&root, &scanned.manifest, &[], Some(shared));
         idx
     }
 
@@ -115,37 +139,42 @@ impl ChunkIndex {
     /// manifest was cut with other parameters, since none of its chunks could match. Every read
     /// of these chunks is hashed.
     pub fn add(&mut self, root: &Path, manifest: &WorkspaceManifest) -> bool {
-        self.insert(root, manifest, &[])
+        self.insert(root, manifest, &[], None)
     }
 
-    /// [`ChunkIndex::add`], with what a scan saw per manifest entry (`local`, possibly empty).
-    /// A chunk already indexed keeps its first location, and a file none of whose chunks is new
-    /// is not kept.
+    /// [`ChunkIndex::add`], with what a scan saw per manifest entry (`local`, possibly empty),
+    /// or with the scan itself (`scan`, whose manifest is `manifest`) to point into. A chunk
+    /// already indexed keeps its first location, and a file none of whose chunks is new is not
+    /// kept.
     pub(crate) fn insert(
         &mut self,
         root: &Path,
         manifest: &WorkspaceManifest,
         local: &[Option<LocalStat>],
+        scan: Option<Arc<Scanned>>,
     ) -> bool {
         if manifest.params != self.params {
             return false;
         }
-        let Ok(r) = u32::try_from(self.roots.len()) else {
+        let first = self.next_file;
+        let Some(room) = u32::MAX.checked_sub(first).and_then(|room| {
+            u32::try_from(manifest.entries.len())
+                .ok()
+                .filter(|n| *n <= room)
+        }) else {
             return false;
         };
-        // Locations first name the manifest's entry; those of files that end up used are
-        // renumbered into `files` below.
+        // Locations first name the manifest's entry.
         let mut fresh: Vec<(ContentHash, Location)> = Vec::new();
         for (i, entry) in manifest.entries.iter().enumerate() {
             let Some(data) = entry.file() else { continue };
-            let Ok(file) = u32::try_from(i) else { break };
             let mut offset = 0u64;
             for c in &data.chunks {
                 if self.find(&c.hash).is_none() {
                     fresh.push((
                         c.hash,
                         Location {
-                            file,
+                            file: i as u32,
                             len: c.len,
                             offset,
                         },
@@ -157,43 +186,51 @@ impl ChunkIndex {
         // Stable: among equal hashes the first in manifest order stays.
         fresh.sort_by_key(|(h, _)| *h);
         fresh.dedup_by(|later, first| later.0 == first.0);
-        fresh.sort_by_key(|(_, loc)| loc.file);
-        let mut kept: Option<(u32, u32)> = None;
-        let mut added = 0;
-        for (_, loc) in &mut fresh {
-            let entry_index = loc.file;
-            let number = match kept {
-                Some((e, n)) if e == entry_index => n,
-                _ => {
-                    let entry = &manifest.entries[entry_index as usize];
-                    let (Ok(number), Ok(name_len)) = (
-                        u32::try_from(self.files.len()),
-                        u32::try_from(entry.path.len()),
-                    ) else {
-                        break;
-                    };
-                    let size = entry.file().map_or(0, |f| f.size);
-                    let seen = local
-                        .get(entry_index as usize)
-                        .copied()
-                        .flatten()
-                        .and_then(|l| Seen::new(size, entry.mtime_ns, &l));
-                    self.files.push(Indexed {
-                        root: r,
-                        name_len,
-                        name_start: self.names.len() as u64,
-                        seen,
-                    });
-                    self.names.push_str(&entry.path);
-                    kept = Some((entry_index, number));
-                    number
-                }
-            };
-            loc.file = number;
-            added += 1;
+        let files_at = self.files.len();
+        if scan.is_some() {
+            // File number = first + entry: nothing is copied.
+            for (_, loc) in &mut fresh {
+                loc.file += first;
+            }
+            self.next_file = first + room;
+        } else {
+            // Only the files that end up used are recorded, numbered in manifest order.
+            fresh.sort_by_key(|(_, loc)| loc.file);
+            let mut kept: Option<(u32, u32)> = None;
+            for (_, loc) in &mut fresh {
+                let entry_index = loc.file;
+                let number = match kept {
+                    Some((e, n)) if e == entry_index => n,
+                    _ => {
+                        let entry = &manifest.entries[entry_index as usize];
+                        let size = entry.file().map_or(0, |f| f.size);
+                        let seen = local
+                            .get(entry_index as usize)
+                            .copied()
+                            .flatten()
+                            .and_then(|l| Seen::new(size, entry.mtime_ns, &l));
+                        self.files.push(Indexed {
+                            name_len: entry.path.len() as u32,
+                            name_start: self.names.len() as u64,
+                            seen,
+                        });
+                        self.names.push_str(&entry.path);
+                        // At most one number per entry, so within `room`.
+                        let n = first + (self.files.len() - files_at - 1) as u32;
+                        kept = Some((entry_index, n));
+                        n
+                    }
+                };
+                loc.file = number;
+            }
+            self.next_file = first + (self.files.len() - files_at) as u32;
         }
-        fresh.truncate(added);
-        self.roots.push(root.to_path_buf());
+        self.roots.push(Root {
+            path: root.to_path_buf(),
+            first,
+            scan,
+            files_at,
+        });
         self.chunks.append(&mut fresh);
         self.chunks.sort_unstable_by_key(|(h, _)| *h);
         // What growing reserved would otherwise stay for as long as the index.
@@ -201,6 +238,35 @@ impl ChunkIndex {
         self.files.shrink_to_fit();
         self.names.shrink_to_fit();
         true
+    }
+
+    /// The path of file number `file` and what its scan saw of it.
+    fn file(&self, file: u32) -> Option<(PathBuf, Option<Seen>)> {
+        let r = self
+            .roots
+            .partition_point(|r| r.first <= file)
+            .checked_sub(1)?;
+        let root = &self.roots[r];
+        let k = (file - root.first) as usize;
+        match &root.scan {
+            Some(s) => {
+                let e = s.manifest.entries.get(k)?;
+                let size = e.file()?.size;
+                let seen = s
+                    .local()
+                    .get(k)
+                    .copied()
+                    .flatten()
+                    .and_then(|l| Seen::new(size, e.mtime_ns, &l));
+                Some((root.path.join(&e.path), seen))
+            }
+            None => {
+                let f = self.files.get(root.files_at + k)?;
+                let start = usize::try_from(f.name_start).ok()?;
+                let rel = self.names.get(start..start + f.name_len as usize)?;
+                Some((root.path.join(rel), f.seen))
+            }
+        }
     }
 
     fn find(&self, hash: &ContentHash) -> Option<&Location> {
@@ -238,10 +304,7 @@ impl ChunkIndex {
     /// [`ChunkIndex::read_into`], saying how the bytes were proved.
     pub(crate) fn read_proved(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> Option<Proof> {
         let loc = self.find(hash)?;
-        let f = self.files.get(loc.file as usize)?;
-        let start = usize::try_from(f.name_start).ok()?;
-        let rel = self.names.get(start..start + f.name_len as usize)?;
-        let path = self.roots.get(f.root as usize)?.join(rel);
+        let (path, seen) = self.file(loc.file)?;
         let file = open_nofollow(&path).ok()?;
         // Reused buffers are not zeroed again: the read overwrites every byte kept.
         let len = loc.len as usize;
@@ -252,7 +315,7 @@ impl ChunkIndex {
         file.read_exact_at(buf, loc.offset).ok()?;
         // Stat after the read: a write that could have touched what was read has changed the
         // ctime by then.
-        if let Some(seen) = &f.seen
+        if let Some(seen) = &seen
             && file.metadata().is_ok_and(|md| seen.unchanged(&md))
         {
             return Some(Proof::Unchanged);
@@ -359,6 +422,38 @@ mod tests {
         assert!(idx.read_into(&new, &mut buf));
         assert_eq!(buf, b"new");
         assert!(!idx.contains(&hash_bytes(b"absent")));
+    }
+
+    #[test]
+    fn an_index_sharing_its_scan_serves_it_and_the_trees_added_after() {
+        let (t, big) = tree();
+        let s = Arc::new(scanned(t.path()));
+        let mut idx = ChunkIndex::of_scan(Arc::clone(&s));
+        assert!(
+            idx.files.is_empty() && idx.names.is_empty(),
+            "nothing copied"
+        );
+        let u = tempfile::tempdir().unwrap();
+        std::fs::write(u.path().join("other"), b"other bytes").unwrap();
+        assert!(idx.add(u.path(), &scanned(u.path()).manifest));
+
+        let mut buf = Vec::new();
+        let first = &s.manifest.get("big.bin").unwrap().file().unwrap().chunks[0];
+        // Just scanned: too recent to prove unchanged, so hashed.
+        assert_eq!(idx.read_proved(&first.hash, &mut buf), Some(Proof::Hashed));
+        assert_eq!(buf, big[..first.len as usize]);
+        assert!(idx.read_into(&hash_bytes(b"small"), &mut buf));
+        assert_eq!(buf, b"small");
+        assert!(idx.read_into(&hash_bytes(b"other bytes"), &mut buf));
+        assert_eq!(buf, b"other bytes");
+        // What the shared scan saw still proves an unchanged file.
+        let later = crate::scan::now_ns() + 2 * RACY_NS;
+        let aged_scan = Scanned::of_received(s.manifest.clone(), s.root().to_path_buf(), later);
+        let idx = ChunkIndex::of_scan(Arc::new(aged_scan));
+        assert_eq!(
+            idx.read_proved(&first.hash, &mut buf),
+            Some(Proof::Unchanged)
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::fs::{Metadata, OpenOptions};
 use std::io;
+use std::ops::Bound;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -146,28 +147,22 @@ impl Scanned {
         &self.local
     }
 
-    /// The index of the entry of `rel` when its hashes still describe the file at `md`: same
-    /// size, mtime, inode and ctime, and not racily read.
-    fn reusable(&self, rel: &str, md: &Stat) -> Option<u32> {
+    /// The hashes of `rel` and what was seen of it, when they still describe the file at `md`:
+    /// same size, mtime, inode and ctime, and not racily read.
+    fn reusable(&self, rel: &str, md: &Stat) -> Option<(FileData, LocalStat)> {
         let i = self
             .manifest
             .entries
             .binary_search_by(|e| e.path.as_str().cmp(rel))
             .ok()?;
-        let file = self.manifest.entries[i].file()?;
+        let entry = &self.manifest.entries[i];
+        let file = entry.file()?;
         let local = self.local.get(i).copied().flatten()?;
         let same = file.size == md.len
-            && self.manifest.entries[i].mtime_ns == md.mtime_ns
+            && entry.mtime_ns == md.mtime_ns
             && local.same_file(md)
             && local.ctime_ns < local.read_ns.saturating_sub(RACY_NS);
-        u32::try_from(i).ok().filter(|_| same)
-    }
-
-    /// The hashes and local knowledge of entry `i`, found by [`Scanned::reusable`].
-    fn reused(&self, i: u32) -> Option<(FileData, LocalStat)> {
-        let i = i as usize;
-        let file = self.manifest.entries.get(i)?.file()?.clone();
-        Some((file, self.local.get(i).copied().flatten()?))
+        same.then(|| (file.clone(), local))
     }
 }
 
@@ -235,26 +230,13 @@ pub struct ScanPart<'a> {
     pub last: bool,
 }
 
-/// One walked entry: its path, what the walk found, and the index in the previous scan of the
-/// entry whose hashes still hold for it (an index rather than a copy: a big tree's rescan
-/// would otherwise hold every file's hashes twice).
-type Selected = (String, Found, Option<u32>);
-
-/// A walked tree whose files are still to be hashed (see [`prepare_scan`]).
+/// A walked tree whose files are still to be hashed (see [`prepare_scan`]). The walk is read
+/// as the scan goes, one part at a time: a walk not shared with anyone is consumed (its memory
+/// freed as it is read), a shared one is copied a part at a time.
 pub struct PreparedScan {
-    root: PathBuf,
-    root_md: Metadata,
-    /// The selection in path order, in blocks of [`MAX_PART_ENTRIES`]: each block is freed as
-    /// soon as it is scanned, so the walk's copy and the manifest built from it do not both
-    /// stay whole until the end.
-    found: Vec<Vec<Selected>>,
-    entries: usize,
-    /// The scan `found` points into for reused hashes.
+    walked: Arc<Walked>,
+    /// The scan whose hashes files provably unchanged since keep.
     previous: Option<Arc<Scanned>>,
-    skipped: std::collections::BTreeMap<String, SkipReason>,
-    files: u64,
-    bytes: u64,
-    reused_files: u64,
 }
 
 /// A good first part for [`PreparedScan::run`] when streaming: small enough to start sending
@@ -358,67 +340,36 @@ impl PreparedScan {
     /// hashes of `previous` for files provably unchanged since it was made. Files that changed
     /// or vanished since the walk are read as they are now, or listed as skipped.
     pub fn from_walk(walked: Walked, opts: &ScanOptions, previous: Option<Arc<Scanned>>) -> Self {
-        let mut walked = walked;
-        // Moved, not copied: the walk's paths become the scan's, and its map is freed as it
-        // is read.
-        let found = std::mem::take(&mut walked.found);
-        Self::select(&walked, found.into_iter(), opts, previous)
+        Self::from_shared_walk(Arc::new(walked), opts, previous)
     }
 
-    fn select(
-        walked: &Walked,
-        selection: impl ExactSizeIterator<Item = (String, Found)>,
+    /// [`PreparedScan::from_walk`] of a walk that may be kept elsewhere too. When this is its
+    /// only holder by the time [`PreparedScan::run`] starts, the walk is consumed as it is read.
+    pub fn from_shared_walk(
+        walked: Arc<Walked>,
         opts: &ScanOptions,
         previous: Option<Arc<Scanned>>,
     ) -> Self {
         let previous =
             previous.filter(|p| p.root == walked.root && p.manifest.params == opts.params);
-        let entries = selection.len();
-        let mut reused_files = 0;
-        let mut found: Vec<Vec<Selected>> = Vec::new();
-        for (rel, f) in selection {
-            let prior = match f.what {
-                What::File => previous.as_deref().and_then(|p| p.reusable(&rel, &f.md)),
-                _ => None,
-            };
-            reused_files += u64::from(prior.is_some());
-            match found.last_mut() {
-                Some(block) if block.len() < MAX_PART_ENTRIES => block.push((rel, f, prior)),
-                _ => {
-                    let mut block = Vec::with_capacity(MAX_PART_ENTRIES.min(entries));
-                    block.push((rel, f, prior));
-                    found.push(block);
-                }
-            }
-        }
-        PreparedScan {
-            root: walked.root.clone(),
-            root_md: walked.root_md.clone(),
-            found,
-            entries,
-            previous,
-            skipped: walked.skipped.clone(),
-            files: walked.files,
-            bytes: walked.bytes,
-            reused_files,
-        }
+        PreparedScan { walked, previous }
     }
 }
 
 impl PreparedScan {
     /// Regular files the scan selected.
     pub fn files(&self) -> u64 {
-        self.files
+        self.walked.files
     }
 
     /// Their total size.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.walked.bytes
     }
 
     /// Entries (directories, files, symlinks) selected.
     pub fn entries(&self) -> usize {
-        self.entries
+        self.walked.found.len()
     }
 
     /// Hashes the files, calling `on_part` with the tree scanned so far each time a part of
@@ -433,32 +384,49 @@ impl PreparedScan {
         mut on_part: impl FnMut(ScanPart<'_>) -> bool,
     ) -> Result<Option<Scanned>> {
         let progress = opts.progress.clone().unwrap_or_default();
-        progress.start(self.files, self.bytes);
+        progress.start(self.files(), self.bytes());
         let threads = if opts.threads == 0 {
             pool::default_threads()
         } else {
             opts.threads
         };
+        let entries = self.entries();
+        let (walked, previous) = (self.walked, self.previous);
         let mut scanned = Scanned {
             manifest: WorkspaceManifest {
                 version: MANIFEST_VERSION,
                 params: opts.params,
-                root_mode: self.root_md.mode() & 0o7777,
-                root_mtime_ns: mtime_ns(&self.root_md),
-                entries: Vec::with_capacity(self.entries),
+                root_mode: walked.root_md.mode() & 0o7777,
+                root_mtime_ns: mtime_ns(&walked.root_md),
+                entries: Vec::with_capacity(entries),
                 skipped: Vec::new(),
             },
-            root: self.root,
-            local: Vec::with_capacity(self.entries),
-            stats: ScanStats {
-                reused_files: self.reused_files,
-                ..ScanStats::default()
-            },
+            root: walked.root.clone(),
+            local: Vec::with_capacity(entries),
+            stats: ScanStats::default(),
         };
-        let mut skipped = self.skipped;
-        let previous = self.previous;
-        // Flattened blocks: each is dropped, its memory freed, once its last entry is taken.
-        let mut found = self.found.into_iter().flatten().peekable();
+        let mut skipped = walked.skipped.clone();
+        let found: Box<dyn Iterator<Item = (String, Found)>> = match Arc::try_unwrap(walked) {
+            // Only holder: the paths move into the manifest and the map is freed as it goes.
+            Ok(w) => Box::new(w.found.into_iter()),
+            Err(shared) => {
+                // Copied one entry at a time, resuming after the last path copied.
+                let mut last: Option<String> = None;
+                Box::new(std::iter::from_fn(move || {
+                    let after = match &last {
+                        Some(l) => Bound::Excluded(l.as_str()),
+                        None => Bound::Unbounded,
+                    };
+                    let (rel, f) = shared
+                        .found
+                        .range::<str, _>((after, Bound::Unbounded))
+                        .next()?;
+                    last = Some(rel.clone());
+                    Some((rel.clone(), f.clone()))
+                }))
+            }
+        };
+        let mut found = found.peekable();
         let mut done_cost = 0u64;
         loop {
             // This part: entries up to the one that brings the cost of reading to the target.
@@ -472,17 +440,20 @@ impl PreparedScan {
             let mut part = Vec::new();
             let mut cost = 0u64;
             while cost < target && part.len() < MAX_PART_ENTRIES {
-                let Some((rel, f, prior)) = found.next() else {
+                let Some((rel, f)) = found.next() else {
                     break;
                 };
-                let prior = match (&f.what, prior) {
-                    (What::File, Some(i)) => previous.as_deref().and_then(|p| p.reused(i)),
+                let prior = match &f.what {
+                    What::File => previous.as_deref().and_then(|p| p.reusable(&rel, &f.md)),
                     _ => None,
                 };
-                match (&f.what, &prior) {
-                    (What::File, None) => cost += f.md.len + FILE_COST,
-                    (What::File, Some((d, _))) => progress.add(1, d.size),
-                    _ => {}
+                match &prior {
+                    Some((d, _)) => {
+                        scanned.stats.reused_files += 1;
+                        progress.add(1, d.size);
+                    }
+                    None if matches!(f.what, What::File) => cost += f.md.len + FILE_COST,
+                    None => {}
                 }
                 part.push((rel, f, prior));
             }

@@ -84,6 +84,34 @@ fn a_scan_stopped_after_its_first_part_reads_nothing_more() {
 }
 
 #[test]
+fn a_shared_walk_scans_as_an_owned_one_and_stays_whole_for_its_holder() {
+    use baton_workspace::{PreparedScan, walk};
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path());
+    let o = opts(IgnoredFiles::Skip);
+    let shared = Arc::new(walk(dir.path(), &o).unwrap());
+    let entries = PreparedScan::from_shared_walk(Arc::clone(&shared), &o, None).entries();
+    let mut parts = 0;
+    // Parts of at most 8 KiB of reading: the shared walk is resumed part after part.
+    let from_shared = PreparedScan::from_shared_walk(Arc::clone(&shared), &o, None)
+        .run(&o, 8 * 1024, |_| {
+            parts += 1;
+            true
+        })
+        .unwrap()
+        .unwrap();
+    assert!(parts > 2, "{parts} parts");
+    assert_eq!(Arc::strong_count(&shared), 1, "the scan let go of the walk");
+    assert_eq!(shared.files(), 241);
+    let owned = PreparedScan::from_walk(walk(dir.path(), &o).unwrap(), &o, None)
+        .run(&o, u64::MAX, |_| true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(from_shared.manifest.entries.len(), entries);
+    assert_eq!(from_shared.manifest, owned.manifest);
+}
+
+#[test]
 fn a_scan_from_an_earlier_walk_reads_files_as_they_are_now_and_reuses_unchanged_hashes() {
     use baton_workspace::{PreparedScan, walk};
     let dir = tempfile::tempdir().unwrap();
