@@ -121,7 +121,7 @@ impl ChunkIndex {
     /// needs; [`ChunkIndex::of_scan`] shares the scan instead.
     pub fn from_scan(scanned: &Scanned) -> Self {
         let mut idx = Self::new(scanned.manifest.params);
-        idx.insert(scanned.root(), &scanned.manifest, scanned.local(), None);
+        idx.insert(scanned.root(), &scanned.manifest, scanned.local());
         idx
     }
 
@@ -129,9 +129,7 @@ impl ChunkIndex {
     /// copying a path and a stat per file.
     pub fn of_scan(scanned: Arc<Scanned>) -> Self {
         let mut idx = Self::new(scanned.manifest.params);
-        let root = scanned.root().to_path_buf();
-        let shared = Arc::clone(&scanned);
-        idx.insert(&root, &scanned.manifest, &[], Some(shared));
+        idx.insert_shared(scanned);
         idx
     }
 
@@ -139,32 +137,90 @@ impl ChunkIndex {
     /// manifest was cut with other parameters, since none of its chunks could match. Every read
     /// of these chunks is hashed.
     pub fn add(&mut self, root: &Path, manifest: &WorkspaceManifest) -> bool {
-        self.insert(root, manifest, &[], None)
+        self.insert(root, manifest, &[])
     }
 
-    /// [`ChunkIndex::add`], with what a scan saw per manifest entry (`local`, possibly empty),
-    /// or with the scan itself (`scan`, whose manifest is `manifest`) to point into. A chunk
-    /// already indexed keeps its first location, and a file none of whose chunks is new is not
-    /// kept.
+    /// [`ChunkIndex::add`], with what a scan saw per manifest entry (`local`, possibly empty).
+    /// A chunk already indexed keeps its first location, and a file none of whose chunks is new
+    /// is not kept.
     pub(crate) fn insert(
         &mut self,
         root: &Path,
         manifest: &WorkspaceManifest,
         local: &[Option<LocalStat>],
-        scan: Option<Arc<Scanned>>,
     ) -> bool {
-        if manifest.params != self.params {
-            return false;
-        }
-        let first = self.next_file;
-        let Some(room) = u32::MAX.checked_sub(first).and_then(|room| {
-            u32::try_from(manifest.entries.len())
-                .ok()
-                .filter(|n| *n <= room)
-        }) else {
+        let Some(mut fresh) = self.fresh(manifest) else {
             return false;
         };
-        // Locations first name the manifest's entry.
+        let first = self.next_file;
+        let files_at = self.files.len();
+        // Only the files that end up used are recorded, numbered in manifest order: at most
+        // one number per entry, so within the room `fresh` checked.
+        fresh.sort_by_key(|(_, loc)| loc.file);
+        let mut kept: Option<(u32, u32)> = None;
+        for (_, loc) in &mut fresh {
+            let entry_index = loc.file;
+            let number = match kept {
+                Some((e, n)) if e == entry_index => n,
+                _ => {
+                    let entry = &manifest.entries[entry_index as usize];
+                    let size = entry.file().map_or(0, |f| f.size);
+                    let seen = local
+                        .get(entry_index as usize)
+                        .copied()
+                        .flatten()
+                        .and_then(|l| Seen::new(size, entry.mtime_ns, &l));
+                    self.files.push(Indexed {
+                        name_len: entry.path.len() as u32,
+                        name_start: self.names.len() as u64,
+                        seen,
+                    });
+                    self.names.push_str(&entry.path);
+                    let n = first + (self.files.len() - files_at - 1) as u32;
+                    kept = Some((entry_index, n));
+                    n
+                }
+            };
+            loc.file = number;
+        }
+        self.next_file = first + (self.files.len() - files_at) as u32;
+        self.push_root(root.to_path_buf(), first, None, files_at, fresh);
+        true
+    }
+
+    /// Adds the chunks of a scan kept anyway, pointing into it: file number = the root's
+    /// first number + manifest entry, and nothing is copied.
+    fn insert_shared(&mut self, scan: Arc<Scanned>) -> bool {
+        let Some(mut fresh) = self.fresh(&scan.manifest) else {
+            return false;
+        };
+        let first = self.next_file;
+        for (_, loc) in &mut fresh {
+            loc.file += first;
+        }
+        self.next_file = first + scan.manifest.entries.len() as u32;
+        let files_at = self.files.len();
+        self.push_root(
+            scan.root().to_path_buf(),
+            first,
+            Some(scan),
+            files_at,
+            fresh,
+        );
+        true
+    }
+
+    /// The chunks of `manifest` not indexed yet, one location each (the first in manifest
+    /// order), sorted by hash, each naming its manifest entry. `None` when the manifest was cut
+    /// with other parameters or its entries would not fit the file numbers left.
+    fn fresh(&self, manifest: &WorkspaceManifest) -> Option<Vec<(ContentHash, Location)>> {
+        if manifest.params != self.params {
+            return None;
+        }
+        let room = u32::MAX - self.next_file;
+        u32::try_from(manifest.entries.len())
+            .ok()
+            .filter(|n| *n <= room)?;
         let mut fresh: Vec<(ContentHash, Location)> = Vec::new();
         for (i, entry) in manifest.entries.iter().enumerate() {
             let Some(data) = entry.file() else { continue };
@@ -186,47 +242,19 @@ impl ChunkIndex {
         // Stable: among equal hashes the first in manifest order stays.
         fresh.sort_by_key(|(h, _)| *h);
         fresh.dedup_by(|later, first| later.0 == first.0);
-        let files_at = self.files.len();
-        if scan.is_some() {
-            // File number = first + entry: nothing is copied.
-            for (_, loc) in &mut fresh {
-                loc.file += first;
-            }
-            self.next_file = first + room;
-        } else {
-            // Only the files that end up used are recorded, numbered in manifest order.
-            fresh.sort_by_key(|(_, loc)| loc.file);
-            let mut kept: Option<(u32, u32)> = None;
-            for (_, loc) in &mut fresh {
-                let entry_index = loc.file;
-                let number = match kept {
-                    Some((e, n)) if e == entry_index => n,
-                    _ => {
-                        let entry = &manifest.entries[entry_index as usize];
-                        let size = entry.file().map_or(0, |f| f.size);
-                        let seen = local
-                            .get(entry_index as usize)
-                            .copied()
-                            .flatten()
-                            .and_then(|l| Seen::new(size, entry.mtime_ns, &l));
-                        self.files.push(Indexed {
-                            name_len: entry.path.len() as u32,
-                            name_start: self.names.len() as u64,
-                            seen,
-                        });
-                        self.names.push_str(&entry.path);
-                        // At most one number per entry, so within `room`.
-                        let n = first + (self.files.len() - files_at - 1) as u32;
-                        kept = Some((entry_index, n));
-                        n
-                    }
-                };
-                loc.file = number;
-            }
-            self.next_file = first + (self.files.len() - files_at) as u32;
-        }
+        Some(fresh)
+    }
+
+    fn push_root(
+        &mut self,
+        path: PathBuf,
+        first: u32,
+        scan: Option<Arc<Scanned>>,
+        files_at: usize,
+        mut fresh: Vec<(ContentHash, Location)>,
+    ) {
         self.roots.push(Root {
-            path: root.to_path_buf(),
+            path,
             first,
             scan,
             files_at,
@@ -237,7 +265,6 @@ impl ChunkIndex {
         self.chunks.shrink_to_fit();
         self.files.shrink_to_fit();
         self.names.shrink_to_fit();
-        true
     }
 
     /// The path of file number `file` and what its scan saw of it.

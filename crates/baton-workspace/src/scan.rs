@@ -421,7 +421,8 @@ impl PreparedScan {
                         .found
                         .range::<str, _>((after, Bound::Unbounded))
                         .next()?;
-                    last = Some(rel.clone());
+                    // The bound's buffer is reused; only the path handed on is a new String.
+                    last.get_or_insert_with(String::new).clone_from(rel);
                     Some((rel.clone(), f.clone()))
                 }))
             }

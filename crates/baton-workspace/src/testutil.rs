@@ -49,7 +49,7 @@ pub(crate) fn aged(s: &Scanned) -> Vec<Option<LocalStat>> {
 /// An index of `s` built with the local knowledge `local`.
 pub(crate) fn index_of(s: &Scanned, local: &[Option<LocalStat>]) -> ChunkIndex {
     let mut idx = ChunkIndex::new(s.manifest.params);
-    assert!(idx.insert(s.root(), &s.manifest, local, None));
+    assert!(idx.insert(s.root(), &s.manifest, local));
     idx
 }
 

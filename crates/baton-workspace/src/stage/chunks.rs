@@ -132,6 +132,16 @@ impl ChunkTable {
         }
     }
 
+    /// Marks written every chunk all of whose places hold their bytes.
+    pub(super) fn mark_complete_written(&mut self) {
+        for slot in &mut self.slots {
+            if !slot.written && slot.at.iter().all(|p| p.done) {
+                slot.written = true;
+                self.written += 1;
+            }
+        }
+    }
+
     /// Distinct chunks.
     pub(super) fn len(&self) -> usize {
         self.slots.len()
@@ -204,6 +214,24 @@ mod tests {
         assert_eq!(t.written_hashes().collect::<Vec<_>>(), [b]);
         t.set_written(&b, false);
         assert_eq!(t.written_count(), 0);
+        let done = Placement {
+            done: true,
+            ..at(4)
+        };
+        t.place(c, 30, done);
+        t.mark_complete_written();
+        assert_eq!(
+            t.written_count(),
+            0,
+            "c still has a place without its bytes"
+        );
+        t.get_mut(&c)
+            .unwrap()
+            .at
+            .iter_mut()
+            .for_each(|p| p.done = true);
+        t.mark_complete_written();
+        assert_eq!(t.written_hashes().collect::<Vec<_>>(), [c]);
         t.shrink();
         assert_eq!(t.get(&c).unwrap().len, 30);
     }

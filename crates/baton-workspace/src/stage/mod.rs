@@ -163,14 +163,7 @@ fn placements(
             offset += u64::from(c.len);
         }
     }
-    let complete: Vec<ContentHash> = table
-        .iter()
-        .filter(|s| s.at.iter().all(|p| p.done))
-        .map(|s| s.hash)
-        .collect();
-    for h in &complete {
-        table.set_written(h, true);
-    }
+    table.mark_complete_written();
     table.shrink();
     Ok((table, files))
 }
