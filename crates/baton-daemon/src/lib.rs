@@ -192,6 +192,11 @@ impl Daemon {
         Ok(())
     }
 
+    /// Where workspace scans are kept on disk (unlinked files: nothing stays once let go).
+    fn scan_dir(&self) -> PathBuf {
+        self.baton_home.join("scans")
+    }
+
     /// Staging directory of a handoff on this machine.
     fn handoff_dir(&self, id: HandoffId) -> PathBuf {
         self.baton_home.join("handoffs").join(id.to_string())

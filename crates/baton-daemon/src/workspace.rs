@@ -8,7 +8,7 @@
 //! place under the conflict policy. Scanning, hashing and staging are blocking work and run on
 //! the blocking pool, never on the executor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,8 @@ use baton_proto::workspace::{
 use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
 use baton_workspace::{
-    ChunkIndex, Limits, PreparedScan, STREAM_FIRST_PART, ScanOptions, Scanned, StagedTree, Stager,
+    Changed, ChunkIndex, Limits, ManifestDigest, PreparedScan, Previous, STREAM_FIRST_PART,
+    ScanOptions, Scanned, SpoolReader, SpoolWriter, SpooledPart, SpooledScan, StagedTree, Stager,
     Walked, check_source, plan_absent, prepare_scan, scan_reusing,
 };
 use tokio_util::sync::CancellationToken;
@@ -57,42 +58,55 @@ pub struct Workspaces {
 }
 
 /// The last scans of workspace trees this machine sent or received, newest first (at most
-/// [`KNOWN_TREES`]): a later handoff of the same tree, from here or into it, hashes only the
-/// files changed since.
-#[derive(Default)]
-struct KnownTrees(Mutex<Vec<Arc<Scanned>>>);
+/// [`KNOWN_TREES`]), kept on disk: a later handoff of the same tree, from here or into it,
+/// hashes only the files changed since.
+struct KnownTrees {
+    scans: Mutex<Vec<Arc<SpooledScan>>>,
+    /// Entries the kept scans may hold together.
+    budget: usize,
+}
 
-/// Trees whose last scan a daemon keeps (some MiB each for a big tree).
+impl Default for KnownTrees {
+    fn default() -> Self {
+        Self {
+            scans: Mutex::default(),
+            budget: KNOWN_ENTRIES,
+        }
+    }
+}
+
+/// Trees whose last scan a daemon keeps.
 const KNOWN_TREES: usize = 2;
-/// Entries the kept scans may hold together (a few hundred bytes each): what stays resident
-/// between handoffs is bounded whatever the trees, and a bigger tree is simply hashed again.
-const KNOWN_ENTRIES: usize = 250_000;
+/// Entries the kept scans may hold together, on disk (about 100 bytes each; memory holds a few
+/// hundred bytes per 16 Ki entries): what stays between handoffs is bounded whatever the
+/// trees, and a bigger tree is simply hashed again.
+const KNOWN_ENTRIES: usize = 2_000_000;
 
 impl KnownTrees {
     /// Keeps `scanned` as the last scan of its root, forgetting the oldest scans beyond
-    /// [`KNOWN_TREES`] or [`KNOWN_ENTRIES`].
-    fn remember(&self, scanned: Arc<Scanned>) {
-        let mut known = lock(&self.0);
+    /// [`KNOWN_TREES`] or the entry budget.
+    fn remember(&self, scanned: Arc<SpooledScan>) {
+        let mut known = lock(&self.scans);
         known.retain(|k| k.root() != scanned.root());
         known.insert(0, scanned);
         known.truncate(KNOWN_TREES);
         let mut entries = 0;
         known.retain(|k| {
-            entries += k.manifest.entries.len();
-            entries <= KNOWN_ENTRIES
+            entries += k.entries();
+            entries <= self.budget
         });
     }
 
     /// The last scan of `root` (canonical), if kept.
-    fn recall(&self, root: &std::path::Path) -> Option<Arc<Scanned>> {
-        lock(&self.0).iter().find(|k| k.root() == root).cloned()
+    fn recall(&self, root: &std::path::Path) -> Option<Arc<SpooledScan>> {
+        lock(&self.scans).iter().find(|k| k.root() == root).cloned()
     }
 }
 
 /// The source of one handoff: its last scan (reused by the next) and the serving tasks.
 #[derive(Default)]
 struct SourceSide {
-    scanned: Option<Arc<Scanned>>,
+    scanned: Option<Arc<SpooledScan>>,
     /// The pass (transfer) that sent `scanned` whole: a later pass that builds on it sends
     /// only what changed.
     scanned_in: Option<HandoffId>,
@@ -133,16 +147,81 @@ struct TargetRecord {
     dest: PathBuf,
 }
 
-/// The chunks of a scan served by hash, part by part as the scan makes them.
+/// The chunks of a scan served by hash, part by part as the scan makes them. The indexes of the
+/// last few parts used stay in memory; the others are read back from the scan's spool when a
+/// chunk of theirs is asked for (again), found by an 8-byte key per chunk: memory stays bounded
+/// whatever the tree.
+struct PartsSource {
+    spool: SpoolReader,
+    state: Mutex<PartsState>,
+}
+
 #[derive(Default)]
-struct PartsSource(std::sync::RwLock<Vec<ChunkIndex>>);
+struct PartsState {
+    /// Per part pushed, its number in the spool and the sorted keys of its chunks.
+    keys: Vec<(usize, Vec<u64>)>,
+    /// Indexes of the parts used last, newest last.
+    cached: VecDeque<(usize, Arc<ChunkIndex>)>,
+}
+
+/// Part indexes a source keeps in memory (each at most 16 Ki entries).
+const CACHED_PARTS: usize = 4;
 
 impl PartsSource {
-    fn push(&self, index: ChunkIndex) {
-        self.0
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(index);
+    fn new(spool: SpoolReader) -> Self {
+        Self {
+            spool,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Serves spool part `number`, whose index the scan just built.
+    fn push(&self, number: usize, index: ChunkIndex) {
+        let mut st = lock(&self.state);
+        st.keys.push((number, index.keys()));
+        st.cache(number, Arc::new(index));
+    }
+
+    /// The index that holds `hash`, if any part does (reading its part back when it is not in
+    /// memory).
+    fn find(&self, hash: &ContentHash) -> io::Result<Option<Arc<ChunkIndex>>> {
+        let wanted = {
+            let st = lock(&self.state);
+            if let Some((_, idx)) = st.cached.iter().rev().find(|(_, i)| i.contains(hash)) {
+                return Ok(Some(Arc::clone(idx)));
+            }
+            let key = ChunkIndex::key_of(hash);
+            let cached: Vec<usize> = st.cached.iter().map(|(n, _)| *n).collect();
+            // A chunk is asked for only once its part was served; the newest parts are likeliest.
+            st.keys
+                .iter()
+                .rev()
+                .filter(|(n, keys)| !cached.contains(n) && keys.binary_search(&key).is_ok())
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+        };
+        for number in wanted {
+            let part = self
+                .spool
+                .part(number)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let index = Arc::new(ChunkIndex::from_scan(&part));
+            lock(&self.state).cache(number, Arc::clone(&index));
+            if index.contains(hash) {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl PartsState {
+    fn cache(&mut self, number: usize, index: Arc<ChunkIndex>) {
+        self.cached.retain(|(n, _)| *n != number);
+        self.cached.push_back((number, index));
+        while self.cached.len() > CACHED_PARTS {
+            self.cached.pop_front();
+        }
     }
 }
 
@@ -153,13 +232,9 @@ impl ChunkSource for PartsSource {
     }
 
     fn read_into(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> io::Result<bool> {
-        let parts = self.0.read().unwrap_or_else(|p| p.into_inner());
-        // A chunk is asked for only once its part was served; the newest parts are likeliest.
-        Ok(parts
-            .iter()
-            .rev()
-            .find(|p| p.contains(hash))
-            .is_some_and(|p| p.read_into(hash, buf)))
+        Ok(self
+            .find(hash)?
+            .is_some_and(|index| index.read_into(hash, buf)))
     }
 }
 
@@ -381,17 +456,20 @@ pub async fn send(
     let scan_opts = opts.clone();
     // Refusals (unsafe path, caps) come back as the answer, before anything is served.
     let known = Arc::clone(&d.workspaces.known);
-    let prepared = tokio::task::spawn_blocking(move || {
+    let spool_dir = d.scan_dir();
+    let (prepared, spool) = tokio::task::spawn_blocking(move || {
         let root = check_source(&path, Some(&home))?;
         // A first pass starts from this machine's last scan of the tree, if any.
-        let previous = previous.or_else(|| known.recall(&root));
-        match walked {
+        let previous = previous
+            .or_else(|| known.recall(&root))
+            .map(Previous::Spooled);
+        let prepared = match walked {
             // The same directory as at preflight (not replaced meanwhile by a link elsewhere).
-            Some(w) if w.root() == root => {
-                Ok(PreparedScan::from_shared_walk(w, &scan_opts, previous))
-            }
-            _ => prepare_scan(&root, &scan_opts, previous),
-        }
+            Some(w) if w.root() == root => PreparedScan::from_shared_walk(w, &scan_opts, previous),
+            _ => prepare_scan(&root, &scan_opts, previous)?,
+        };
+        let spool = SpoolWriter::create(&spool_dir, &root, scan_opts.params)?;
+        Ok::<_, baton_workspace::Error>((prepared, spool))
     })
     .await
     .map_err(internal("The workspace scan"))?
@@ -406,7 +484,7 @@ pub async fn send(
             format!("Cannot keep the workspace manifest on disk: {e}."),
         )
     })?;
-    let index = Arc::new(PartsSource::default());
+    let index = Arc::new(PartsSource::new(spool.reader()));
     let cancel = CancellationToken::new();
     {
         let mut sources = lock(&d.workspaces.sources);
@@ -424,27 +502,30 @@ pub async fn send(
             // The last part goes out only once the whole scan is kept: the next pass may start
             // as soon as the target has it, and must find this scan to reuse.
             let mut last = None;
-            let scanned = prepared.run(&opts, first_part, |part| {
+            let scanned = prepared.run_spooled(&opts, first_part, spool, |part| {
                 if cancel.is_cancelled() {
                     return false;
                 }
-                let mut tail = part.scanned.tail(part.start);
-                index.push(ChunkIndex::from_scan(&tail));
+                let SpooledPart {
+                    scanned: part,
+                    number,
+                    last: is_last,
+                } = part;
+                if let Some(number) = number {
+                    index.push(number, ChunkIndex::from_scan(&part));
+                }
                 if delta_base.is_some() {
                     // The change is known only once the scan is whole.
                     return true;
                 }
-                if part.last {
-                    tail.manifest.skipped = part.scanned.manifest.skipped.clone();
-                }
                 let blob = encode_part(&ManifestPart {
-                    last: part.last,
+                    last: is_last,
                     files,
                     bytes,
-                    manifest: tail.manifest,
+                    manifest: part.manifest,
                     delta: None,
                 });
-                let published = match (blob, part.last) {
+                let published = match (blob, is_last) {
                     (Ok(json), true) => {
                         last = Some(json);
                         Ok(())
@@ -472,26 +553,24 @@ pub async fn send(
                         reused_files = stats.reused_files,
                         "workspace scanned"
                     );
-                    let blobs = match &delta_base {
-                        Some((base, prev)) => {
-                            delta_parts(*base, &prev.manifest, &scanned.manifest, (files, bytes))
-                        }
-                        None => last.map(|json| vec![json]).ok_or_else(|| {
-                            "the scan ended without its last manifest part".to_string()
-                        }),
-                    };
                     let scanned = Arc::new(scanned);
                     if let Some(side) = lock(&d.workspaces.sources).get_mut(&handoff) {
                         side.scanned = Some(scanned.clone());
                         side.scanned_in = Some(transfer);
                     }
-                    d.workspaces.known.remember(scanned);
-                    let published = blobs.and_then(|blobs| {
-                        blobs
-                            .iter()
-                            .try_for_each(|json| feed.publish(json))
-                            .map_err(|e| e.to_string())
-                    });
+                    d.workspaces.known.remember(scanned.clone());
+                    let published = match &delta_base {
+                        Some((base, prev)) => {
+                            publish_delta(*base, prev, &scanned, (files, bytes), |json| {
+                                feed.publish(json).map_err(|e| e.to_string())
+                            })
+                        }
+                        None => last
+                            .ok_or_else(|| {
+                                "the scan ended without its last manifest part".to_string()
+                            })
+                            .and_then(|json| feed.publish(&json).map_err(|e| e.to_string())),
+                    };
                     if let Err(e) = published {
                         feed.fail(e);
                     }
@@ -534,49 +613,62 @@ pub async fn send(
 /// Entries (changed ones, and removed paths) in one part of a manifest sent as a change.
 const DELTA_PART_ENTRIES: usize = 20_000;
 
-/// The parts of a pass's manifest sent as the change from `base` (the complete manifest of
-/// pass `base_id`, which the target staged) to `new`, the last one with `new`'s digest.
-fn delta_parts(
+/// Publishes the parts of a pass's manifest sent as the change from `base` (the complete scan
+/// of pass `base_id`, which the target staged) to `new`, the last one with `new`'s digest. Both
+/// scans are read from disk a part at a time, and each part goes out as soon as it is full.
+fn publish_delta(
     base_id: HandoffId,
-    base: &WorkspaceManifest,
-    new: &WorkspaceManifest,
+    base: &SpooledScan,
+    new: &SpooledScan,
     (files, bytes): (u64, u64),
-) -> Result<Vec<Vec<u8>>, String> {
-    let change = baton_workspace::diff(base, new);
-    let digest = baton_workspace::digest(new);
-    let count = change
-        .changed
-        .len()
-        .max(change.removed.len())
-        .div_ceil(DELTA_PART_ENTRIES)
-        .max(1);
-    let mut changed = change.changed.into_iter();
-    let mut removed = change.removed.into_iter();
-    (0..count)
-        .map(|i| {
-            let last = i + 1 == count;
-            let mut manifest = WorkspaceManifest::new(new.params);
-            manifest.version = new.version;
-            manifest.root_mode = new.root_mode;
-            manifest.root_mtime_ns = new.root_mtime_ns;
-            manifest.entries = changed.by_ref().take(DELTA_PART_ENTRIES).collect();
-            if last {
-                manifest.skipped = new.skipped.clone();
-            }
-            let part = ManifestPart {
-                last,
-                files,
-                bytes,
-                manifest,
-                delta: Some(PartDelta {
-                    base: base_id,
-                    removed: removed.by_ref().take(DELTA_PART_ENTRIES).collect(),
-                    digest: last.then_some(digest),
-                }),
-            };
-            encode_part(&part)
+    mut publish: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let head = new.head();
+    let mut digest = ManifestDigest::new(
+        head.version,
+        &head.params,
+        (head.root_mode, head.root_mtime_ns),
+        new.entries(),
+    );
+    for e in new.iter() {
+        digest.entry(&e.map_err(|e| e.to_string())?);
+    }
+    let digest = digest.finish(&head.skipped);
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    let part = |changed: Vec<_>, removed: Vec<_>, last: bool| {
+        let mut manifest = head.manifest(last);
+        manifest.entries = changed;
+        encode_part(&ManifestPart {
+            last,
+            files,
+            bytes,
+            manifest,
+            delta: Some(PartDelta {
+                base: base_id,
+                removed,
+                digest: last.then_some(digest),
+            }),
         })
-        .collect()
+    };
+    baton_workspace::diff_entries(base.iter(), new.iter(), |c| {
+        match c {
+            Changed::Entry(e) => changed.push(e),
+            Changed::Removed(p) => removed.push(p),
+        }
+        if changed.len() >= DELTA_PART_ENTRIES || removed.len() >= DELTA_PART_ENTRIES {
+            let json = part(
+                std::mem::take(&mut changed),
+                std::mem::take(&mut removed),
+                false,
+            )
+            .and_then(|json| publish(&json));
+            json.map_err(baton_workspace::Error::BadOption)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    publish(&part(changed, removed, true)?)
 }
 
 /// One manifest part as the JSON the feed seals.
@@ -636,7 +728,8 @@ async fn open_target(
             };
             let known = std::fs::canonicalize(&dest)
                 .ok()
-                .and_then(|root| known.recall(&root));
+                .and_then(|root| known.recall(&root))
+                .map(Previous::Spooled);
             let scanned = Arc::new(scan_reusing(&dest, &opts, known)?);
             // The plan reads the scan too: the index shares it rather than copying its paths.
             index = ChunkIndex::of_scan(Arc::clone(&scanned));
@@ -1386,9 +1479,17 @@ pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
     if let Some((manifest, verified_ns)) = received {
         let root = side.final_path.clone();
         let d2 = Arc::clone(&d.workspaces.known);
+        let dir = d.scan_dir();
         tokio::task::spawn_blocking(move || {
-            if let Ok(root) = std::fs::canonicalize(&root) {
-                d2.remember(Arc::new(Scanned::of_received(manifest, root, verified_ns)));
+            let Ok(root) = std::fs::canonicalize(&root) else {
+                return;
+            };
+            let scanned = Scanned::of_received(manifest, root, verified_ns);
+            match SpooledScan::of_scanned(&scanned, &dir) {
+                Ok(spooled) => d2.remember(Arc::new(spooled)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "keeping the received tree's scan failed; the next handoff of it hashes it whole")
+                }
             }
         });
     }
@@ -1482,7 +1583,7 @@ mod tests {
     use super::*;
     use baton_proto::workspace::{EntryKind, WorkspaceEntry};
 
-    fn tree(root: &str, dirs: usize) -> Arc<Scanned> {
+    fn tree(dir: &std::path::Path, root: &str, dirs: usize) -> Arc<SpooledScan> {
         let mut m = WorkspaceManifest::new(ChunkParams::default());
         m.entries = (0..dirs)
             .map(|i| WorkspaceEntry {
@@ -1492,28 +1593,47 @@ mod tests {
                 kind: EntryKind::Dir,
             })
             .collect();
-        Arc::new(Scanned::of_received(m, PathBuf::from(root), 0))
+        let s = Scanned::of_received(m, PathBuf::from(root), 0);
+        Arc::new(SpooledScan::of_scanned(&s, dir).expect("spool"))
     }
 
     fn roots(k: &KnownTrees) -> Vec<PathBuf> {
-        lock(&k.0).iter().map(|s| s.root().to_path_buf()).collect()
+        lock(&k.scans)
+            .iter()
+            .map(|s| s.root().to_path_buf())
+            .collect()
     }
 
     #[test]
     fn known_trees_keep_the_newest_within_their_count_and_entry_budget() {
-        let k = KnownTrees::default();
-        k.remember(tree("/a", 10));
-        k.remember(tree("/b", 10));
-        k.remember(tree("/a", 20));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let k = KnownTrees {
+            budget: 100,
+            ..KnownTrees::default()
+        };
+        k.remember(tree(d, "/a", 10));
+        k.remember(tree(d, "/b", 10));
+        k.remember(tree(d, "/a", 20));
         assert_eq!(roots(&k), [PathBuf::from("/a"), PathBuf::from("/b")]);
-        k.remember(tree("/c", 10));
+        k.remember(tree(d, "/c", 10));
         assert_eq!(roots(&k), [PathBuf::from("/c"), PathBuf::from("/a")]);
         // Together over the entry budget: the older one goes.
-        k.remember(tree("/big", KNOWN_ENTRIES - 5));
+        k.remember(tree(d, "/big", 95));
         assert_eq!(roots(&k), [PathBuf::from("/big")]);
         // Alone over it: nothing is kept.
-        k.remember(tree("/huge", KNOWN_ENTRIES + 1));
+        k.remember(tree(d, "/huge", 101));
         assert!(roots(&k).is_empty());
         assert!(k.recall(std::path::Path::new("/huge")).is_none());
+        // A kept scan reads back as it was written, and leaves no file behind.
+        k.remember(tree(d, "/x", 40_000));
+        let kept = k.recall(std::path::Path::new("/x"));
+        assert!(kept.is_none(), "over the test budget");
+        let big = tree(d, "/y", 40_000);
+        assert_eq!(big.reader().parts(), 3);
+        let back = big.load().expect("load");
+        assert_eq!(back.manifest.entries.len(), 40_000);
+        assert_eq!(back.manifest.entries[39_999].path, "d0039999");
+        assert_eq!(std::fs::read_dir(d).expect("list").count(), 0);
     }
 }

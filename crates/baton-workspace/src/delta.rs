@@ -9,7 +9,7 @@
 use std::cmp::Ordering;
 
 use baton_proto::workspace::{
-    ContentHash, EntryKind, SkippedEntry, WorkspaceEntry, WorkspaceManifest,
+    ChunkParams, ContentHash, EntryKind, SkippedEntry, WorkspaceEntry, WorkspaceManifest,
 };
 
 use crate::error::{Error, Result};
@@ -27,35 +27,69 @@ pub struct ManifestChange {
 /// Both manifests are sorted by path, as every manifest is.
 pub fn diff(base: &WorkspaceManifest, new: &WorkspaceManifest) -> ManifestChange {
     let mut change = ManifestChange::default();
-    let (mut b, mut n) = (
-        base.entries.iter().peekable(),
-        new.entries.iter().peekable(),
-    );
-    loop {
-        match (b.peek(), n.peek()) {
-            (None, None) => break,
-            (Some(old), None) => {
-                change.removed.push(old.path.clone());
-                b.next();
+    let ok = |e: &WorkspaceEntry| Ok::<_, Error>(e.clone());
+    let merged = diff_entries(
+        base.entries.iter().map(ok),
+        new.entries.iter().map(ok),
+        |c| {
+            match c {
+                Changed::Entry(e) => change.changed.push(e),
+                Changed::Removed(p) => change.removed.push(p),
             }
-            (None, Some(_)) => change.changed.extend(n.next().cloned()),
-            (Some(old), Some(cur)) => match old.path.cmp(&cur.path) {
-                Ordering::Less => {
-                    change.removed.push(old.path.clone());
-                    b.next();
+            Ok(())
+        },
+    );
+    // The inputs cannot fail, and neither can the callback.
+    debug_assert!(merged.is_ok());
+    change
+}
+
+/// One difference found by [`diff_entries`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// An entry of the new tree that the base lacks or holds differently.
+    Entry(WorkspaceEntry),
+    /// A path of the base that the new tree lacks.
+    Removed(String),
+}
+
+/// [`diff`] of two sorted streams of entries (read from disk, say), handing each difference to
+/// `on` in path order as it is found: memory holds two entries, whatever the trees.
+pub fn diff_entries(
+    base: impl Iterator<Item = Result<WorkspaceEntry>>,
+    new: impl Iterator<Item = Result<WorkspaceEntry>>,
+    mut on: impl FnMut(Changed) -> Result<()>,
+) -> Result<()> {
+    let (mut b, mut n) = (base.peekable(), new.peekable());
+    loop {
+        let ord = match (b.peek(), n.peek()) {
+            (None, None) => return Ok(()),
+            (Some(Err(_)), _) => return b.next().map_or(Ok(()), |e| e.map(drop)),
+            (_, Some(Err(_))) => return n.next().map_or(Ok(()), |e| e.map(drop)),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(Ok(old)), Some(Ok(cur))) => old.path.cmp(&cur.path),
+        };
+        match ord {
+            Ordering::Less => {
+                if let Some(Ok(old)) = b.next() {
+                    on(Changed::Removed(old.path))?;
                 }
-                Ordering::Greater => change.changed.extend(n.next().cloned()),
-                Ordering::Equal => {
-                    if old != cur {
-                        change.changed.push((*cur).clone());
-                    }
-                    b.next();
-                    n.next();
+            }
+            Ordering::Greater => {
+                if let Some(Ok(cur)) = n.next() {
+                    on(Changed::Entry(cur))?;
                 }
-            },
+            }
+            Ordering::Equal => {
+                if let (Some(Ok(old)), Some(Ok(cur))) = (b.next(), n.next())
+                    && old != cur
+                {
+                    on(Changed::Entry(cur))?;
+                }
+            }
         }
     }
-    change
 }
 
 /// The manifest `base` becomes with `change` applied, and the root and skipped list of the new
@@ -136,62 +170,90 @@ pub fn digest(m: &WorkspaceManifest) -> ContentHash {
 
 /// [`digest`] of `m` with another root mode and mtime and another skipped list, without
 /// building that manifest.
-pub fn digest_of(
-    m: &WorkspaceManifest,
-    (root_mode, root_mtime_ns): (u32, i64),
-    skipped: &[SkippedEntry],
-) -> ContentHash {
-    let mut h = blake3::Hasher::new();
-    // Small pieces are gathered so that BLAKE3 sees large inputs.
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let flush = |h: &mut blake3::Hasher, buf: &mut Vec<u8>| {
-        h.update(buf);
-        buf.clear();
-    };
-    let num = |buf: &mut Vec<u8>, v: u64| buf.extend_from_slice(&v.to_le_bytes());
-    let text = |buf: &mut Vec<u8>, s: &str| {
-        buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        buf.extend_from_slice(s.as_bytes());
-    };
-    num(&mut buf, u64::from(m.version));
-    // The parameters are a handful of fields, and JSON names them all.
-    let params = serde_json::to_string(&m.params).unwrap_or_default();
-    text(&mut buf, &params);
-    num(&mut buf, u64::from(root_mode));
-    num(&mut buf, root_mtime_ns as u64);
-    num(&mut buf, m.entries.len() as u64);
+pub fn digest_of(m: &WorkspaceManifest, root: (u32, i64), skipped: &[SkippedEntry]) -> ContentHash {
+    let mut d = ManifestDigest::new(m.version, &m.params, root, m.entries.len());
     for e in &m.entries {
-        text(&mut buf, &e.path);
-        num(&mut buf, u64::from(e.mode));
-        num(&mut buf, e.mtime_ns as u64);
+        d.entry(e);
+    }
+    d.finish(skipped)
+}
+
+/// [`digest`] computed as the entries go by (from disk, say), in path order.
+pub struct ManifestDigest {
+    h: blake3::Hasher,
+    // Small pieces are gathered so that BLAKE3 sees large inputs.
+    buf: Vec<u8>,
+}
+
+impl ManifestDigest {
+    /// A digest of a manifest with this version, parameters, root and number of entries.
+    pub fn new(
+        version: u32,
+        params: &ChunkParams,
+        (root_mode, root_mtime_ns): (u32, i64),
+        entries: usize,
+    ) -> Self {
+        let mut d = ManifestDigest {
+            h: blake3::Hasher::new(),
+            buf: Vec::with_capacity(64 * 1024),
+        };
+        d.num(u64::from(version));
+        // The parameters are a handful of fields, and JSON names them all.
+        let params = serde_json::to_string(params).unwrap_or_default();
+        d.text(&params);
+        d.num(u64::from(root_mode));
+        d.num(root_mtime_ns as u64);
+        d.num(entries as u64);
+        d
+    }
+
+    fn num(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn text(&mut self, s: &str) {
+        self.num(s.len() as u64);
+        self.buf.extend_from_slice(s.as_bytes());
+    }
+
+    /// The next entry.
+    pub fn entry(&mut self, e: &WorkspaceEntry) {
+        self.text(&e.path);
+        self.num(u64::from(e.mode));
+        self.num(e.mtime_ns as u64);
         match &e.kind {
-            EntryKind::Dir => buf.push(0),
+            EntryKind::Dir => self.buf.push(0),
             EntryKind::File(f) => {
-                buf.push(1);
-                num(&mut buf, f.size);
-                buf.extend_from_slice(&f.hash.0);
-                num(&mut buf, f.chunks.len() as u64);
+                self.buf.push(1);
+                self.num(f.size);
+                self.buf.extend_from_slice(&f.hash.0);
+                self.num(f.chunks.len() as u64);
                 for c in &f.chunks {
-                    buf.extend_from_slice(&c.hash.0);
-                    num(&mut buf, u64::from(c.len));
+                    self.buf.extend_from_slice(&c.hash.0);
+                    self.num(u64::from(c.len));
                 }
             }
             EntryKind::Symlink { target } => {
-                buf.push(2);
-                text(&mut buf, target);
+                self.buf.push(2);
+                self.text(target);
             }
         }
-        if buf.len() >= 60 * 1024 {
-            flush(&mut h, &mut buf);
+        if self.buf.len() >= 60 * 1024 {
+            self.h.update(&self.buf);
+            self.buf.clear();
         }
     }
-    num(&mut buf, skipped.len() as u64);
-    for s in skipped {
-        text(&mut buf, &s.path);
-        text(&mut buf, s.reason.as_str());
+
+    /// The digest, with the manifest's skipped list.
+    pub fn finish(mut self, skipped: &[SkippedEntry]) -> ContentHash {
+        self.num(skipped.len() as u64);
+        for s in skipped {
+            self.text(&s.path);
+            self.text(s.reason.as_str());
+        }
+        self.h.update(&self.buf);
+        ContentHash(*self.h.finalize().as_bytes())
     }
-    flush(&mut h, &mut buf);
-    ContentHash(*h.finalize().as_bytes())
 }
 
 #[cfg(test)]

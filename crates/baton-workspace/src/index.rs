@@ -116,6 +116,20 @@ impl ChunkIndex {
         }
     }
 
+    /// The first 8 bytes of each chunk's hash, big-endian, in ascending order: a compact key
+    /// (an eighth of an entry) saying whether this index may hold a chunk, see
+    /// [`ChunkIndex::key_of`].
+    pub fn keys(&self) -> Vec<u64> {
+        self.chunks.iter().map(|(h, _)| Self::key_of(h)).collect()
+    }
+
+    /// The key of `hash` among [`ChunkIndex::keys`].
+    pub fn key_of(hash: &ContentHash) -> u64 {
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&hash.0[..8]);
+        u64::from_be_bytes(k)
+    }
+
     /// An index of one scanned tree. What the scan saw of each file (size, mtime, inode, ctime)
     /// lets a read of an unchanged file skip hashing its chunk again. Copies the paths it
     /// needs; [`ChunkIndex::of_scan`] shares the scan instead.

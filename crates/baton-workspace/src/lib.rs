@@ -26,6 +26,7 @@ mod progress;
 pub mod safety;
 mod scan;
 mod select;
+mod spool;
 mod stage;
 #[cfg(test)]
 mod testutil;
@@ -36,7 +37,9 @@ pub use baton_proto::workspace::{
     ChunkParams, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles, PlanSummary,
     WorkspaceManifest,
 };
-pub use delta::{ManifestChange, diff, digest, digest_of, patch};
+pub use delta::{
+    Changed, ManifestChange, ManifestDigest, diff, diff_entries, digest, digest_of, patch,
+};
 pub use error::{Error, Result};
 pub use fsutil::available_bytes;
 pub use index::ChunkIndex;
@@ -44,8 +47,9 @@ pub use plan::{Plan, check_space, plan, plan_absent};
 pub use progress::{Progress, ProgressSnapshot};
 pub use safety::{check_destination, check_source, destination_state};
 pub use scan::{
-    Measured, PreparedScan, STREAM_FIRST_PART, ScanOptions, ScanPart, ScanStats, Scanned, Walked,
-    measure, now_ns, prepare_scan, scan, scan_reusing, walk,
+    Measured, PreparedScan, Previous, STREAM_FIRST_PART, ScanOptions, ScanPart, ScanStats, Scanned,
+    SpooledPart, Walked, measure, now_ns, prepare_scan, scan, scan_reusing, walk,
 };
+pub use spool::{ManifestHead, SpoolEntries, SpoolReader, SpoolWriter, SpooledScan};
 pub use stage::{Claim, Filled, Seal, Stager, check_transfer_id, staging_dir};
 pub use validate::{Limits, validate};

@@ -20,6 +20,7 @@ use crate::fsutil::mtime_ns;
 use crate::pool;
 use crate::progress::Progress;
 use crate::select::{Found, Stat, What, select};
+use crate::spool::{ManifestHead, SpoolWriter, SpooledScan};
 use crate::validate::Limits;
 
 /// A file whose change time was less than this before it was read is hashed again next time: a
@@ -104,17 +105,8 @@ impl Scanned {
     /// The entries from `start` on, as a scan of their own (same root, stats and local
     /// knowledge), e.g. to index one part of a streamed scan.
     pub fn tail(&self, start: usize) -> Scanned {
-        let start = start.min(self.manifest.entries.len());
-        let mut manifest = WorkspaceManifest::new(self.manifest.params);
-        manifest.root_mode = self.manifest.root_mode;
-        manifest.root_mtime_ns = self.manifest.root_mtime_ns;
-        manifest.entries = self.manifest.entries[start..].to_vec();
-        Scanned {
-            manifest,
-            root: self.root.clone(),
-            local: self.local[start..].to_vec(),
-            stats: self.stats,
-        }
+        let n = self.manifest.entries.len();
+        self.slice(start.min(n), n)
     }
 
     /// A scan of a tree this machine received: `manifest` describes the tree at `root`
@@ -142,6 +134,36 @@ impl Scanned {
         }
     }
 
+    /// A scan made of entries and what was seen of them (one local stat per entry).
+    pub(crate) fn of_parts(
+        manifest: WorkspaceManifest,
+        root: PathBuf,
+        local: Vec<Option<LocalStat>>,
+    ) -> Scanned {
+        Scanned {
+            manifest,
+            root,
+            local,
+            stats: ScanStats::default(),
+        }
+    }
+
+    pub(crate) fn set_stats(&mut self, stats: ScanStats) {
+        self.stats = stats;
+    }
+
+    /// Entries `start..end` as a scan of their own, without the skipped list.
+    pub(crate) fn slice(&self, start: usize, end: usize) -> Scanned {
+        let mut manifest = empty_like(&self.manifest);
+        manifest.entries = self.manifest.entries[start..end].to_vec();
+        Scanned {
+            manifest,
+            root: self.root.clone(),
+            local: self.local[start..end].to_vec(),
+            stats: self.stats,
+        }
+    }
+
     /// Per manifest entry (files only): what the scan saw of the file on this machine.
     pub(crate) fn local(&self) -> &[Option<LocalStat>] {
         &self.local
@@ -163,6 +185,76 @@ impl Scanned {
             && local.same_file(md)
             && local.ctime_ns < local.read_ns.saturating_sub(RACY_NS);
         same.then(|| (file.clone(), local))
+    }
+}
+
+/// An earlier scan whose hashes a new scan of the same root reuses, held in memory or on disk.
+#[derive(Clone, Debug)]
+pub enum Previous {
+    /// A scan in memory.
+    Memory(Arc<Scanned>),
+    /// A scan on disk, read a part at a time as the new scan reaches its paths.
+    Spooled(Arc<SpooledScan>),
+}
+
+impl From<Arc<Scanned>> for Previous {
+    fn from(s: Arc<Scanned>) -> Self {
+        Previous::Memory(s)
+    }
+}
+
+impl From<Arc<SpooledScan>> for Previous {
+    fn from(s: Arc<SpooledScan>) -> Self {
+        Previous::Spooled(s)
+    }
+}
+
+impl Previous {
+    /// The canonical root it scanned.
+    pub fn root(&self) -> &Path {
+        match self {
+            Previous::Memory(s) => s.root(),
+            Previous::Spooled(s) => s.root(),
+        }
+    }
+
+    /// How it cut files.
+    pub fn params(&self) -> ChunkParams {
+        match self {
+            Previous::Memory(s) => s.manifest.params,
+            Previous::Spooled(s) => s.head().params,
+        }
+    }
+
+    /// Entries it holds.
+    pub fn entries(&self) -> usize {
+        match self {
+            Previous::Memory(s) => s.manifest.entries.len(),
+            Previous::Spooled(s) => s.entries(),
+        }
+    }
+}
+
+/// Looks paths up in a previous scan; a spooled one keeps the part last read, so a scan that
+/// asks in path order reads each part once.
+struct Reuse {
+    previous: Option<Previous>,
+    part: Option<(usize, Scanned)>,
+}
+
+impl Reuse {
+    fn reusable(&mut self, rel: &str, md: &Stat) -> Option<(FileData, LocalStat)> {
+        match self.previous.as_ref()? {
+            Previous::Memory(s) => s.reusable(rel, md),
+            Previous::Spooled(s) => {
+                let i = s.reader().part_holding(rel)?;
+                if self.part.as_ref().map(|(j, _)| *j) != Some(i) {
+                    // A part that cannot be read only costs hashing its files again.
+                    self.part = s.reader().part(i).ok().map(|p| (i, p));
+                }
+                self.part.as_ref()?.1.reusable(rel, md)
+            }
+        }
     }
 }
 
@@ -206,14 +298,18 @@ pub fn measure(root: &Path, ignored: &IgnoredFiles) -> Result<Measured> {
 /// it is canonicalised here. With `previous` (an earlier scan of the same root and parameters),
 /// files whose size, mtime, inode and ctime are unchanged keep their hashes without being read.
 pub fn scan(root: &Path, opts: &ScanOptions, previous: Option<&Scanned>) -> Result<Scanned> {
-    scan_reusing(root, opts, previous.map(|p| Arc::new(p.clone())))
+    scan_reusing(
+        root,
+        opts,
+        previous.map(|p| Previous::Memory(Arc::new(p.clone()))),
+    )
 }
 
 /// [`scan`] with a previous scan that is shared, not copied (a big tree's is tens of MB).
 pub fn scan_reusing(
     root: &Path,
     opts: &ScanOptions,
-    previous: Option<Arc<Scanned>>,
+    previous: Option<Previous>,
 ) -> Result<Scanned> {
     prepare_scan(root, opts, previous)?
         .run(opts, u64::MAX, |_| true)?
@@ -230,13 +326,23 @@ pub struct ScanPart<'a> {
     pub last: bool,
 }
 
+/// One part of a scan kept on disk (see [`PreparedScan::run_spooled`]).
+pub struct SpooledPart {
+    /// This part's entries (the skipped list too in the last part).
+    pub scanned: Scanned,
+    /// Its number in the spool, for [`crate::SpoolReader::part`]; `None` when it has no entries.
+    pub number: Option<usize>,
+    /// True for the last part.
+    pub last: bool,
+}
+
 /// A walked tree whose files are still to be hashed (see [`prepare_scan`]). The walk is read
 /// as the scan goes, one part at a time: a walk not shared with anyone is consumed (its memory
 /// freed as it is read), a shared one is copied a part at a time.
 pub struct PreparedScan {
     walked: Arc<Walked>,
     /// The scan whose hashes files provably unchanged since keep.
-    previous: Option<Arc<Scanned>>,
+    previous: Option<Previous>,
 }
 
 /// A good first part for [`PreparedScan::run`] when streaming: small enough to start sending
@@ -330,7 +436,7 @@ pub fn walk(root: &Path, opts: &ScanOptions) -> Result<Walked> {
 pub fn prepare_scan(
     root: &Path,
     opts: &ScanOptions,
-    previous: Option<Arc<Scanned>>,
+    previous: Option<Previous>,
 ) -> Result<PreparedScan> {
     Ok(PreparedScan::from_walk(walk(root, opts)?, opts, previous))
 }
@@ -339,7 +445,7 @@ impl PreparedScan {
     /// A scan of what `walked` selected (walked with the same `ignored` option), reusing the
     /// hashes of `previous` for files provably unchanged since it was made. Files that changed
     /// or vanished since the walk are read as they are now, or listed as skipped.
-    pub fn from_walk(walked: Walked, opts: &ScanOptions, previous: Option<Arc<Scanned>>) -> Self {
+    pub fn from_walk(walked: Walked, opts: &ScanOptions, previous: Option<Previous>) -> Self {
         Self::from_shared_walk(Arc::new(walked), opts, previous)
     }
 
@@ -348,10 +454,9 @@ impl PreparedScan {
     pub fn from_shared_walk(
         walked: Arc<Walked>,
         opts: &ScanOptions,
-        previous: Option<Arc<Scanned>>,
+        previous: Option<Previous>,
     ) -> Self {
-        let previous =
-            previous.filter(|p| p.root == walked.root && p.manifest.params == opts.params);
+        let previous = previous.filter(|p| p.root() == walked.root && p.params() == opts.params);
         PreparedScan { walked, previous }
     }
 }
@@ -374,15 +479,82 @@ impl PreparedScan {
 
     /// Hashes the files, calling `on_part` with the tree scanned so far each time a part of
     /// about `first_part_cost` bytes (growing with what was hashed; `u64::MAX` for no limit by
-    /// bytes) or of at most 16 Ki entries is done, so a caller can send the start of a big tree while the rest is read. `on_part`
-    /// returns false to stop the scan (nothing more is read). Returns the whole scan, or `None`
-    /// when stopped.
+    /// bytes) or of at most 16 Ki entries is done, so a caller can send the start of a big tree
+    /// while the rest is read. `on_part` returns false to stop the scan (nothing more is read).
+    /// Returns the whole scan, or `None` when stopped.
     pub fn run(
         self,
         opts: &ScanOptions,
         first_part_cost: u64,
         mut on_part: impl FnMut(ScanPart<'_>) -> bool,
     ) -> Result<Option<Scanned>> {
+        let entries = self.entries();
+        let root = self.walked.root.clone();
+        let mut whole: Option<Scanned> = None;
+        let done = self.run_parts(opts, first_part_cost, |part, last| {
+            let whole = whole.get_or_insert_with(|| {
+                let mut manifest = empty_like(&part.manifest);
+                manifest.entries.reserve_exact(entries);
+                Scanned {
+                    manifest,
+                    root: root.clone(),
+                    local: Vec::with_capacity(entries),
+                    stats: ScanStats::default(),
+                }
+            });
+            let start = whole.manifest.entries.len();
+            whole.manifest.entries.extend(part.manifest.entries);
+            whole.local.extend(part.local);
+            if last {
+                whole.manifest.skipped = part.manifest.skipped;
+            }
+            whole.stats = part.stats;
+            Ok(on_part(ScanPart {
+                scanned: whole,
+                start,
+                last,
+            }))
+        })?;
+        Ok(done.and(whole))
+    }
+
+    /// [`PreparedScan::run`] that keeps the scan on disk in `spool` instead of in memory: each
+    /// part is written there, then handed to `on_part`. Memory holds one part at a time,
+    /// whatever the tree.
+    pub fn run_spooled(
+        self,
+        opts: &ScanOptions,
+        first_part_cost: u64,
+        mut spool: SpoolWriter,
+        mut on_part: impl FnMut(SpooledPart) -> bool,
+    ) -> Result<Option<SpooledScan>> {
+        let mut head = None;
+        let done = self.run_parts(opts, first_part_cost, |part, last| {
+            let number = spool.append(&part)?;
+            if last {
+                head = Some(ManifestHead::of(&part.manifest));
+            }
+            Ok(on_part(SpooledPart {
+                scanned: part,
+                number,
+                last,
+            }))
+        })?;
+        Ok(match (done, head) {
+            (Some(stats), Some(head)) => Some(spool.finish(head, stats)),
+            _ => None,
+        })
+    }
+
+    /// The scan itself: hands each part (its entries only, the skipped list in the last) to
+    /// `each`, and returns the stats once the last part was taken, `None` when `each` stopped
+    /// it.
+    fn run_parts(
+        self,
+        opts: &ScanOptions,
+        first_part_cost: u64,
+        mut each: impl FnMut(Scanned, bool) -> Result<bool>,
+    ) -> Result<Option<ScanStats>> {
         let progress = opts.progress.clone().unwrap_or_default();
         progress.start(self.files(), self.bytes());
         let threads = if opts.threads == 0 {
@@ -390,21 +562,21 @@ impl PreparedScan {
         } else {
             opts.threads
         };
-        let entries = self.entries();
         let (walked, previous) = (self.walked, self.previous);
-        let mut scanned = Scanned {
-            manifest: WorkspaceManifest {
-                version: MANIFEST_VERSION,
-                params: opts.params,
-                root_mode: walked.root_md.mode() & 0o7777,
-                root_mtime_ns: mtime_ns(&walked.root_md),
-                entries: Vec::with_capacity(entries),
-                skipped: Vec::new(),
-            },
-            root: walked.root.clone(),
-            local: Vec::with_capacity(entries),
-            stats: ScanStats::default(),
+        let mut reuse = Reuse {
+            previous,
+            part: None,
         };
+        let head = WorkspaceManifest {
+            version: MANIFEST_VERSION,
+            params: opts.params,
+            root_mode: walked.root_md.mode() & 0o7777,
+            root_mtime_ns: mtime_ns(&walked.root_md),
+            entries: Vec::new(),
+            skipped: Vec::new(),
+        };
+        let root = walked.root.clone();
+        let mut stats = ScanStats::default();
         let mut skipped = walked.skipped.clone();
         let found: Box<dyn Iterator<Item = (String, Found)>> = match Arc::try_unwrap(walked) {
             // Only holder: the paths move into the manifest and the map is freed as it goes.
@@ -445,12 +617,12 @@ impl PreparedScan {
                     break;
                 };
                 let prior = match &f.what {
-                    What::File => previous.as_deref().and_then(|p| p.reusable(&rel, &f.md)),
+                    What::File => reuse.reusable(&rel, &f.md),
                     _ => None,
                 };
                 match &prior {
                     Some((d, _)) => {
-                        scanned.stats.reused_files += 1;
+                        stats.reused_files += 1;
                         progress.add(1, d.size);
                     }
                     None if matches!(f.what, What::File) => cost += f.md.len + FILE_COST,
@@ -463,7 +635,7 @@ impl PreparedScan {
             let jobs: Vec<PathBuf> = part
                 .iter()
                 .filter(|(_, f, prior)| matches!(f.what, What::File) && prior.is_none())
-                .map(|(rel, _, _)| scanned.root.join(rel))
+                .map(|(rel, _, _)| root.join(rel))
                 .collect();
             let hashed = pool::map(
                 &jobs,
@@ -478,7 +650,13 @@ impl PreparedScan {
                 },
             );
             let mut hashed = hashed.into_iter();
-            let start = scanned.manifest.entries.len();
+            let mut scanned = Scanned {
+                manifest: empty_like(&head),
+                root: root.clone(),
+                local: Vec::with_capacity(part.len()),
+                stats: ScanStats::default(),
+            };
+            scanned.manifest.entries.reserve_exact(part.len());
             for (rel, Found { md, what }, prior) in part {
                 let (kind, md, stat) = match what {
                     What::Dir => (EntryKind::Dir, md, None),
@@ -491,8 +669,8 @@ impl PreparedScan {
                             })?;
                             match result? {
                                 Some((d, fresh, read_ns)) => {
-                                    scanned.stats.hashed_files += 1;
-                                    scanned.stats.hashed_bytes += d.size;
+                                    stats.hashed_files += 1;
+                                    stats.hashed_bytes += d.size;
                                     let stat = Some(LocalStat::of(&fresh, read_ns));
                                     (EntryKind::File(d), fresh, stat)
                                 }
@@ -518,13 +696,10 @@ impl PreparedScan {
                     .map(|(path, reason)| SkippedEntry { path, reason })
                     .collect();
             }
-            let go_on = on_part(ScanPart {
-                scanned: &scanned,
-                start,
-                last,
-            });
+            scanned.stats = stats;
+            let go_on = each(scanned, last)?;
             if last {
-                return Ok(Some(scanned));
+                return Ok(Some(stats));
             }
             if !go_on {
                 return Ok(None);
@@ -564,6 +739,15 @@ fn vanished(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
     ) || e.raw_os_error() == Some(libc::ELOOP)
+}
+
+/// A manifest with `m`'s version, parameters and root, and no entries or skipped paths.
+pub(crate) fn empty_like(m: &WorkspaceManifest) -> WorkspaceManifest {
+    let mut out = WorkspaceManifest::new(m.params);
+    out.version = m.version;
+    out.root_mode = m.root_mode;
+    out.root_mtime_ns = m.root_mtime_ns;
+    out
 }
 
 /// Nanoseconds since the epoch, as scans stamp what they read.

@@ -143,7 +143,7 @@ fn a_scan_from_an_earlier_walk_reads_files_as_they_are_now_and_reuses_unchanged_
     validate(m, &Limits::default()).unwrap();
 
     // With the previous scan, only the file still inside the racy window is read again.
-    let again = PreparedScan::from_walk(walked, &o, Some(Arc::new(scanned.clone())))
+    let again = PreparedScan::from_walk(walked, &o, Some(Arc::new(scanned.clone()).into()))
         .run(&o, u64::MAX, |_| true)
         .unwrap()
         .unwrap();
