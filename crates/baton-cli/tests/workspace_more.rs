@@ -1708,8 +1708,14 @@ fn a_disk_that_fills_after_preflight_fails_the_transfer_as_insufficient_space() 
 
 #[test]
 fn a_tree_streamed_in_many_manifest_parts_arrives_whole() {
-    // Parts from 4 KiB on: this small tree travels in dozens of parts, as a big one would.
-    let w = world_with(&[(LAPTOP, "BATON_TEST_MANIFEST_PART_BYTES", "4096")]);
+    // Parts from 4 KiB on, and walks that spill to disk past 16 paths: this small tree travels
+    // in dozens of parts and its walks are merged from sorted runs, as a big one's would be.
+    let w = world_with(&[
+        (LAPTOP, "BATON_TEST_MANIFEST_PART_BYTES", "4096"),
+        (DESKTOP, "BATON_TEST_MANIFEST_PART_BYTES", "4096"),
+        (LAPTOP, "BATON_TEST_WALK_SPILL_ENTRIES", "16"),
+        (DESKTOP, "BATON_TEST_WALK_SPILL_ENTRIES", "16"),
+    ]);
     let mut files: Vec<(String, Vec<u8>)> = (0..60)
         .map(|i| {
             (
@@ -1742,6 +1748,21 @@ fn a_tree_streamed_in_many_manifest_parts_arrives_whole() {
         parts >= 3,
         "the manifest came in {parts} parts after the first"
     );
+
+    // Back over laptop's tree after one edit: the kept scans (on disk) spare every other
+    // file's chunks, and the tree arrives whole.
+    std::fs::write(dest.join("src/m03/f3.rs"), b"edited on desktop\n").expect("edit");
+    let out = moved(&w, DESKTOP, &s, "laptop", &ws_a, &["--conflict", "replace"]);
+    assert_eq!(content(&ws_a, &[]), content(&dest, &[]), "{out}");
+    let sent = out["workspace"]["bytes_sent"].as_u64().expect("bytes_sent");
+    assert!(sent <= 64 * 1024, "only the edit travels back: {out}");
+    // Nothing is left in either daemon's scan directory once the daemons let go, and no file
+    // is ever visible there (spools are unlinked from the start).
+    for m in [LAPTOP, DESKTOP] {
+        let scans = w.c.machines[m].baton_home.join("scans");
+        let left = std::fs::read_dir(&scans).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "files in {}", scans.display());
+    }
 }
 
 /// Starts `baton --json handoff S --to desktop --workspace --path DEST EXTRA…` on laptop,

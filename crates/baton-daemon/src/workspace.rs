@@ -337,6 +337,7 @@ pub async fn check(
     let home = d.home.clone();
     let opts = ScanOptions {
         ignored: options.ignored.clone(),
+        spill_dir: Some(d.scan_dir()),
         ..ScanOptions::default()
     };
     let walked = tokio::task::spawn_blocking(move || {
@@ -451,6 +452,7 @@ pub async fn send(
     let home = d.home.clone();
     let opts = ScanOptions {
         ignored: options.ignored.clone(),
+        spill_dir: Some(d.scan_dir()),
         ..ScanOptions::default()
     };
     let scan_opts = opts.clone();
@@ -714,6 +716,7 @@ async fn open_target(
     let home = d.home.clone();
     let params = manifest.params;
     let known = Arc::clone(&d.workspaces.known);
+    let spill_dir = d.scan_dir();
     let (dest, index, existing, state) = tokio::task::spawn_blocking(move || {
         let dest = baton_workspace::check_destination(&wanted, Some(&home))?;
         let mut index = ChunkIndex::new(params);
@@ -724,6 +727,7 @@ async fn open_target(
             let opts = ScanOptions {
                 ignored: IgnoredFiles::Include,
                 params,
+                spill_dir: Some(spill_dir),
                 ..ScanOptions::default()
             };
             let known = std::fs::canonicalize(&dest)
@@ -1635,5 +1639,47 @@ mod tests {
         assert_eq!(back.manifest.entries.len(), 40_000);
         assert_eq!(back.manifest.entries[39_999].path, "d0039999");
         assert_eq!(std::fs::read_dir(d).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn a_source_reads_back_the_chunks_of_parts_it_no_longer_holds() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let spool_dir = tempfile::tempdir().expect("tempdir");
+        let mut contents = Vec::new();
+        for i in 0..12u8 {
+            let data: Vec<u8> = (0..5000u32)
+                .map(|k| (k as u8) ^ i.wrapping_mul(31))
+                .collect();
+            std::fs::write(src.path().join(format!("f{i:02}")), &data).expect("write");
+            contents.push(data);
+        }
+        let opts = ScanOptions::default();
+        let root = std::fs::canonicalize(src.path()).expect("canonical");
+        let writer = SpoolWriter::create(spool_dir.path(), &root, opts.params).expect("spool");
+        let parts = PartsSource::new(writer.reader());
+        // Small parts (a 1-byte first target; later targets grow with what was read).
+        let scanned = prepare_scan(&root, &opts, None)
+            .expect("walk")
+            .run_spooled(&opts, 1, writer, |p| {
+                if let Some(n) = p.number {
+                    parts.push(n, ChunkIndex::from_scan(&p.scanned));
+                }
+                true
+            })
+            .expect("scan")
+            .expect("whole");
+        assert!(scanned.reader().parts() > CACHED_PARTS);
+        assert_eq!(lock(&parts.state).cached.len(), CACHED_PARTS);
+        // The first file's part left memory long ago: its chunk is read back from the spool.
+        let first = scanned.iter().next().expect("an entry").expect("readable");
+        let hash = first.file().expect("a file").chunks[0].hash;
+        let mut buf = Vec::new();
+        assert!(parts.read_into(&hash, &mut buf).expect("read"));
+        assert_eq!(buf, contents[0]);
+        assert!(lock(&parts.state).cached.iter().any(|(n, _)| *n == 0));
+        assert_eq!(lock(&parts.state).cached.len(), CACHED_PARTS);
+        // A hash no part holds is answered as missing.
+        let absent = ContentHash([7; 32]);
+        assert!(!parts.read_into(&absent, &mut buf).expect("read"));
     }
 }

@@ -18,6 +18,7 @@ mod apply;
 mod chunk;
 mod delta;
 mod error;
+mod found;
 mod fsutil;
 mod index;
 mod plan;
@@ -41,6 +42,7 @@ pub use delta::{
     Changed, ManifestChange, ManifestDigest, diff, diff_entries, digest, digest_of, patch,
 };
 pub use error::{Error, Result};
+pub use found::SPILL_ENTRIES_VAR;
 pub use fsutil::available_bytes;
 pub use index::ChunkIndex;
 pub use plan::{Plan, check_space, plan, plan_absent};

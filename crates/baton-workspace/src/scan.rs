@@ -3,7 +3,6 @@
 
 use std::fs::{Metadata, OpenOptions};
 use std::io;
-use std::ops::Bound;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use baton_proto::workspace::{
 
 use crate::chunk::Chunker;
 use crate::error::{Error, Result, io_err};
+use crate::found::{Collected, FoundSet};
 use crate::fsutil::mtime_ns;
 use crate::pool;
 use crate::progress::Progress;
@@ -41,6 +41,18 @@ pub struct ScanOptions {
     pub limits: Limits,
     /// Counters to follow the hashing (files and bytes).
     pub progress: Option<Arc<Progress>>,
+    /// Where a walk of a big tree spills its sorted paths (default: the system's temporary
+    /// directory); the files are unlinked from the start.
+    pub spill_dir: Option<PathBuf>,
+    /// Paths a walk holds in memory before it spills them, sorted, to `spill_dir` (default
+    /// 128 Ki; see [`crate::SPILL_ENTRIES_VAR`]).
+    pub spill_after: Option<usize>,
+}
+
+impl ScanOptions {
+    fn spill_dir(&self) -> PathBuf {
+        self.spill_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
 }
 
 /// A scan's result: the manifest, plus what only this machine needs to reuse it next time.
@@ -285,7 +297,7 @@ pub fn measure(root: &Path, ignored: &IgnoredFiles) -> Result<Measured> {
     };
     let w = walk(root, &opts)?;
     Ok(Measured {
-        entries: w.found.len() as u64,
+        entries: w.entries as u64,
         files: w.files,
         bytes: w.bytes,
         skipped: w.skipped.len() as u64,
@@ -367,8 +379,10 @@ const FILE_COST: u64 = 16 * 1024;
 pub struct Walked {
     root: PathBuf,
     root_md: Metadata,
-    found: std::collections::BTreeMap<String, Found>,
+    /// Selected paths in order (in memory, or on disk for a big tree); clones share them.
+    found: FoundSet,
     skipped: std::collections::BTreeMap<String, SkipReason>,
+    entries: usize,
     files: u64,
     bytes: u64,
 }
@@ -401,19 +415,18 @@ pub fn walk(root: &Path, opts: &ScanOptions) -> Result<Walked> {
     if !root_md.is_dir() {
         return Err(Error::unsafe_path(&root, "is not a directory"));
     }
-    let sel = select(&root, &opts.ignored)?;
-
-    if sel.found.len() > opts.limits.max_entries {
+    let sel = select(&root, &opts.ignored, (&opts.spill_dir(), opts.spill_after))?;
+    let Collected {
+        found,
+        entries,
+        files,
+        bytes,
+    } = sel.found;
+    if entries > opts.limits.max_entries {
         return Err(Error::TooLarge(format!(
-            "{} entries, the limit is {}",
-            sel.found.len(),
+            "{entries} entries, the limit is {}",
             opts.limits.max_entries
         )));
-    }
-    let (mut files, mut bytes) = (0u64, 0u64);
-    for f in sel.found.values().filter(|f| matches!(f.what, What::File)) {
-        files += 1;
-        bytes += f.md.len;
     }
     if bytes > opts.limits.max_total_bytes {
         return Err(Error::TooLarge(format!(
@@ -424,8 +437,9 @@ pub fn walk(root: &Path, opts: &ScanOptions) -> Result<Walked> {
     Ok(Walked {
         root,
         root_md,
-        found: sel.found,
+        found,
         skipped: sel.skipped,
+        entries,
         files,
         bytes,
     })
@@ -474,7 +488,7 @@ impl PreparedScan {
 
     /// Entries (directories, files, symlinks) selected.
     pub fn entries(&self) -> usize {
-        self.walked.found.len()
+        self.walked.entries
     }
 
     /// Hashes the files, calling `on_part` with the tree scanned so far each time a part of
@@ -578,26 +592,10 @@ impl PreparedScan {
         let root = walked.root.clone();
         let mut stats = ScanStats::default();
         let mut skipped = walked.skipped.clone();
-        let found: Box<dyn Iterator<Item = (String, Found)>> = match Arc::try_unwrap(walked) {
-            // Only holder: the paths move into the manifest and the map is freed as it goes.
-            Ok(w) => Box::new(w.found.into_iter()),
-            Err(shared) => {
-                // Copied one entry at a time, resuming after the last path copied.
-                let mut last: Option<String> = None;
-                Box::new(std::iter::from_fn(move || {
-                    let after = match &last {
-                        Some(l) => Bound::Excluded(l.as_str()),
-                        None => Bound::Unbounded,
-                    };
-                    let (rel, f) = shared
-                        .found
-                        .range::<str, _>((after, Bound::Unbounded))
-                        .next()?;
-                    // The bound's buffer is reused; only the path handed on is a new String.
-                    last.get_or_insert_with(String::new).clone_from(rel);
-                    Some((rel.clone(), f.clone()))
-                }))
-            }
+        let found = match Arc::try_unwrap(walked) {
+            // Only holder: the paths move into the manifest and the walk is freed as it goes.
+            Ok(w) => w.found.into_iter(),
+            Err(shared) => shared.found.iter(),
         };
         let mut found = found.peekable();
         let mut done_cost = 0u64;
@@ -613,9 +611,10 @@ impl PreparedScan {
             let mut part = Vec::new();
             let mut cost = 0u64;
             while cost < target && part.len() < MAX_PART_ENTRIES {
-                let Some((rel, f)) = found.next() else {
+                let Some(item) = found.next() else {
                     break;
                 };
+                let (rel, f) = item?;
                 let prior = match &f.what {
                     What::File => reuse.reusable(&rel, &f.md),
                     _ => None,

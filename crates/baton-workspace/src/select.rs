@@ -25,6 +25,7 @@ use ignore::WalkBuilder;
 use ignore::overrides::{Override, OverrideBuilder};
 
 use crate::error::{Error, Result};
+use crate::found::{Collected, Collector};
 use crate::fsutil::{ctime_ns, mtime_ns};
 use crate::validate::symlink_stays_inside;
 
@@ -69,16 +70,29 @@ pub(crate) enum What {
     Symlink(String),
 }
 
-/// The outcome of selection: travelling paths in path order, and those left behind.
-#[derive(Default)]
+/// The outcome of selection: travelling paths in path order (spilled to `spill_dir` beyond
+/// a count), and those left behind.
 pub(crate) struct Selection {
-    pub(crate) found: BTreeMap<String, Found>,
+    pub(crate) found: Collected,
     pub(crate) skipped: BTreeMap<String, SkipReason>,
 }
 
+/// What the walking threads add to.
+struct Selecting {
+    found: Collector,
+    skipped: Mutex<BTreeMap<String, SkipReason>>,
+}
+
 /// Walks `root` (canonical) and applies the rules of this module.
-pub(crate) fn select(root: &Path, ignored: &IgnoredFiles) -> Result<Selection> {
-    let mut sel = Selection::default();
+pub(crate) fn select(
+    root: &Path,
+    ignored: &IgnoredFiles,
+    (spill_dir, spill_after): (&Path, Option<usize>),
+) -> Result<Selection> {
+    let sel = Selecting {
+        found: Collector::new(spill_dir, spill_after),
+        skipped: Mutex::default(),
+    };
     let git_dirs = Arc::new(Mutex::new(Vec::new()));
     let mut main = builder(root, ignored, &git_dirs);
     sel.walk(root, &mut main, false)?;
@@ -98,18 +112,24 @@ pub(crate) fn select(root: &Path, ignored: &IgnoredFiles) -> Result<Selection> {
     dirs.sort();
     dirs.dedup();
     for dir in dirs {
-        let parent_selected = dir
-            .parent()
-            .and_then(|p| p.strip_prefix(root).ok())
-            .and_then(Path::to_str)
-            .is_some_and(|p| p.is_empty() || sel.found.contains_key(p));
+        // The walker lists only directories it yielded, so a `.git` it met is in a selected
+        // directory unless that one was left out when yielded: a name that is not UTF-8, or an
+        // `lstat` that failed.
+        let parent_selected = dir.parent().is_some_and(|p| {
+            p == root
+                || (p.strip_prefix(root).ok().and_then(Path::to_str).is_some()
+                    && fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+        });
         if parent_selected {
             let mut all = WalkBuilder::new(&dir);
             all.standard_filters(false).follow_links(false);
             sel.walk(root, &mut all, true)?;
         }
     }
-    Ok(sel)
+    Ok(Selection {
+        found: sel.found.finish()?,
+        skipped: sel.skipped.into_inner().unwrap_or_else(|p| p.into_inner()),
+    })
 }
 
 fn builder(
@@ -165,10 +185,6 @@ fn overrides(root: &Path, globs: &[String]) -> Result<Override> {
         .map_err(|e| Error::BadOption(format!("ignored-files globs are not valid: {e}")))
 }
 
-/// What the walk reports of one path: where, how deep, and its `lstat`, taken on the walking
-/// thread.
-type Visited = std::result::Result<(PathBuf, usize, io::Result<Metadata>), ignore::Error>;
-
 /// Threads walking a tree. Listing directories and taking `lstat` of thousands of entries waits
 /// on the disk when the cache is cold (as it is on a first handoff): several requests in flight
 /// shorten that wait, whatever the number of cores.
@@ -176,100 +192,97 @@ fn walk_threads() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get().max(4))
 }
 
-/// Every path `b` yields (in no particular order).
-fn visit_all(b: &mut WalkBuilder) -> Vec<Visited> {
-    let all = Mutex::new(Vec::new());
-    b.threads(walk_threads()).build_parallel().run(|| {
-        let all = &all;
-        Box::new(move |item| {
-            let visited = item.map(|ent| {
-                // The walker's entries stat lazily; stat here, on the walking threads.
-                let md = fs::symlink_metadata(ent.path());
-                let depth = ent.depth();
-                (ent.into_path(), depth, md)
-            });
-            lock(all).push(visited);
-            ignore::WalkState::Continue
-        })
-    });
-    all.into_inner().unwrap_or_else(|p| p.into_inner())
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Selection {
-    fn walk(&mut self, root: &Path, b: &mut WalkBuilder, include_top: bool) -> Result<()> {
-        let mut visited = visit_all(b);
-        // Errors without a path fail the walk whatever came before them.
-        visited.sort_by_key(|v| v.is_ok());
-        for item in visited {
-            let (path, depth, md) = match item {
-                Ok(found) => found,
-                Err(e) => match error_path(&e) {
-                    Some(p) => {
-                        self.skip(root, p, SkipReason::Unreadable);
-                        continue;
-                    }
-                    None => {
-                        return Err(Error::Io {
-                            action: "walk",
-                            path: root.to_path_buf(),
-                            source: io::Error::other(e.to_string()),
-                        });
-                    }
-                },
-            };
-            if depth == 0 && !include_top {
-                continue;
-            }
-            let path = path.as_path();
-            let Some(rel) = path
-                .strip_prefix(root)
-                .ok()
-                .filter(|r| !r.as_os_str().is_empty())
-            else {
-                continue;
-            };
-            let Some(rel) = rel.to_str() else {
-                self.skip(root, path, SkipReason::NonUtf8Name);
-                continue;
-            };
-            if self.found.contains_key(rel) {
-                continue;
-            }
-            let Ok(md) = md else {
-                self.skip(root, path, SkipReason::Unreadable);
-                continue;
-            };
-            let ft = md.file_type();
-            let what = if ft.is_dir() {
-                What::Dir
-            } else if ft.is_file() {
-                What::File
-            } else if ft.is_symlink() {
-                match symlink_verdict(root, path, rel) {
-                    Ok(target) => What::Symlink(target),
-                    Err(reason) => {
-                        self.skip(root, path, reason);
-                        continue;
-                    }
+impl Selecting {
+    /// Walks with `b`, each path taken (`lstat`, rules) on the walking thread that met it.
+    fn walk(&self, root: &Path, b: &mut WalkBuilder, include_top: bool) -> Result<()> {
+        let fatal: Mutex<Option<Error>> = Mutex::new(None);
+        b.threads(walk_threads()).build_parallel().run(|| {
+            let fatal = &fatal;
+            Box::new(move |item| match self.take(root, item, include_top) {
+                Ok(()) => ignore::WalkState::Continue,
+                Err(e) => {
+                    lock(fatal).get_or_insert(e);
+                    ignore::WalkState::Quit
                 }
-            } else {
-                self.skip(root, path, SkipReason::SpecialFile);
-                continue;
-            };
-            let md = Stat::of(&md);
-            self.found.insert(rel.to_string(), Found { md, what });
+            })
+        });
+        match fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    pub(crate) fn skip(&mut self, root: &Path, path: &Path, reason: SkipReason) {
+    /// One path the walker met. Errors without a path fail the walk.
+    fn take(
+        &self,
+        root: &Path,
+        item: std::result::Result<ignore::DirEntry, ignore::Error>,
+        include_top: bool,
+    ) -> Result<()> {
+        let ent = match item {
+            Ok(ent) => ent,
+            Err(e) => {
+                return match error_path(&e) {
+                    Some(p) => {
+                        self.skip(root, p, SkipReason::Unreadable);
+                        Ok(())
+                    }
+                    None => Err(Error::Io {
+                        action: "walk",
+                        path: root.to_path_buf(),
+                        source: io::Error::other(e.to_string()),
+                    }),
+                };
+            }
+        };
+        if ent.depth() == 0 && !include_top {
+            return Ok(());
+        }
+        let path = ent.path();
+        let Some(rel) = path
+            .strip_prefix(root)
+            .ok()
+            .filter(|r| !r.as_os_str().is_empty())
+        else {
+            return Ok(());
+        };
+        let Some(rel) = rel.to_str() else {
+            self.skip(root, path, SkipReason::NonUtf8Name);
+            return Ok(());
+        };
+        // The walker's entries stat lazily; stat here, on the walking threads.
+        let Ok(md) = fs::symlink_metadata(path) else {
+            self.skip(root, path, SkipReason::Unreadable);
+            return Ok(());
+        };
+        let ft = md.file_type();
+        let what = if ft.is_dir() {
+            What::Dir
+        } else if ft.is_file() {
+            What::File
+        } else if ft.is_symlink() {
+            match symlink_verdict(root, path, rel) {
+                Ok(target) => What::Symlink(target),
+                Err(reason) => {
+                    self.skip(root, path, reason);
+                    return Ok(());
+                }
+            }
+        } else {
+            self.skip(root, path, SkipReason::SpecialFile);
+            return Ok(());
+        };
+        let md = Stat::of(&md);
+        self.found.push(rel.to_string(), Found { md, what })
+    }
+
+    fn skip(&self, root: &Path, path: &Path, reason: SkipReason) {
         let rel = path.strip_prefix(root).unwrap_or(path);
-        self.skipped
-            .insert(rel.to_string_lossy().into_owned(), reason);
+        lock(&self.skipped).insert(rel.to_string_lossy().into_owned(), reason);
     }
 }
 

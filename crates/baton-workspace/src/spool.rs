@@ -329,7 +329,7 @@ fn corrupt(root: &Path, why: &'static str) -> Error {
     }
 }
 
-fn put_u64(buf: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_u64(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
         v >>= 7;
@@ -337,11 +337,11 @@ fn put_u64(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
-fn put_i64(buf: &mut Vec<u8>, v: i64) {
+pub(crate) fn put_i64(buf: &mut Vec<u8>, v: i64) {
     put_u64(buf, ((v << 1) ^ (v >> 63)) as u64);
 }
 
-fn put_str(buf: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(buf: &mut Vec<u8>, s: &str) {
     put_u64(buf, s.len() as u64);
     buf.extend_from_slice(s.as_bytes());
 }
@@ -379,21 +379,21 @@ fn encode_entry(buf: &mut Vec<u8>, e: &WorkspaceEntry, local: Option<&LocalStat>
     }
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) at: usize,
 }
 
-type Decoded<T> = std::result::Result<T, &'static str>;
+pub(crate) type Decoded<T> = std::result::Result<T, &'static str>;
 
 impl Reader<'_> {
-    fn byte(&mut self) -> Decoded<u8> {
+    pub(crate) fn byte(&mut self) -> Decoded<u8> {
         let b = *self.buf.get(self.at).ok_or("truncated")?;
         self.at += 1;
         Ok(b)
     }
 
-    fn u64(&mut self) -> Decoded<u64> {
+    pub(crate) fn u64(&mut self) -> Decoded<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -405,29 +405,29 @@ impl Reader<'_> {
         Err("varint too long")
     }
 
-    fn i64(&mut self) -> Decoded<i64> {
+    pub(crate) fn i64(&mut self) -> Decoded<i64> {
         let v = self.u64()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
 
-    fn u32(&mut self) -> Decoded<u32> {
+    pub(crate) fn u32(&mut self) -> Decoded<u32> {
         u32::try_from(self.u64()?).map_err(|_| "number too large")
     }
 
-    fn bytes(&mut self, n: usize) -> Decoded<&[u8]> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Decoded<&[u8]> {
         let end = self.at.checked_add(n).ok_or("truncated")?;
         let s = self.buf.get(self.at..end).ok_or("truncated")?;
         self.at = end;
         Ok(s)
     }
 
-    fn hash(&mut self) -> Decoded<ContentHash> {
+    pub(crate) fn hash(&mut self) -> Decoded<ContentHash> {
         let mut h = [0u8; 32];
         h.copy_from_slice(self.bytes(32)?);
         Ok(ContentHash(h))
     }
 
-    fn string(&mut self) -> Decoded<String> {
+    pub(crate) fn string(&mut self) -> Decoded<String> {
         let n = usize::try_from(self.u64()?).map_err(|_| "length too large")?;
         String::from_utf8(self.bytes(n)?.to_vec()).map_err(|_| "not UTF-8")
     }

@@ -158,3 +158,37 @@ fn a_change_and_a_digest_from_disk_match_those_in_memory() {
     assert_eq!(d.finish(&h.skipped), digest(&after.manifest));
     assert_ne!(digest(&before.manifest), digest(&after.manifest));
 }
+
+#[test]
+fn a_walk_spilled_to_disk_selects_what_a_walk_in_memory_selects() {
+    let src = tempfile::tempdir().unwrap();
+    let spill = tempfile::tempdir().unwrap();
+    tree(src.path());
+    // A nested repository: its .git travels whole, as the root's does.
+    write(src.path(), "many/d2/.git/HEAD", b"ref: refs/heads/main\n");
+    write(src.path(), "many/d2/.git/objects/ab/cdef", b"object");
+    for ignored in [
+        IgnoredFiles::Skip,
+        IgnoredFiles::Include,
+        IgnoredFiles::Globs(vec![".env".into(), "node_modules".into()]),
+    ] {
+        let in_memory = scan(src.path(), &opts(ignored.clone()), None).unwrap();
+        let o = baton_workspace::ScanOptions {
+            spill_dir: Some(spill.path().to_path_buf()),
+            spill_after: Some(9),
+            ..opts(ignored.clone())
+        };
+        let spilled = scan(src.path(), &o, None).unwrap();
+        assert_eq!(spilled.manifest, in_memory.manifest, "{ignored:?}");
+        assert!(
+            spilled
+                .manifest
+                .entries
+                .iter()
+                .any(|e| e.path == "many/d2/.git/objects/ab/cdef"),
+            "{ignored:?}"
+        );
+        assert!(in_memory.manifest.entries.len() > 9 * 10);
+        assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
+    }
+}
