@@ -8,7 +8,7 @@
 //! place under the conflict policy. Scanning, hashing and staging are blocking work and run on
 //! the blocking pool, never on the executor.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -22,9 +22,9 @@ use baton_proto::workspace::{
 use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
 use baton_workspace::{
-    Changed, ChunkIndex, Limits, ManifestDigest, PreparedScan, Previous, STREAM_FIRST_PART,
-    ScanOptions, Scanned, SpoolReader, SpoolWriter, SpooledPart, SpooledScan, StagedTree, Stager,
-    Walked, check_source, plan_absent, prepare_scan, scan_reusing,
+    CACHED_PARTS, Changed, ChunkIndex, Limits, LocalChunks, ManifestDigest, PreparedScan, Previous,
+    STREAM_FIRST_PART, ScanOptions, Scanned, SpoolWriter, SpooledIndex, SpooledPart, SpooledScan,
+    StagedTree, Stager, Walked, check_source, plan_absent, prepare_scan,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -124,12 +124,12 @@ struct TargetSide {
     final_path: PathBuf,
     policy: ConflictPolicy,
     /// Chunks the destination already holds (empty when it is absent).
-    index: Arc<ChunkIndex>,
+    index: Arc<dyn LocalChunks>,
     stager: Option<Stager>,
     staged: Option<StagedTree>,
     bytes_sent: u64,
-    /// What the destination held when the handoff began (for the plan).
-    existing: Option<Arc<Scanned>>,
+    /// What the destination held when the handoff began (for the plan), kept on disk.
+    existing: Option<Arc<SpooledScan>>,
     state: DestinationState,
     /// When the staged tree's verification ended, for a scan of the tree once it is in place.
     verified_ns: Option<i64>,
@@ -147,94 +147,16 @@ struct TargetRecord {
     dest: PathBuf,
 }
 
-/// The chunks of a scan served by hash, part by part as the scan makes them. The indexes of the
-/// last few parts used stay in memory; the others are read back from the scan's spool when a
-/// chunk of theirs is asked for (again), found by an 8-byte key per chunk: memory stays bounded
-/// whatever the tree.
-struct PartsSource {
-    spool: SpoolReader,
-    state: Mutex<PartsState>,
-}
-
-#[derive(Default)]
-struct PartsState {
-    /// Per part pushed, its number in the spool and the sorted keys of its chunks.
-    keys: Vec<(usize, Vec<u64>)>,
-    /// Indexes of the parts used last, newest last.
-    cached: VecDeque<(usize, Arc<ChunkIndex>)>,
-}
-
-/// Part indexes a source keeps in memory (each at most 16 Ki entries).
-const CACHED_PARTS: usize = 4;
-
-impl PartsSource {
-    fn new(spool: SpoolReader) -> Self {
-        Self {
-            spool,
-            state: Mutex::default(),
-        }
-    }
-
-    /// Serves spool part `number`, whose index the scan just built.
-    fn push(&self, number: usize, index: ChunkIndex) {
-        let mut st = lock(&self.state);
-        st.keys.push((number, index.keys()));
-        st.cache(number, Arc::new(index));
-    }
-
-    /// The index that holds `hash`, if any part does (reading its part back when it is not in
-    /// memory).
-    fn find(&self, hash: &ContentHash) -> io::Result<Option<Arc<ChunkIndex>>> {
-        let wanted = {
-            let st = lock(&self.state);
-            if let Some((_, idx)) = st.cached.iter().rev().find(|(_, i)| i.contains(hash)) {
-                return Ok(Some(Arc::clone(idx)));
-            }
-            let key = ChunkIndex::key_of(hash);
-            let cached: Vec<usize> = st.cached.iter().map(|(n, _)| *n).collect();
-            // A chunk is asked for only once its part was served; the newest parts are likeliest.
-            st.keys
-                .iter()
-                .rev()
-                .filter(|(n, keys)| !cached.contains(n) && keys.binary_search(&key).is_ok())
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-        };
-        for number in wanted {
-            let part = self
-                .spool
-                .part(number)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            let index = Arc::new(ChunkIndex::from_scan(&part));
-            lock(&self.state).cache(number, Arc::clone(&index));
-            if index.contains(hash) {
-                return Ok(Some(index));
-            }
-        }
-        Ok(None)
-    }
-}
-
-impl PartsState {
-    fn cache(&mut self, number: usize, index: Arc<ChunkIndex>) {
-        self.cached.retain(|(n, _)| *n != number);
-        self.cached.push_back((number, index));
-        while self.cached.len() > CACHED_PARTS {
-            self.cached.pop_front();
-        }
-    }
-}
-
-impl ChunkSource for PartsSource {
+/// A source serves the chunks of its scan by hash, part by part as the scan makes them, from an
+/// index that keeps only the last parts in memory (see [`SpooledIndex`]).
+impl ChunkSource for SpooledIndex {
     fn read(&self, hash: &ContentHash) -> io::Result<Option<Vec<u8>>> {
         let mut buf = Vec::new();
-        Ok(self.read_into(hash, &mut buf)?.then_some(buf))
+        Ok(SpooledIndex::read_into(self, hash, &mut buf).then_some(buf))
     }
 
     fn read_into(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> io::Result<bool> {
-        Ok(self
-            .find(hash)?
-            .is_some_and(|index| index.read_into(hash, buf)))
+        Ok(SpooledIndex::read_into(self, hash, buf))
     }
 }
 
@@ -486,7 +408,7 @@ pub async fn send(
             format!("Cannot keep the workspace manifest on disk: {e}."),
         )
     })?;
-    let index = Arc::new(PartsSource::new(spool.reader()));
+    let index = Arc::new(SpooledIndex::new(spool.reader(), opts.params, CACHED_PARTS));
     let cancel = CancellationToken::new();
     {
         let mut sources = lock(&d.workspaces.sources);
@@ -719,7 +641,7 @@ async fn open_target(
     let spill_dir = d.scan_dir();
     let (dest, index, existing, state) = tokio::task::spawn_blocking(move || {
         let dest = baton_workspace::check_destination(&wanted, Some(&home))?;
-        let mut index = ChunkIndex::new(params);
+        let mut index: Arc<dyn LocalChunks> = Arc::new(ChunkIndex::new(params));
         let mut existing = None;
         let state = baton_workspace::destination_state(&dest)?;
         if state == DestinationState::Exists && dest.is_dir() {
@@ -727,17 +649,31 @@ async fn open_target(
             let opts = ScanOptions {
                 ignored: IgnoredFiles::Include,
                 params,
-                spill_dir: Some(spill_dir),
+                spill_dir: Some(spill_dir.clone()),
                 ..ScanOptions::default()
             };
-            let known = std::fs::canonicalize(&dest)
-                .ok()
-                .and_then(|root| known.recall(&root))
-                .map(Previous::Spooled);
-            let scanned = Arc::new(scan_reusing(&dest, &opts, known)?);
-            // The plan reads the scan too: the index shares it rather than copying its paths.
-            index = ChunkIndex::of_scan(Arc::clone(&scanned));
-            existing = Some(scanned);
+            let root = std::fs::canonicalize(&dest).map_err(|e| baton_workspace::Error::Io {
+                action: "resolve",
+                path: dest.clone(),
+                source: e,
+            })?;
+            let known = known.recall(&root).map(Previous::Spooled);
+            // Kept on disk, as its index is: the plan reads it once, the stager asks the
+            // index for what it lacks.
+            let spool = SpoolWriter::create(&spill_dir, &root, params)?;
+            let local = SpooledIndex::new(spool.reader(), params, CACHED_PARTS);
+            let scanned = prepare_scan(&root, &opts, known)?
+                .run_spooled(&opts, u64::MAX, spool, |part| {
+                    if let Some(n) = part.number {
+                        local.push(n, ChunkIndex::from_scan(&part.scanned));
+                    }
+                    true
+                })?
+                .ok_or_else(|| {
+                    baton_workspace::Error::BadOption("the destination scan stopped".into())
+                })?;
+            index = Arc::new(local);
+            existing = Some(Arc::new(scanned));
         }
         Ok::<_, baton_workspace::Error>((dest, index, existing, state))
     })
@@ -772,7 +708,7 @@ async fn open_target(
         dest,
         final_path,
         policy,
-        index: Arc::new(index),
+        index,
         stager: None,
         staged: None,
         bytes_sent: 0,
@@ -1034,10 +970,15 @@ async fn receive_pass(
             let summary = baton_workspace::plan(
                 &parts.whole,
                 side.state,
-                side.existing.as_ref().map(|s| &s.manifest),
-                &side.index,
+                side.existing
+                    .as_ref()
+                    .map(|s| s.iter())
+                    .into_iter()
+                    .flatten(),
+                side.index.as_ref(),
                 side.policy,
             )
+            .map_err(ws_err)?
             .summary;
             if side.stager.is_none() {
                 // The pre-copy may then send only what changed since this scan.
@@ -1293,7 +1234,7 @@ async fn stage_and_fetch(
                 )));
             }
         };
-        match stager.fill_from_index(&index) {
+        match stager.fill_from_index(index.as_ref()) {
             Ok(filled) => Ok((stager, filled.bytes)),
             Err(e) => Err(Box::new((Some(stager), e))),
         }
@@ -1656,7 +1597,7 @@ mod tests {
         let opts = ScanOptions::default();
         let root = std::fs::canonicalize(src.path()).expect("canonical");
         let writer = SpoolWriter::create(spool_dir.path(), &root, opts.params).expect("spool");
-        let parts = PartsSource::new(writer.reader());
+        let parts = SpooledIndex::new(writer.reader(), opts.params, CACHED_PARTS);
         // Small parts (a 1-byte first target; later targets grow with what was read).
         let scanned = prepare_scan(&root, &opts, None)
             .expect("walk")
@@ -1669,17 +1610,18 @@ mod tests {
             .expect("scan")
             .expect("whole");
         assert!(scanned.reader().parts() > CACHED_PARTS);
-        assert_eq!(lock(&parts.state).cached.len(), CACHED_PARTS);
+        assert_eq!(parts.cached_parts().len(), CACHED_PARTS);
+        assert!(!parts.cached_parts().contains(&0));
         // The first file's part left memory long ago: its chunk is read back from the spool.
         let first = scanned.iter().next().expect("an entry").expect("readable");
         let hash = first.file().expect("a file").chunks[0].hash;
         let mut buf = Vec::new();
-        assert!(parts.read_into(&hash, &mut buf).expect("read"));
+        assert!(ChunkSource::read_into(&parts, &hash, &mut buf).expect("read"));
         assert_eq!(buf, contents[0]);
-        assert!(lock(&parts.state).cached.iter().any(|(n, _)| *n == 0));
-        assert_eq!(lock(&parts.state).cached.len(), CACHED_PARTS);
+        assert!(parts.cached_parts().contains(&0));
+        assert_eq!(parts.cached_parts().len(), CACHED_PARTS);
         // A hash no part holds is answered as missing.
         let absent = ContentHash([7; 32]);
-        assert!(!parts.read_into(&absent, &mut buf).expect("read"));
+        assert!(!ChunkSource::read_into(&parts, &absent, &mut buf).expect("read"));
     }
 }

@@ -78,7 +78,7 @@ struct Root {
 
 /// How a chunk read from the index was proved to be the indexed bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Proof {
+pub enum Proof {
     /// Its BLAKE3 was computed and matched.
     Hashed,
     /// Its file is provably the one the scan hashed; the bytes were not hashed again.

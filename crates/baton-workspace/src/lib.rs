@@ -28,6 +28,7 @@ pub mod safety;
 mod scan;
 mod select;
 mod spool;
+mod spool_index;
 mod stage;
 #[cfg(test)]
 mod testutil;
@@ -44,7 +45,7 @@ pub use delta::{
 pub use error::{Error, Result};
 pub use found::SPILL_ENTRIES_VAR;
 pub use fsutil::available_bytes;
-pub use index::ChunkIndex;
+pub use index::{ChunkIndex, Proof};
 pub use plan::{Plan, check_space, plan, plan_absent};
 pub use progress::{Progress, ProgressSnapshot};
 pub use safety::{check_destination, check_source, destination_state};
@@ -53,5 +54,6 @@ pub use scan::{
     SpooledPart, Walked, measure, now_ns, prepare_scan, scan, scan_reusing, walk,
 };
 pub use spool::{ManifestHead, SpoolEntries, SpoolReader, SpoolWriter, SpooledScan};
+pub use spool_index::{CACHED_PARTS, LocalChunks, SpooledIndex};
 pub use stage::{Claim, Filled, Seal, Stager, check_transfer_id, staging_dir};
 pub use validate::{Limits, validate};

@@ -11,7 +11,7 @@ use baton_proto::workspace::{
 
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::available_bytes;
-use crate::index::ChunkIndex;
+use crate::spool_index::LocalChunks;
 
 /// Space kept free beyond the estimate, for metadata the estimate cannot see.
 const SPACE_RESERVE: u64 = 16 * 1024 * 1024;
@@ -56,26 +56,32 @@ pub fn plan_absent(files: u64, bytes: u64, policy: ConflictPolicy) -> PlanSummar
 pub fn plan(
     source: &WorkspaceManifest,
     state: DestinationState,
-    existing: Option<&WorkspaceManifest>,
-    index: &ChunkIndex,
+    existing: impl IntoIterator<Item = Result<WorkspaceEntry>>,
+    index: &(impl LocalChunks + ?Sized),
     policy: ConflictPolicy,
-) -> Plan {
+) -> Result<Plan> {
     let mut s = PlanSummary {
         destination: state,
         policy,
         ..PlanSummary::default()
     };
     let list = policy == ConflictPolicy::Replace;
-    let old: &[WorkspaceEntry] = existing.map(|m| &m.entries[..]).unwrap_or(&[]);
+    let mut old = existing.into_iter().peekable();
     let new = &source.entries[..];
-    let (mut i, mut j) = (0, 0);
-    // Paths removed so far: their descendants are not listed again.
-    let mut removed_dirs: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    while i < new.len() || j < old.len() {
-        let ord = match (new.get(i), old.get(j)) {
-            (Some(a), Some(b)) => a.path.cmp(&b.path),
-            (Some(_), None) => Ordering::Less,
-            _ => Ordering::Greater,
+    let mut i = 0;
+    // Directories removed so far: their descendants are not listed again.
+    let mut removed_dirs: HashSet<String> = HashSet::new();
+    loop {
+        if let Some(Err(_)) = old.peek()
+            && let Some(Err(e)) = old.next()
+        {
+            return Err(e);
+        }
+        let ord = match (new.get(i), old.peek()) {
+            (None, None) => break,
+            (Some(a), Some(Ok(b))) => a.path.cmp(&b.path),
+            (Some(_), _) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
         };
         match ord {
             Ordering::Less => {
@@ -86,7 +92,9 @@ pub fn plan(
                 i += 1;
             }
             Ordering::Greater => {
-                let e = &old[j];
+                let Some(Ok(e)) = old.next() else {
+                    break;
+                };
                 if let Some(f) = e.file() {
                     s.remove_files += 1;
                     s.remove_bytes += f.size;
@@ -97,14 +105,18 @@ pub fn plan(
                     .path
                     .match_indices('/')
                     .any(|(at, _)| removed_dirs.contains(&e.path[..at]));
-                removed_dirs.insert(&e.path);
                 if list && !under_removed {
                     push_capped(&mut s.removed, &e.path, &mut s.lists_truncated);
                 }
-                j += 1;
+                if matches!(e.kind, EntryKind::Dir) {
+                    removed_dirs.insert(e.path);
+                }
             }
             Ordering::Equal => {
-                let (a, b) = (&new[i], &old[j]);
+                let Some(Ok(b)) = old.next() else {
+                    break;
+                };
+                let (a, b) = (&new[i], &b);
                 let same = match (&a.kind, &b.kind) {
                     (EntryKind::Dir, EntryKind::Dir) => true,
                     (EntryKind::File(x), EntryKind::File(y)) => {
@@ -129,7 +141,6 @@ pub fn plan(
                     push_capped(&mut s.overwritten, &a.path, &mut s.lists_truncated);
                 }
                 i += 1;
-                j += 1;
             }
         }
     }
@@ -155,7 +166,7 @@ pub fn plan(
     s.disk_bytes += other_entries * BLOCK;
     s.transfer_chunks = needed.len() as u64;
     s.reused_bytes = s.bytes.saturating_sub(s.transfer_bytes);
-    Plan { summary: s, needed }
+    Ok(Plan { summary: s, needed })
 }
 
 /// Refuses early (`insufficient_space`) when the filesystem that will hold `dest` has less free
@@ -186,6 +197,8 @@ mod tests {
     use super::*;
     use baton_proto::workspace::ChunkParams;
 
+    use crate::index::ChunkIndex;
+
     use crate::testutil::{dir_entry as dir, file_entry as file, manifest_of as manifest};
 
     #[test]
@@ -203,10 +216,11 @@ mod tests {
         let p = plan(
             &src,
             DestinationState::Exists,
-            Some(&old),
+            old.entries.iter().cloned().map(Ok),
             &idx,
             ConflictPolicy::Replace,
-        );
+        )
+        .unwrap();
         assert_eq!(p.summary.removed, vec!["keep", "keep-link"]);
         assert_eq!(p.summary.remove_files, 3);
     }
@@ -231,10 +245,11 @@ mod tests {
         let p = plan(
             &src,
             DestinationState::Exists,
-            Some(&old),
+            old.entries.iter().cloned().map(Ok),
             &idx,
             ConflictPolicy::Replace,
-        );
+        )
+        .unwrap();
         let s = &p.summary;
         assert_eq!((s.files, s.bytes), (4, 90));
         assert_eq!((s.add_files, s.add_bytes), (2, 60));
@@ -251,10 +266,11 @@ mod tests {
         let sib = plan(
             &src,
             DestinationState::Exists,
-            Some(&old),
+            old.entries.iter().cloned().map(Ok),
             &idx,
             ConflictPolicy::Sibling,
-        );
+        )
+        .unwrap();
         assert!(sib.summary.overwritten.is_empty() && sib.summary.removed.is_empty());
     }
 }

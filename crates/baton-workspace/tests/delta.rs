@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use baton_workspace::{
-    ChunkIndex, ConflictPolicy, DestinationState, IgnoredFiles, Limits, Stager, plan, scan,
+    ChunkIndex, ConflictPolicy, DestinationState, IgnoredFiles, Limits, SpooledIndex, SpooledScan,
+    Stager, plan, scan,
 };
 use common::*;
 
@@ -43,19 +44,39 @@ fn one_small_edit_needs_one_chunk() {
     let p = plan(
         &s2.manifest,
         DestinationState::Exists,
-        Some(&existing.manifest),
+        existing.manifest.entries.iter().cloned().map(Ok),
         &idx,
         ConflictPolicy::Replace,
-    );
+    )
+    .unwrap();
     assert!(p.needed.len() <= 2, "{} chunks needed", p.needed.len());
     assert_eq!(p.summary.change_files, 1);
     assert_eq!(p.summary.unchanged_files, 199);
     assert_eq!(p.summary.overwritten, vec!["d3/f13.txt".to_string()]);
     assert_eq!(p.summary.transfer_bytes, 7);
 
-    // The stager agrees once it has copied what the destination holds.
+    // The same plan from the destination's scan kept on disk, and its index read from there.
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spooled = SpooledScan::of_scanned(&existing, spool_dir.path()).unwrap();
+    let spooled_idx = SpooledIndex::of_scan(&spooled).unwrap();
+    let from_disk = plan(
+        &s2.manifest,
+        DestinationState::Exists,
+        spooled.iter(),
+        &spooled_idx,
+        ConflictPolicy::Replace,
+    )
+    .unwrap();
+    assert_eq!(from_disk, p);
+
+    // The stager agrees once it has copied what the destination holds, from either index.
     let mut st = Stager::create(&dest, "d2", s2.manifest.clone(), &Limits::default()).unwrap();
     let filled = st.fill_from_index(&idx).unwrap();
+    assert_eq!(filled.chunks, 199);
+    assert_eq!(st.missing(), p.needed);
+    st.abort().unwrap();
+    let mut st = Stager::create(&dest, "d2", s2.manifest.clone(), &Limits::default()).unwrap();
+    let filled = st.fill_from_index(&spooled_idx).unwrap();
     assert_eq!(filled.chunks, 199);
     assert_eq!(st.missing(), p.needed);
     st.put_chunk(&p.needed[0], b"edited\n").unwrap();
@@ -93,10 +114,11 @@ fn insertion_at_the_start_reuses_most_chunks() {
     let p = plan(
         &s2.manifest,
         DestinationState::Exists,
-        Some(&existing.manifest),
+        existing.manifest.entries.iter().cloned().map(Ok),
         &idx,
         ConflictPolicy::Replace,
-    );
+    )
+    .unwrap();
     assert!(chunks >= 16, "{chunks} chunks");
     assert!(
         p.needed.len() <= 2,

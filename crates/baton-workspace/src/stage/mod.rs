@@ -33,9 +33,10 @@ use crate::apply::{APPLY_RECORD, StagedTree};
 use crate::chunk::hash_bytes;
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{remove_tree, set_mtime, sync_filesystem};
-use crate::index::{ChunkIndex, Proof};
+use crate::index::Proof;
 use crate::pool;
 use crate::progress::Progress;
+use crate::spool_index::LocalChunks;
 use crate::validate::{Limits, validate};
 use chunks::{ChunkTable, Placement};
 pub use claim::{Claim, Seal};
@@ -358,7 +359,7 @@ impl Stager {
     /// Copies every missing chunk that `index` holds (proved as it is read, see
     /// [`ChunkIndex::read_into`]); chunks whose source changed since it was indexed stay
     /// missing.
-    pub fn fill_from_index(&mut self, index: &ChunkIndex) -> Result<Filled> {
+    pub fn fill_from_index(&mut self, index: &(impl LocalChunks + ?Sized)) -> Result<Filled> {
         let mut filled = Filled::default();
         if index.params() != self.manifest.params {
             return Ok(filled);
@@ -478,6 +479,7 @@ mod tests {
     use baton_proto::workspace::IgnoredFiles;
 
     use super::*;
+    use crate::index::ChunkIndex;
     use crate::scan::{ScanOptions, Scanned, scan};
     use crate::testutil::{aged, index_of, noise, scanned};
     use tree::READ_BACKS;
