@@ -2,8 +2,6 @@
 //! afterwards every path joins under the staging root without escaping it, and every file's
 //! chunks account for exactly its bytes.
 
-use std::collections::HashMap;
-
 use baton_proto::workspace::{EntryKind, MANIFEST_VERSION, WorkspaceManifest};
 
 use crate::error::{Error, Result};
@@ -45,6 +43,14 @@ const WHOLE: &str = "(manifest)";
 /// the last, or do not sum to the file's size; symlinks whose target is absolute or leaves the
 /// tree.
 pub fn validate(m: &WorkspaceManifest, limits: &Limits) -> Result<()> {
+    validate_from(m, 0, limits)
+}
+
+/// [`validate`] of a manifest whose entries before `start` already passed it (a manifest
+/// streamed in parts, checked as each part is appended): the new entries are checked against
+/// everything before them, at a cost in proportion to the part. A parent is found by a binary
+/// search of the sorted entries, so no map of the tree's paths is built.
+pub fn validate_from(m: &WorkspaceManifest, start: usize, limits: &Limits) -> Result<()> {
     if m.version != MANIFEST_VERSION {
         return Err(Error::manifest(
             WHOLE,
@@ -75,11 +81,13 @@ pub fn validate(m: &WorkspaceManifest, limits: &Limits) -> Result<()> {
     }
     check_mode(WHOLE, m.root_mode)?;
     let (min, max) = (m.params.min_size, m.params.max_size);
-    // Kind of every path seen so far; sorted order puts each parent before its children.
-    let mut kinds: HashMap<&str, Kind> = HashMap::with_capacity(m.entries.len());
-    let mut total: u64 = 0;
-    let mut prev: Option<&str> = None;
-    for e in &m.entries {
+    let start = start.min(m.entries.len());
+    let mut total: u64 = m.entries[..start]
+        .iter()
+        .filter_map(|e| e.file())
+        .fold(0u64, |t, f| t.saturating_add(f.size));
+    let mut prev: Option<&str> = start.checked_sub(1).map(|i| m.entries[i].path.as_str());
+    for (i, e) in m.entries.iter().enumerate().skip(start) {
         let path = e.path.as_str();
         check_relative_path(path).map_err(|r| Error::manifest(truncate(path), r))?;
         if let Some(p) = prev {
@@ -95,7 +103,13 @@ pub fn validate(m: &WorkspaceManifest, limits: &Limits) -> Result<()> {
         }
         prev = Some(path);
         if let Some((parent, _)) = path.rsplit_once('/') {
-            match kinds.get(parent) {
+            // Sorted order puts each parent before its children, among the entries so far.
+            let before = &m.entries[..i];
+            let kind = before
+                .binary_search_by(|x| x.path.as_str().cmp(parent))
+                .ok()
+                .map(|j| Kind::of(&before[j].kind));
+            match kind {
                 Some(Kind::Dir) => {}
                 Some(Kind::File) => {
                     return Err(Error::manifest(
@@ -118,12 +132,9 @@ pub fn validate(m: &WorkspaceManifest, limits: &Limits) -> Result<()> {
             }
         }
         check_mode(path, e.mode)?;
-        let kind = match &e.kind {
-            EntryKind::Dir => Kind::Dir,
-            EntryKind::Symlink { target } => {
-                check_symlink(path, target)?;
-                Kind::Symlink
-            }
+        match &e.kind {
+            EntryKind::Dir => {}
+            EntryKind::Symlink { target } => check_symlink(path, target)?,
             EntryKind::File(f) => {
                 if f.size > 0 && f.chunks.is_empty() {
                     return Err(Error::manifest(path, "non-empty file lists no chunks"));
@@ -167,10 +178,8 @@ pub fn validate(m: &WorkspaceManifest, limits: &Limits) -> Result<()> {
                         limits.max_total_bytes
                     )));
                 }
-                Kind::File
             }
-        };
-        kinds.insert(path, kind);
+        }
     }
     Ok(())
 }
@@ -180,6 +189,16 @@ enum Kind {
     Dir,
     File,
     Symlink,
+}
+
+impl Kind {
+    fn of(k: &EntryKind) -> Self {
+        match k {
+            EntryKind::Dir => Kind::Dir,
+            EntryKind::File(_) => Kind::File,
+            EntryKind::Symlink { .. } => Kind::Symlink,
+        }
+    }
 }
 
 /// Checks a manifest path: relative, `/`-separated, no empty/`.`/`..` components, no NUL, within
@@ -278,6 +297,49 @@ fn truncate(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{dir_entry as dir, file_entry as file, manifest_of};
+    use baton_proto::workspace::WorkspaceEntry;
+
+    #[test]
+    fn a_tail_is_checked_against_every_entry_before_it() {
+        let head = vec![
+            dir("a"),
+            file("a-b", 1, 3),
+            dir("a/d"),
+            file("a/f", 2, 3),
+            dir("a/f-g"),
+        ];
+        let with = |tail: Vec<WorkspaceEntry>| {
+            let mut all = head.clone();
+            all.extend(tail);
+            manifest_of(all)
+        };
+        let limits = Limits::default();
+        // Parents listed parts ago, with siblings between (b'-' sorts before b'/').
+        assert!(validate_from(&with(vec![file("a/f-g/x", 3, 3)]), 5, &limits).is_ok());
+        assert!(validate_from(&with(vec![file("a/z", 3, 3)]), 5, &limits).is_ok());
+        let cases = [
+            (vec![file("a/f/x", 3, 3)], "which is a file"),
+            (vec![file("a/g/x", 3, 3)], "not listed before it"),
+            (vec![file("a/f-g", 3, 3)], "duplicate path"),
+            (vec![file("a/e", 3, 3)], "out of order"),
+        ];
+        for (tail, why) in cases {
+            let m = with(tail);
+            let err = validate_from(&m, 5, &limits).expect_err(why).to_string();
+            assert!(err.contains(why), "{err}");
+            // The whole manifest is refused for the same reason.
+            let whole = validate(&m, &limits).expect_err(why).to_string();
+            assert_eq!(whole, err);
+        }
+        // The byte cap counts the entries before the tail too.
+        let small = Limits {
+            max_entries: 100,
+            max_total_bytes: 8,
+        };
+        let err = validate_from(&with(vec![file("a/z", 3, 3)]), 5, &small).expect_err("cap");
+        assert!(matches!(err, Error::TooLarge(_)), "{err}");
+    }
 
     #[test]
     fn symlink_depth_rules() {

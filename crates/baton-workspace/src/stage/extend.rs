@@ -9,12 +9,12 @@ use baton_proto::workspace::{SkippedEntry, WorkspaceEntry};
 use super::tree::{create_entry, created_lazily, open_nofollow};
 use super::{FileState, Filled, Placement, Stager};
 use crate::error::{Error, Result, io_err};
-use crate::validate::{Limits, validate};
+use crate::validate::{Limits, validate_from};
 
 impl Stager {
     /// Appends `entries` (the next part of a manifest streamed in path order) and `skipped` to
-    /// the staged manifest. The manifest they make with what is staged is validated whole, and
-    /// left as it was when it does not pass. Chunks the part shares with files already staged
+    /// the staged manifest. The manifest they make with what is staged is validated (the new
+    /// entries against all before them), and left as it was when it does not pass. Chunks the part shares with files already staged
     /// are copied from them; [`Stager::missing`] then lists what the source still has to send.
     ///
     /// The journal keeps the digest of the manifest the stager was created with, so a stager
@@ -30,7 +30,7 @@ impl Stager {
         let skipped_start = self.manifest.skipped.len();
         self.manifest.entries.extend(entries);
         self.manifest.skipped.extend(skipped);
-        if let Err(e) = validate(&self.manifest, limits) {
+        if let Err(e) = validate_from(&self.manifest, start, limits) {
             self.manifest.entries.truncate(start);
             self.manifest.skipped.truncate(skipped_start);
             return Err(e);
