@@ -322,6 +322,7 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
         edited: measured.edited,
         back_conflict: args.back_conflict.clone(),
         memory: measured.memory,
+        after_first: measured.after_first,
         skipped,
     };
     println!();
@@ -413,6 +414,7 @@ struct Measured {
     back: Vec<(Subject, Vec<Sample>)>,
     edited: String,
     memory: Vec<Memory>,
+    after_first: Option<Memory>,
 }
 
 fn mib(b: u64) -> f64 {
@@ -523,6 +525,8 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
         sessions.push(session);
     }
 
+    // Peaks of the first transfers alone: laptop only sent, desktop only received.
+    let after_first = Some(Memory::read(&cluster, 0));
     // The re-handoffs come after every first transfer, so that no first transfer creates its
     // files over inodes a re-handoff (`replace` removes the old tree) just freed.
     for (run, session) in sessions.iter().enumerate() {
@@ -630,6 +634,7 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
         back,
         edited,
         memory,
+        after_first,
     })
 }
 

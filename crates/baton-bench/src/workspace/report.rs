@@ -281,6 +281,8 @@ pub struct Report {
     pub back_conflict: String,
     /// Peak memory after each round.
     pub memory: Vec<Memory>,
+    /// Peak memory after the first transfers, before any re-handoff (each daemon in one role).
+    pub after_first: Option<Memory>,
     /// Tools not run, with the reason.
     pub skipped: Vec<(String, String)>,
 }
@@ -616,6 +618,20 @@ impl Report {
                 self.by_round(&name, |p| p.2),
             ));
         }
+        if let Some(m) = &self.after_first {
+            let figures: Vec<String> = m
+                .peaks
+                .iter()
+                .map(|(n, v, _)| {
+                    let v = v.map_or("unknown".into(), |b| format!("{:.1}", mib(b as f64)));
+                    format!("{n} {v}")
+                })
+                .collect();
+            line(format!(
+                "  after the first transfers, before any re-handoff (laptop only sent, desktop only received): VmHWM {}",
+                figures.join(", ")
+            ));
+        }
         line(String::new());
 
         line("Goals:".into());
@@ -720,6 +736,7 @@ impl Report {
                 "baton_manifest_fraction_max": self.manifest_fraction(),
             },
             "peak_memory_bytes": peaks.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "peak_memory_after_first_bytes": self.after_first.as_ref().map(|m| m.peaks.iter().map(|(n, v, _)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>()),
             "memory_by_round": self.memory.iter().map(|m| json!({
                 "run": m.run,
                 "peaks": m.peaks.iter().map(|(n, v, _)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
