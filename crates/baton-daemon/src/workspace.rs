@@ -77,9 +77,9 @@ impl Default for KnownTrees {
 
 /// Trees whose last scan a daemon keeps.
 const KNOWN_TREES: usize = 2;
-/// Entries the kept scans may hold together, on disk (about 100 bytes each; memory holds a few
-/// hundred bytes per 16 Ki entries): what stays between handoffs is bounded whatever the
-/// trees, and a bigger tree is simply hashed again.
+/// Entries the kept scans may hold together, on disk (about 140 bytes for a one-chunk file;
+/// memory holds a few hundred bytes per 16 Ki entries): what stays between handoffs is bounded
+/// whatever the trees, and a bigger tree is simply hashed again.
 const KNOWN_ENTRIES: usize = 2_000_000;
 
 impl KnownTrees {
@@ -548,19 +548,17 @@ fn publish_delta(
     mut publish: impl FnMut(&[u8]) -> Result<(), String>,
 ) -> Result<(), String> {
     let head = new.head();
+    // The digest of the whole new manifest is taken in the same read as the change.
     let mut digest = ManifestDigest::new(
         head.version,
         &head.params,
         (head.root_mode, head.root_mtime_ns),
         new.entries(),
     );
-    for e in new.iter() {
-        digest.entry(&e.map_err(|e| e.to_string())?);
-    }
-    let digest = digest.finish(&head.skipped);
     let mut changed = Vec::new();
     let mut removed = Vec::new();
-    let part = |changed: Vec<_>, removed: Vec<_>, last: bool| {
+    let part = |changed: Vec<_>, removed: Vec<_>, digest: Option<ContentHash>| {
+        let last = digest.is_some();
         let mut manifest = head.manifest(last);
         manifest.entries = changed;
         encode_part(&ManifestPart {
@@ -571,11 +569,16 @@ fn publish_delta(
             delta: Some(PartDelta {
                 base: base_id,
                 removed,
-                digest: last.then_some(digest),
+                digest,
             }),
         })
     };
-    baton_workspace::diff_entries(base.iter(), new.iter(), |c| {
+    let entries = new.iter().inspect(|e| {
+        if let Ok(e) = e {
+            digest.entry(e);
+        }
+    });
+    baton_workspace::diff_entries(base.iter(), entries, |c| {
         match c {
             Changed::Entry(e) => changed.push(e),
             Changed::Removed(p) => removed.push(p),
@@ -584,7 +587,7 @@ fn publish_delta(
             let json = part(
                 std::mem::take(&mut changed),
                 std::mem::take(&mut removed),
-                false,
+                None,
             )
             .and_then(|json| publish(&json));
             json.map_err(baton_workspace::Error::BadOption)?;
@@ -592,7 +595,8 @@ fn publish_delta(
         Ok(())
     })
     .map_err(|e| e.to_string())?;
-    publish(&part(changed, removed, true)?)
+    let digest = digest.finish(&head.skipped);
+    publish(&part(changed, removed, Some(digest))?)
 }
 
 /// One manifest part as the JSON the feed seals.
