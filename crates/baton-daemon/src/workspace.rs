@@ -22,9 +22,9 @@ use baton_proto::workspace::{
 use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
 use baton_workspace::{
-    CACHED_PARTS, Changed, ChunkIndex, Limits, LocalChunks, ManifestDigest, PreparedScan, Previous,
-    STREAM_FIRST_PART, ScanOptions, Scanned, SpoolWriter, SpooledIndex, SpooledPart, SpooledScan,
-    StagedTree, Stager, Walked, check_source, plan_absent, prepare_scan,
+    CACHED_PARTS, ChunkIndex, Limits, LocalChunks, ManifestChange, ManifestDigest, PreparedScan,
+    Previous, STREAM_FIRST_PART, ScanOptions, Scanned, SpoolWriter, SpooledIndex, SpooledPart,
+    SpooledScan, StagedTree, Stager, Walked, check_source, plan_absent, prepare_scan,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -555,12 +555,10 @@ fn publish_delta(
         (head.root_mode, head.root_mtime_ns),
         new.entries(),
     );
-    let mut changed = Vec::new();
-    let mut removed = Vec::new();
-    let part = |changed: Vec<_>, removed: Vec<_>, digest: Option<ContentHash>| {
+    let part = |change: ManifestChange, digest: Option<ContentHash>| {
         let last = digest.is_some();
         let mut manifest = head.manifest(last);
-        manifest.entries = changed;
+        manifest.entries = change.changed;
         encode_part(&ManifestPart {
             last,
             files,
@@ -568,7 +566,7 @@ fn publish_delta(
             manifest,
             delta: Some(PartDelta {
                 base: base_id,
-                removed,
+                removed: change.removed,
                 digest,
             }),
         })
@@ -578,25 +576,19 @@ fn publish_delta(
             digest.entry(e);
         }
     });
+    let mut change = ManifestChange::default();
     baton_workspace::diff_entries(base.iter(), entries, |c| {
-        match c {
-            Changed::Entry(e) => changed.push(e),
-            Changed::Removed(p) => removed.push(p),
-        }
-        if changed.len() >= DELTA_PART_ENTRIES || removed.len() >= DELTA_PART_ENTRIES {
-            let json = part(
-                std::mem::take(&mut changed),
-                std::mem::take(&mut removed),
-                None,
-            )
-            .and_then(|json| publish(&json));
+        change.push(c);
+        if change.changed.len() >= DELTA_PART_ENTRIES || change.removed.len() >= DELTA_PART_ENTRIES
+        {
+            let json = part(std::mem::take(&mut change), None).and_then(|json| publish(&json));
             json.map_err(baton_workspace::Error::BadOption)?;
         }
         Ok(())
     })
     .map_err(|e| e.to_string())?;
     let digest = digest.finish(&head.skipped);
-    publish(&part(changed, removed, Some(digest))?)
+    publish(&part(change, Some(digest))?)
 }
 
 /// One manifest part as the JSON the feed seals.

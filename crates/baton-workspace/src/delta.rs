@@ -32,16 +32,23 @@ pub fn diff(base: &WorkspaceManifest, new: &WorkspaceManifest) -> ManifestChange
         base.entries.iter().map(ok),
         new.entries.iter().map(ok),
         |c| {
-            match c {
-                Changed::Entry(e) => change.changed.push(e),
-                Changed::Removed(p) => change.removed.push(p),
-            }
+            change.push(c);
             Ok(())
         },
     );
     // The inputs cannot fail, and neither can the callback.
     debug_assert!(merged.is_ok());
     change
+}
+
+impl ManifestChange {
+    /// Adds one difference found by [`diff_entries`] (they come in path order).
+    pub fn push(&mut self, c: Changed) {
+        match c {
+            Changed::Entry(e) => self.changed.push(e),
+            Changed::Removed(p) => self.removed.push(p),
+        }
+    }
 }
 
 /// One difference found by [`diff_entries`].

@@ -9,7 +9,6 @@
 use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use baton_proto::workspace::{ChunkParams, ContentHash, WorkspaceManifest};
 
@@ -57,23 +56,14 @@ impl Seen {
     }
 }
 
-/// One indexed file of a root that copies what it needs: where its path below the root lies
-/// in the index's name arena, and what the scan saw of it if anything.
+/// One indexed file: its root, where its path below the root lies in the index's name arena,
+/// and what the scan saw of it if anything.
 #[derive(Debug)]
 struct Indexed {
+    root: u32,
     name_len: u32,
     name_start: u64,
     seen: Option<Seen>,
-}
-
-/// One indexed tree. Its files are numbered from `first`: by manifest entry when the index
-/// shares the scan (`scan`), else by their records in the index's `files`, from `files_at`.
-#[derive(Debug)]
-struct Root {
-    path: PathBuf,
-    first: u32,
-    scan: Option<Arc<Scanned>>,
-    files_at: usize,
 }
 
 /// How a chunk read from the index was proved to be the indexed bytes.
@@ -94,9 +84,7 @@ pub enum Proof {
 #[derive(Debug)]
 pub struct ChunkIndex {
     params: ChunkParams,
-    roots: Vec<Root>,
-    /// The next file number a root starts from.
-    next_file: u32,
+    roots: Vec<PathBuf>,
     files: Vec<Indexed>,
     names: String,
     /// Sorted by hash, one location per hash.
@@ -109,7 +97,6 @@ impl ChunkIndex {
         Self {
             params,
             roots: Vec::new(),
-            next_file: 0,
             files: Vec::new(),
             names: String::new(),
             chunks: Vec::new(),
@@ -131,19 +118,10 @@ impl ChunkIndex {
     }
 
     /// An index of one scanned tree. What the scan saw of each file (size, mtime, inode, ctime)
-    /// lets a read of an unchanged file skip hashing its chunk again. Copies the paths it
-    /// needs; [`ChunkIndex::of_scan`] shares the scan instead.
+    /// lets a read of an unchanged file skip hashing its chunk again.
     pub fn from_scan(scanned: &Scanned) -> Self {
         let mut idx = Self::new(scanned.manifest.params);
         idx.insert(scanned.root(), &scanned.manifest, scanned.local());
-        idx
-    }
-
-    /// [`ChunkIndex::from_scan`] of a scan kept anyway: the index points into it rather than
-    /// copying a path and a stat per file.
-    pub fn of_scan(scanned: Arc<Scanned>) -> Self {
-        let mut idx = Self::new(scanned.manifest.params);
-        idx.insert_shared(scanned);
         idx
     }
 
@@ -166,8 +144,7 @@ impl ChunkIndex {
         let Some(mut fresh) = self.fresh(manifest) else {
             return false;
         };
-        let first = self.next_file;
-        let files_at = self.files.len();
+        let root_number = self.roots.len() as u32;
         // Only the files that end up used are recorded, numbered in manifest order: at most
         // one number per entry, so within the room `fresh` checked.
         fresh.sort_by_key(|(_, loc)| loc.file);
@@ -184,43 +161,27 @@ impl ChunkIndex {
                         .copied()
                         .flatten()
                         .and_then(|l| Seen::new(size, entry.mtime_ns, &l));
+                    let n = self.files.len() as u32;
                     self.files.push(Indexed {
+                        root: root_number,
                         name_len: entry.path.len() as u32,
                         name_start: self.names.len() as u64,
                         seen,
                     });
                     self.names.push_str(&entry.path);
-                    let n = first + (self.files.len() - files_at - 1) as u32;
                     kept = Some((entry_index, n));
                     n
                 }
             };
             loc.file = number;
         }
-        self.next_file = first + (self.files.len() - files_at) as u32;
-        self.push_root(root.to_path_buf(), first, None, files_at, fresh);
-        true
-    }
-
-    /// Adds the chunks of a scan kept anyway, pointing into it: file number = the root's
-    /// first number + manifest entry, and nothing is copied.
-    fn insert_shared(&mut self, scan: Arc<Scanned>) -> bool {
-        let Some(mut fresh) = self.fresh(&scan.manifest) else {
-            return false;
-        };
-        let first = self.next_file;
-        for (_, loc) in &mut fresh {
-            loc.file += first;
-        }
-        self.next_file = first + scan.manifest.entries.len() as u32;
-        let files_at = self.files.len();
-        self.push_root(
-            scan.root().to_path_buf(),
-            first,
-            Some(scan),
-            files_at,
-            fresh,
-        );
+        self.roots.push(root.to_path_buf());
+        self.chunks.append(&mut fresh);
+        self.chunks.sort_unstable_by_key(|(h, _)| *h);
+        // What growing reserved would otherwise stay for as long as the index.
+        self.chunks.shrink_to_fit();
+        self.files.shrink_to_fit();
+        self.names.shrink_to_fit();
         true
     }
 
@@ -231,10 +192,10 @@ impl ChunkIndex {
         if manifest.params != self.params {
             return None;
         }
-        let room = u32::MAX - self.next_file;
-        u32::try_from(manifest.entries.len())
-            .ok()
-            .filter(|n| *n <= room)?;
+        let room = u32::MAX as usize - self.files.len();
+        if manifest.entries.len() > room || self.roots.len() >= u32::MAX as usize {
+            return None;
+        }
         let mut fresh: Vec<(ContentHash, Location)> = Vec::new();
         for (i, entry) in manifest.entries.iter().enumerate() {
             let Some(data) = entry.file() else { continue };
@@ -259,55 +220,13 @@ impl ChunkIndex {
         Some(fresh)
     }
 
-    fn push_root(
-        &mut self,
-        path: PathBuf,
-        first: u32,
-        scan: Option<Arc<Scanned>>,
-        files_at: usize,
-        mut fresh: Vec<(ContentHash, Location)>,
-    ) {
-        self.roots.push(Root {
-            path,
-            first,
-            scan,
-            files_at,
-        });
-        self.chunks.append(&mut fresh);
-        self.chunks.sort_unstable_by_key(|(h, _)| *h);
-        // What growing reserved would otherwise stay for as long as the index.
-        self.chunks.shrink_to_fit();
-        self.files.shrink_to_fit();
-        self.names.shrink_to_fit();
-    }
-
     /// The path of file number `file` and what its scan saw of it.
     fn file(&self, file: u32) -> Option<(PathBuf, Option<Seen>)> {
-        let r = self
-            .roots
-            .partition_point(|r| r.first <= file)
-            .checked_sub(1)?;
-        let root = &self.roots[r];
-        let k = (file - root.first) as usize;
-        match &root.scan {
-            Some(s) => {
-                let e = s.manifest.entries.get(k)?;
-                let size = e.file()?.size;
-                let seen = s
-                    .local()
-                    .get(k)
-                    .copied()
-                    .flatten()
-                    .and_then(|l| Seen::new(size, e.mtime_ns, &l));
-                Some((root.path.join(&e.path), seen))
-            }
-            None => {
-                let f = self.files.get(root.files_at + k)?;
-                let start = usize::try_from(f.name_start).ok()?;
-                let rel = self.names.get(start..start + f.name_len as usize)?;
-                Some((root.path.join(rel), f.seen))
-            }
-        }
+        let f = self.files.get(file as usize)?;
+        let root = self.roots.get(f.root as usize)?;
+        let start = usize::try_from(f.name_start).ok()?;
+        let rel = self.names.get(start..start + f.name_len as usize)?;
+        Some((root.join(rel), f.seen))
     }
 
     fn find(&self, hash: &ContentHash) -> Option<&Location> {
@@ -466,14 +385,10 @@ mod tests {
     }
 
     #[test]
-    fn an_index_sharing_its_scan_serves_it_and_the_trees_added_after() {
+    fn an_index_serves_its_scan_and_the_trees_added_after() {
         let (t, big) = tree();
-        let s = Arc::new(scanned(t.path()));
-        let mut idx = ChunkIndex::of_scan(Arc::clone(&s));
-        assert!(
-            idx.files.is_empty() && idx.names.is_empty(),
-            "nothing copied"
-        );
+        let s = scanned(t.path());
+        let mut idx = ChunkIndex::from_scan(&s);
         let u = tempfile::tempdir().unwrap();
         std::fs::write(u.path().join("other"), b"other bytes").unwrap();
         assert!(idx.add(u.path(), &scanned(u.path()).manifest));
@@ -487,10 +402,10 @@ mod tests {
         assert_eq!(buf, b"small");
         assert!(idx.read_into(&hash_bytes(b"other bytes"), &mut buf));
         assert_eq!(buf, b"other bytes");
-        // What the shared scan saw still proves an unchanged file.
+        // What a received tree's scan saw still proves an unchanged file.
         let later = crate::scan::now_ns() + 2 * RACY_NS;
         let aged_scan = Scanned::of_received(s.manifest.clone(), s.root().to_path_buf(), later);
-        let idx = ChunkIndex::of_scan(Arc::new(aged_scan));
+        let idx = ChunkIndex::from_scan(&aged_scan);
         assert_eq!(
             idx.read_proved(&first.hash, &mut buf),
             Some(Proof::Unchanged)

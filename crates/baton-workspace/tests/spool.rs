@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use baton_workspace::{
-    Changed, IgnoredFiles, ManifestDigest, Previous, SpoolWriter, SpooledScan, diff, diff_entries,
-    digest, prepare_scan, scan,
+    IgnoredFiles, ManifestChange, ManifestDigest, Previous, SpoolWriter, SpooledScan, diff,
+    diff_entries, digest, prepare_scan, scan,
 };
 use common::{noise, opts, rich_tree, write};
 
@@ -127,21 +127,17 @@ fn a_change_and_a_digest_from_disk_match_those_in_memory() {
         SpooledScan::of_scanned(&before, spool_dir.path()).unwrap(),
         SpooledScan::of_scanned(&after, spool_dir.path()).unwrap(),
     );
-    let mut changed = Vec::new();
-    let mut removed = Vec::new();
+    let mut from_disk = ManifestChange::default();
     diff_entries(b.iter(), a.iter(), |c| {
-        match c {
-            Changed::Entry(e) => changed.push(e),
-            Changed::Removed(p) => removed.push(p),
-        }
+        from_disk.push(c);
         Ok(())
     })
     .unwrap();
     let change = diff(&before.manifest, &after.manifest);
-    assert_eq!(changed, change.changed);
-    assert_eq!(removed, change.removed);
-    assert_eq!(removed, ["many/d0/f03.bin"]);
-    let paths: Vec<_> = changed.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(from_disk.changed, change.changed);
+    assert_eq!(from_disk.removed, change.removed);
+    assert_eq!(from_disk.removed, ["many/d0/f03.bin"]);
+    let paths: Vec<_> = from_disk.changed.iter().map(|e| e.path.as_str()).collect();
     // The directories' mtimes changed with their contents.
     assert!(paths.contains(&"many/d1/f07.bin") && paths.contains(&"many/d4/new.bin"));
 
