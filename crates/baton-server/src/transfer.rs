@@ -603,7 +603,10 @@ async fn connection(
         let mut ping = tokio::time::interval(idle / 6);
         ping.tick().await;
         loop {
+            // Biased: a frame relayed before the peer's presence changed reaches this side
+            // before the notice, so a target that re-asks on `Peer` has already seen it.
             tokio::select! {
+                biased;
                 changed = failure.changed() => {
                     // Closed channel: the transfer was forgotten; stop quietly.
                     return changed.ok().and_then(|_| failure.borrow().clone());

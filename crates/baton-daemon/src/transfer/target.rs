@@ -151,9 +151,12 @@ fn verify_and_store(
 
 /// Requests in flight and still to make.
 struct Window {
-    /// Request round: bumped at each re-ask, so answers still in flight from before are told
-    /// apart and dropped rather than stored while the re-ask is answered too.
+    /// Request round: bumped at each re-ask. An answer from an earlier round is still stored
+    /// when its chunk is outstanding (it arrived; the re-ask's answer is then the duplicate),
+    /// but its `gone` hashes are not trusted past a re-ask.
     round: u32,
+    /// Bytes of the chunks accepted so far (reported when asking again).
+    received_bytes: u64,
     queue: VecDeque<ChunkRef>,
     outstanding: HashMap<ContentHash, u32>,
     outstanding_bytes: u64,
@@ -183,6 +186,7 @@ impl Window {
     fn settle(&mut self, hash: &ContentHash) -> Option<u32> {
         let len = self.outstanding.remove(hash)?;
         self.outstanding_bytes -= u64::from(len);
+        self.received_bytes += u64::from(len);
         Some(len)
     }
 }
@@ -335,6 +339,7 @@ impl Receiver {
             queue,
             outstanding: HashMap::new(),
             outstanding_bytes: 0,
+            received_bytes: 0,
             max_bytes: tuning.window_bytes.max(1),
             // Re-asks after a reconnect may briefly double what the source holds.
             max_chunks: tuning.window_chunks.clamp(1, MAX_OUTSTANDING_CHUNKS / 2),
@@ -442,8 +447,10 @@ impl Receiver {
                     window.round = window.round.wrapping_add(1);
                     let again: Vec<ContentHash> = window.outstanding.keys().copied().collect();
                     if !again.is_empty() {
-                        tracing::debug!(
+                        tracing::info!(
                             chunks = again.len(),
+                            bytes = window.outstanding_bytes,
+                            received = window.received_bytes,
                             round = window.round,
                             "asking again after a reconnect"
                         );
@@ -476,9 +483,12 @@ impl Receiver {
             Frame::Chunks { round, chunks } => {
                 self.link.count_data(bytes.len());
                 if round != window.round {
-                    // Answers an earlier round, every chunk of which was asked for again.
-                    self.stats.duplicates += chunks.len() as u64;
-                    return Ok(None);
+                    tracing::debug!(
+                        round,
+                        current = window.round,
+                        chunks = chunks.len(),
+                        "an answer to an earlier round; keeping what is still wanted"
+                    );
                 }
                 let mut entries = Vec::with_capacity(chunks.len());
                 for entry in chunks.iter() {
@@ -593,6 +603,7 @@ mod tests {
             queue: chunks.into(),
             outstanding: HashMap::new(),
             outstanding_bytes: 0,
+            received_bytes: 0,
             max_bytes,
             max_chunks,
         }
