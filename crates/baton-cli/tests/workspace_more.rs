@@ -921,6 +921,16 @@ fn files_edited_during_and_after_the_precopy_arrive_in_their_edited_form() {
         b"created after the pre-copy\n"
     );
     assert_eq!(content(&dest, &[]), content(&ws_a, &[]));
+    // The final pass found those edits by walking only where the source's watch saw changes.
+    let source_log = daemon_log(&w, LAPTOP);
+    let line = source_log
+        .lines()
+        .find(|l| l.contains("final pass walks only what the watch saw change"))
+        .unwrap_or_else(|| panic!("the final pass walked the whole tree:\n{source_log}"));
+    assert!(
+        field(line, "changed").is_some_and(|n| n >= 4) && field(line, "unwalked_dirs").is_some(),
+        "{line}"
+    );
     // The stale content of `during.bin` never travelled: the source answered `gone` for it in
     // the pre-copy (its file had changed) and sent the new one in the final pass.
     let ws = &out["workspace"];

@@ -24,7 +24,8 @@ use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRe
 use baton_workspace::{
     CACHED_PARTS, ChunkIndex, Limits, LocalChunks, ManifestChange, ManifestDigest, PreparedScan,
     Previous, STREAM_FIRST_PART, ScanOptions, Scanned, SpoolWriter, SpooledIndex, SpooledPart,
-    SpooledScan, StagedTree, Stager, Walked, check_source, plan_absent, prepare_scan,
+    SpooledScan, StagedTree, Stager, TreeWatch, Walked, check_source, plan_absent, prepare_rescan,
+    prepare_scan, watch_enabled,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -116,6 +117,30 @@ struct SourceSide {
     walked: Option<(std::time::Instant, Arc<Walked>)>,
     /// Passes being served, by transfer; a pass leaves when its serving task ends.
     serving: Vec<(HandoffId, CancellationToken)>,
+    /// The watch of the tree, started before its first walk: the final pass, made while the
+    /// session is stopped, walks only where it saw changes.
+    watch: Option<Arc<TreeWatch>>,
+    /// The watch's epoch when the walk `walked` (and the one `scanned` came from) began; `None`
+    /// when no watch ran before it.
+    walked_epoch: Option<u64>,
+    scanned_epoch: Option<u64>,
+}
+
+/// How long the final pass waits for the watch to record what happened before the stop.
+const WATCH_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Starts a watch of `root` for a source, or says why not (the final pass then walks it all).
+fn start_watch(root: &std::path::Path, barrier_dir: &std::path::Path) -> Option<Arc<TreeWatch>> {
+    if !watch_enabled() {
+        return None;
+    }
+    match TreeWatch::start(root, barrier_dir) {
+        Ok(w) => Some(Arc::new(w)),
+        Err(e) => {
+            tracing::warn!(root = %root.display(), error = %e, "cannot watch the workspace; the final pass will walk all of it");
+            None
+        }
+    }
 }
 
 /// The target of one handoff.
@@ -262,18 +287,22 @@ pub async fn check(
         spill_dir: Some(d.scan_dir()),
         ..ScanOptions::default()
     };
-    let walked = tokio::task::spawn_blocking(move || {
+    let barrier_dir = d.scan_dir();
+    let (walked, watch) = tokio::task::spawn_blocking(move || {
         let root = check_source(&path, Some(&home))?;
-        baton_workspace::walk(&root, &opts)
+        // Before the walk: every change from the walk on is seen.
+        let watch = start_watch(&root, &barrier_dir);
+        baton_workspace::walk(&root, &opts).map(|w| (w, watch))
     })
     .await
     .map_err(internal("The workspace check"))?
     .map_err(ws_err)?;
     let (files, bytes) = (walked.files(), walked.bytes());
-    lock(&d.workspaces.sources)
-        .entry(handoff)
-        .or_default()
-        .walked = Some((std::time::Instant::now(), Arc::new(walked)));
+    let mut sources = lock(&d.workspaces.sources);
+    let side = sources.entry(handoff).or_default();
+    side.walked_epoch = watch.as_ref().map(|w| w.epoch());
+    side.watch = watch;
+    side.walked = Some((std::time::Instant::now(), Arc::new(walked)));
     Ok(DaemonReply::WorkspaceChecked { files, bytes })
 }
 
@@ -349,9 +378,11 @@ pub async fn send(
         keeps_walk,
     } = pass;
     let (cipher, meta, options) = session_parts(d, handoff, session, sealed_options)?;
-    let (previous, walked, delta_base) = {
+    let (previous, walked, delta_base, watch, epochs) = {
         let mut sources = lock(&d.workspaces.sources);
         let side = sources.entry(handoff).or_default();
+        let watch = side.watch.clone();
+        let epochs = (side.walked_epoch, side.scanned_epoch);
         if final_pass {
             // The session is stopped: only a fresh walk sees what it did since.
             side.walked = None;
@@ -368,7 +399,7 @@ pub async fn send(
             (Some(s), Some(b)) if side.scanned_in == Some(b) => Some((b, s.clone())),
             _ => None,
         };
-        (side.scanned.clone(), walked, delta_base)
+        (side.scanned.clone(), walked, delta_base, watch, epochs)
     };
     let path = PathBuf::from(&meta.workspace);
     let home = d.home.clone();
@@ -381,23 +412,64 @@ pub async fn send(
     // Refusals (unsafe path, caps) come back as the answer, before anything is served.
     let known = Arc::clone(&d.workspaces.known);
     let spool_dir = d.scan_dir();
-    let (prepared, spool) = tokio::task::spawn_blocking(move || {
+    let (prepared, spool, watch, epoch) = tokio::task::spawn_blocking(move || {
         let root = check_source(&path, Some(&home))?;
+        let (walked_epoch, scanned_epoch) = epochs;
+        let mut watch = watch.filter(|w| w.root() == root);
+        let mut walked = walked;
+        // Not in the final pass: watching a big tree takes a while, and the session is stopped.
+        if watch.is_none() && !final_pass {
+            watch = start_watch(&root, &spool_dir);
+            if watch.is_some() {
+                // That walk was made before this watch: walk again, under it.
+                walked = None;
+            }
+        }
+        let epoch_now = watch.as_ref().map(|w| w.epoch());
+        if final_pass
+            && let (Some(w), Some(prev)) = (&watch, &previous)
+            && scanned_epoch.is_some()
+            && scanned_epoch == epoch_now
+        {
+            // The session is stopped: walk only where the watch saw changes since the scan
+            // this pass builds on began.
+            let changes = w.take(WATCH_CATCH_UP);
+            let epoch = Some(w.epoch());
+            let (prepared, rescan) = prepare_rescan(&root, &scan_opts, prev.clone(), changes)?;
+            match &rescan.full_walk {
+                None => tracing::info!(handoff_id = %handoff, %transfer, changed = rescan.changed, unwalked_dirs = rescan.pruned, "final pass walks only what the watch saw change"),
+                Some(why) => tracing::info!(handoff_id = %handoff, %transfer, why = %why, "final pass walks the whole tree"),
+            }
+            let spool = SpoolWriter::create(&spool_dir, &root, scan_opts.params)?;
+            return Ok::<_, baton_workspace::Error>((prepared, spool, watch, epoch));
+        }
+        if final_pass {
+            tracing::info!(handoff_id = %handoff, %transfer, "final pass walks the whole tree: no watch covers the scan it builds on");
+        }
         // A first pass starts from this machine's last scan of the tree, if any.
         let previous = previous
             .or_else(|| known.recall(&root))
             .map(Previous::Spooled);
-        let prepared = match walked {
+        let (prepared, epoch) = match walked {
             // The same directory as at preflight (not replaced meanwhile by a link elsewhere).
-            Some(w) if w.root() == root => PreparedScan::from_shared_walk(w, &scan_opts, previous),
-            _ => prepare_scan(&root, &scan_opts, previous)?,
+            Some(w) if w.root() == root => (
+                PreparedScan::from_shared_walk(w, &scan_opts, previous),
+                walked_epoch.filter(|_| epoch_now.is_some()),
+            ),
+            _ => (prepare_scan(&root, &scan_opts, previous)?, epoch_now),
         };
         let spool = SpoolWriter::create(&spool_dir, &root, scan_opts.params)?;
-        Ok::<_, baton_workspace::Error>((prepared, spool))
+        Ok::<_, baton_workspace::Error>((prepared, spool, watch, epoch))
     })
     .await
     .map_err(internal("The workspace scan"))?
     .map_err(ws_err)?;
+    if let Some(side) = lock(&d.workspaces.sources).get_mut(&handoff)
+        && watch.is_some()
+        && side.watch.is_none()
+    {
+        side.watch = watch;
+    }
     let files = prepared.files();
     let bytes = prepared.bytes();
     let tcipher = cipher.transfer(transfer);
@@ -481,6 +553,7 @@ pub async fn send(
                     if let Some(side) = lock(&d.workspaces.sources).get_mut(&handoff) {
                         side.scanned = Some(scanned.clone());
                         side.scanned_in = Some(transfer);
+                        side.scanned_epoch = epoch;
                     }
                     d.workspaces.known.remember(scanned.clone());
                     let published = match &delta_base {

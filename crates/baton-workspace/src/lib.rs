@@ -33,6 +33,7 @@ mod stage;
 #[cfg(test)]
 mod testutil;
 pub mod validate;
+mod watch;
 
 pub use apply::{Applied, Leftover, StagedTree, leftovers, planned_path};
 pub use baton_proto::workspace::{
@@ -50,10 +51,12 @@ pub use plan::{Plan, check_space, plan, plan_absent};
 pub use progress::{Progress, ProgressSnapshot};
 pub use safety::{check_destination, check_source, destination_state};
 pub use scan::{
-    Measured, PreparedScan, Previous, STREAM_FIRST_PART, ScanOptions, ScanPart, ScanStats, Scanned,
-    SpooledPart, Walked, measure, now_ns, prepare_scan, scan, scan_reusing, walk,
+    Measured, PreparedScan, Previous, Rescan, STREAM_FIRST_PART, ScanOptions, ScanPart, ScanStats,
+    Scanned, SpooledPart, Walked, measure, now_ns, prepare_rescan, prepare_scan, scan,
+    scan_reusing, walk,
 };
 pub use spool::{ManifestHead, SpoolEntries, SpoolReader, SpoolWriter, SpooledScan};
 pub use spool_index::{CACHED_PARTS, LocalChunks, SpooledIndex};
 pub use stage::{Claim, Filled, Seal, Stager, check_transfer_id, staging_dir};
 pub use validate::{Limits, validate};
+pub use watch::{Changes, TreeWatch, WATCH_VAR, watch_enabled};

@@ -19,9 +19,10 @@ use crate::found::{Collected, FoundSet};
 use crate::fsutil::mtime_ns;
 use crate::pool;
 use crate::progress::Progress;
-use crate::select::{Found, Stat, What, select};
+use crate::select::{Found, Prune, Stat, What, select};
 use crate::spool::{ManifestHead, SpoolWriter, SpooledScan};
 use crate::validate::Limits;
+use crate::watch::Changes;
 
 /// A file whose change time was less than this before it was read is hashed again next time: a
 /// later write might leave its timestamps unchanged (coarse kernel clocks, 1–2 s granularity on
@@ -407,6 +408,16 @@ impl Walked {
 /// Walks `root` under `opts.ignored`, refusing (`transfer_too_large`) above `opts.limits`,
 /// without reading any file.
 pub fn walk(root: &Path, opts: &ScanOptions) -> Result<Walked> {
+    walk_pruned(root, opts, None)
+}
+
+/// [`walk`], leaving unwalked the directories `prune` says nothing changed in (their paths are
+/// then the previous scan's).
+fn walk_pruned(
+    root: &Path,
+    opts: &ScanOptions,
+    prune: Option<(&Arc<Prune>, &SpooledScan)>,
+) -> Result<Walked> {
     opts.params
         .check()
         .map_err(|e| Error::BadOption(format!("chunk parameters: {e}")))?;
@@ -415,7 +426,12 @@ pub fn walk(root: &Path, opts: &ScanOptions) -> Result<Walked> {
     if !root_md.is_dir() {
         return Err(Error::unsafe_path(&root, "is not a directory"));
     }
-    let sel = select(&root, &opts.ignored, (&opts.spill_dir(), opts.spill_after))?;
+    let sel = select(
+        &root,
+        &opts.ignored,
+        (&opts.spill_dir(), opts.spill_after),
+        prune,
+    )?;
     let Collected {
         found,
         entries,
@@ -443,6 +459,53 @@ pub fn walk(root: &Path, opts: &ScanOptions) -> Result<Walked> {
         files,
         bytes,
     })
+}
+
+/// How a rescan from change hints went (see [`prepare_rescan`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rescan {
+    /// Why the whole tree was walked, when it was.
+    pub full_walk: Option<String>,
+    /// Changed paths the hints named.
+    pub changed: usize,
+    /// Directories left unwalked.
+    pub pruned: usize,
+}
+
+/// [`prepare_scan`] of `root` reusing `previous`, walking only where `changes` (recorded by a
+/// [`crate::TreeWatch`] started before `previous` was made) says something changed; elsewhere
+/// the paths of `previous` stand. The whole tree is walked when the changes cannot vouch for
+/// it (see [`Changes::needs_full_walk`]) or `previous` is of another root.
+pub fn prepare_rescan(
+    root: &Path,
+    opts: &ScanOptions,
+    previous: Arc<SpooledScan>,
+    changes: Changes,
+) -> Result<(PreparedScan, Rescan)> {
+    let canonical = std::fs::canonicalize(root).map_err(io_err("resolve", root))?;
+    let full_walk = changes.needs_full_walk().or_else(|| {
+        (previous.root() != canonical)
+            .then(|| "the previous scan is of another directory".to_string())
+    });
+    if let Some(why) = full_walk {
+        let prepared = prepare_scan(root, opts, Some(Previous::Spooled(previous)))?;
+        let rescan = Rescan {
+            full_walk: Some(why),
+            changed: changes.paths.len(),
+            pruned: 0,
+        };
+        return Ok((prepared, rescan));
+    }
+    let changed = changes.paths.len();
+    let prune = Arc::new(Prune::new(&canonical, changes.paths));
+    let walked = walk_pruned(&canonical, opts, Some((&prune, &previous)))?;
+    let rescan = Rescan {
+        full_walk: None,
+        changed,
+        pruned: prune.pruned(),
+    };
+    let prepared = PreparedScan::from_walk(walked, opts, Some(Previous::Spooled(previous)));
+    Ok((prepared, rescan))
 }
 
 /// Walks `root` and decides which files a scan must read (see [`scan`]), refusing

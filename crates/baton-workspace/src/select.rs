@@ -13,20 +13,21 @@
 //! - Symlinks are never followed; one travels as a link when its target is relative and stays
 //!   inside the tree, both by its text and, when it resolves, by where it resolves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use baton_proto::workspace::{IgnoredFiles, SkipReason};
+use baton_proto::workspace::{EntryKind, IgnoredFiles, SkipReason};
 use ignore::WalkBuilder;
 use ignore::overrides::{Override, OverrideBuilder};
 
 use crate::error::{Error, Result};
 use crate::found::{Collected, Collector};
 use crate::fsutil::{ctime_ns, mtime_ns};
+use crate::spool::SpooledScan;
 use crate::validate::symlink_stays_inside;
 
 /// One selected path and what the walk saw of it (`lstat`).
@@ -83,24 +84,102 @@ struct Selecting {
     skipped: Mutex<BTreeMap<String, SkipReason>>,
 }
 
-/// Walks `root` (canonical) and applies the rules of this module.
+/// A rescan's shortcut: directories with no changed path at, under or above them are not
+/// walked; what the previous scan selected in them is taken as it was (see [`select`]).
+pub(crate) struct Prune {
+    root: PathBuf,
+    /// Changed paths, relative to the root.
+    changed: BTreeSet<String>,
+    /// Directories left unwalked, relative.
+    pruned: Mutex<HashSet<String>>,
+}
+
+impl Prune {
+    /// Prunes directories of `root` (canonical) that none of `changed` touches.
+    pub(crate) fn new(root: &Path, changed: BTreeSet<String>) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            changed,
+            pruned: Mutex::default(),
+        }
+    }
+
+    /// Directories left unwalked so far.
+    pub(crate) fn pruned(&self) -> usize {
+        lock(&self.pruned).len()
+    }
+
+    /// Whether directory `rel` must be walked: it changed, is under a path that changed (a new
+    /// or moved directory), or holds one.
+    fn walks(&self, rel: &str) -> bool {
+        if self.changed.contains(rel) {
+            return true;
+        }
+        let below = format!("{rel}/");
+        if self
+            .changed
+            .range(below.clone()..)
+            .next()
+            .is_some_and(|p| p.starts_with(&below))
+        {
+            return true;
+        }
+        rel.match_indices('/')
+            .any(|(i, _)| self.changed.contains(&rel[..i]))
+    }
+
+    /// True when `rel` is a pruned directory or lies under one.
+    fn covers(pruned: &HashSet<String>, rel: &str) -> bool {
+        pruned.contains(rel)
+            || rel
+                .match_indices('/')
+                .any(|(i, _)| pruned.contains(&rel[..i]))
+    }
+
+    /// A walk's filter: false (and remembered) for a directory to leave unwalked.
+    fn admits(&self, e: &ignore::DirEntry) -> bool {
+        if e.depth() == 0 || !e.file_type().is_some_and(|t| t.is_dir()) {
+            return true;
+        }
+        // A name that is not UTF-8 is walked, to be listed as skipped as a full walk would.
+        let Some(rel) = e
+            .path()
+            .strip_prefix(&self.root)
+            .ok()
+            .and_then(Path::to_str)
+        else {
+            return true;
+        };
+        if self.walks(rel) {
+            return true;
+        }
+        lock(&self.pruned).insert(rel.to_string());
+        false
+    }
+}
+
+/// Walks `root` (canonical) and applies the rules of this module. With `prune`, directories
+/// no change touches are not walked, and the previous scan's paths in them are taken instead
+/// (symlinks among them are judged again, as where a link leads depends on other paths).
 pub(crate) fn select(
     root: &Path,
     ignored: &IgnoredFiles,
     (spill_dir, spill_after): (&Path, Option<usize>),
+    prune: Option<(&Arc<Prune>, &SpooledScan)>,
 ) -> Result<Selection> {
     let sel = Selecting {
         found: Collector::new(spill_dir, spill_after),
         skipped: Mutex::default(),
     };
+    let filter = prune.map(|(p, _)| Arc::clone(p));
     let git_dirs = Arc::new(Mutex::new(Vec::new()));
-    let mut main = builder(root, ignored, &git_dirs);
+    let mut main = builder(root, ignored, &git_dirs, filter.clone());
     sel.walk(root, &mut main, false)?;
     if let IgnoredFiles::Globs(globs) = ignored {
         // A second pass where the globs override the ignore rules. Overrides that whitelist
         // anything exclude every file they do not match, so this pass adds the ignored matches
         // and the first pass supplies the rest.
-        let mut extra = builder(root, ignored, &git_dirs);
+        let mut extra = builder(root, ignored, &git_dirs, filter.clone());
         extra.overrides(overrides(root, globs)?);
         sel.walk(root, &mut extra, false)?;
     }
@@ -123,8 +202,14 @@ pub(crate) fn select(
         if parent_selected {
             let mut all = WalkBuilder::new(&dir);
             all.standard_filters(false).follow_links(false);
+            if let Some(f) = filter.clone() {
+                all.filter_entry(move |e| f.admits(e));
+            }
             sel.walk(root, &mut all, true)?;
         }
+    }
+    if let Some((prune, previous)) = prune {
+        sel.take_unwalked(root, prune, previous)?;
     }
     Ok(Selection {
         found: sel.found.finish()?,
@@ -136,6 +221,7 @@ fn builder(
     root: &Path,
     ignored: &IgnoredFiles,
     git_dirs: &Arc<Mutex<Vec<PathBuf>>>,
+    prune: Option<Arc<Prune>>,
 ) -> WalkBuilder {
     let mut b = WalkBuilder::new(root);
     match ignored {
@@ -154,7 +240,7 @@ fn builder(
         if is_git_dir && let Ok(mut v) = seen.lock() {
             v.push(e.path().to_path_buf());
         }
-        !is_git_dir
+        !is_git_dir && prune.as_ref().is_none_or(|p| p.admits(e))
     });
     b
 }
@@ -254,6 +340,11 @@ impl Selecting {
             self.skip(root, path, SkipReason::NonUtf8Name);
             return Ok(());
         };
+        self.take_path(root, path, rel)
+    }
+
+    /// Takes `path` (`rel` under `root`) as it is now: `lstat`, then the rules.
+    fn take_path(&self, root: &Path, path: &Path, rel: &str) -> Result<()> {
         // The walker's entries stat lazily; stat here, on the walking threads.
         let Ok(md) = fs::symlink_metadata(path) else {
             self.skip(root, path, SkipReason::Unreadable);
@@ -278,6 +369,57 @@ impl Selecting {
         };
         let md = Stat::of(&md);
         self.found.push(rel.to_string(), Found { md, what })
+    }
+
+    /// Takes what `previous` selected (or left out) under the directories `prune` left
+    /// unwalked, as it was then: nothing there changed since, by the watch's account. Symlinks
+    /// are judged again, as where one leads depends on paths elsewhere.
+    fn take_unwalked(&self, root: &Path, prune: &Prune, previous: &SpooledScan) -> Result<()> {
+        let pruned = lock(&prune.pruned).clone();
+        if pruned.is_empty() {
+            return Ok(());
+        }
+        let reader = previous.reader();
+        for i in 0..reader.parts() {
+            let part = reader.part(i)?;
+            let local = part.local();
+            for (j, e) in part.manifest.entries.iter().enumerate() {
+                if !Prune::covers(&pruned, &e.path) {
+                    continue;
+                }
+                let seen = local.get(j).copied().flatten();
+                let (kind, what, len) = match &e.kind {
+                    EntryKind::Dir => (libc::S_IFDIR, What::Dir, 0),
+                    EntryKind::File(f) => (libc::S_IFREG, What::File, f.size),
+                    EntryKind::Symlink { .. } => {
+                        self.take_path(root, &root.join(&e.path), &e.path)?;
+                        continue;
+                    }
+                };
+                // Without what the earlier scan saw of the file, no hash is reused: it is read.
+                let md = Stat {
+                    len,
+                    mode: kind | (e.mode & 0o7777),
+                    mtime_ns: e.mtime_ns,
+                    ctime_ns: seen.map_or(i64::MAX, |l| l.ctime_ns),
+                    dev: seen.map_or(0, |l| l.dev),
+                    ino: seen.map_or(0, |l| l.ino),
+                };
+                self.found.push(e.path.clone(), Found { md, what })?;
+            }
+        }
+        for s in &previous.head().skipped {
+            if !Prune::covers(&pruned, &s.path) {
+                continue;
+            }
+            let path = root.join(&s.path);
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                self.take_path(root, &path, &s.path)?;
+            } else {
+                lock(&self.skipped).insert(s.path.clone(), s.reason);
+            }
+        }
+        Ok(())
     }
 
     fn skip(&self, root: &Path, path: &Path, reason: SkipReason) {
