@@ -923,6 +923,10 @@ fn files_edited_during_and_after_the_precopy_arrive_in_their_edited_form() {
     assert_eq!(content(&dest, &[]), content(&ws_a, &[]));
     // The final pass found those edits by walking only where the source's watch saw changes.
     let source_log = daemon_log(&w, LAPTOP);
+    assert!(
+        !source_log.contains("cannot watch the workspace"),
+        "the watch started with the preflight's walk:\n{source_log}"
+    );
     let line = source_log
         .lines()
         .find(|l| l.contains("final pass walks only what the watch saw change"))

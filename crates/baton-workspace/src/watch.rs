@@ -5,8 +5,9 @@
 //! Events are hints, never content: a path they name is walked and stat'd again as in a full
 //! scan, and anything the watch cannot vouch for (a queue overflow, a watch it could not add, an
 //! ignore file that changed, too many paths) makes the next final pass walk the whole tree.
-//! What inotify cannot see at all, writes through a shared `mmap` and changes made on another
-//! machine of a network filesystem, is not caught; `BATON_WORKSPACE_WATCH=0` turns the watch off.
+//! What inotify cannot see at all (writes through a shared `mmap` or through a hard link from
+//! outside the tree, changes made on another machine of a network filesystem) is not caught;
+//! `BATON_WORKSPACE_WATCH=0` turns the watch off.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -163,6 +164,13 @@ impl TreeWatch {
     /// `barrier_dir` (outside the tree). Fails when the watch cannot cover the tree, for example
     /// past `fs.inotify.max_user_watches` directories.
     pub fn start(root: &Path, barrier_dir: &Path) -> Result<Self> {
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(barrier_dir)
+            .map_err(|e| Error::Io {
+                action: "create",
+                path: barrier_dir.to_path_buf(),
+                source: e,
+            })?;
         let barrier = tempfile::Builder::new()
             .prefix("watch-barrier-")
             .tempfile_in(barrier_dir)

@@ -61,7 +61,9 @@ fn a_rescan_walking_only_what_changed_makes_the_full_scans_manifest() {
     let root = src.path();
     tree(root);
     let o = opts(IgnoredFiles::Skip);
-    let watch = started(root, spool_dir.path());
+    // The barrier's directory is made when missing (a daemon's scans directory may not exist
+    // yet when it first watches a tree).
+    let watch = started(root, &spool_dir.path().join("not/yet"));
     let previous = spooled(root, &o, spool_dir.path());
 
     // Every kind of change, each in a directory of its own; no sleep before the watch is asked:
