@@ -290,8 +290,13 @@ pub async fn check(
     let barrier_dir = d.scan_dir();
     let (walked, watch) = tokio::task::spawn_blocking(move || {
         let root = check_source(&path, Some(&home))?;
-        // Before the walk: every change from the walk on is seen.
+        // The walk watches each directory before it lists it: every change from then on is
+        // seen.
         let watch = start_watch(&root, &barrier_dir);
+        let opts = ScanOptions {
+            watch: watch.clone(),
+            ..opts
+        };
         baton_workspace::walk(&root, &opts).map(|w| (w, watch))
     })
     .await
@@ -426,6 +431,11 @@ pub async fn send(
             }
         }
         let epoch_now = watch.as_ref().map(|w| w.epoch());
+        // Walks watch the directories they meet (those a final pass walks, new ones included).
+        let scan_opts = ScanOptions {
+            watch: watch.clone(),
+            ..scan_opts
+        };
         if final_pass
             && let (Some(w), Some(prev)) = (&watch, &previous)
             && scanned_epoch.is_some()

@@ -22,7 +22,7 @@ use crate::progress::Progress;
 use crate::select::{Found, Prune, Stat, What, select};
 use crate::spool::{ManifestHead, SpoolWriter, SpooledScan};
 use crate::validate::Limits;
-use crate::watch::Changes;
+use crate::watch::{Changes, TreeWatch};
 
 /// A file whose change time was less than this before it was read is hashed again next time: a
 /// later write might leave its timestamps unchanged (coarse kernel clocks, 1–2 s granularity on
@@ -48,6 +48,8 @@ pub struct ScanOptions {
     /// Paths a walk holds in memory before it spills them, sorted, to `spill_dir` (default
     /// 128 Ki; see [`crate::SPILL_ENTRIES_VAR`]).
     pub spill_after: Option<usize>,
+    /// A watch of the tree: the walk adds each directory it selects to it, before listing it.
+    pub watch: Option<Arc<TreeWatch>>,
 }
 
 impl ScanOptions {
@@ -431,6 +433,7 @@ fn walk_pruned(
         &opts.ignored,
         (&opts.spill_dir(), opts.spill_after),
         prune,
+        opts.watch.as_ref(),
     )?;
     let Collected {
         found,

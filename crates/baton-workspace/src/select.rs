@@ -29,6 +29,7 @@ use crate::found::{Collected, Collector};
 use crate::fsutil::{ctime_ns, mtime_ns};
 use crate::spool::SpooledScan;
 use crate::validate::symlink_stays_inside;
+use crate::watch::TreeWatch;
 
 /// One selected path and what the walk saw of it (`lstat`).
 #[derive(Clone)]
@@ -166,12 +167,17 @@ pub(crate) fn select(
     ignored: &IgnoredFiles,
     (spill_dir, spill_after): (&Path, Option<usize>),
     prune: Option<(&Arc<Prune>, &SpooledScan)>,
+    watch: Option<&Arc<TreeWatch>>,
 ) -> Result<Selection> {
     let sel = Selecting {
         found: Collector::new(spill_dir, spill_after),
         skipped: Mutex::default(),
     };
-    let filter = prune.map(|(p, _)| Arc::clone(p));
+    let filter = Filter {
+        root: root.to_path_buf(),
+        prune: prune.map(|(p, _)| Arc::clone(p)),
+        watch: watch.cloned(),
+    };
     let git_dirs = Arc::new(Mutex::new(Vec::new()));
     let mut main = builder(root, ignored, &git_dirs, filter.clone());
     sel.walk(root, &mut main, false)?;
@@ -200,11 +206,16 @@ pub(crate) fn select(
                     && fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
         });
         if parent_selected {
+            if let (Some(w), Some(rel)) = (
+                &filter.watch,
+                dir.strip_prefix(root).ok().and_then(Path::to_str),
+            ) {
+                w.add_dir(&dir, rel);
+            }
             let mut all = WalkBuilder::new(&dir);
             all.standard_filters(false).follow_links(false);
-            if let Some(f) = filter.clone() {
-                all.filter_entry(move |e| f.admits(e));
-            }
+            let f = filter.clone();
+            all.filter_entry(move |e| f.admits(e));
             sel.walk(root, &mut all, true)?;
         }
     }
@@ -217,11 +228,41 @@ pub(crate) fn select(
     })
 }
 
+/// What every walk's entry filter does besides its own rules: leaves out pruned directories,
+/// and watches the directories it lets through. The filter runs as a directory is found in
+/// its parent's listing, before the walker lists the directory itself.
+#[derive(Clone)]
+struct Filter {
+    root: PathBuf,
+    prune: Option<Arc<Prune>>,
+    watch: Option<Arc<TreeWatch>>,
+}
+
+impl Filter {
+    fn admits(&self, e: &ignore::DirEntry) -> bool {
+        if self.prune.as_ref().is_some_and(|p| !p.admits(e)) {
+            return false;
+        }
+        if let Some(w) = &self.watch
+            && e.depth() > 0
+            && e.file_type().is_some_and(|t| t.is_dir())
+            && let Some(rel) = e
+                .path()
+                .strip_prefix(&self.root)
+                .ok()
+                .and_then(Path::to_str)
+        {
+            w.add_dir(e.path(), rel);
+        }
+        true
+    }
+}
+
 fn builder(
     root: &Path,
     ignored: &IgnoredFiles,
     git_dirs: &Arc<Mutex<Vec<PathBuf>>>,
-    prune: Option<Arc<Prune>>,
+    filter: Filter,
 ) -> WalkBuilder {
     let mut b = WalkBuilder::new(root);
     match ignored {
@@ -240,7 +281,7 @@ fn builder(
         if is_git_dir && let Ok(mut v) = seen.lock() {
             v.push(e.path().to_path_buf());
         }
-        !is_git_dir && prune.as_ref().is_none_or(|p| p.admits(e))
+        !is_git_dir && filter.admits(e)
     });
     b
 }

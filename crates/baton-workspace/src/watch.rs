@@ -1,6 +1,11 @@
-//! Change hints for a tree being handed off: an inotify watch (through `notify`) started before
-//! the pre-copy's scan records which paths changed since, so the final pass, made while the
-//! session is stopped, walks only those parts of the tree (see [`crate::prepare_rescan`]).
+//! Change hints for a tree being handed off: an inotify watch on every directory a walk selects
+//! records which paths changed since, so the final pass, made while the session is stopped,
+//! walks only those parts of the tree (see [`crate::prepare_rescan`]).
+//!
+//! The walk adds a directory's watch as it meets the directory, before listing it (pass the
+//! watch in [`crate::ScanOptions::watch`]), so watching costs one `inotify_add_watch` per
+//! selected directory and no walk of its own; ignored directories are never watched. A directory
+//! created later is named by its parent's event, and the final pass walks it whole.
 //!
 //! Events are hints, never content: a path they name is walked and stat'd again as in a full
 //! scan, and anything the watch cannot vouch for (a queue overflow, a watch it could not add, an
@@ -9,14 +14,16 @@
 //! outside the tree, changes made on another machine of a network filesystem) is not caught;
 //! `BATON_WORKSPACE_WATCH=0` turns the watch off.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode, EventKind};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use inotify::{EventMask, Inotify, WatchMask, Watches};
 
 use crate::error::{Error, Result};
 
@@ -60,8 +67,17 @@ impl Changes {
             rules.then(|| format!("{p} changed, and its rules reach paths that did not"))
         })
     }
+
+    fn give_up(&mut self, why: String) {
+        if self.unsure.is_none() {
+            self.unsure = Some(why);
+        }
+        self.paths.clear();
+    }
 }
 
+/// What the reading thread records.
+#[derive(Default)]
 struct State {
     changes: Changes,
     /// Events seen on the barrier file (see [`TreeWatch::take`]).
@@ -71,17 +87,21 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     barrier_seen: Condvar,
+    /// Watched directories by watch descriptor, relative to the root ("" for the root).
+    dirs: Mutex<HashMap<i32, String>>,
+    stop: AtomicBool,
 }
 
-/// A recursive watch of one tree, recording changes until it is dropped.
+/// A watch of one tree's selected directories, recording changes until it is dropped.
 pub struct TreeWatch {
     root: PathBuf,
     shared: Arc<Shared>,
-    /// A file of ours, outside the tree, on the same watch: writing it and seeing its event
-    /// proves every event queued before has been recorded.
+    watches: Mutex<Watches>,
+    /// A file of ours, outside the tree, on the same inotify queue: writing it and seeing its
+    /// event proves every event queued before it has been recorded.
     barrier: tempfile::NamedTempFile,
     epoch: Mutex<u64>,
-    _watcher: RecommendedWatcher,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for TreeWatch {
@@ -101,68 +121,103 @@ pub fn watch_enabled() -> bool {
     std::env::var(WATCH_VAR).map_or(true, |v| v != "0")
 }
 
-/// The relative path an event names, or the nearest ancestor of it with a UTF-8 name (a
-/// directory stands for everything under it). `None` for the root itself or a path outside.
-fn relative(root: &Path, path: &Path) -> Option<String> {
-    let mut rel = path.strip_prefix(root).ok()?;
-    loop {
-        if rel.as_os_str().is_empty() {
-            return None;
-        }
-        if let Some(s) = rel.to_str() {
-            return Some(s.to_string());
-        }
-        rel = rel.parent()?;
+/// What a directory's watch reports: changes to its entries and to itself, not reads.
+fn dir_mask() -> WatchMask {
+    WatchMask::MODIFY
+        | WatchMask::ATTRIB
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::DONT_FOLLOW
+        | WatchMask::ONLYDIR
+        | WatchMask::EXCL_UNLINK
+}
+
+/// `dir/name`, or the nearest ancestor with a UTF-8 name (a directory stands for everything
+/// under it); `None` for the root.
+fn child(dir: &str, name: Option<&OsStr>) -> Option<String> {
+    let name = name.and_then(|n| std::str::from_utf8(n.as_bytes()).ok());
+    match (dir.is_empty(), name) {
+        (true, None) => None,
+        (false, None) => Some(dir.to_string()),
+        (true, Some(n)) => Some(n.to_string()),
+        (false, Some(n)) => Some(format!("{dir}/{n}")),
     }
 }
 
-impl State {
-    fn record(&mut self, root: &Path, barrier: &Path, event: notify::Result<notify::Event>) {
-        if let Ok(e) = &event
-            && e.paths.iter().any(|p| p == barrier)
-        {
-            self.barriers += 1;
-            return;
-        }
-        if self.changes.unsure.is_some() {
-            return;
-        }
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                self.changes.unsure = Some(format!("the watch failed: {e}"));
-                self.changes.paths.clear();
+impl Shared {
+    /// Reads events until the watch is dropped.
+    fn read(&self, mut inotify: Inotify, barrier_wd: i32) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let events = match inotify.read_events_blocking(&mut buf) {
+                Ok(events) => events,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    lock(&self.state)
+                        .changes
+                        .give_up(format!("reading the watch failed: {e}"));
+                    self.barrier_seen.notify_all();
+                    return;
+                }
+            };
+            let mut state = lock(&self.state);
+            for event in events {
+                let wd = event.wd.get_watch_descriptor_id();
+                if event.mask.contains(EventMask::Q_OVERFLOW) {
+                    state
+                        .changes
+                        .give_up("the watch lost events (its queue overflowed)".into());
+                    continue;
+                }
+                if wd == barrier_wd {
+                    state.barriers += 1;
+                    continue;
+                }
+                if event.mask.contains(EventMask::IGNORED) || state.changes.unsure.is_some() {
+                    continue;
+                }
+                let dir = lock(&self.dirs).get(&wd).cloned();
+                let Some(dir) = dir else { continue };
+                match child(&dir, event.name) {
+                    Some(rel) => {
+                        state.changes.paths.insert(rel);
+                    }
+                    // The root itself: its mode and mtime are taken again by every pass, but
+                    // a root moved or deleted leaves nothing to vouch for.
+                    None if event
+                        .mask
+                        .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) =>
+                    {
+                        state
+                            .changes
+                            .give_up("the workspace directory itself moved or went".into());
+                    }
+                    None => {}
+                }
+                if state.changes.paths.len() > MAX_CHANGED {
+                    state
+                        .changes
+                        .give_up(format!("more than {MAX_CHANGED} paths changed"));
+                }
+            }
+            drop(state);
+            self.barrier_seen.notify_all();
+            if self.stop.load(Ordering::Acquire) {
                 return;
             }
-        };
-        if event.need_rescan() {
-            self.changes.unsure = Some("the watch lost events (its queue overflowed)".into());
-            self.changes.paths.clear();
-            return;
-        }
-        match event.kind {
-            // Reading a file (our own scan opens every one) changes nothing.
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
-            EventKind::Access(_) => return,
-            _ => {}
-        }
-        // The root's own mode and mtime are taken again by every pass.
-        for p in &event.paths {
-            if let Some(rel) = relative(root, p) {
-                self.changes.paths.insert(rel);
-            }
-        }
-        if self.changes.paths.len() > MAX_CHANGED {
-            self.changes.unsure = Some(format!("more than {MAX_CHANGED} paths changed"));
-            self.changes.paths.clear();
         }
     }
 }
 
 impl TreeWatch {
-    /// Starts watching `root` (canonical) and everything under it, with a barrier file in
-    /// `barrier_dir` (outside the tree). Fails when the watch cannot cover the tree, for example
-    /// past `fs.inotify.max_user_watches` directories.
+    /// Starts a watch of `root` (canonical) itself, with a barrier file in `barrier_dir`
+    /// (outside the tree, made when missing). Its directories are added by the walks given this
+    /// watch (see [`crate::ScanOptions::watch`]).
     pub fn start(root: &Path, barrier_dir: &Path) -> Result<Self> {
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(barrier_dir)
@@ -179,41 +234,79 @@ impl TreeWatch {
                 path: barrier_dir.to_path_buf(),
                 source: e,
             })?;
+        let inotify = Inotify::init().map_err(|e| Error::Io {
+            action: "watch",
+            path: root.to_path_buf(),
+            source: e,
+        })?;
+        let mut watches = inotify.watches();
+        let barrier_wd = watches
+            .add(barrier.path(), WatchMask::MODIFY)
+            .map_err(|e| Error::Io {
+                action: "watch",
+                path: barrier.path().to_path_buf(),
+                source: e,
+            })?
+            .get_watch_descriptor_id();
+        let root_wd = watches.add(root, dir_mask()).map_err(|e| Error::Io {
+            action: "watch",
+            path: root.to_path_buf(),
+            source: e,
+        })?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                changes: Changes::default(),
-                barriers: 0,
-            }),
+            state: Mutex::default(),
             barrier_seen: Condvar::new(),
+            dirs: Mutex::new(HashMap::from([(
+                root_wd.get_watch_descriptor_id(),
+                String::new(),
+            )])),
+            stop: AtomicBool::new(false),
         });
-        let (s, r, b) = (
-            Arc::clone(&shared),
-            root.to_path_buf(),
-            barrier.path().to_path_buf(),
-        );
-        let mut watcher = notify::recommended_watcher(move |event| {
-            lock(&s.state).record(&r, &b, event);
-            s.barrier_seen.notify_all();
-        })
-        .map_err(|e| watch_error(root, e))?;
-        watcher
-            .watch(barrier.path(), RecursiveMode::NonRecursive)
-            .map_err(|e| watch_error(barrier.path(), e))?;
-        watcher
-            .watch(root, RecursiveMode::Recursive)
-            .map_err(|e| watch_error(root, e))?;
+        let reader = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("baton-watch".into())
+                .spawn(move || shared.read(inotify, barrier_wd))
+                .map_err(|e| Error::Io {
+                    action: "start a watch of",
+                    path: root.to_path_buf(),
+                    source: e,
+                })?
+        };
         Ok(Self {
             root: root.to_path_buf(),
             shared,
+            watches: Mutex::new(watches),
             barrier,
             epoch: Mutex::new(0),
-            _watcher: watcher,
+            reader: Some(reader),
         })
     }
 
     /// The tree watched.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Watches directory `path` (`rel` under the root), met by a walk before it lists it. A
+    /// watch that cannot be added (past `fs.inotify.max_user_watches`) leaves the watch unsure;
+    /// a directory already gone is named by its parent's event.
+    pub(crate) fn add_dir(&self, path: &Path, rel: &str) {
+        // Held across the add: the reader, looking the descriptor up, waits for it to be known.
+        let mut dirs = lock(&self.shared.dirs);
+        let added = lock(&self.watches).add(path, dir_mask());
+        match added {
+            Ok(wd) => {
+                dirs.insert(wd.get_watch_descriptor_id(), rel.to_string());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                drop(dirs);
+                lock(&self.shared.state).changes.give_up(format!(
+                    "cannot watch {rel}: {e} (see fs.inotify.max_user_watches)"
+                ));
+            }
+        }
     }
 
     /// How many times [`TreeWatch::take`] was called: a scan whose walk began at epoch `n` is
@@ -257,10 +350,14 @@ impl TreeWatch {
     }
 }
 
-fn watch_error(root: &Path, e: notify::Error) -> Error {
-    Error::Io {
-        action: "watch",
-        path: root.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+impl Drop for TreeWatch {
+    fn drop(&mut self) {
+        // Wakes the reading thread (blocked on the queue) so that it sees the flag and ends,
+        // closing the inotify instance and with it every watch.
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = self.barrier.as_file().write_all(b".");
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }

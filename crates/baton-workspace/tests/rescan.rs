@@ -50,8 +50,19 @@ fn rescanned(
     (scanned.manifest, rescan)
 }
 
-fn started(root: &Path, barrier_dir: &Path) -> TreeWatch {
-    TreeWatch::start(&std::fs::canonicalize(root).unwrap(), barrier_dir).unwrap()
+/// A watch of `root`, and scan options whose walks add its directories to it.
+fn started(
+    root: &Path,
+    barrier_dir: &Path,
+    ignored: IgnoredFiles,
+) -> (Arc<TreeWatch>, ScanOptions) {
+    let watch =
+        Arc::new(TreeWatch::start(&std::fs::canonicalize(root).unwrap(), barrier_dir).unwrap());
+    let o = ScanOptions {
+        watch: Some(watch.clone()),
+        ..opts(ignored)
+    };
+    (watch, o)
 }
 
 #[test]
@@ -60,10 +71,9 @@ fn a_rescan_walking_only_what_changed_makes_the_full_scans_manifest() {
     let spool_dir = tempfile::tempdir().unwrap();
     let root = src.path();
     tree(root);
-    let o = opts(IgnoredFiles::Skip);
     // The barrier's directory is made when missing (a daemon's scans directory may not exist
     // yet when it first watches a tree).
-    let watch = started(root, &spool_dir.path().join("not/yet"));
+    let (watch, o) = started(root, &spool_dir.path().join("not/yet"), IgnoredFiles::Skip);
     let previous = spooled(root, &o, spool_dir.path());
 
     // Every kind of change, each in a directory of its own; no sleep before the watch is asked:
@@ -81,6 +91,11 @@ fn a_rescan_walking_only_what_changed_makes_the_full_scans_manifest() {
 
     let changes = watch.take(Duration::from_secs(10));
     assert_eq!(changes.unsure, None, "{changes:?}");
+    // Ignored directories are never watched.
+    assert!(
+        !changes.paths.iter().any(|p| p.starts_with("node_modules/")),
+        "{changes:?}"
+    );
     for p in [
         "many/d0/f1.bin",
         "fresh",
@@ -125,8 +140,7 @@ fn a_changed_ignore_file_makes_the_rescan_walk_the_whole_tree() {
     let spool_dir = tempfile::tempdir().unwrap();
     let root = src.path();
     tree(root);
-    let o = opts(IgnoredFiles::Skip);
-    let watch = started(root, spool_dir.path());
+    let (watch, o) = started(root, spool_dir.path(), IgnoredFiles::Skip);
     let previous = spooled(root, &o, spool_dir.path());
     // Un-ignores `*.log` everywhere, and so `debug.log`, which did not change.
     write(root, ".gitignore", b"node_modules/\n.env\n");
