@@ -101,7 +101,6 @@ pub struct TreeWatch {
     /// event proves every event queued before it has been recorded.
     barrier: tempfile::NamedTempFile,
     epoch: Mutex<u64>,
-    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for TreeWatch {
@@ -262,7 +261,8 @@ impl TreeWatch {
             )])),
             stop: AtomicBool::new(false),
         });
-        let reader = {
+        // Not joined (see the drop): it ends once it sees `stop`.
+        {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("baton-watch".into())
@@ -271,15 +271,14 @@ impl TreeWatch {
                     action: "start a watch of",
                     path: root.to_path_buf(),
                     source: e,
-                })?
-        };
+                })?;
+        }
         Ok(Self {
             root: root.to_path_buf(),
             shared,
             watches: Mutex::new(watches),
             barrier,
             epoch: Mutex::new(0),
-            reader: Some(reader),
         })
     }
 
@@ -353,11 +352,9 @@ impl TreeWatch {
 impl Drop for TreeWatch {
     fn drop(&mut self) {
         // Wakes the reading thread (blocked on the queue) so that it sees the flag and ends,
-        // closing the inotify instance and with it every watch.
+        // closing the inotify instance and with it every watch. It is not joined: a drop may
+        // run on an async worker, which must not wait on a thread.
         self.shared.stop.store(true, Ordering::Release);
         let _ = self.barrier.as_file().write_all(b".");
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
     }
 }
