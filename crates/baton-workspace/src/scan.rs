@@ -500,7 +500,7 @@ pub fn prepare_rescan(
         return Ok((prepared, rescan));
     }
     let changed = changes.paths.len();
-    let prune = Arc::new(Prune::new(&canonical, changes.paths));
+    let prune = Arc::new(Prune::new(changes.paths));
     let walked = walk_pruned(&canonical, opts, Some((&prune, &previous)))?;
     let rescan = Rescan {
         full_walk: None,

@@ -88,7 +88,6 @@ struct Selecting {
 /// A rescan's shortcut: directories with no changed path at, under or above them are not
 /// walked; what the previous scan selected in them is taken as it was (see [`select`]).
 pub(crate) struct Prune {
-    root: PathBuf,
     /// Changed paths, relative to the root.
     changed: BTreeSet<String>,
     /// Directories left unwalked, relative.
@@ -96,10 +95,9 @@ pub(crate) struct Prune {
 }
 
 impl Prune {
-    /// Prunes directories of `root` (canonical) that none of `changed` touches.
-    pub(crate) fn new(root: &Path, changed: BTreeSet<String>) -> Self {
+    /// Prunes directories that none of `changed` (relative to the root) touches.
+    pub(crate) fn new(changed: BTreeSet<String>) -> Self {
         Self {
-            root: root.to_path_buf(),
             changed,
             pruned: Mutex::default(),
         }
@@ -137,20 +135,8 @@ impl Prune {
                 .any(|(i, _)| pruned.contains(&rel[..i]))
     }
 
-    /// A walk's filter: false (and remembered) for a directory to leave unwalked.
-    fn admits(&self, e: &ignore::DirEntry) -> bool {
-        if e.depth() == 0 || !e.file_type().is_some_and(|t| t.is_dir()) {
-            return true;
-        }
-        // A name that is not UTF-8 is walked, to be listed as skipped as a full walk would.
-        let Some(rel) = e
-            .path()
-            .strip_prefix(&self.root)
-            .ok()
-            .and_then(Path::to_str)
-        else {
-            return true;
-        };
+    /// False (and remembered) for directory `rel` when it is to be left unwalked.
+    fn admits(&self, rel: &str) -> bool {
         if self.walks(rel) {
             return true;
         }
@@ -240,18 +226,23 @@ struct Filter {
 
 impl Filter {
     fn admits(&self, e: &ignore::DirEntry) -> bool {
-        if self.prune.as_ref().is_some_and(|p| !p.admits(e)) {
+        if e.depth() == 0 || !e.file_type().is_some_and(|t| t.is_dir()) {
+            return true;
+        }
+        // A name that is not UTF-8 is walked, to be listed as skipped as a full walk would, and
+        // not watched: nothing under it travels.
+        let Some(rel) = e
+            .path()
+            .strip_prefix(&self.root)
+            .ok()
+            .and_then(Path::to_str)
+        else {
+            return true;
+        };
+        if self.prune.as_ref().is_some_and(|p| !p.admits(rel)) {
             return false;
         }
-        if let Some(w) = &self.watch
-            && e.depth() > 0
-            && e.file_type().is_some_and(|t| t.is_dir())
-            && let Some(rel) = e
-                .path()
-                .strip_prefix(&self.root)
-                .ok()
-                .and_then(Path::to_str)
-        {
+        if let Some(w) = &self.watch {
             w.add_dir(e.path(), rel);
         }
         true

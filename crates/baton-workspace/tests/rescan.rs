@@ -65,12 +65,17 @@ fn started(
     (watch, o)
 }
 
+/// A generated tree, and a directory for scans kept on disk.
+fn fixture() -> (tempfile::TempDir, tempfile::TempDir) {
+    let src = tempfile::tempdir().unwrap();
+    tree(src.path());
+    (src, tempfile::tempdir().unwrap())
+}
+
 #[test]
 fn a_rescan_walking_only_what_changed_makes_the_full_scans_manifest() {
-    let src = tempfile::tempdir().unwrap();
-    let spool_dir = tempfile::tempdir().unwrap();
+    let (src, spool_dir) = fixture();
     let root = src.path();
-    tree(root);
     // The barrier's directory is made when missing (a daemon's scans directory may not exist
     // yet when it first watches a tree).
     let (watch, o) = started(root, &spool_dir.path().join("not/yet"), IgnoredFiles::Skip);
@@ -136,10 +141,8 @@ fn a_rescan_walking_only_what_changed_makes_the_full_scans_manifest() {
 
 #[test]
 fn a_changed_ignore_file_makes_the_rescan_walk_the_whole_tree() {
-    let src = tempfile::tempdir().unwrap();
-    let spool_dir = tempfile::tempdir().unwrap();
+    let (src, spool_dir) = fixture();
     let root = src.path();
-    tree(root);
     let (watch, o) = started(root, spool_dir.path(), IgnoredFiles::Skip);
     let previous = spooled(root, &o, spool_dir.path());
     // Un-ignores `*.log` everywhere, and so `debug.log`, which did not change.
@@ -161,10 +164,8 @@ fn a_changed_ignore_file_makes_the_rescan_walk_the_whole_tree() {
 
 #[test]
 fn a_watch_that_cannot_vouch_walks_the_whole_tree() {
-    let src = tempfile::tempdir().unwrap();
-    let spool_dir = tempfile::tempdir().unwrap();
+    let (src, spool_dir) = fixture();
     let root = src.path();
-    tree(root);
     let o = opts(IgnoredFiles::Include);
     let previous = spooled(root, &o, spool_dir.path());
     write(root, "data/later.bin", b"written with no watch\n");
