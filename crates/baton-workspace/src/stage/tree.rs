@@ -9,7 +9,7 @@ use std::path::Path;
 use baton_proto::workspace::{EntryKind, FileData, WorkspaceEntry};
 
 use crate::error::{Error, Result, io_err};
-use crate::fsutil::{remove_tree, set_mtime};
+use crate::fsutil::{remove_tree, set_mtime, start_writeback};
 
 /// Files at least this large get their blocks reserved when created.
 const PREALLOCATE_FROM: u64 = 1 << 20;
@@ -45,7 +45,9 @@ pub(super) fn verify_file(tree: &Path, e: &WorkspaceEntry, buf: &mut [u8]) -> Re
         size,
         h.finalize().as_bytes() == want.hash.as_bytes(),
     )?;
-    set_file_meta(&f, &p, e)
+    set_file_meta(&f, &p, e)?;
+    start_writeback(&f);
+    Ok(())
 }
 
 /// Seals a staged file whose content is known without reading it back: the caller has just
@@ -62,7 +64,9 @@ pub(super) fn seal_written(
     let p = tree.join(&e.path);
     let size = f.metadata().map_err(io_err("stat", &p))?.len();
     check_file(e, want, size, hash_matches)?;
-    set_file_meta(f, &p, e)
+    set_file_meta(f, &p, e)?;
+    start_writeback(f);
+    Ok(())
 }
 
 /// The error [`verify_file`] gives for a wrong size or BLAKE3.
