@@ -1023,7 +1023,7 @@ async fn receive_pass(
         let planned = planned.take();
         let (stager, rebuilt) = tokio::task::spawn_blocking(move || {
             let rebuilt = match (&stager, planned, delta) {
-                (Some(s), _, Some(delta)) => rebuild(s.manifest(), delta, changed),
+                (Some(s), _, Some(delta)) => staged_change(s.manifest(), delta, changed),
                 (None, Some(base), Some(delta)) => {
                     rebuild_planned(base, delta, changed).map(Staging::Whole)
                 }
@@ -1195,21 +1195,50 @@ fn base_not_held(parts: &Parts) -> ApiError {
     )
 }
 
-/// What the staged manifest `base` becomes with the change the source sent, checked against
-/// the source's digest of it (the stager validates the result as it takes it). An empty change (nothing in the tree changed since the
-/// pre-copy) only touches the root and the skipped list, and copies nothing.
+/// The change the source sent, to apply to the staged manifest `base` in place (the stager
+/// checks it, and its digest, before touching anything): a whole new manifest is never built.
+/// An empty change (nothing in the tree changed since the pre-copy) only touches the root and
+/// the skipped list, and its digest is checked here.
+fn staged_change(
+    base: &WorkspaceManifest,
+    delta: PartDelta,
+    changed: WorkspaceManifest,
+) -> Result<Staging, ApiError> {
+    if changed.entries.is_empty() && delta.removed.is_empty() {
+        return rebuild(base, delta, changed);
+    }
+    let Some(digest) = delta.digest else {
+        return Err(digest_differs());
+    };
+    Ok(Staging::Change {
+        change: baton_workspace::ManifestChange {
+            changed: changed.entries,
+            removed: delta.removed,
+        },
+        root: (changed.root_mode, changed.root_mtime_ns),
+        skipped: changed.skipped,
+        digest,
+    })
+}
+
+/// The refusal of a change whose result is not the source's manifest.
+fn digest_differs() -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidWorkspaceManifest,
+        "The workspace manifest sent as a change does not rebuild the source's manifest (its digest differs); hand the session off again.",
+    )
+}
+
+/// What the manifest `base` becomes with the change the source sent, checked against the
+/// source's digest of it (the stager validates the result as it takes it). An empty change
+/// (nothing in the tree changed since the pre-copy) only touches the root and the skipped list,
+/// and copies nothing.
 fn rebuild(
     base: &WorkspaceManifest,
     delta: PartDelta,
     changed: WorkspaceManifest,
 ) -> Result<Staging, ApiError> {
     let root = (changed.root_mode, changed.root_mtime_ns);
-    let digest_differs = || {
-        ApiError::new(
-            ErrorCode::InvalidWorkspaceManifest,
-            "The workspace manifest sent as a change does not rebuild the source's manifest (its digest differs); hand the session off again.",
-        )
-    };
     if changed.entries.is_empty() && delta.removed.is_empty() {
         if delta.digest != Some(baton_workspace::digest_of(base, root, &changed.skipped)) {
             return Err(digest_differs());
@@ -1241,7 +1270,7 @@ fn rebuild_planned(
             base.skipped = skipped;
             Ok(base)
         }
-        Staging::More(_) => Err(ApiError::new(
+        Staging::More(_) | Staging::Change { .. } => Err(ApiError::new(
             ErrorCode::Internal,
             "A change rebuilt into a part.",
         )),
@@ -1258,6 +1287,13 @@ enum Staging {
     /// The staged manifest with this root mode and mtime and this skipped list (a final pass
     /// in which no entry changed).
     Root((u32, i64), Vec<SkippedEntry>),
+    /// The staged manifest with a change applied, whose result must have this digest.
+    Change {
+        change: baton_workspace::ManifestChange,
+        root: (u32, i64),
+        skipped: Vec<SkippedEntry>,
+        digest: ContentHash,
+    },
 }
 
 /// What staging one manifest (or manifest prefix) moved.
@@ -1304,7 +1340,19 @@ async fn stage_and_fetch(
             (None, Staging::Whole(m)) => {
                 Stager::create(&dest, &id, m, &limits).map_err(|e| Box::new((None, e)))?
             }
-            (None, Staging::More(_) | Staging::Root(..)) => {
+            (
+                Some(mut s),
+                Staging::Change {
+                    change,
+                    root,
+                    skipped,
+                    digest,
+                },
+            ) => match s.apply_change(change, root, skipped, &digest, &limits) {
+                Ok(_) => s,
+                Err(e) => return Err(Box::new((Some(s), e))),
+            },
+            (None, Staging::More(_) | Staging::Root(..) | Staging::Change { .. }) => {
                 return Err(Box::new((
                     None,
                     baton_workspace::Error::BadOption(

@@ -100,17 +100,15 @@ pub fn diff_entries(
 }
 
 /// The manifest `base` becomes with `change` applied, and the root and skipped list of the new
-/// scan. Refuses a change that does not fit the base (unsorted or duplicate paths, a removal of
-/// a path the base lacks, a path both removed and changed); the result still has to pass
-/// [`validate`](crate::validate()) and its digest to be trusted.
+/// scan. Refuses a change that does not fit the base (see [`check_change`]); the result still
+/// has to pass [`validate`](crate::validate()) and its digest to be trusted.
 pub fn patch(
     base: &WorkspaceManifest,
     change: ManifestChange,
     (root_mode, root_mtime_ns): (u32, i64),
     skipped: Vec<SkippedEntry>,
 ) -> Result<WorkspaceManifest> {
-    sorted(change.removed.iter().map(String::as_str), "removed")?;
-    sorted(change.changed.iter().map(|e| e.path.as_str()), "changed")?;
+    check_change(&base.entries, &change)?;
     let mut out = WorkspaceManifest::new(base.params);
     out.version = base.version;
     out.root_mode = root_mode;
@@ -118,41 +116,63 @@ pub fn patch(
     out.skipped = skipped;
     out.entries
         .reserve(base.entries.len() + change.changed.len());
-    let mut removed = change.removed.iter().peekable();
-    let mut changed = change.changed.into_iter().peekable();
-    for old in &base.entries {
-        while let Some(c) = changed.next_if(|c| c.path < old.path) {
-            out.entries.push(c);
-        }
-        let gone = removed.next_if(|r| **r == old.path).is_some();
-        match changed.next_if(|c| c.path == old.path) {
-            Some(_) if gone => {
-                return Err(Error::manifest(
-                    old.path.as_str(),
-                    "the change both removes and changes this path",
-                ));
-            }
-            Some(c) => out.entries.push(c),
-            None if gone => {}
-            None => out.entries.push(old.clone()),
-        }
-        if let Some(r) = removed.peek()
-            && r.as_str() < old.path.as_str()
-        {
+    out.entries.extend(merged(&base.entries, &change).cloned());
+    Ok(out)
+}
+
+/// Refuses a change that does not fit `base`: paths unsorted or repeated, a removal of a path
+/// the base lacks, a path both removed and changed.
+pub(crate) fn check_change(base: &[WorkspaceEntry], change: &ManifestChange) -> Result<()> {
+    sorted(change.removed.iter().map(String::as_str), "removed")?;
+    sorted(change.changed.iter().map(|e| e.path.as_str()), "changed")?;
+    let mut changed = change.changed.iter().map(|e| e.path.as_str()).peekable();
+    for r in &change.removed {
+        if base.binary_search_by(|e| e.path.as_str().cmp(r)).is_err() {
             return Err(Error::manifest(
                 r.as_str(),
                 "the change removes a path the earlier pass did not hold",
             ));
         }
+        while changed.next_if(|c| *c < r.as_str()).is_some() {}
+        if changed.peek() == Some(&r.as_str()) {
+            return Err(Error::manifest(
+                r.as_str(),
+                "the change both removes and changes this path",
+            ));
+        }
     }
-    if let Some(r) = removed.next() {
-        return Err(Error::manifest(
-            r.as_str(),
-            "the change removes a path the earlier pass did not hold",
-        ));
-    }
-    out.entries.extend(changed);
-    Ok(out)
+    Ok(())
+}
+
+/// The entries of `base` with `change` applied, in path order, borrowed from both: what
+/// [`patch`] builds, without building it. `change` must have passed [`check_change`].
+pub(crate) fn merged<'a>(
+    base: &'a [WorkspaceEntry],
+    change: &'a ManifestChange,
+) -> impl Iterator<Item = &'a WorkspaceEntry> + 'a {
+    let mut base = base.iter().peekable();
+    let mut changed = change.changed.iter().peekable();
+    let mut removed = change.removed.iter().peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let next = match (base.peek(), changed.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => base.next(),
+                (None, Some(_)) => return changed.next(),
+                (Some(b), Some(c)) => match c.path.cmp(&b.path) {
+                    Ordering::Less => return changed.next(),
+                    Ordering::Equal => {
+                        base.next();
+                        return changed.next();
+                    }
+                    Ordering::Greater => base.next(),
+                },
+            }?;
+            if removed.next_if(|r| **r == next.path).is_none() {
+                return Some(next);
+            }
+        }
+    })
 }
 
 fn sorted<'a>(paths: impl Iterator<Item = &'a str>, what: &str) -> Result<()> {

@@ -2,7 +2,9 @@
 //! afterwards every path joins under the staging root without escaping it, and every file's
 //! chunks account for exactly its bytes.
 
-use baton_proto::workspace::{EntryKind, MANIFEST_VERSION, WorkspaceManifest};
+use baton_proto::workspace::{
+    ChunkParams, EntryKind, MANIFEST_VERSION, SkippedEntry, WorkspaceEntry, WorkspaceManifest,
+};
 
 use crate::error::{Error, Result};
 
@@ -51,36 +53,8 @@ pub fn validate(m: &WorkspaceManifest, limits: &Limits) -> Result<()> {
 /// everything before them, at a cost in proportion to the part. A parent is found by a binary
 /// search of the sorted entries, so no map of the tree's paths is built.
 pub fn validate_from(m: &WorkspaceManifest, start: usize, limits: &Limits) -> Result<()> {
-    if m.version != MANIFEST_VERSION {
-        return Err(Error::manifest(
-            WHOLE,
-            format!(
-                "version {} is not the supported {MANIFEST_VERSION}",
-                m.version
-            ),
-        ));
-    }
-    m.params
-        .check()
-        .map_err(|e| Error::manifest(WHOLE, format!("unknown chunk parameters: {e}")))?;
-    if m.entries.len() > limits.max_entries {
-        return Err(Error::TooLarge(format!(
-            "{} entries, the limit is {}",
-            m.entries.len(),
-            limits.max_entries
-        )));
-    }
-    if m.skipped.len() > limits.max_entries {
-        return Err(Error::manifest(WHOLE, "too many skipped entries"));
-    }
-    if let Some(s) = m.skipped.iter().find(|s| s.path.len() > MAX_PATH_BYTES) {
-        return Err(Error::manifest(
-            format!("{}…", truncate(&s.path)),
-            "skipped path is too long",
-        ));
-    }
-    check_mode(WHOLE, m.root_mode)?;
-    let (min, max) = (m.params.min_size, m.params.max_size);
+    check_head(m, m.root_mode, &m.skipped, limits)?;
+    check_count(m.entries.len(), limits)?;
     let start = start.min(m.entries.len());
     let mut total: u64 = m.entries[..start]
         .iter()
@@ -89,7 +63,7 @@ pub fn validate_from(m: &WorkspaceManifest, start: usize, limits: &Limits) -> Re
     let mut prev: Option<&str> = start.checked_sub(1).map(|i| m.entries[i].path.as_str());
     for (i, e) in m.entries.iter().enumerate().skip(start) {
         let path = e.path.as_str();
-        check_relative_path(path).map_err(|r| Error::manifest(truncate(path), r))?;
+        check_path(path)?;
         if let Some(p) = prev {
             if p == path {
                 return Err(Error::manifest(path, "duplicate path"));
@@ -108,97 +82,147 @@ pub fn validate_from(m: &WorkspaceManifest, start: usize, limits: &Limits) -> Re
             let kind = before
                 .binary_search_by(|x| x.path.as_str().cmp(parent))
                 .ok()
-                .map(|j| Kind::of(&before[j].kind));
-            match kind {
-                Some(Kind::Dir) => {}
-                Some(Kind::File) => {
-                    return Err(Error::manifest(
-                        path,
-                        format!("is inside {parent}, which is a file"),
-                    ));
-                }
-                Some(Kind::Symlink) => {
-                    return Err(Error::manifest(
-                        path,
-                        format!("goes through the symlink {parent}"),
-                    ));
-                }
-                None => {
-                    return Err(Error::manifest(
-                        path,
-                        format!("its parent directory {parent} is not listed before it"),
-                    ));
-                }
-            }
+                .map(|j| &before[j].kind);
+            check_parent(path, parent, kind)?;
         }
-        check_mode(path, e.mode)?;
-        match &e.kind {
-            EntryKind::Dir => {}
-            EntryKind::Symlink { target } => check_symlink(path, target)?,
-            EntryKind::File(f) => {
-                if f.size > 0 && f.chunks.is_empty() {
-                    return Err(Error::manifest(path, "non-empty file lists no chunks"));
-                }
-                let mut sum: u64 = 0;
-                let last = f.chunks.len().saturating_sub(1);
-                for (i, c) in f.chunks.iter().enumerate() {
-                    if c.len == 0 {
-                        return Err(Error::manifest(path, format!("chunk {i} is empty")));
-                    }
-                    if c.len > max {
-                        return Err(Error::manifest(
-                            path,
-                            format!("chunk {i} is {} bytes, above max_size {max}", c.len),
-                        ));
-                    }
-                    if i < last && c.len < min {
-                        return Err(Error::manifest(
-                            path,
-                            format!(
-                                "chunk {i} is {} bytes, below min_size {min} and not the last",
-                                c.len
-                            ),
-                        ));
-                    }
-                    sum += u64::from(c.len);
-                }
-                if sum != f.size {
-                    return Err(Error::manifest(
-                        path,
-                        format!(
-                            "chunk lengths sum to {sum} bytes but the file is {} bytes",
-                            f.size
-                        ),
-                    ));
-                }
-                total = total.saturating_add(f.size);
-                if total > limits.max_total_bytes {
-                    return Err(Error::TooLarge(format!(
-                        "more than {} bytes of files, the limit",
-                        limits.max_total_bytes
-                    )));
-                }
-            }
-        }
+        let size = check_entry(e, &m.params)?;
+        total = total.saturating_add(size);
+        check_total(total, limits)?;
     }
     Ok(())
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Dir,
-    File,
-    Symlink,
+/// The checks of [`validate`] that concern the manifest as a whole rather than its entries:
+/// version, chunk parameters, the root's mode and the skipped list, for a manifest of `m`'s
+/// version and parameters with this root mode and skipped list.
+pub(crate) fn check_head(
+    m: &WorkspaceManifest,
+    root_mode: u32,
+    skipped: &[SkippedEntry],
+    limits: &Limits,
+) -> Result<()> {
+    if m.version != MANIFEST_VERSION {
+        return Err(Error::manifest(
+            WHOLE,
+            format!(
+                "version {} is not the supported {MANIFEST_VERSION}",
+                m.version
+            ),
+        ));
+    }
+    m.params
+        .check()
+        .map_err(|e| Error::manifest(WHOLE, format!("unknown chunk parameters: {e}")))?;
+    if skipped.len() > limits.max_entries {
+        return Err(Error::manifest(WHOLE, "too many skipped entries"));
+    }
+    if let Some(s) = skipped.iter().find(|s| s.path.len() > MAX_PATH_BYTES) {
+        return Err(Error::manifest(
+            format!("{}…", truncate(&s.path)),
+            "skipped path is too long",
+        ));
+    }
+    check_mode(WHOLE, root_mode)
 }
 
-impl Kind {
-    fn of(k: &EntryKind) -> Self {
-        match k {
-            EntryKind::Dir => Kind::Dir,
-            EntryKind::File(_) => Kind::File,
-            EntryKind::Symlink { .. } => Kind::Symlink,
+/// Refuses more entries than `limits` allow.
+pub(crate) fn check_count(entries: usize, limits: &Limits) -> Result<()> {
+    if entries > limits.max_entries {
+        return Err(Error::TooLarge(format!(
+            "{entries} entries, the limit is {}",
+            limits.max_entries
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses more bytes of files than `limits` allow.
+pub(crate) fn check_total(total: u64, limits: &Limits) -> Result<()> {
+    if total > limits.max_total_bytes {
+        return Err(Error::TooLarge(format!(
+            "more than {} bytes of files, the limit",
+            limits.max_total_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an entry at `path` whose parent `parent` is not a directory of the manifest
+/// (`kind`: the parent's kind, `None` when the manifest lacks it): nothing is reached through a
+/// file or a symlink.
+pub(crate) fn check_parent(path: &str, parent: &str, kind: Option<&EntryKind>) -> Result<()> {
+    match kind {
+        Some(EntryKind::Dir) => Ok(()),
+        Some(EntryKind::File(_)) => Err(Error::manifest(
+            path,
+            format!("is inside {parent}, which is a file"),
+        )),
+        Some(EntryKind::Symlink { .. }) => Err(Error::manifest(
+            path,
+            format!("goes through the symlink {parent}"),
+        )),
+        None => Err(Error::manifest(
+            path,
+            format!("its parent directory {parent} is not listed before it"),
+        )),
+    }
+}
+
+/// Refuses a path [`check_relative_path`] refuses, naming it (cut short when long).
+pub(crate) fn check_path(path: &str) -> Result<()> {
+    check_relative_path(path).map_err(|r| Error::manifest(truncate(path), r))
+}
+
+/// The checks of [`validate`] that concern one entry alone, its path aside: its mode, a
+/// symlink's target and a file's chunks (not its place among the others). Returns the file's
+/// size (0 for anything else).
+pub(crate) fn check_entry(e: &WorkspaceEntry, params: &ChunkParams) -> Result<u64> {
+    let path = e.path.as_str();
+    let (min, max) = (params.min_size, params.max_size);
+    check_mode(path, e.mode)?;
+    match &e.kind {
+        EntryKind::Dir => {}
+        EntryKind::Symlink { target } => check_symlink(path, target)?,
+        EntryKind::File(f) => {
+            if f.size > 0 && f.chunks.is_empty() {
+                return Err(Error::manifest(path, "non-empty file lists no chunks"));
+            }
+            let mut sum: u64 = 0;
+            let last = f.chunks.len().saturating_sub(1);
+            for (i, c) in f.chunks.iter().enumerate() {
+                if c.len == 0 {
+                    return Err(Error::manifest(path, format!("chunk {i} is empty")));
+                }
+                if c.len > max {
+                    return Err(Error::manifest(
+                        path,
+                        format!("chunk {i} is {} bytes, above max_size {max}", c.len),
+                    ));
+                }
+                if i < last && c.len < min {
+                    return Err(Error::manifest(
+                        path,
+                        format!(
+                            "chunk {i} is {} bytes, below min_size {min} and not the last",
+                            c.len
+                        ),
+                    ));
+                }
+                sum += u64::from(c.len);
+            }
+            if sum != f.size {
+                return Err(Error::manifest(
+                    path,
+                    format!(
+                        "chunk lengths sum to {sum} bytes but the file is {} bytes",
+                        f.size
+                    ),
+                ));
+            }
+            return Ok(f.size);
         }
     }
+    Ok(0)
 }
 
 /// Checks a manifest path: relative, `/`-separated, no empty/`.`/`..` components, no NUL, within

@@ -142,6 +142,37 @@ impl ChunkTable {
         }
     }
 
+    /// Moves every place to the entry `entry` maps it to, dropping the places it maps to `None`
+    /// and the chunks left with no place; a chunk whose remaining places all hold their bytes
+    /// becomes written. First-use order is kept.
+    pub(super) fn remap(&mut self, entry: impl Fn(u32) -> Option<u32>) {
+        for slot in &mut self.slots {
+            match &mut slot.at {
+                Places::One(p) => match entry(p.entry) {
+                    Some(e) => p.entry = e,
+                    None => slot.at = Places::Many(Vec::new()),
+                },
+                Places::Many(v) => v.retain_mut(|p| match entry(p.entry) {
+                    Some(e) => {
+                        p.entry = e;
+                        true
+                    }
+                    None => false,
+                }),
+            }
+        }
+        self.slots.retain(|s| s.at.iter().next().is_some());
+        self.written = self.slots.iter().filter(|s| s.written).count();
+        self.by_hash.clear();
+        let slots = &self.slots;
+        for (i, s) in slots.iter().enumerate() {
+            let n = u32::try_from(i).expect("a manifest's entries are counted in u32");
+            self.by_hash
+                .insert_unique(key(&s.hash), n, |&j| key(&slots[j as usize].hash));
+        }
+        self.mark_complete_written();
+    }
+
     /// Distinct chunks.
     pub(super) fn len(&self) -> usize {
         self.slots.len()

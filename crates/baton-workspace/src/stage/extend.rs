@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use baton_proto::workspace::{SkippedEntry, WorkspaceEntry};
+use baton_proto::workspace::{ContentHash, SkippedEntry, WorkspaceEntry};
 
 use super::tree::{create_entry, created_lazily, open_nofollow};
 use super::{FileState, Filled, Placement, Stager};
@@ -37,8 +37,21 @@ impl Stager {
         }
         self.files
             .resize(self.manifest.entries.len(), FileState::default());
+        let shared = self.place_new(start..self.manifest.entries.len())?;
+        let filled = self.copy_shared(shared)?;
+        self.restart_progress();
+        Ok(filled)
+    }
+
+    /// Creates the entries `new` of the staged manifest that are created at once (directories,
+    /// symlinks, empty files) and places their chunks. Returns the chunks they share with places
+    /// that hold their bytes already, for [`Stager::copy_shared`].
+    pub(super) fn place_new(
+        &mut self,
+        new: impl IntoIterator<Item = usize>,
+    ) -> Result<Vec<ContentHash>> {
         let mut shared = Vec::new();
-        for i in start..self.manifest.entries.len() {
+        for i in new {
             let e = &self.manifest.entries[i];
             if !created_lazily(e) {
                 self.files[i].verified = create_entry(&self.tree, e, false)?;
@@ -60,15 +73,27 @@ impl Stager {
                     ));
                 }
                 self.files[i].left += 1;
-                if u.written {
+                // A place is done once claimed; one claimed but not settled may not hold the
+                // bytes yet.
+                if u.at.iter().any(|p| p.done) && !self.claimed.contains(&c.hash) {
                     shared.push(c.hash);
+                }
+                // Written means written at every place, this new one included.
+                let was_written = u.written;
+                if was_written {
+                    self.chunks.set_written(&c.hash, false);
                 }
                 offset += u64::from(c.len);
             }
         }
-        // A chunk already written elsewhere is copied from there into its new places.
         shared.sort_unstable();
         shared.dedup();
+        Ok(shared)
+    }
+
+    /// Copies each chunk of `shared` from a place that holds its bytes into its places that do
+    /// not.
+    pub(super) fn copy_shared(&mut self, shared: Vec<ContentHash>) -> Result<Filled> {
         let mut filled = Filled::default();
         let mut buf = Vec::new();
         for hash in shared {
@@ -91,7 +116,6 @@ impl Stager {
             filled.chunks += 1;
             filled.bytes += buf.len() as u64;
         }
-        self.restart_progress();
         Ok(filled)
     }
 }

@@ -13,6 +13,7 @@
 //! written before (an earlier pass) is read back whole, and a stager reopened on a staging
 //! directory (after a crash) reads every file back at `finish`.
 
+mod change;
 mod chunks;
 mod claim;
 mod extend;

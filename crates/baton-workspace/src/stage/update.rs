@@ -14,10 +14,11 @@ use crate::fsutil::{remove_tree, set_mtime};
 use crate::index::ChunkIndex;
 use crate::validate::{Limits, validate};
 
-const ASIDE: &str = "aside";
+/// Where files leaving the tree wait, as sources of chunks for the new ones.
+pub(super) const ASIDE: &str = "aside";
 
 /// True when the staged entry can stand for the new one as it is (modes and mtimes aside).
-fn same_content(old: &WorkspaceEntry, new: &WorkspaceEntry) -> bool {
+pub(super) fn same_content(old: &WorkspaceEntry, new: &WorkspaceEntry) -> bool {
     match (&old.kind, &new.kind) {
         (EntryKind::Dir, EntryKind::Dir) => true,
         (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) => a == b,
