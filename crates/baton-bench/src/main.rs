@@ -47,6 +47,7 @@
 //!
 //! It prints the tables and the goals met or missed, and writes `target/bench/workspace.json`.
 
+mod final_pass;
 mod follow;
 mod measure;
 mod providers;
@@ -89,7 +90,13 @@ enum BenchCommand {
     /// A workspace handoff of a synthetic repository against rsync, tar|zstd and cp: time,
     /// throughput, the bytes a re-handoff sends, the stopped time and peak memory.
     Workspace(workspace::WorkspaceArgs),
+    /// The target's final pass after a pre-copy, in process: the change applied in place
+    /// against the whole new manifest built and moved to; time and heap.
+    FinalPass(final_pass::FinalPassArgs),
 }
+
+#[global_allocator]
+static ALLOC: final_pass::CountingAlloc = final_pass::CountingAlloc;
 
 const DEFAULT_SIZES: &str = "10,1000,10000";
 const DEFAULT_REAL_BUDGET_SECS: u64 = 120;
@@ -145,6 +152,7 @@ fn main() -> ExitCode {
         BenchCommand::Handoff(args) => handoff(args),
         BenchCommand::Providers(args) => providers::run(args),
         BenchCommand::Workspace(args) => workspace::run(args),
+        BenchCommand::FinalPass(args) => final_pass::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
