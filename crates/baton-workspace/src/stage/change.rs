@@ -12,7 +12,7 @@ use baton_proto::workspace::{
 };
 
 use super::journal::Journal;
-use super::update::{ASIDE, same_content};
+use super::update::{ASIDE, same_content, take_out};
 use super::{FileState, Filled, Stager};
 use crate::delta::{ManifestChange, ManifestDigest, check_change, merged};
 use crate::error::{Error, Result, io_err};
@@ -78,23 +78,13 @@ impl Stager {
         leaving.sort_unstable_by(|a, b| b.cmp(a));
         let mut moved: Vec<WorkspaceEntry> = Vec::new();
         for &i in &leaving {
-            let e = &base[i];
-            let p = self.tree.join(&e.path);
-            match &e.kind {
-                // Never written to, so never created: nothing to remove or keep.
-                EntryKind::File(_) if !self.files[i].created => {}
-                EntryKind::File(f) if !f.chunks.is_empty() => {
-                    // Kept aside as a source of chunks for the new files.
-                    let name = moved.len().to_string();
-                    fs::rename(&p, aside.join(&name)).map_err(io_err("move aside", &p))?;
-                    moved.push(WorkspaceEntry {
-                        path: name,
-                        ..e.clone()
-                    });
-                }
-                EntryKind::Dir => fs::remove_dir(&p).map_err(io_err("remove", &p))?,
-                _ => fs::remove_file(&p).map_err(io_err("remove", &p))?,
-            }
+            take_out(
+                &self.tree,
+                &base[i],
+                self.files[i].created,
+                &aside,
+                &mut moved,
+            )?;
         }
         drop(leaving);
 

@@ -4,6 +4,7 @@
 
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
 
 use baton_proto::workspace::{EntryKind, SkippedEntry, WorkspaceEntry, WorkspaceManifest};
 
@@ -27,6 +28,34 @@ pub(super) fn same_content(old: &WorkspaceEntry, new: &WorkspaceEntry) -> bool {
         }
         _ => false,
     }
+}
+
+/// Takes staged entry `e` out of the tree at `tree`: a file with content moves into `aside`
+/// (named by its number in `moved`, where it is recorded) as a source of chunks for the new
+/// files; anything else is removed (a directory must be empty by then). A file never `created`
+/// has nothing to take out.
+pub(super) fn take_out(
+    tree: &Path,
+    e: &WorkspaceEntry,
+    created: bool,
+    aside: &Path,
+    moved: &mut Vec<WorkspaceEntry>,
+) -> Result<()> {
+    let p = tree.join(&e.path);
+    match &e.kind {
+        EntryKind::File(_) if !created => {}
+        EntryKind::File(f) if !f.chunks.is_empty() => {
+            let name = moved.len().to_string();
+            fs::rename(&p, aside.join(&name)).map_err(io_err("move aside", &p))?;
+            moved.push(WorkspaceEntry {
+                path: name,
+                ..e.clone()
+            });
+        }
+        EntryKind::Dir => fs::remove_dir(&p).map_err(io_err("remove", &p))?,
+        _ => fs::remove_file(&p).map_err(io_err("remove", &p))?,
+    }
+    Ok(())
 }
 
 impl Stager {
@@ -79,22 +108,7 @@ impl Stager {
                 kept_from[ni] = Some(oi);
                 continue;
             }
-            let p = self.tree.join(&e.path);
-            match &e.kind {
-                // Never written to, so never created: nothing to remove or keep.
-                EntryKind::File(_) if !old_files[oi].created => {}
-                EntryKind::File(f) if !f.chunks.is_empty() => {
-                    // Kept aside as a source of chunks for the new files.
-                    let name = moved.len().to_string();
-                    fs::rename(&p, aside.join(&name)).map_err(io_err("move aside", &p))?;
-                    moved.push(WorkspaceEntry {
-                        path: name,
-                        ..e.clone()
-                    });
-                }
-                EntryKind::Dir => fs::remove_dir(&p).map_err(io_err("remove", &p))?,
-                _ => fs::remove_file(&p).map_err(io_err("remove", &p))?,
-            }
+            take_out(&self.tree, e, old_files[oi].created, &aside, &mut moved)?;
         }
         let mut created_empty = vec![false; new.entries.len()];
         let mut created = vec![false; new.entries.len()];
