@@ -96,11 +96,24 @@ pub(crate) fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
+/// The variable that, set to `0` in a target daemon's environment, leaves staged files to the
+/// kernel's own writeback (all of it then happens at the flush before apply).
+pub const WRITEBACK_VAR: &str = "BATON_WORKSPACE_WRITEBACK";
+
+/// False when [`WRITEBACK_VAR`] is `0`; read once.
+fn writeback_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var(WRITEBACK_VAR).map_or(true, |v| v != "0"))
+}
+
 /// Starts writing a file's dirty pages to disk and returns without waiting for them. A staged
 /// file is complete once sealed, so its bytes can go to disk while later files are still
 /// arriving: the flush before apply ([`sync_filesystem`]) then finds little left to write,
 /// instead of the whole tree at once. Failure only loses that head start, so it is ignored.
 pub(crate) fn start_writeback(f: &File) {
+    if !writeback_enabled() {
+        return;
+    }
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;

@@ -45,7 +45,7 @@ pub use delta::{
 };
 pub use error::{Error, Result};
 pub use found::SPILL_ENTRIES_VAR;
-pub use fsutil::available_bytes;
+pub use fsutil::{WRITEBACK_VAR, available_bytes};
 pub use index::{ChunkIndex, Proof};
 pub use plan::{Plan, check_space, plan, plan_absent};
 pub use progress::{Progress, ProgressSnapshot};

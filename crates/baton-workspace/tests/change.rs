@@ -294,3 +294,87 @@ fn patched(base: &WorkspaceManifest, change: &ManifestChange) -> WorkspaceManife
     }
     m
 }
+
+#[test]
+fn random_changes_applied_in_place_match_the_whole_manifest() {
+    let limits = Limits::default();
+    for seed in 0..12u64 {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        for i in 0..40u64 {
+            write(
+                &src,
+                &format!("d{}/f{i:02}", i % 4),
+                &noise(seed * 100 + i, 300),
+            );
+        }
+        let o = opts(IgnoredFiles::Skip);
+        let first = scan(&src, &o, None).unwrap();
+        let stage = |name: &str| {
+            let mut st =
+                Stager::create(&t.path().join(name), name, first.manifest.clone(), &limits)
+                    .unwrap();
+            let source = ChunkIndex::from_scan(&first);
+            for h in st.missing() {
+                st.put_chunk(&h, &source.read(&h).unwrap()).unwrap();
+            }
+            st
+        };
+        let (mut whole, mut changed) = (stage("whole"), stage("changed"));
+        // Pseudo-random edits: removals, rewrites, copies (shared chunks) and additions, some
+        // in new directories and some sorting between existing entries.
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for i in 0..40u64 {
+            let p = src.join(format!("d{}/f{i:02}", i % 4));
+            match next(6) {
+                0 => fs::remove_file(&p).unwrap(),
+                1 => fs::write(&p, noise(seed * 1000 + i, 500)).unwrap(),
+                2 => write(
+                    &src,
+                    &format!("d{}/f{i:02}-copy", i % 4),
+                    &fs::read(&p).unwrap(),
+                ),
+                3 => write(
+                    &src,
+                    &format!("n{}/m{i:02}", next(3)),
+                    &noise(seed * 7 + i, 100),
+                ),
+                _ => {}
+            }
+        }
+        if next(2) == 0 {
+            fs::remove_dir_all(src.join("d3")).unwrap();
+        }
+        let last = scan(&src, &o, None).unwrap();
+        let change = diff(&first.manifest, &last.manifest);
+        let root = (last.manifest.root_mode, last.manifest.root_mtime_ns);
+        changed
+            .apply_change(
+                change,
+                root,
+                last.manifest.skipped.clone(),
+                &digest(&last.manifest),
+                &limits,
+            )
+            .unwrap();
+        whole.update(last.manifest.clone(), &limits).unwrap();
+        assert_eq!(changed.manifest(), &last.manifest, "seed {seed}");
+        assert_eq!(
+            sorted(changed.missing()),
+            sorted(whole.missing()),
+            "seed {seed}"
+        );
+        let source = ChunkIndex::from_scan(&last);
+        for h in changed.missing() {
+            changed.put_chunk(&h, &source.read(&h).unwrap()).unwrap();
+        }
+        let landed = land(changed);
+        assert_same(&listing(&src), &listing(&landed));
+    }
+}

@@ -1,8 +1,9 @@
 //! Moving a staging tree to a later scan of the same source that arrived as a change to the
 //! staged manifest (the final pass, after a pre-copy). Only the changed entries are checked,
 //! removed and placed: nothing holds a second copy of the manifest, and the work done while the
-//! session is stopped follows the change, apart from a digest and a renumbering of the chunk
-//! table, both linear passes that allocate nothing per entry.
+//! session is stopped follows the change, apart from a digest, a compaction of the staged
+//! entries in place and a renumbering of the chunk table: linear passes whose only allocation
+//! per entry is the renumbering's 4 bytes.
 
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -26,8 +27,6 @@ use crate::validate::{
 struct Checked {
     /// Per changed entry, the index of the staged entry at its path, if any.
     at: Vec<Option<usize>>,
-    /// Entries of the result.
-    entries: usize,
 }
 
 impl Stager {
@@ -88,7 +87,7 @@ impl Stager {
         }
         drop(leaving);
 
-        let fresh = self.merge_change(change, root, skipped, checked.entries)?;
+        let fresh = self.merge_change(change, &checked.at, root, skipped)?;
         let shared = self.place_new(fresh)?;
         let journal = Journal::write(&self.dir, &digest.0, self.chunks.written_hashes())?;
         self.journal = journal.into();
@@ -205,75 +204,116 @@ impl Stager {
                 "the change does not rebuild the source's manifest (its digest differs)",
             ));
         }
-        Ok(Checked { at, entries })
+        Ok(Checked { at })
     }
 
-    /// Makes the staged manifest the one `change` gives (entries moved, not copied), carries
-    /// the per-entry state of the entries kept, renumbers the chunk table, and sets the modes
-    /// and mtimes that changed on files already verified. Returns the numbers of the new
-    /// entries, whose chunks are not placed yet.
+    /// Makes the staged manifest the one `change` gives, in place (entries are moved, and no
+    /// second vector of entries is allocated), carries the per-entry state of the entries kept,
+    /// renumbers the chunk table, and sets the modes and mtimes that changed on files already
+    /// verified. `at` is [`Checked::at`]. Returns the numbers of the new entries, whose chunks
+    /// are not placed yet.
     fn merge_change(
         &mut self,
         change: ManifestChange,
+        at: &[Option<usize>],
         (root_mode, root_mtime_ns): (u32, i64),
         skipped: Vec<SkippedEntry>,
-        entries: usize,
     ) -> Result<Vec<usize>> {
-        let old = std::mem::take(&mut self.manifest.entries);
-        let old_files = std::mem::take(&mut self.files);
-        let mut new_at = vec![u32::MAX; old.len()];
-        let mut out: Vec<WorkspaceEntry> = Vec::with_capacity(entries);
-        let mut files: Vec<FileState> = Vec::with_capacity(entries);
-        let mut fresh = Vec::new();
-        let mut changed = change.changed.into_iter().peekable();
-        let mut removed = change.removed.into_iter().peekable();
-        let mut touched = Vec::new();
-        for (oi, e) in old.into_iter().enumerate() {
-            while let Some(c) = changed.next_if(|c| c.path < e.path) {
-                fresh.push(out.len());
-                out.push(c);
-                files.push(FileState::default());
+        let entries = &mut self.manifest.entries;
+        let files = &mut self.files;
+        let n = entries.len();
+        // Old number → number once removals and replacements are done (MAX: its content left).
+        let mut kept_at = vec![u32::MAX; n];
+        let mut replaced: Vec<Option<WorkspaceEntry>> = Vec::new();
+        let mut added = Vec::new();
+        let mut replace_at = Vec::new();
+        for (c, i) in change.changed.into_iter().zip(at) {
+            match i {
+                Some(i) => {
+                    replace_at.push(*i);
+                    replaced.push(Some(c));
+                }
+                None => added.push(c),
             }
-            if removed.next_if(|r| *r == e.path).is_some() {
+        }
+        let mut removed = change.removed.iter().peekable();
+        let mut replacing = replace_at.iter().zip(replaced.iter_mut()).peekable();
+        let mut fresh = Vec::new();
+        let mut touched = Vec::new();
+        // Removals and replacements, compacting towards the front: what stays moves down.
+        let mut w = 0;
+        for i in 0..n {
+            if removed.next_if(|r| **r == entries[i].path).is_some() {
                 continue;
             }
-            match changed.next_if(|c| c.path == e.path) {
-                Some(c) if same_content(&e, &c) => {
-                    let state = old_files[oi];
-                    if state.verified && (e.mode != c.mode || e.mtime_ns != c.mtime_ns) {
-                        touched.push(out.len());
+            entries.swap(w, i);
+            files[w] = files[i];
+            if let Some((_, c)) = replacing.next_if(|(j, _)| **j == i) {
+                let c = c.take().expect("each replacement is taken once");
+                if same_content(&entries[w], &c) {
+                    if files[w].verified
+                        && (entries[w].mode != c.mode || entries[w].mtime_ns != c.mtime_ns)
+                    {
+                        touched.push(w);
                     }
-                    new_at[oi] = out.len() as u32;
-                    out.push(c);
-                    files.push(state);
+                    kept_at[i] = w as u32;
+                } else {
+                    files[w] = FileState::default();
+                    fresh.push(w);
                 }
-                Some(c) => {
-                    fresh.push(out.len());
-                    out.push(c);
-                    files.push(FileState::default());
-                }
-                None => {
-                    new_at[oi] = out.len() as u32;
-                    out.push(e);
-                    files.push(old_files[oi]);
-                }
+                entries[w] = c;
+            } else {
+                kept_at[i] = w as u32;
             }
+            w += 1;
         }
-        for c in changed {
-            fresh.push(out.len());
-            out.push(c);
-            files.push(FileState::default());
+        entries.truncate(w);
+        files.truncate(w);
+        // Additions, merged in from the back: each entry moves once, into room made at the end.
+        let a = added.len();
+        let mut ins = Vec::with_capacity(a);
+        for c in &added {
+            ins.push(entries[..w].partition_point(|e| e.path < c.path));
         }
-        drop(old_files);
-        self.manifest.entries = out;
+        let room = || WorkspaceEntry {
+            path: String::new(),
+            mode: 0,
+            mtime_ns: 0,
+            kind: EntryKind::Dir,
+        };
+        entries.resize_with(w + a, room);
+        files.resize(w + a, FileState::default());
+        let mut src = w;
+        for (k, c) in added.into_iter().enumerate().rev() {
+            let p = ins[k];
+            for q in (p..src).rev() {
+                entries.swap(q, q + k + 1);
+                files[q + k + 1] = files[q];
+            }
+            entries[p + k] = c;
+            files[p + k] = FileState::default();
+            src = p;
+        }
+        // Where an entry numbered after removals and replacements ends: past the additions
+        // inserted at or before it.
+        let shifted = |q: usize| q + ins.partition_point(|&p| p <= q);
+        for f in &mut fresh {
+            *f = shifted(*f);
+        }
+        fresh.extend(ins.iter().enumerate().map(|(k, p)| p + k));
+        fresh.sort_unstable();
         self.manifest.root_mode = root_mode;
         self.manifest.root_mtime_ns = root_mtime_ns;
         self.manifest.skipped = skipped;
-        self.files = files;
-        self.chunks
-            .remap(|e| new_at.get(e as usize).copied().filter(|&n| n != u32::MAX));
-        for i in touched {
-            let e = &self.manifest.entries[i];
+        self.chunks.remap(|e| {
+            kept_at
+                .get(e as usize)
+                .copied()
+                .filter(|&q| q != u32::MAX)
+                .map(|q| shifted(q as usize) as u32)
+        });
+        for q in touched {
+            let e = &self.manifest.entries[shifted(q)];
             // Directories and symlinks get theirs at finish.
             if e.file().is_none() {
                 continue;
