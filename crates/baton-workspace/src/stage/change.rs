@@ -281,6 +281,9 @@ impl Stager {
             mtime_ns: 0,
             kind: EntryKind::Dir,
         };
+        // Exactly: growing by doubling would allocate room for as many entries again.
+        entries.reserve_exact(a);
+        files.reserve_exact(a);
         entries.resize_with(w + a, room);
         files.resize(w + a, FileState::default());
         let mut src = w;
