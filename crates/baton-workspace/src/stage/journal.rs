@@ -40,20 +40,24 @@ impl Journal {
     ) -> Result<Self> {
         let path = dir.join(NAME);
         let tmp = dir.join(format!("{NAME}.tmp"));
-        let mut body = Vec::with_capacity(HEADER);
-        body.extend_from_slice(MAGIC);
-        body.extend_from_slice(digest);
-        for h in written {
-            body.extend_from_slice(h.as_bytes());
-        }
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
-        f.write_all(&body).map_err(io_err("write", &tmp))?;
+        // Streamed: a big tree's journal holds hundreds of thousands of records.
+        let mut out = BufWriter::with_capacity(64 * 1024, f);
+        let mut put = |bytes: &[u8]| out.write_all(bytes).map_err(io_err("write", &tmp));
+        put(MAGIC)?;
+        put(digest)?;
+        for h in written {
+            put(h.as_bytes())?;
+        }
+        let f = out
+            .into_inner()
+            .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
         f.sync_all().map_err(io_err("sync", &tmp))?;
         drop(f);
         fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
