@@ -5,15 +5,15 @@
 //! entries in place and a renumbering of the chunk table: linear passes whose only allocation
 //! per entry is the renumbering's 4 bytes.
 
-use std::fs::{self, DirBuilder};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 
 use baton_proto::workspace::{
     ContentHash, EntryKind, SkippedEntry, WorkspaceEntry, WorkspaceManifest,
 };
 
 use super::journal::Journal;
-use super::update::{ASIDE, same_content, take_out};
+use super::update::{same_content, take_out};
 use super::{FileState, Filled, Stager};
 use crate::delta::{ManifestChange, ManifestDigest, check_change, merged};
 use crate::error::{Error, Result, io_err};
@@ -50,12 +50,7 @@ impl Stager {
         limits: &Limits,
     ) -> Result<Filled> {
         let checked = self.check_change(&change, root, &skipped, digest, limits)?;
-        let aside = self.dir.join(ASIDE);
-        remove_tree(&aside).map_err(io_err("remove", &aside))?;
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&aside)
-            .map_err(io_err("create", &aside))?;
+        let aside = self.fresh_aside()?;
         // Keyed by entries whose numbers are about to change.
         self.open.clear();
         self.hashers.clear();

@@ -4,7 +4,7 @@
 
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use baton_proto::workspace::{EntryKind, SkippedEntry, WorkspaceEntry, WorkspaceManifest};
 
@@ -16,7 +16,7 @@ use crate::index::ChunkIndex;
 use crate::validate::{Limits, validate};
 
 /// Where files leaving the tree wait, as sources of chunks for the new ones.
-pub(super) const ASIDE: &str = "aside";
+const ASIDE: &str = "aside";
 
 /// True when the staged entry can stand for the new one as it is (modes and mtimes aside).
 pub(super) fn same_content(old: &WorkspaceEntry, new: &WorkspaceEntry) -> bool {
@@ -86,12 +86,7 @@ impl Stager {
         self.open.clear();
         self.hashers.clear();
         let old_chunks = std::mem::take(&mut self.chunks);
-        let aside = self.dir.join(ASIDE);
-        remove_tree(&aside).map_err(io_err("remove", &aside))?;
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&aside)
-            .map_err(io_err("create", &aside))?;
+        let aside = self.fresh_aside()?;
 
         // Children before parents, so that a directory is empty by the time it goes.
         let new = &self.manifest;
@@ -168,6 +163,17 @@ impl Stager {
         remove_tree(&aside).map_err(io_err("remove", &aside))?;
         self.restart_progress();
         Ok(filled)
+    }
+
+    /// An empty `aside/` in the staging directory, for [`take_out`] to move files into.
+    pub(super) fn fresh_aside(&self) -> Result<PathBuf> {
+        let aside = self.dir.join(ASIDE);
+        remove_tree(&aside).map_err(io_err("remove", &aside))?;
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&aside)
+            .map_err(io_err("create", &aside))?;
+        Ok(aside)
     }
 
     /// [`Stager::update`] to the staged manifest with another root mode and mtime and another
