@@ -23,12 +23,6 @@ use crate::validate::{
     Limits, check_count, check_entry, check_head, check_parent, check_path, check_total,
 };
 
-/// Where a changed entry stands against the staged manifest.
-struct Checked {
-    /// Per changed entry, the index of the staged entry at its path, if any.
-    at: Vec<Option<usize>>,
-}
-
 impl Stager {
     /// Switches this staging to the manifest the staged one becomes with `change`, the root mode
     /// and mtime `root` and the skipped list `skipped`, once that manifest is checked to have the
@@ -49,7 +43,7 @@ impl Stager {
         digest: &ContentHash,
         limits: &Limits,
     ) -> Result<Filled> {
-        let checked = self.check_change(&change, root, &skipped, digest, limits)?;
+        let at = self.check_change(&change, root, &skipped, digest, limits)?;
         let aside = self.fresh_aside()?;
         // Keyed by entries whose numbers are about to change.
         self.open.clear();
@@ -62,7 +56,7 @@ impl Stager {
             .iter()
             .filter_map(|r| base.binary_search_by(|e| e.path.as_str().cmp(r)).ok())
             .collect();
-        for (c, at) in change.changed.iter().zip(&checked.at) {
+        for (c, at) in change.changed.iter().zip(&at) {
             if let Some(i) = *at
                 && !same_content(&base[i], c)
             {
@@ -82,7 +76,7 @@ impl Stager {
         }
         drop(leaving);
 
-        let fresh = self.merge_change(change, &checked.at, root, skipped)?;
+        let fresh = self.merge_change(change, &at, root, skipped)?;
         let shared = self.place_new(fresh)?;
         let journal = Journal::write(&self.dir, &digest.0, self.chunks.written_hashes())?;
         self.journal = journal.into();
@@ -101,7 +95,8 @@ impl Stager {
         Ok(filled)
     }
 
-    /// The checks of [`Stager::apply_change`], which touch nothing.
+    /// The checks of [`Stager::apply_change`], which touch nothing. Returns, per changed entry,
+    /// the index of the staged entry at its path, if any.
     fn check_change(
         &self,
         change: &ManifestChange,
@@ -109,7 +104,7 @@ impl Stager {
         skipped: &[SkippedEntry],
         digest: &ContentHash,
         limits: &Limits,
-    ) -> Result<Checked> {
+    ) -> Result<Vec<Option<usize>>> {
         let m = &self.manifest;
         let base = &m.entries;
         check_change(base, change)?;
@@ -199,13 +194,13 @@ impl Stager {
                 "the change does not rebuild the source's manifest (its digest differs)",
             ));
         }
-        Ok(Checked { at })
+        Ok(at)
     }
 
     /// Makes the staged manifest the one `change` gives, in place (entries are moved, and no
     /// second vector of entries is allocated), carries the per-entry state of the entries kept,
     /// renumbers the chunk table, and sets the modes and mtimes that changed on files already
-    /// verified. `at` is [`Checked::at`]. Returns the numbers of the new entries, whose chunks
+    /// verified. `at` is what [`Stager::check_change`] returned. Returns the numbers of the new entries, whose chunks
     /// are not placed yet.
     fn merge_change(
         &mut self,
