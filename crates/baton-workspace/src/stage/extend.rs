@@ -79,8 +79,7 @@ impl Stager {
                     shared.push(c.hash);
                 }
                 // Written means written at every place, this new one included.
-                let was_written = u.written;
-                if was_written {
+                if u.written {
                     self.chunks.set_written(&c.hash, false);
                 }
                 offset += u64::from(c.len);
@@ -110,7 +109,6 @@ impl Stager {
             open_nofollow(&path, false)?
                 .read_exact_at(&mut buf, p.offset)
                 .map_err(io_err("read", &path))?;
-            self.chunks.set_written(&hash, false);
             // Not trusted as checked: a file it completes is hashed from the bytes written.
             self.write(&hash, &buf, false)?;
             filled.chunks += 1;
