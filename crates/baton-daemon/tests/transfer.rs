@@ -15,7 +15,8 @@ use baton_daemon::transfer::{
     serve_source,
 };
 use baton_proto::transfer::{
-    ChunksFrame, FrameKind, TransferNotice, TransferRole, decode, frame_kind, transfer_ws_path,
+    ChunksFrame, Frame, FrameKind, TransferNotice, TransferRole, decode, encode_want, frame_kind,
+    transfer_ws_path,
 };
 use baton_proto::workspace::ContentHash;
 use baton_proto::{
@@ -990,4 +991,86 @@ async fn manifest_parts_are_served_as_they_are_published_and_a_failed_feed_abort
         .expect("joins");
     assert!(served.is_err(), "the source reports the failure too");
     assert_eq!(feed.published_bytes(), 17, "two parts' plaintext");
+}
+
+/// The relay tells a side of its peer's new connection before that connection's first frame,
+/// even when frames of the replaced connection are still queued towards it. A source that voids
+/// its requests on the notice (as `serve_source` does) would otherwise void the new target's
+/// first request and wait for the target's stall timer to ask again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_target_connection_is_announced_before_its_first_request() {
+    let world = World::start(limits()).await;
+    let transfer = world.allow_a_to_b();
+    let queued = || {
+        world
+            .state
+            .transfers
+            .queued(transfer, TransferRole::Source)
+            .expect("the source is connected")
+    };
+    let mut source = raw(world.m(0), transfer, TransferRole::Source)
+        .await
+        .expect("source");
+    let mut old = raw(world.m(1), transfer, TransferRole::Target)
+        .await
+        .expect("first target connection");
+    // The first connection asks, one frame at a time, until the source's socket (nobody reads
+    // it yet) holds the relay's writer up and a frame waits in the queue behind it.
+    let hashes: Vec<ContentHash> = (0..2048u64).map(|i| name(&bytes(i, 8))).collect();
+    let want = encode_want(0, &hashes).expect("a want frame");
+    let mut sent = 0;
+    while queued() == 0 {
+        old.send(Message::Binary(want.clone().into()))
+            .await
+            .expect("send");
+        sent += 1;
+        assert!(sent < 4096, "the relay never held a frame back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting = queued();
+    assert!(waiting < TRANSFER_QUEUE, "the queue has room for one more");
+    let mut new = raw(world.m(1), transfer, TransferRole::Target)
+        .await
+        .expect("second target connection");
+    let first = encode_want(7, &hashes[..1]).expect("a want frame");
+    new.send(Message::Binary(first.into())).await.expect("send");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while queued() == waiting {
+        assert!(
+            Instant::now() < deadline,
+            "the new request never reached the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(old);
+    // Everything the source now reads, in order: the first connection's notice and requests,
+    // then the second connection's notice, then its round 7.
+    let mut announced = 0;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), source.next())
+            .await
+            .expect("the source hears from the relay")
+            .expect("the source's socket stays open")
+            .expect("a message");
+        match msg {
+            Message::Text(t) => {
+                if let Ok(TransferNotice::Peer { connected: true }) = serde_json::from_str(&t) {
+                    announced += 1;
+                }
+            }
+            Message::Binary(b) => match decode(&b).expect("a frame") {
+                Frame::Want { round: 7, .. } => break,
+                Frame::Want { round: 0, .. } => assert_eq!(
+                    announced, 1,
+                    "a request of the first connection came before its notice or after the second's"
+                ),
+                other => panic!("unexpected frame {other:?}"),
+            },
+            _ => {}
+        }
+    }
+    assert_eq!(
+        announced, 2,
+        "the second connection's first request reached the source before the notice of it"
+    );
 }

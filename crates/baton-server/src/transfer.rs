@@ -93,8 +93,19 @@ struct Presence {
 
 struct Side {
     conn: u64,
-    tx: mpsc::Sender<Bytes>,
+    /// This connection's presence generation (see [`Relayed::from`]).
+    generation: u64,
+    tx: mpsc::Sender<Relayed>,
     cancel: CancellationToken,
+}
+
+/// A frame on its way to the peer, with the presence generation of the connection that sent it:
+/// the peer is told of that connection before the frame, and never gets a frame of a connection
+/// older than the one it was last told of, so a side that voids its requests on a `Peer` notice
+/// neither voids the new connection's first requests nor takes up the replaced one's.
+struct Relayed {
+    from: u64,
+    frame: Bytes,
 }
 
 struct Slot {
@@ -165,17 +176,19 @@ pub struct TransferRegistry {
 /// What a connection holds once it joined.
 struct Joined {
     conn: u64,
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Relayed>,
     cancel: CancellationToken,
     peer: watch::Receiver<Presence>,
     failure: watch::Receiver<Option<ApiError>>,
     peer_connected: bool,
+    /// The peer's presence generation that `peer_connected` describes.
+    peer_generation: u64,
 }
 
 /// Where a received frame goes.
 enum Route {
     /// To the peer's queue, or nowhere when the peer is away.
-    Forward(Option<mpsc::Sender<Bytes>>),
+    Forward(Option<(mpsc::Sender<Relayed>, u64)>),
     /// This connection must stop (replaced, or the transfer failed).
     Stop(Option<ApiError>),
 }
@@ -367,23 +380,28 @@ impl TransferRegistry {
         };
         let (tx, rx) = mpsc::channel(TRANSFER_QUEUE);
         let cancel = CancellationToken::new();
+        slot.presence[idx(role)].send_modify(|p| {
+            p.connected = true;
+            p.generation += 1;
+        });
+        let generation = slot.presence[idx(role)].borrow().generation;
         if let Some(old) = slot.sides[idx(role)].replace(Side {
             conn,
+            generation,
             tx,
             cancel: cancel.clone(),
         }) {
             old.cancel.cancel();
         }
-        slot.presence[idx(role)].send_modify(|p| {
-            p.connected = true;
-            p.generation += 1;
-        });
         let peer = idx(role.peer());
+        let subscribed = slot.presence[peer].subscribe();
+        let peer_generation = subscribed.borrow().generation;
         Ok(Joined {
+            peer_generation,
             conn,
             rx,
             cancel,
-            peer: slot.presence[peer].subscribe(),
+            peer: subscribed,
             failure: slot.failure.subscribe(),
             peer_connected: slot.sides[peer].is_some(),
         })
@@ -426,10 +444,11 @@ impl TransferRegistry {
                 slot.finished = true;
             }
         }
+        let from = slot.sides[idx(role)].as_ref().map_or(0, |me| me.generation);
         Route::Forward(
             slot.sides[idx(role.peer())]
                 .as_ref()
-                .map(|side| side.tx.clone()),
+                .map(|side| (side.tx.clone(), from)),
         )
     }
 
@@ -484,6 +503,16 @@ impl TransferRegistry {
             .get(&transfer)
             .and_then(|s| s.sides[idx(role)].as_ref())
             .map(|side| side.tx.max_capacity())
+    }
+
+    /// Frames waiting in the queue towards `role` of `transfer` while it is connected (for tests
+    /// that need the relay in a known state).
+    pub fn queued(&self, transfer: HandoffId, role: TransferRole) -> Option<usize> {
+        self.lock()
+            .slots
+            .get(&transfer)
+            .and_then(|s| s.sides[idx(role)].as_ref())
+            .map(|side| side.tx.max_capacity() - side.tx.capacity())
     }
 }
 
@@ -584,6 +613,7 @@ async fn connection(
         mut peer,
         mut failure,
         peer_connected,
+        peer_generation,
     } = joined;
     tracing::debug!(%transfer, machine = %caller.machine, role = role.as_str(), "transfer side joined");
     if notice(
@@ -602,17 +632,32 @@ async fn connection(
     let writer = async {
         let mut ping = tokio::time::interval(idle / 6);
         ping.tick().await;
+        // The peer's presence generation this side was last told of.
+        let mut told = peer_generation;
         loop {
             // Biased: a frame relayed before the peer's presence changed reaches this side
-            // before the notice, so a target that re-asks on `Peer` has already seen it.
+            // before the notice, so a target that re-asks on `Peer` has already seen it. A frame
+            // from a newer peer connection is preceded by that connection's notice instead.
             tokio::select! {
                 biased;
                 changed = failure.changed() => {
                     // Closed channel: the transfer was forgotten; stop quietly.
                     return changed.ok().and_then(|_| failure.borrow().clone());
                 }
-                frame = rx.recv() => {
-                    let frame = frame?;
+                relayed = rx.recv() => {
+                    let Relayed { from, frame } = relayed?;
+                    if from < told {
+                        // Queued by a connection the peer has since replaced, after this side
+                        // was told of the new one: void, like everything that connection asked.
+                        continue;
+                    }
+                    if from > told {
+                        told = from;
+                        let connected = &TransferNotice::Peer { connected: true };
+                        if notice(&mut sink, connected).await.is_err() {
+                            return None;
+                        }
+                    }
                     if sink.send(Message::Binary(frame)).await.is_err() {
                         return None;
                     }
@@ -621,9 +666,13 @@ async fn connection(
                     if changed.is_err() {
                         return None;
                     }
-                    let connected = peer.borrow_and_update().connected;
-                    if notice(&mut sink, &TransferNotice::Peer { connected }).await.is_err() {
-                        return None;
+                    let now = *peer.borrow_and_update();
+                    if now.generation > told {
+                        told = now.generation;
+                        let presence = &TransferNotice::Peer { connected: now.connected };
+                        if notice(&mut sink, presence).await.is_err() {
+                            return None;
+                        }
                     }
                 }
                 _ = ping.tick() => {
@@ -664,10 +713,10 @@ async fn connection(
                 .transfers
                 .route(transfer, conn, role, frame.len(), kind)
             {
-                Route::Forward(Some(tx)) => {
+                Route::Forward(Some((tx, from))) => {
                     // Waiting here is the backpressure; an error means the peer left meanwhile
                     // and the frame is dropped (the target asks again).
-                    let _ = tx.send(frame).await;
+                    let _ = tx.send(Relayed { from, frame }).await;
                 }
                 Route::Forward(None) => {}
                 Route::Stop(error) => return error,

@@ -202,12 +202,17 @@ async fn read_socket(mut stream: SplitStream<WsStream>, tx: mpsc::Sender<Incomin
     }
 }
 
+/// A reconnection attempt that outlives the [`Link::next`] call that started it.
+type Reconnect = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Connected>> + Send>>;
+
 /// A transfer socket used from one task, reconnecting on loss.
 pub(crate) struct Link {
     conn: TransferConn,
     role: TransferRole,
     cancel: CancellationToken,
     live: Option<Live>,
+    /// The reconnection under way, if any.
+    connecting: Option<Reconnect>,
     lost_at: Option<Instant>,
     peer: bool,
     peer_absent_since: Option<Instant>,
@@ -232,6 +237,7 @@ impl Link {
             role,
             cancel,
             live: Some(Live::new(c.ws)),
+            connecting: None,
             lost_at: None,
             peer: false,
             peer_absent_since: None,
@@ -314,7 +320,16 @@ impl Link {
             }
             let Some(live) = self.live.as_mut() else {
                 let since = *self.lost_at.get_or_insert_with(Instant::now);
-                let c = connect(&self.conn, self.role, since, &self.cancel).await?;
+                // Kept across calls: a caller that drops this future (a `select!` woken by
+                // something else) resumes the same attempt instead of starting another, whose
+                // late upgrade would replace, and so close, the connection that won.
+                let attempt = self.connecting.get_or_insert_with(|| {
+                    let (conn, role, cancel) = (self.conn.clone(), self.role, self.cancel.clone());
+                    Box::pin(async move { connect(&conn, role, since, &cancel).await })
+                });
+                let c = attempt.as_mut().await;
+                self.connecting = None;
+                let c = c?;
                 self.live = Some(Live::new(c.ws));
                 self.lost_at = None;
                 self.reconnects += 1;

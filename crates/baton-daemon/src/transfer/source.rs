@@ -78,8 +78,8 @@ impl Pipeline {
     fn push(&self, round: u32, hashes: impl ExactSizeIterator<Item = ContentHash>) -> Result<()> {
         let mut p = self.lock();
         if round < p.current.round {
-            // A request of an earlier round, overtaken by a re-ask: the target ignores answers
-            // to it anyway.
+            // A request of an earlier round, overtaken by a re-ask: the target drops answers to
+            // it anyway.
             return Ok(());
         }
         if round > p.current.round {

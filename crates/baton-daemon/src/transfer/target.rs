@@ -151,9 +151,9 @@ fn verify_and_store(
 
 /// Requests in flight and still to make.
 struct Window {
-    /// Request round: bumped at each re-ask. An answer from an earlier round is still stored
-    /// when its chunk is outstanding (it arrived; the re-ask's answer is then the duplicate),
-    /// but its `gone` hashes are not trusted past a re-ask.
+    /// Request round: bumped at each re-ask. A re-ask voids the earlier rounds on both sides:
+    /// the source answers it whole, so an earlier answer arriving late is dropped here rather
+    /// than stored, and nothing stored is then sent again for the re-ask.
     round: u32,
     /// Bytes of the chunks accepted so far (reported when asking again).
     received_bytes: u64,
@@ -487,8 +487,10 @@ impl Receiver {
                         round,
                         current = window.round,
                         chunks = chunks.len(),
-                        "an answer to an earlier round; keeping what is still wanted"
+                        "dropping an answer to an earlier round: the re-ask brings it again"
                     );
+                    self.stats.duplicates += chunks.len() as u64;
+                    return Ok(None);
                 }
                 let mut entries = Vec::with_capacity(chunks.len());
                 for entry in chunks.iter() {
