@@ -237,6 +237,14 @@ fn workspace_travels_verified_and_comes_back_as_a_small_delta() {
     let edited = std::fs::metadata(ws_b.join("src/main.rs"))
         .expect("stat")
         .len();
+    // Laptop's tree is older than a scan's racy margin (2 s) by now, so its unchanged files are
+    // provably the ones scanned: `replace` links them into the staging rather than copying.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let inode = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).expect("stat").ino()
+    };
+    let blob_inode = inode(&ws_a.join("assets/blob.bin"));
     let (rc, out) = w.handoff(
         1,
         &s,
@@ -261,6 +269,11 @@ fn workspace_travels_verified_and_comes_back_as_a_small_delta() {
     assert_eq!(
         std::fs::read_to_string(ws_a.join("src/main.rs")).expect("read"),
         "fn main() { println!(\"edited\"); }\n"
+    );
+    assert_eq!(
+        inode(&ws_a.join("assets/blob.bin")),
+        blob_inode,
+        "the unchanged file was linked, not copied"
     );
     // `replace` replaces the whole tree: what the old one held outside the selection is gone
     // with it (the backup is removed once the handoff committed).

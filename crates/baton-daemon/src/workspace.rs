@@ -22,10 +22,10 @@ use baton_proto::workspace::{
 use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
 use baton_workspace::{
-    CACHED_PARTS, ChunkIndex, Limits, LocalChunks, ManifestChange, ManifestDigest, PreparedScan,
-    Previous, STREAM_FIRST_PART, ScanOptions, Scanned, SpoolWriter, SpooledIndex, SpooledPart,
-    SpooledScan, StagedTree, Stager, TreeWatch, Walked, check_source, plan_absent, prepare_rescan,
-    prepare_scan, watch_enabled,
+    CACHED_PARTS, ChunkIndex, Filled, Limits, LocalChunks, ManifestChange, ManifestDigest,
+    PreparedScan, Previous, STREAM_FIRST_PART, ScanOptions, Scanned, SpoolWriter, SpooledIndex,
+    SpooledPart, SpooledScan, StagedTree, Stager, TreeWatch, Walked, check_source, plan_absent,
+    prepare_rescan, prepare_scan, watch_enabled,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -1319,6 +1319,9 @@ async fn stage_and_fetch(
     let index = side.index.clone();
     let id = handoff.to_string();
     let started = std::time::Instant::now();
+    // Replacing a destination that exists: its unchanged files are linked, not copied (the
+    // tree it holds is removed at commit, so nothing is left sharing them).
+    let links = side.policy == ConflictPolicy::Replace && side.state == DestinationState::Exists;
     let staged = tokio::task::spawn_blocking(move || {
         let limits = Limits::default();
         // A stager that fails is handed back so that an abort removes its directory.
@@ -1361,8 +1364,24 @@ async fn stage_and_fetch(
                 )));
             }
         };
+        let linked = match links.then(|| std::fs::canonicalize(&dest)) {
+            Some(Ok(root)) => match stager.link_from_index(index.as_ref(), &root) {
+                Ok(linked) => linked,
+                Err(e) => return Err(Box::new((Some(stager), e))),
+            },
+            _ => Filled::default(),
+        };
         match stager.fill_from_index(index.as_ref()) {
-            Ok(filled) => Ok((stager, filled.bytes)),
+            Ok(filled) => {
+                if linked.bytes > 0 {
+                    tracing::debug!(
+                        linked_bytes = linked.bytes,
+                        copied_bytes = filled.bytes,
+                        "reused the destination's files"
+                    );
+                }
+                Ok((stager, linked.bytes + filled.bytes))
+            }
             Err(e) => Err(Box::new((Some(stager), e))),
         }
     })

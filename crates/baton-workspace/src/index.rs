@@ -56,6 +56,23 @@ impl Seen {
     }
 }
 
+/// Where an indexed chunk lies: its file, its offset there, and what the scan saw of the file.
+#[derive(Clone, Debug)]
+pub struct Located {
+    /// The file that held the chunk when it was indexed.
+    pub path: PathBuf,
+    /// Where the chunk starts in it.
+    pub offset: u64,
+    seen: Option<Seen>,
+}
+
+impl Located {
+    /// True when `md` is provably the file the scan hashed, unchanged since (see [`Seen`]).
+    pub(crate) fn unchanged(&self, md: &Metadata) -> bool {
+        self.seen.is_some_and(|s| s.unchanged(md))
+    }
+}
+
 /// One indexed file: its root, where its path below the root lies in the index's name arena,
 /// and what the scan saw of it if anything.
 #[derive(Debug)]
@@ -259,6 +276,18 @@ impl ChunkIndex {
     /// False when the chunk is not indexed, its file is gone, or its bytes changed since the scan.
     pub fn read_into(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> bool {
         self.read_proved(hash, buf).is_some()
+    }
+
+    /// Where `hash` lies, if indexed (the file may have changed since: see
+    /// [`Located::unchanged`]).
+    pub fn locate(&self, hash: &ContentHash) -> Option<Located> {
+        let loc = self.find(hash)?;
+        let (path, seen) = self.file(loc.file)?;
+        Some(Located {
+            path,
+            offset: loc.offset,
+            seen,
+        })
     }
 
     /// [`ChunkIndex::read_into`], saying how the bytes were proved.

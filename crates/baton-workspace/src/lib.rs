@@ -46,7 +46,7 @@ pub use delta::{
 pub use error::{Error, Result};
 pub use found::SPILL_ENTRIES_VAR;
 pub use fsutil::{WRITEBACK_VAR, available_bytes};
-pub use index::{ChunkIndex, Proof};
+pub use index::{ChunkIndex, Located, Proof};
 pub use plan::{Plan, check_space, plan, plan_absent};
 pub use progress::{Progress, ProgressSnapshot};
 pub use safety::{check_destination, check_source, destination_state};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use baton_proto::workspace::{ChunkParams, ContentHash};
 
 use crate::error::Result;
-use crate::index::{ChunkIndex, Proof};
+use crate::index::{ChunkIndex, Located, Proof};
 use crate::spool::{SpoolReader, SpooledScan};
 
 /// Part indexes kept in memory by default.
@@ -23,6 +23,11 @@ pub trait LocalChunks: Send + Sync {
     fn contains(&self, hash: &ContentHash) -> bool;
     /// Reads the chunk into `buf`, proved to be its bytes; `None` when not held (or stale).
     fn read_proved(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> Option<Proof>;
+    /// Where the chunk lies in a file of this machine, when that is known.
+    fn locate(&self, hash: &ContentHash) -> Option<Located> {
+        let _ = hash;
+        None
+    }
 }
 
 impl LocalChunks for ChunkIndex {
@@ -36,6 +41,10 @@ impl LocalChunks for ChunkIndex {
 
     fn read_proved(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> Option<Proof> {
         ChunkIndex::read_proved(self, hash, buf)
+    }
+
+    fn locate(&self, hash: &ContentHash) -> Option<Located> {
+        ChunkIndex::locate(self, hash)
     }
 }
 
@@ -152,5 +161,9 @@ impl LocalChunks for SpooledIndex {
 
     fn read_proved(&self, hash: &ContentHash, buf: &mut Vec<u8>) -> Option<Proof> {
         self.find(hash)?.read_proved(hash, buf)
+    }
+
+    fn locate(&self, hash: &ContentHash) -> Option<Located> {
+        self.find(hash)?.locate(hash)
     }
 }

@@ -312,6 +312,7 @@ impl Stager {
                 continue;
             }
             let p = self.tree.join(&e.path);
+            super::link::unshare(&self.dir, &p)?;
             fs::set_permissions(&p, fs::Permissions::from_mode(e.mode & 0o777))
                 .map_err(io_err("chmod", &p))?;
             set_mtime(&p, e.mtime_ns).map_err(io_err("set mtime of", &p))?;

@@ -18,6 +18,7 @@ mod chunks;
 mod claim;
 mod extend;
 mod journal;
+mod link;
 mod tree;
 mod update;
 
@@ -219,7 +220,13 @@ impl Stager {
                 )
             }
         };
-        let (chunks, files) = placements(&manifest, |_, h| written.contains(h))?;
+        let unlinked = match resume {
+            true => link::drop_links(&tree, &manifest)?,
+            false => HashSet::new(),
+        };
+        let (chunks, files) = placements(&manifest, |i, h| {
+            written.contains(h) && !unlinked.contains(&i)
+        })?;
         drop(written);
         let mut stager = Self {
             dest: dest.to_path_buf(),

@@ -140,6 +140,7 @@ impl Stager {
             let before = &old.entries[oi];
             if files[ni].verified && (before.mode != e.mode || before.mtime_ns != e.mtime_ns) {
                 let p = self.tree.join(&e.path);
+                super::link::unshare(&self.dir, &p)?;
                 fs::set_permissions(&p, fs::Permissions::from_mode(e.mode & 0o777))
                     .map_err(io_err("chmod", &p))?;
                 set_mtime(&p, e.mtime_ns).map_err(io_err("set mtime of", &p))?;
