@@ -745,6 +745,52 @@ fn a_dropped_source_socket_resumes_without_resending_what_arrived() {
     dropped_socket_resumes(LAPTOP);
 }
 
+#[test]
+fn a_target_control_connection_dropped_in_the_precopy_does_not_stop_the_handoff() {
+    control_drop_goes_on("precopy");
+}
+
+#[test]
+fn a_target_control_connection_dropped_in_the_final_pass_does_not_stop_the_handoff() {
+    control_drop_goes_on("final");
+}
+
+/// Desktop's daemon closes its control connection (not the transfer socket) once, as its
+/// `pass` starts: the pass goes on, the server asks again once the daemon is back, and the
+/// daemon answers with the same pass's reply; the handoff commits with every byte sent once.
+fn control_drop_goes_on(pass: &str) {
+    const FILES: u64 = 6;
+    const SIZE: usize = 1024 * 1024;
+    let w = world_with(&[(DESKTOP, "BATON_TEST_DROP_CONTROL_IN_RECEIVE", pass)]);
+    let files: Vec<(String, Vec<u8>)> = (0..FILES)
+        .map(|i| (format!("blobs/b{i}.bin"), noise(900 + i, SIZE)))
+        .collect();
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let (s, ws_a) = session_with(&w, "proj", &files);
+    let dest = PathBuf::from(w.dir("desktop-ws")).join("proj");
+
+    let out = moved(&w, LAPTOP, &s, "desktop", &dest, &[]);
+    assert_eq!(content(&dest, &[]), content(&ws_a, &[]), "{out}");
+    let ws = &out["workspace"];
+    assert_eq!(
+        ws["bytes_sent"], ws["bytes_total"],
+        "every byte sent once: {ws}"
+    );
+    let log = daemon_log(&w, DESKTOP);
+    assert_eq!(
+        log.matches("BATON_TEST_DROP_CONTROL_IN_RECEIVE set: dropping the control connection")
+            .count(),
+        1,
+        "the control connection was dropped once"
+    );
+    assert!(
+        log.contains("asked again for a pass under way; joining it"),
+        "the server asked again and the daemon joined its pass"
+    );
+    assert_eq!(w.session(DESKTOP, &s)["owner"]["name"], "desktop");
+    assert!(w.send(DESKTOP, &s, "after the drop").starts_with("Turn 2."));
+}
+
 /// `dropper`'s daemon closes its transfer socket once, past 60 % of the tree.
 fn dropped_socket_resumes(dropper: usize) {
     const FILES: u64 = 6;

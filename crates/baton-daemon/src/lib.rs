@@ -98,6 +98,9 @@ pub struct Daemon {
     quiesce_grace: Duration,
     /// Connected services of the account: provider name → environment for its CLI.
     services: Mutex<HashMap<String, Vec<(String, String)>>>,
+    /// Closes the control connection when notified (test hook, see
+    /// [`workspace::DROP_CONTROL_VAR`]); the daemon then reconnects as after any loss.
+    control_drop: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,6 +128,7 @@ impl Daemon {
             workspaces: workspace::Workspaces::default(),
             quiesce_grace: opts.quiesce_grace,
             services: Mutex::new(HashMap::new()),
+            control_drop: tokio::sync::Notify::new(),
         });
         Ok(d)
     }
@@ -391,6 +395,10 @@ impl Daemon {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     let _ = sink.send(Message::Close(None)).await;
+                    return Ok(true);
+                }
+                _ = self.control_drop.notified() => {
+                    tracing::warn!("{} set: dropping the control connection", workspace::DROP_CONTROL_VAR);
                     return Ok(true);
                 }
                 msg = tokio::time::timeout(SERVER_SILENCE, stream.next()) => {

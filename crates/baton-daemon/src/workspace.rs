@@ -54,9 +54,24 @@ const TARGET_RECORD: &str = "workspace.json";
 pub struct Workspaces {
     sources: Mutex<HashMap<HandoffId, SourceSide>>,
     targets: Mutex<HashMap<HandoffId, Arc<tokio::sync::Mutex<TargetSide>>>>,
+    /// The passes this machine receives, by transfer, with their handoff: a command repeated
+    /// after the control connection dropped joins its pass instead of starting another.
+    receiving: Mutex<HashMap<HandoffId, (HandoffId, ReceiveOutcome)>>,
     /// The last scans of workspace trees this machine sent or received.
     known: Arc<KnownTrees>,
 }
+
+/// Test hook: the name of a pass (`plan`, `precopy`, `final`) during whose first receive this
+/// daemon, as target, closes its control connection once (the pass must go on regardless).
+pub const DROP_CONTROL_VAR: &str = "BATON_TEST_DROP_CONTROL_IN_RECEIVE";
+
+/// Whether the [`DROP_CONTROL_VAR`] hook fired in this process.
+static CONTROL_DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The reply of one pass, running in a task of its own, for every command that asks for it.
+type ReceiveOutcome = futures_util::future::Shared<
+    futures_util::future::BoxFuture<'static, Result<DaemonReply, ApiError>>,
+>;
 
 /// The last scans of workspace trees this machine sent or received, newest first (at most
 /// [`KNOWN_TREES`]), kept on disk: a later handoff of the same tree, from here or into it,
@@ -927,8 +942,79 @@ fn take_delta(
 ///   and may miss chunks whose files changed meanwhile.
 /// - The final pass switches the staging to the final manifest, fetches what it still lacks
 ///   and verifies every file.
+///
+/// The pass runs in a task of its own and outlives the command: when the control connection
+/// drops meanwhile, the server asks again once the daemon is back, and that command (same
+/// transfer) gets the same pass's reply, however far it got.
 #[allow(clippy::too_many_arguments)]
 pub async fn receive(
+    d: &Arc<Daemon>,
+    handoff: HandoffId,
+    transfer: HandoffId,
+    session: &SessionRecord,
+    sealed_options: Option<&Sealed>,
+    policy: ConflictPolicy,
+    pass: WorkspacePass,
+) -> Result<DaemonReply, ApiError> {
+    use futures_util::FutureExt;
+    let outcome = {
+        let mut receiving = lock(&d.workspaces.receiving);
+        match receiving.get(&transfer) {
+            Some((of, outcome)) if *of == handoff => {
+                tracing::info!(handoff_id = %handoff, transfer = %transfer, "asked again for a pass under way; joining it");
+                outcome.clone()
+            }
+            Some(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "This transfer belongs to another handoff.",
+                ));
+            }
+            None => {
+                let (d2, session) = (Arc::clone(d), session.clone());
+                let sealed_options = sealed_options.cloned();
+                let task = tokio::spawn(async move {
+                    receive_once(
+                        &d2,
+                        handoff,
+                        transfer,
+                        &session,
+                        sealed_options.as_ref(),
+                        policy,
+                        pass,
+                    )
+                    .await
+                });
+                let outcome = async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(ApiError::new(
+                            ErrorCode::TransferFailed,
+                            format!("The workspace transfer stopped: {e}."),
+                        ))
+                    })
+                }
+                .boxed()
+                .shared();
+                receiving.insert(transfer, (handoff, outcome.clone()));
+                let name = match pass {
+                    WorkspacePass::Plan => "plan",
+                    WorkspacePass::Precopy => "precopy",
+                    WorkspacePass::Final => "final",
+                };
+                if std::env::var(DROP_CONTROL_VAR).is_ok_and(|p| p == name)
+                    && !CONTROL_DROPPED.swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    d.control_drop.notify_one();
+                }
+                outcome
+            }
+        }
+    };
+    outcome.await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive_once(
     d: &Arc<Daemon>,
     handoff: HandoffId,
     transfer: HandoffId,
@@ -1585,6 +1671,7 @@ pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
         });
     }
     drop(side);
+    lock(&d.workspaces.receiving).retain(|_, (of, _)| *of != handoff);
     let _ = tokio::task::spawn_blocking(release_memory).await;
     Ok(())
 }
@@ -1608,6 +1695,7 @@ const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Either side, when a handoff aborts (or its source is done): stops serving, removes staging.
 pub async fn forget(d: &Daemon, handoff: HandoffId) {
+    lock(&d.workspaces.receiving).retain(|_, (of, _)| *of != handoff);
     if let Some(src) = lock(&d.workspaces.sources).remove(&handoff) {
         for (_, c) in src.serving {
             c.cancel();

@@ -26,6 +26,16 @@ struct Subscription {
     items: Vec<(Option<SessionId>, bool)>,
 }
 
+/// Why a command failed when its machine's connection dropped before the reply.
+const DISCONNECTED: &str = "The machine disconnected while answering.";
+
+/// True when a command failed only because its machine's connection dropped while it ran: the
+/// daemon may still be working on it, and answers it again once reconnected if it is
+/// idempotent.
+pub fn disconnected(e: &ApiError) -> bool {
+    e.code == ErrorCode::Timeout && e.message.starts_with(DISCONNECTED)
+}
+
 impl Subscription {
     fn wants(&self, event: &Event) -> bool {
         let (session, is_entries) = match event {
@@ -110,10 +120,7 @@ impl Hub {
         if let Some(conn) = inner.conns.remove(&id) {
             for p in conn.pending {
                 if let Some(waiter) = inner.pending.remove(&p) {
-                    let _ = waiter.send(Err(ApiError::new(
-                        ErrorCode::Timeout,
-                        "The machine disconnected while answering.",
-                    )));
+                    let _ = waiter.send(Err(ApiError::new(ErrorCode::Timeout, DISCONNECTED)));
                 }
             }
             if conn.role == ConnRole::Daemon && inner.daemons.get(&conn.machine) == Some(&id) {
@@ -218,10 +225,7 @@ impl Hub {
         }
         match result {
             Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(ApiError::new(
-                ErrorCode::Timeout,
-                "The machine disconnected while answering.",
-            )),
+            Ok(Err(_)) => Err(ApiError::new(ErrorCode::Timeout, DISCONNECTED)),
             Err(_) => Err(ApiError::new(
                 ErrorCode::Timeout,
                 format!("The machine did not answer within {} s.", timeout.as_secs()),
@@ -285,7 +289,21 @@ mod tests {
         hub.register(account, machine, ConnRole::Daemon, tx2);
         let err = waiter.await.unwrap().unwrap_err();
         assert_eq!(err.code, ErrorCode::Timeout);
+        assert!(disconnected(&err), "{err:?}");
         assert!(hub.is_online(machine));
+        // A command that only timed out is not a dropped connection.
+        let err = hub
+            .command(
+                machine,
+                DaemonCommand::Cleanup {
+                    handoff_id: baton_proto::HandoffId::new(),
+                    session_id: SessionId::new(),
+                },
+                Duration::from_millis(20),
+            )
+            .await
+            .unwrap_err();
+        assert!(!disconnected(&err), "{err:?}");
     }
 
     #[test]

@@ -404,7 +404,8 @@ impl Driver {
                 )
                 .await?;
             let mut source_conn = self.state.hub.daemon_conn(self.h.from);
-            let receive = self.state.hub.command(
+            let receive = target_receives(
+                &self.state.hub,
                 self.h.to,
                 DaemonCommand::WorkspaceReceive {
                     handoff_id: self.h.id,
@@ -863,5 +864,51 @@ async fn publish_session(state: &AppState, account: AccountId, id: SessionId) {
         state
             .hub
             .publish(account, Event::SessionChanged { session });
+    }
+}
+
+/// How long a workspace pass waits for a target whose control connection dropped to come back
+/// (the daemons' transfer sockets wait as long for each other by default).
+const TARGET_RECONNECT_WAIT: Duration = Duration::from_secs(60);
+
+/// Asks the target for a workspace pass and waits for its reply. The target runs the pass in a
+/// task of its own, and its transfer socket resumes by itself, so a dropped control connection
+/// loses only the reply: once the daemon is back (within [`TARGET_RECONNECT_WAIT`]) the same
+/// command goes again, and the daemon answers it with the pass it is already running or ran.
+async fn target_receives(
+    hub: &crate::hub::Hub,
+    to: baton_proto::MachineId,
+    command: DaemonCommand,
+    timeout: Duration,
+) -> Result<DaemonReply, ApiError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let conn = hub.daemon_conn(to);
+        let left = timeout.saturating_sub(started.elapsed());
+        match hub.command(to, command.clone(), left).await {
+            Err(e) if crate::hub::disconnected(&e) => {
+                tracing::info!(machine = %to, "the target's connection dropped during a workspace pass; waiting for it");
+                let back = tokio::time::timeout(TARGET_RECONNECT_WAIT, async {
+                    loop {
+                        let now = hub.daemon_conn(to);
+                        if now.is_some() && now != conn {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+                .await;
+                if back.is_err() {
+                    return Err(ApiError::new(
+                        ErrorCode::TargetOffline,
+                        format!(
+                            "The target went offline during the workspace transfer and was not back within {} s.",
+                            TARGET_RECONNECT_WAIT.as_secs()
+                        ),
+                    ));
+                }
+            }
+            other => return other,
+        }
     }
 }
