@@ -746,6 +746,50 @@ fn a_dropped_source_socket_resumes_without_resending_what_arrived() {
 }
 
 #[test]
+fn a_target_killed_while_removing_the_replaced_tree_finishes_the_commit_when_it_starts_again() {
+    let mut w = world_with(&[(DESKTOP, "BATON_TEST_DELAY_WORKSPACE_COMMIT_MS", "60000")]);
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("src/a.rs", b"fn a() {}\n".to_vec()),
+        ("data/blob.bin", noise(31, 300_000)),
+    ];
+    let (s, ws_a) = session_with(&w, "proj", &files);
+    let dest = PathBuf::from(w.dir("desktop-ws")).join("proj");
+    put(&dest, "old/tree.txt", b"the tree being replaced\n");
+    let out = moved(&w, LAPTOP, &s, "desktop", &dest, &["--conflict", "replace"]);
+    assert_eq!(content(&dest, &[]), content(&ws_a, &[]), "{out}");
+    let side = dest.parent().expect("parent").to_path_buf();
+    assert!(
+        stray(&side).iter().any(|n| n.contains(".baton-backup-")),
+        "the replaced tree waits for the delayed commit: {:?}",
+        stray(&side)
+    );
+    // Killed before the commit ends; started again without the delay.
+    w.c.kill_daemon(DESKTOP);
+    w.c.machines[DESKTOP].daemon_env.clear();
+    w.c.start_daemon(DESKTOP).expect("desktop daemon restarts");
+    assert!(
+        wait_for(Duration::from_secs(30), || stray(&side)
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "backup or staging left after the restart: {:?}",
+        stray(&side)
+    );
+    assert_eq!(content(&dest, &[]), content(&ws_a, &[]));
+    assert!(
+        daemon_log(&w, DESKTOP)
+            .contains("finished the commit of a workspace put in place before a restart")
+    );
+    let commits = w.c.machines[DESKTOP].baton_home.join("commits");
+    let left = std::fs::read_dir(&commits).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "records left in {}", commits.display());
+    assert!(
+        w.send(DESKTOP, &s, "after the restart")
+            .starts_with("Turn 2.")
+    );
+}
+
+#[test]
 fn a_target_control_connection_dropped_in_the_precopy_does_not_stop_the_handoff() {
     control_drop_goes_on("precopy");
 }

@@ -613,6 +613,7 @@ async fn cleanup(d: &Daemon, handoff: HandoffId) -> Reply {
 /// After a (re)connect: staging left by handoffs that ended while this daemon was away is
 /// removed (aborted) or put in place (committed to this machine).
 pub async fn recover_staging(d: &Arc<Daemon>) -> Result<(), ClientError> {
+    crate::workspace::finish_commits(d).await?;
     let root = d.baton_home.join("handoffs");
     let Ok(entries) = std::fs::read_dir(&root) else {
         return Ok(());

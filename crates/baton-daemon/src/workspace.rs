@@ -1638,7 +1638,31 @@ pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
     // The tree is in place. Removing what `replace` set aside can take long (tens of thousands
     // of unlinks, slower still on a disk mounted with `discard`), and the session must not stay
     // stopped for it: it goes on in the background past a short wait.
-    let commit = tokio::task::spawn_blocking(move || applied.commit());
+    // Recorded first: a daemon that dies before the removal ends finishes it when it starts
+    // again ([`finish_commits`]); the handoff dir, which names the destination too, is removed
+    // as soon as activation returns.
+    let record = commit_record(d, handoff);
+    let written = std::fs::create_dir_all(d.baton_home.join(COMMITS)).and_then(|()| {
+        std::fs::write(
+            &record,
+            serde_json::to_vec(&TargetRecord {
+                dest: side.dest.clone(),
+            })
+            .unwrap_or_default(),
+        )
+    });
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot record the commit under way; a crash now would leave the replaced tree");
+    }
+    let delay = test_delay(COMMIT_DELAY_VAR);
+    let commit = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(delay);
+        let done = applied.commit();
+        if done.is_ok() {
+            let _ = std::fs::remove_file(&record);
+        }
+        done
+    });
     match tokio::time::timeout(COMMIT_WAIT, commit).await {
         Ok(Ok(Ok(_))) => {}
         Ok(Ok(Err(e))) => {
@@ -1723,6 +1747,107 @@ pub async fn forget(d: &Daemon, handoff: HandoffId) {
         remove_recorded_staging(d, handoff);
     }
     let _ = tokio::task::spawn_blocking(release_memory).await;
+}
+
+/// Where the commits of workspaces put in place are recorded until they end (see `activate`).
+const COMMITS: &str = "commits";
+
+/// Test hook: milliseconds the background commit of a workspace put in place waits first, so
+/// a test can kill the daemon before it ends.
+pub const COMMIT_DELAY_VAR: &str = "BATON_TEST_DELAY_WORKSPACE_COMMIT_MS";
+
+fn test_delay(var: &str) -> std::time::Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from_millis)
+}
+
+fn commit_record(d: &Daemon, handoff: HandoffId) -> PathBuf {
+    d.baton_home.join(COMMITS).join(format!("{handoff}.json"))
+}
+
+/// At start: finishes the commits of workspaces that a previous run of the daemon put in place
+/// and did not see through (it died while removing the replaced tree): the apply is rolled
+/// forward and the backup removed, once the server confirms the handoff committed. An aborted
+/// handoff's apply is rolled back instead; one still active is left for later.
+pub async fn finish_commits(d: &Arc<Daemon>) -> Result<(), crate::client::ClientError> {
+    let Ok(entries) = std::fs::read_dir(d.baton_home.join(COMMITS)) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(handoff) = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<HandoffId>().ok())
+        else {
+            continue;
+        };
+        let Some(rec) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<TargetRecord>(&b).ok())
+        else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        let h: baton_proto::HandoffRecord =
+            match d.client.get(&format!("/v1/handoffs/{handoff}")).await {
+                Ok(h) => h,
+                Err(crate::client::ClientError::Api(e)) if e.code == ErrorCode::NotFound => {
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+        let forward = match h.result {
+            baton_proto::HandoffResult::Committed => true,
+            baton_proto::HandoffResult::Aborted => false,
+            baton_proto::HandoffResult::Active => continue,
+        };
+        let id = handoff.to_string();
+        let done = tokio::task::spawn_blocking(move || {
+            for l in baton_workspace::leftovers(&rec.dest)? {
+                if l.transfer_id() != id {
+                    continue;
+                }
+                match (l, forward) {
+                    (baton_workspace::Leftover::Applied(a), true) => {
+                        a.commit()?;
+                    }
+                    // The record is written after apply: a staging directory without its
+                    // apply record is one whose removal the commit had begun.
+                    (
+                        baton_workspace::Leftover::Backup { path, .. }
+                        | baton_workspace::Leftover::Staging { path, .. },
+                        true,
+                    ) => {
+                        std::fs::remove_dir_all(&path).map_err(|e| baton_workspace::Error::Io {
+                            action: "remove",
+                            path: path.clone(),
+                            source: e,
+                        })?;
+                    }
+                    (l, false) => l.rollback()?,
+                }
+            }
+            Ok::<_, baton_workspace::Error>(())
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {
+                tracing::info!(handoff_id = %handoff, "finished the commit of a workspace put in place before a restart");
+                let _ = std::fs::remove_file(&path);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(handoff_id = %handoff, error = %e, "finishing a workspace commit failed")
+            }
+            Err(e) => {
+                tracing::warn!(handoff_id = %handoff, error = %e, "finishing a workspace commit stopped")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// After a restart, nothing is in memory: the record in the handoff's directory says which
