@@ -263,3 +263,45 @@ fn a_resumed_staging_drops_its_links_before_writing_anything() {
         .unwrap();
     assert_same(&listing(&src), &listing(&dest));
 }
+
+#[test]
+fn a_linked_file_whose_chunk_is_written_again_by_an_update_gets_its_own_inode_first() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    let (_, _) = setup(&src, &dest);
+    // Two files with the same bytes: the destination holds the first (as it was), not the
+    // second, so their one chunk is only partly written once the first is linked.
+    let same = noise(99, 5000);
+    write(&src, "dup/one.txt", &same);
+    write(&src, "dup/two.txt", &same);
+    write(&dest, "dup/one.txt", &same);
+    let md = fs::metadata(src.join("dup/one.txt")).unwrap();
+    set_mtime(&dest, "dup/one.txt", md.mtime(), md.mtime_nsec());
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let s = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
+    let index = ChunkIndex::from_scan(&scan(&dest, &opts(IgnoredFiles::Include), None).unwrap());
+    let before = listing(&dest);
+    let mut st = Stager::create(&dest, "u", s.manifest.clone(), &Limits::default()).unwrap();
+    st.link_from_index(&index, &dest).unwrap();
+    assert_eq!(fs::metadata(dest.join("dup/one.txt")).unwrap().nlink(), 2);
+    // The whole final manifest, with one more file: `update` writes the shared chunk into
+    // every place it counts as not written, the linked file's included.
+    write(&src, "late.txt", b"added during the pre-copy");
+    let s2 = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
+    st.update(s2.manifest.clone(), &Limits::default()).unwrap();
+    assert_eq!(
+        fs::metadata(dest.join("dup/one.txt")).unwrap().nlink(),
+        1,
+        "the staged copy no longer shares the destination's inode"
+    );
+    st.fill_from_index(&index).unwrap();
+    fetch_missing(&mut st, &s2);
+    assert_same(&before, &listing(&dest));
+    st.finish(2)
+        .unwrap()
+        .apply(ConflictPolicy::Replace)
+        .unwrap()
+        .commit()
+        .unwrap();
+    assert_same(&listing(&src), &listing(&dest));
+}

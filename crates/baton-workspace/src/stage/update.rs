@@ -134,6 +134,10 @@ impl Stager {
             };
             let Some(f) = e.file() else { continue };
             if files[ni].left > 0 {
+                // Its chunks are written into it again: never into a linked inode.
+                if files[ni].created {
+                    super::link::unshare(&self.dir, &self.tree.join(&e.path))?;
+                }
                 continue;
             }
             files[ni].verified = old_files[oi].verified;
