@@ -368,6 +368,18 @@ fn field(line: &str, name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// A session on laptop whose workspace `laptop-ws/proj` holds `files` random blobs of `size`
+/// bytes (from `seed` on), and where it is to go on desktop.
+fn blob_session(w: &World, seed: u64, files: u64, size: usize) -> (String, PathBuf, PathBuf) {
+    let blobs: Vec<(String, Vec<u8>)> = (0..files)
+        .map(|i| (format!("blobs/b{i}.bin"), noise(seed + i, size)))
+        .collect();
+    let blobs: Vec<(&str, Vec<u8>)> = blobs.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let (s, ws_a) = session_with(w, "proj", &blobs);
+    let dest = PathBuf::from(w.dir("desktop-ws")).join("proj");
+    (s, ws_a, dest)
+}
+
 /// A session on laptop working in a fresh `laptop-ws/<name>` holding `files`.
 fn session_with(w: &World, name: &str, files: &[(&str, Vec<u8>)]) -> (String, PathBuf) {
     let ws = PathBuf::from(w.dir(&format!("laptop-ws/{name}")));
@@ -806,12 +818,7 @@ fn control_drop_goes_on(pass: &str) {
     const FILES: u64 = 6;
     const SIZE: usize = 1024 * 1024;
     let w = world_with(&[(DESKTOP, "BATON_TEST_DROP_CONTROL_IN_RECEIVE", pass)]);
-    let files: Vec<(String, Vec<u8>)> = (0..FILES)
-        .map(|i| (format!("blobs/b{i}.bin"), noise(900 + i, SIZE)))
-        .collect();
-    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
-    let (s, ws_a) = session_with(&w, "proj", &files);
-    let dest = PathBuf::from(w.dir("desktop-ws")).join("proj");
+    let (s, ws_a, dest) = blob_session(&w, 900, FILES, SIZE);
 
     let out = moved(&w, LAPTOP, &s, "desktop", &dest, &[]);
     assert_eq!(content(&dest, &[]), content(&ws_a, &[]), "{out}");
@@ -848,12 +855,7 @@ fn dropped_socket_resumes(dropper: usize) {
         "BATON_TEST_DROP_TRANSFER_AFTER_BYTES",
         drop_s.as_str(),
     )]);
-    let files: Vec<(String, Vec<u8>)> = (0..FILES)
-        .map(|i| (format!("blobs/b{i}.bin"), noise(500 + i, SIZE)))
-        .collect();
-    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
-    let (s, ws_a) = session_with(&w, "proj", &files);
-    let dest = PathBuf::from(w.dir("desktop-ws")).join("proj");
+    let (s, ws_a, dest) = blob_session(&w, 500, FILES, SIZE);
 
     let out = moved(&w, LAPTOP, &s, "desktop", &dest, &[]);
     assert_eq!(content(&dest, &[]), content(&ws_a, &[]), "{out}");

@@ -971,20 +971,15 @@ pub async fn receive(
                 ));
             }
             None => {
-                let (d2, session) = (Arc::clone(d), session.clone());
-                let sealed_options = sealed_options.cloned();
-                let task = tokio::spawn(async move {
-                    receive_once(
-                        &d2,
-                        handoff,
-                        transfer,
-                        &session,
-                        sealed_options.as_ref(),
-                        policy,
-                        pass,
-                    )
-                    .await
-                });
+                let request = PassRequest {
+                    handoff,
+                    transfer,
+                    session: session.clone(),
+                    sealed_options: sealed_options.cloned(),
+                    policy,
+                    pass,
+                };
+                let task = tokio::spawn(receive_once(Arc::clone(d), request));
                 let outcome = async move {
                     task.await.unwrap_or_else(|e| {
                         Err(ApiError::new(
@@ -1013,17 +1008,27 @@ pub async fn receive(
     outcome.await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn receive_once(
-    d: &Arc<Daemon>,
+/// A pass the target was asked for, owned by the task that runs it.
+struct PassRequest {
     handoff: HandoffId,
     transfer: HandoffId,
-    session: &SessionRecord,
-    sealed_options: Option<&Sealed>,
+    session: SessionRecord,
+    sealed_options: Option<Sealed>,
     policy: ConflictPolicy,
     pass: WorkspacePass,
-) -> Result<DaemonReply, ApiError> {
-    let (cipher, meta, options) = session_parts(d, handoff, session, sealed_options)?;
+}
+
+async fn receive_once(d: Arc<Daemon>, request: PassRequest) -> Result<DaemonReply, ApiError> {
+    let PassRequest {
+        handoff,
+        transfer,
+        session,
+        sealed_options,
+        policy,
+        pass,
+    } = request;
+    let d = &d;
+    let (cipher, meta, options) = session_parts(d, handoff, &session, sealed_options.as_ref())?;
     let conn = TransferConn {
         client: d.client.clone(),
         transfer,

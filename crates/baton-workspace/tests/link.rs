@@ -56,6 +56,17 @@ fn inodes(root: &Path) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
+/// Finishes `st`, puts it in place of `dest` and checks `dest` is now exactly `src`.
+fn land_replacing(st: Stager, src: &Path, dest: &Path) {
+    st.finish(2)
+        .unwrap()
+        .apply(ConflictPolicy::Replace)
+        .unwrap()
+        .commit()
+        .unwrap();
+    assert_same(&listing(src), &listing(dest));
+}
+
 fn fetch_missing(st: &mut Stager, src: &Scanned) -> usize {
     let source = ChunkIndex::from_scan(src);
     let missing = st.missing();
@@ -189,13 +200,7 @@ fn files_that_differ_in_any_way_are_not_linked() {
     // The rest comes from copies and the source, and lands right.
     st.fill_from_index(&index).unwrap();
     fetch_missing(&mut st, &s);
-    st.finish(2)
-        .unwrap()
-        .apply(ConflictPolicy::Replace)
-        .unwrap()
-        .commit()
-        .unwrap();
-    assert_same(&listing(&src), &listing(&dest));
+    land_replacing(st, &src, &dest);
 }
 
 #[test]
@@ -226,13 +231,7 @@ fn a_later_pass_changing_a_linked_files_mode_gives_it_its_own_inode() {
     assert_eq!(now["d0/f4.txt"], before["d0/f4.txt"]);
     assert_eq!(fs::metadata(dest.join("tool.sh")).unwrap().nlink(), 1);
     assert!(st.missing().is_empty());
-    st.finish(2)
-        .unwrap()
-        .apply(ConflictPolicy::Replace)
-        .unwrap()
-        .commit()
-        .unwrap();
-    assert_same(&listing(&src), &listing(&dest));
+    land_replacing(st, &src, &dest);
 }
 
 #[test]
@@ -255,13 +254,7 @@ fn a_resumed_staging_drops_its_links_before_writing_anything() {
     st.fill_from_index(&index).unwrap();
     fetch_missing(&mut st, &s);
     assert_same(&before, &listing(&dest));
-    st.finish(2)
-        .unwrap()
-        .apply(ConflictPolicy::Replace)
-        .unwrap()
-        .commit()
-        .unwrap();
-    assert_same(&listing(&src), &listing(&dest));
+    land_replacing(st, &src, &dest);
 }
 
 #[test]
@@ -297,11 +290,36 @@ fn a_linked_file_whose_chunk_is_written_again_by_an_update_gets_its_own_inode_fi
     st.fill_from_index(&index).unwrap();
     fetch_missing(&mut st, &s2);
     assert_same(&before, &listing(&dest));
-    st.finish(2)
-        .unwrap()
-        .apply(ConflictPolicy::Replace)
-        .unwrap()
-        .commit()
+    land_replacing(st, &src, &dest);
+}
+
+#[test]
+fn a_destination_file_edited_in_place_after_it_was_linked_is_refused_at_finish() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    let (s, index) = setup(&src, &dest);
+    let mut st = Stager::create(&dest, "e", s.manifest.clone(), &Limits::default()).unwrap();
+    st.link_from_index(&index, &dest).unwrap();
+    fetch_missing(&mut st, &s);
+    // Someone works in the tree being replaced, in place, during the handoff.
+    let p = dest.join("d3/f3.txt");
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[0] ^= 1;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
         .unwrap();
-    assert_same(&listing(&src), &listing(&dest));
+    let edited = listing(&dest);
+    match st.finish(2) {
+        Err(baton_workspace::Error::VerifyFailed { path, reason }) => {
+            assert_eq!(path, "d3/f3.txt");
+            assert!(reason.contains("changed in the destination"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The refused staging is removed by the caller's abort; the edit stays where it was made.
+    let staging = baton_workspace::staging_dir(&dest, "e").unwrap();
+    fs::remove_dir_all(&staging).unwrap();
+    assert_same(&edited, &listing(&dest));
 }

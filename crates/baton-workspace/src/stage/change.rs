@@ -313,6 +313,7 @@ impl Stager {
             }
             let p = self.tree.join(&e.path);
             super::link::unshare(&self.dir, &p)?;
+            self.files[shifted(q)].linked = false;
             fs::set_permissions(&p, fs::Permissions::from_mode(e.mode & 0o777))
                 .map_err(io_err("chmod", &p))?;
             set_mtime(&p, e.mtime_ns).map_err(io_err("set mtime of", &p))?;

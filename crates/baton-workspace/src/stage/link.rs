@@ -11,7 +11,9 @@
 //! never writes, truncates, chmods or touches a linked inode: a later pass that changes only
 //! its mode or mtime first gives the staged path a copy of its own ([`unshare`]), and a
 //! resumed stager drops linked files ([`drop_links`]), so an abort leaves the destination as
-//! it was, metadata included.
+//! it was, metadata included. A destination file edited in place after it was linked is the
+//! staged file too: `finish` stats every linked file again and refuses one whose size, mtime
+//! or mode moved (an edit that puts the mtime back is not seen, as by rsync's quick check).
 
 use std::collections::HashSet;
 use std::fs;
@@ -22,7 +24,7 @@ use std::path::Path;
 use baton_proto::workspace::{WorkspaceEntry, WorkspaceManifest};
 
 use super::{Filled, Stager};
-use crate::error::{Result, io_err};
+use crate::error::{Error, Result, io_err};
 use crate::fsutil::mtime_ns;
 use crate::spool_index::LocalChunks;
 
@@ -113,6 +115,27 @@ impl Stager {
         Ok(linked)
     }
 
+    /// Refuses a linked file that no longer has its entry's size, mtime and mode: the
+    /// destination's file was changed in place since it was linked (someone worked in the tree
+    /// being replaced), and its bytes were never read. A stat per linked file, at `finish`.
+    pub(super) fn check_links(&self) -> Result<()> {
+        for (e, state) in self.manifest.entries.iter().zip(&self.files) {
+            if !state.linked {
+                continue;
+            }
+            let size = e.file().map_or(0, |f| f.size);
+            let p = self.tree.join(&e.path);
+            if !fs::symlink_metadata(&p).is_ok_and(|md| fits(&md, e, size)) {
+                return Err(Error::VerifyFailed {
+                    path: e.path.clone(),
+                    reason: "changed in the destination during the handoff (it was linked from                              there, unchanged); retry the handoff"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The file of `index` that entry `i` can be linked to, if any.
     fn linkable(
         &self,
@@ -176,6 +199,7 @@ impl Stager {
         state.left = 0;
         state.created = true;
         state.verified = true;
+        state.linked = true;
         for hash in complete {
             if !self.chunks.is_written(&hash) {
                 self.journal().append(&hash)?;

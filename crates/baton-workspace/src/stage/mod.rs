@@ -59,6 +59,8 @@ struct FileState {
     verified: bool,
     /// The file exists in the tree (files with content are created at their first write).
     created: bool,
+    /// The file is a link to the destination's (see `link`): checked again at `finish`.
+    linked: bool,
 }
 
 /// Builds one workspace in a staging directory beside its destination.
@@ -433,6 +435,7 @@ impl Stager {
             },
         );
         results.into_iter().collect::<Result<Vec<()>>>()?;
+        self.check_links()?;
 
         for e in self.manifest.entries.iter().rev() {
             let p = self.tree.join(&e.path);

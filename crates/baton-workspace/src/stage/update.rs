@@ -141,10 +141,12 @@ impl Stager {
                 continue;
             }
             files[ni].verified = old_files[oi].verified;
+            files[ni].linked = old_files[oi].linked;
             let before = &old.entries[oi];
             if files[ni].verified && (before.mode != e.mode || before.mtime_ns != e.mtime_ns) {
                 let p = self.tree.join(&e.path);
                 super::link::unshare(&self.dir, &p)?;
+                files[ni].linked = false;
                 fs::set_permissions(&p, fs::Permissions::from_mode(e.mode & 0o777))
                     .map_err(io_err("chmod", &p))?;
                 set_mtime(&p, e.mtime_ns).map_err(io_err("set mtime of", &p))?;
