@@ -1412,7 +1412,9 @@ async fn stage_and_fetch(
     let started = std::time::Instant::now();
     // Replacing a destination that exists: its unchanged files are linked, not copied (the
     // tree it holds is removed at commit, so nothing is left sharing them).
-    let links = side.policy == ConflictPolicy::Replace && side.state == DestinationState::Exists;
+    let links = side.policy == ConflictPolicy::Replace
+        && side.state == DestinationState::Exists
+        && baton_workspace::link_enabled();
     let staged = tokio::task::spawn_blocking(move || {
         let limits = Limits::default();
         // A stager that fails is handed back so that an abort removes its directory.

@@ -57,6 +57,8 @@ pub use scan::{
 };
 pub use spool::{ManifestHead, SpoolEntries, SpoolReader, SpoolWriter, SpooledScan};
 pub use spool_index::{CACHED_PARTS, LocalChunks, SpooledIndex};
-pub use stage::{Claim, Filled, Seal, Stager, check_transfer_id, staging_dir};
+pub use stage::{
+    Claim, Filled, LINK_VAR, Seal, Stager, check_transfer_id, link_enabled, staging_dir,
+};
 pub use validate::{Limits, validate};
 pub use watch::{Changes, TreeWatch, WATCH_VAR, watch_enabled};

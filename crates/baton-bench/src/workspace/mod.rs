@@ -319,6 +319,7 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
         cold: cold.clone().err(),
         first: measured.first,
         back: measured.back,
+        onward: measured.onward,
         edited: measured.edited,
         back_conflict: args.back_conflict.clone(),
         memory: measured.memory,
@@ -412,6 +413,7 @@ impl Ctx<'_> {
 struct Measured {
     first: Vec<(Subject, Vec<Sample>)>,
     back: Vec<(Subject, Vec<Sample>)>,
+    onward: Vec<(Subject, Vec<Sample>)>,
     edited: String,
     memory: Vec<Memory>,
     after_first: Option<Memory>,
@@ -447,6 +449,7 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
     }
     let mut back: Vec<(Subject, Vec<Sample>)> =
         back_subjects.iter().map(|s| (*s, Vec::new())).collect();
+    let mut onward = back.clone();
     let edited = ctx.edit.clone();
     let mut memory = Vec::new();
 
@@ -543,81 +546,50 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
             false => tools::cp_a(ctx.src, &original, &ctx.sel.top)?,
         }
         tools::cp_a(ctx.src, &original, &ctx.sel.excluded)?;
-        let mut order = back_subjects.clone();
-        order.rotate_left(run % back_subjects.len());
-        for who in order {
-            eprintln!(
-                "[round {}/{}] re-handoff: {}",
-                run + 1,
-                ctx.runs,
-                who.describe()
-            );
-            ctx.prepare_cache()?;
-            let load = setup::load_average();
-            let sample = match who {
-                Subject::Baton => {
-                    let mut out = Value::Null;
-                    let cpu_before = report::cpu_now(&cluster);
-                    let secs = tools::timed(|| {
-                        out = handoff(
-                            &cluster,
-                            DESKTOP,
-                            session,
-                            "laptop",
-                            &original,
-                            Some(ctx.back_conflict.as_str()),
-                        )?;
-                        Ok(())
-                    })?;
-                    let json = serde_json::to_vec(&edited_manifest)?.len() as u64;
-                    let passes = served_passes(&cluster, DESKTOP, &out, json)?;
-                    let mut info = BatonInfo::of(&out, passes, json, &edited_manifest)?;
-                    info.cpu = report::cpu_used(&cpu_before, &report::cpu_now(&cluster));
-                    let failure = failure_of(&out);
-                    match &failure {
-                        // A failed handoff still says what it sent; the session is left as it
-                        // is (the next round starts a new one).
-                        Some(why) => eprintln!("  the re-handoff failed: {why}"),
-                        None => {
-                            let landed = out["workspace"]["path"]
-                                .as_str()
-                                .context("no workspace.path in the handoff's output")?;
-                            verify::same_tree(
-                                &edited_manifest,
-                                Path::new(landed),
-                                "baton re-handoff",
-                            )?;
-                        }
-                    }
-                    Sample {
-                        run,
-                        secs,
-                        load,
-                        failure,
-                        extra: Extra::Baton(info),
-                    }
-                }
-                Subject::Tool(Tool::Rsync) => {
-                    let d = rsyncd.as_ref().context("no rsync daemon")?;
-                    let sub = format!("run{run}");
-                    let mut stats = Default::default();
-                    let secs = tools::timed(|| {
-                        stats = d.push(&on_desktop, &sub, &ctx.sel.excluded)?;
-                        Ok(())
-                    })?;
-                    verify::same_tree(&edited_manifest, &d.path(&sub), "rsync re-sync")?;
-                    Sample {
-                        run,
-                        secs,
-                        load,
-                        failure: None,
-                        extra: Extra::Rsync(stats),
-                    }
-                }
-                Subject::Tool(_) => continue,
+        let leg = Leg {
+            from: DESKTOP,
+            to: "laptop",
+            baton_dest: &original,
+            rsync_src: &on_desktop,
+            conflict: ctx.back_conflict.as_str(),
+            expected: &edited_manifest,
+            what: "re-handoff",
+        };
+        let back_ok = time_leg(
+            ctx,
+            &cluster,
+            rsyncd.as_ref(),
+            session,
+            run,
+            &back_subjects,
+            &leg,
+            &mut back,
+        )?;
+        // Onward: the session, now on laptop, edited there and handed to desktop again into
+        // the tree desktop sent it from (which desktop remembers), as a user going back and
+        // forth does. Only after a re-handoff that landed.
+        if back_ok && ctx.back_conflict == "replace" {
+            tree::edit_one_file(&original, &edited, run + 1000)?;
+            let onward_manifest = verify::scan_selection(&original)?;
+            let leg = Leg {
+                from: LAPTOP,
+                to: "desktop",
+                baton_dest: &on_desktop,
+                rsync_src: &original,
+                conflict: "replace",
+                expected: &onward_manifest,
+                what: "onward",
             };
-            eprintln!("  {:.2} s", sample.secs);
-            push(&mut back, who, sample);
+            time_leg(
+                ctx,
+                &cluster,
+                rsyncd.as_ref(),
+                session,
+                run,
+                &back_subjects,
+                &leg,
+                &mut onward,
+            )?;
         }
         memory.push(Memory::read(&cluster, run));
     }
@@ -632,6 +604,7 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
     Ok(Measured {
         first,
         back,
+        onward,
         edited,
         memory,
         after_first,
@@ -678,6 +651,107 @@ fn remove_dir(path: &Path) {
             Err(_) => std::thread::sleep(Duration::from_secs(5)),
         }
     }
+}
+
+/// One handoff of the session between the daemons, and rsync's equivalent push.
+struct Leg<'a> {
+    from: usize,
+    to: &'a str,
+    baton_dest: &'a Path,
+    rsync_src: &'a Path,
+    conflict: &'a str,
+    expected: &'a WorkspaceManifest,
+    what: &'a str,
+}
+
+/// Times `leg` for every subject, in an order rotated by round; returns whether Baton's landed.
+#[allow(clippy::too_many_arguments)]
+fn time_leg(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    rsyncd: Option<&RsyncDaemon>,
+    session: &str,
+    run: usize,
+    subjects: &[Subject],
+    leg: &Leg<'_>,
+    samples: &mut [(Subject, Vec<Sample>)],
+) -> Result<bool> {
+    let mut order = subjects.to_vec();
+    order.rotate_left(run % subjects.len());
+    let mut baton_ok = false;
+    for who in order {
+        eprintln!(
+            "[round {}/{}] {}: {}",
+            run + 1,
+            ctx.runs,
+            leg.what,
+            who.describe()
+        );
+        ctx.prepare_cache()?;
+        let load = setup::load_average();
+        let sample = match who {
+            Subject::Baton => {
+                let mut out = Value::Null;
+                let cpu_before = report::cpu_now(cluster);
+                let secs = tools::timed(|| {
+                    out = handoff(
+                        cluster,
+                        leg.from,
+                        session,
+                        leg.to,
+                        leg.baton_dest,
+                        Some(leg.conflict),
+                    )?;
+                    Ok(())
+                })?;
+                let json = serde_json::to_vec(leg.expected)?.len() as u64;
+                let passes = served_passes(cluster, leg.from, &out, json)?;
+                let mut info = BatonInfo::of(&out, passes, json, leg.expected)?;
+                info.cpu = report::cpu_used(&cpu_before, &report::cpu_now(cluster));
+                let failure = failure_of(&out);
+                match &failure {
+                    // A failed handoff still says what it sent; the session is left as it
+                    // is (the next round starts a new one).
+                    Some(why) => eprintln!("  the {} failed: {why}", leg.what),
+                    None => {
+                        let landed = out["workspace"]["path"]
+                            .as_str()
+                            .context("no workspace.path in the handoff's output")?;
+                        verify::same_tree(leg.expected, Path::new(landed), leg.what)?;
+                        baton_ok = true;
+                    }
+                }
+                Sample {
+                    run,
+                    secs,
+                    load,
+                    failure,
+                    extra: Extra::Baton(info),
+                }
+            }
+            Subject::Tool(Tool::Rsync) => {
+                let d = rsyncd.context("no rsync daemon")?;
+                let sub = format!("run{run}");
+                let mut stats = Default::default();
+                let secs = tools::timed(|| {
+                    stats = d.push(leg.rsync_src, &sub, &ctx.sel.excluded)?;
+                    Ok(())
+                })?;
+                verify::same_tree(leg.expected, &d.path(&sub), "rsync push")?;
+                Sample {
+                    run,
+                    secs,
+                    load,
+                    failure: None,
+                    extra: Extra::Rsync(stats),
+                }
+            }
+            Subject::Tool(_) => continue,
+        };
+        eprintln!("  {:.2} s", sample.secs);
+        push(samples, who, sample);
+    }
+    Ok(baton_ok)
 }
 
 fn push(list: &mut [(Subject, Vec<Sample>)], who: Subject, s: Sample) {

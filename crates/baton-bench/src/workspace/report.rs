@@ -275,6 +275,8 @@ pub struct Report {
     pub first: Vec<(Subject, Vec<Sample>)>,
     /// Re-handoffs after the edit, per subject.
     pub back: Vec<(Subject, Vec<Sample>)>,
+    /// Handoffs onward again after a second edit, per subject.
+    pub onward: Vec<(Subject, Vec<Sample>)>,
     /// The file edited on the target.
     pub edited: String,
     /// `--conflict` of the re-handoff.
@@ -402,6 +404,88 @@ impl Report {
     }
 
     /// Median duration of each Baton phase (ms), in the order they ran.
+    /// The table, phases, CPU and stopped time of one leg (re-handoff or onward).
+    fn leg_lines(&self, leg: &[(Subject, Vec<Sample>)], line: &mut impl FnMut(String)) {
+        line(format!(
+            "  {:<30} {:>4} {:>9} {:>8} {:>8}  {}",
+            "",
+            "runs",
+            "median s",
+            "min s",
+            "max s",
+            "bytes sent (max over runs), as a fraction of the tree's bytes"
+        ));
+        for (who, samples) in leg {
+            if samples.is_empty() {
+                continue;
+            }
+            let times = match summary(samples, Sample::ok_secs) {
+                Some(s) => format!("{:>4} {:>9.2} {:>8.2} {:>8.2}", s.n, s.p50, s.min, s.max),
+                None => format!("{:>4} {:>9} {:>8} {:>8}", 0, "-", "-", "-"),
+            };
+            let bytes = match who {
+                Subject::Baton => {
+                    let worst = samples
+                        .iter()
+                        .filter_map(Sample::baton)
+                        .max_by_key(|b| b.bytes_sent);
+                    match worst {
+                        Some(b) => format!(
+                            "file data {} B = {:.4} %; beside it {} = {:.3} %",
+                            thousands(b.bytes_sent),
+                            100.0 * b.bytes_sent as f64 / b.bytes_total.max(1) as f64,
+                            manifest_note(b),
+                            100.0 * b.manifest_sent() as f64 / b.bytes_total.max(1) as f64,
+                        ),
+                        None => String::new(),
+                    }
+                }
+                Subject::Tool(_) => {
+                    let r = samples
+                        .iter()
+                        .filter_map(Sample::rsync)
+                        .max_by_key(|r| r.total_sent);
+                    match r {
+                        Some(r) => format!(
+                            "total {} B = {:.4} % (file list {} B, literal data {} B, matched {} B)",
+                            thousands(r.total_sent),
+                            100.0 * r.total_sent as f64 / self.bytes.max(1) as f64,
+                            thousands(r.file_list),
+                            thousands(r.literal),
+                            thousands(r.matched),
+                        ),
+                        None => String::new(),
+                    }
+                }
+            };
+            line(format!("  {:<30} {times}  {bytes}", who.describe()));
+            for f in samples.iter().filter(|s| s.failure.is_some()) {
+                line(format!(
+                    "    round {} FAILED after {:.1} s (not in the times above): {}",
+                    f.run + 1,
+                    f.secs,
+                    f.failure.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        let baton_back = Self::samples(leg, Subject::Baton);
+        line(format!(
+            "  baton phases (median ms): {}",
+            Self::phase_medians(baton_back)
+                .iter()
+                .map(|(n, d)| format!("{n} {d:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        line(Self::cpu_line(baton_back));
+        if let Some(s) = summary(baton_back, |s| s.baton().and_then(|b| b.stopped_ms)) {
+            line(format!(
+                "  baton stopped time (failed rounds included): median {:.0} ms, min {:.0}, max {:.0}",
+                s.p50, s.min, s.max
+            ));
+        }
+    }
+
     fn phase_medians(samples: &[Sample]) -> Vec<(String, f64)> {
         let mut names: Vec<String> = Vec::new();
         for s in samples {
@@ -529,83 +613,14 @@ impl Report {
             "Re-handoff: {} edited on desktop (one line inserted mid-file), then back to laptop into a copy of the original tree (node_modules included) with --conflict {}; rsync: the edited tree pushed onto its first copy.",
             self.edited, self.back_conflict
         ));
-        line(format!(
-            "  {:<30} {:>4} {:>9} {:>8} {:>8}  {}",
-            "",
-            "runs",
-            "median s",
-            "min s",
-            "max s",
-            "bytes sent (max over runs), as a fraction of the tree's bytes"
-        ));
-        for (who, samples) in &self.back {
-            if samples.is_empty() {
-                continue;
-            }
-            let times = match summary(samples, Sample::ok_secs) {
-                Some(s) => format!("{:>4} {:>9.2} {:>8.2} {:>8.2}", s.n, s.p50, s.min, s.max),
-                None => format!("{:>4} {:>9} {:>8} {:>8}", 0, "-", "-", "-"),
-            };
-            let bytes = match who {
-                Subject::Baton => {
-                    let worst = samples
-                        .iter()
-                        .filter_map(Sample::baton)
-                        .max_by_key(|b| b.bytes_sent);
-                    match worst {
-                        Some(b) => format!(
-                            "file data {} B = {:.4} %; beside it {} = {:.3} %",
-                            thousands(b.bytes_sent),
-                            100.0 * b.bytes_sent as f64 / b.bytes_total.max(1) as f64,
-                            manifest_note(b),
-                            100.0 * b.manifest_sent() as f64 / b.bytes_total.max(1) as f64,
-                        ),
-                        None => String::new(),
-                    }
-                }
-                Subject::Tool(_) => {
-                    let r = samples
-                        .iter()
-                        .filter_map(Sample::rsync)
-                        .max_by_key(|r| r.total_sent);
-                    match r {
-                        Some(r) => format!(
-                            "total {} B = {:.4} % (file list {} B, literal data {} B, matched {} B)",
-                            thousands(r.total_sent),
-                            100.0 * r.total_sent as f64 / self.bytes.max(1) as f64,
-                            thousands(r.file_list),
-                            thousands(r.literal),
-                            thousands(r.matched),
-                        ),
-                        None => String::new(),
-                    }
-                }
-            };
-            line(format!("  {:<30} {times}  {bytes}", who.describe()));
-            for f in samples.iter().filter(|s| s.failure.is_some()) {
-                line(format!(
-                    "    round {} FAILED after {:.1} s (not in the times above): {}",
-                    f.run + 1,
-                    f.secs,
-                    f.failure.as_deref().unwrap_or_default()
-                ));
-            }
-        }
-        let baton_back = Self::samples(&self.back, Subject::Baton);
-        line(format!(
-            "  baton phases (median ms): {}",
-            Self::phase_medians(baton_back)
-                .iter()
-                .map(|(n, d)| format!("{n} {d:.0}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        line(Self::cpu_line(baton_back));
-        if let Some(s) = summary(baton_back, |s| s.baton().and_then(|b| b.stopped_ms)) {
+        self.leg_lines(&self.back, &mut line);
+        line(String::new());
+        if self.onward.iter().any(|(_, v)| !v.is_empty()) {
             line(format!(
-                "  baton stopped time (failed rounds included): median {:.0} ms, min {:.0}, max {:.0}",
-                s.p50, s.min, s.max
+                "Onward: after the re-handoff, {} edited again on laptop, then the session handed to desktop again into its own earlier tree (which its daemon remembers) with --conflict replace; rsync: laptop's tree pushed onto its copy.",
+                self.edited
             ));
+            self.leg_lines(&self.onward, &mut line);
         }
         line(String::new());
 
@@ -734,6 +749,11 @@ impl Report {
                 "subjects": per(&self.back),
                 "baton_file_data_fraction_max": self.delta_fraction(),
                 "baton_manifest_fraction_max": self.manifest_fraction(),
+            },
+            "onward": {
+                "edited": self.edited,
+                "conflict": "replace",
+                "subjects": per(&self.onward),
             },
             "peak_memory_bytes": peaks.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "peak_memory_after_first_bytes": self.after_first.as_ref().map(|m| m.peaks.iter().map(|(n, v, _)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>()),

@@ -28,6 +28,14 @@ use crate::error::{Error, Result, io_err};
 use crate::fsutil::mtime_ns;
 use crate::spool_index::LocalChunks;
 
+/// Set to `0` to copy a destination's unchanged files into the staging instead of linking them.
+pub const LINK_VAR: &str = "BATON_WORKSPACE_LINK";
+
+/// Whether `replace` links unchanged files (see [`LINK_VAR`]).
+pub fn link_enabled() -> bool {
+    std::env::var(LINK_VAR).map_or(true, |v| v != "0")
+}
+
 /// Name of the copy [`unshare`] makes, in the staging directory (never inside the tree).
 const UNSHARED: &str = "unshared.tmp";
 

@@ -43,6 +43,7 @@ use crate::validate::{Limits, validate};
 use chunks::{ChunkTable, Placement};
 pub use claim::{Claim, Seal};
 use journal::{Journal, manifest_digest};
+pub use link::{LINK_VAR, link_enabled};
 use tree::{create_entry, created_lazily, verify_file};
 
 pub(crate) const TREE: &str = "tree";
