@@ -315,6 +315,10 @@ fn a_destination_file_edited_in_place_after_it_was_linked_is_refused_at_finish()
         Err(baton_workspace::Error::VerifyFailed { path, reason }) => {
             assert_eq!(path, "d3/f3.txt");
             assert!(reason.contains("changed in the destination"), "{reason}");
+            assert!(
+                !reason.contains("  "),
+                "one line of plain words: {reason:?}"
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }

@@ -26,6 +26,7 @@ use baton_proto::workspace::{WorkspaceEntry, WorkspaceManifest};
 use super::{Filled, Stager};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::mtime_ns;
+use crate::pool;
 use crate::spool_index::LocalChunks;
 
 /// Set to `0` to copy a destination's unchanged files into the staging instead of linking them.
@@ -125,23 +126,32 @@ impl Stager {
 
     /// Refuses a linked file that no longer has its entry's size, mtime and mode: the
     /// destination's file was changed in place since it was linked (someone worked in the tree
-    /// being replaced), and its bytes were never read. A stat per linked file, at `finish`.
-    pub(super) fn check_links(&self) -> Result<()> {
-        for (e, state) in self.manifest.entries.iter().zip(&self.files) {
-            if !state.linked {
-                continue;
-            }
-            let size = e.file().map_or(0, |f| f.size);
-            let p = self.tree.join(&e.path);
-            if !fs::symlink_metadata(&p).is_ok_and(|md| fits(&md, e, size)) {
-                return Err(Error::VerifyFailed {
+    /// being replaced), and its bytes were never read. A stat per linked file, at `finish`,
+    /// spread over `threads`.
+    pub(super) fn check_links(&self, threads: usize) -> Result<()> {
+        let linked: Vec<usize> = (0..self.files.len())
+            .filter(|&i| self.files[i].linked)
+            .collect();
+        let checks = pool::map(
+            &linked,
+            threads,
+            || (),
+            |_, &i| {
+                let e = &self.manifest.entries[i];
+                let size = e.file().map_or(0, |f| f.size);
+                let p = self.tree.join(&e.path);
+                if fs::symlink_metadata(&p).is_ok_and(|md| fits(&md, e, size)) {
+                    return Ok(());
+                }
+                Err(Error::VerifyFailed {
                     path: e.path.clone(),
-                    reason: "changed in the destination during the handoff (it was linked from                              there, unchanged); retry the handoff"
+                    reason: "changed in the destination during the handoff (it was linked from \
+                             there, unchanged); retry the handoff"
                         .into(),
-                });
-            }
-        }
-        Ok(())
+                })
+            },
+        );
+        checks.into_iter().collect::<Result<Vec<()>>>().map(drop)
     }
 
     /// The file of `index` that entry `i` can be linked to, if any.

@@ -436,7 +436,7 @@ impl Stager {
             },
         );
         results.into_iter().collect::<Result<Vec<()>>>()?;
-        self.check_links()?;
+        self.check_links(threads)?;
 
         for e in self.manifest.entries.iter().rev() {
             let p = self.tree.join(&e.path);
