@@ -1818,24 +1818,11 @@ pub async fn finish_commits(d: &Arc<Daemon>) -> Result<(), crate::client::Client
                 if l.transfer_id() != id {
                     continue;
                 }
-                match (l, forward) {
-                    (baton_workspace::Leftover::Applied(a), true) => {
-                        a.commit()?;
-                    }
-                    // The record is written after apply: a staging directory without its
-                    // apply record is one whose removal the commit had begun.
-                    (
-                        baton_workspace::Leftover::Backup { path, .. }
-                        | baton_workspace::Leftover::Staging { path, .. },
-                        true,
-                    ) => {
-                        std::fs::remove_dir_all(&path).map_err(|e| baton_workspace::Error::Io {
-                            action: "remove",
-                            path: path.clone(),
-                            source: e,
-                        })?;
-                    }
-                    (l, false) => l.rollback()?,
+                // The record is written after apply, so a staging directory without its apply
+                // record is one whose removal the commit had begun.
+                match forward {
+                    true => l.commit()?,
+                    false => l.rollback()?,
                 }
             }
             Ok::<_, baton_workspace::Error>(())

@@ -297,6 +297,17 @@ impl Leftover {
         }
     }
 
+    /// Finishes it for a transfer that committed: an apply is rolled forward, and a backup or a
+    /// staging directory left without its apply record (its removal had begun) is removed.
+    pub fn commit(self) -> Result<()> {
+        match self {
+            Self::Applied(a) => a.commit().map(drop),
+            Self::Staging { path, .. } | Self::Backup { path, .. } => {
+                remove_tree(&path).map_err(io_err("remove", &path))
+            }
+        }
+    }
+
     /// Undoes it: a staging directory is removed, an apply rolled back, an orphan backup moved
     /// back to the destination when nothing else is there.
     pub fn rollback(self) -> Result<()> {

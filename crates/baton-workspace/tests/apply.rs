@@ -233,3 +233,46 @@ fn stager_refuses_a_missing_parent_and_bad_ids() {
         assert_eq!(e.code().as_str(), "bad_request", "{bad:?}");
     }
 }
+
+#[test]
+fn committed_leftovers_are_rolled_forward_and_their_backups_removed() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("w/proj"));
+    source(&src);
+    existing(&dest);
+    // The old tree holds a directory its owner cannot write (as Go's module cache makes them);
+    // that only stops a plain `remove_dir_all` without root, which this test may well have.
+    let locked = dest.join("pkg/mod");
+    fs::create_dir_all(&locked).unwrap();
+    fs::write(locked.join("go.sum"), b"x").unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).unwrap();
+    let s = scan(&src, &opts(IgnoredFiles::Skip), None).unwrap();
+    let applied = stage_from(&s, &dest, "c1", None)
+        .apply(ConflictPolicy::Replace)
+        .unwrap();
+    let backup = applied.backup().unwrap().to_path_buf();
+    // A crash after apply: the apply record, the new tree in place, the backup beside it.
+    drop(applied);
+    let found = leftovers(&dest).unwrap();
+    assert_eq!(found.len(), 1);
+    for l in found {
+        l.commit().unwrap();
+    }
+    assert!(!backup.exists(), "the backup is removed");
+    assert!(!staging_dir(&dest, "c1").unwrap().exists());
+    assert_eq!(
+        fs::read(dest.join("shared.txt")).unwrap(),
+        b"source version\n"
+    );
+    // An orphan backup (its staging directory gone) is removed as well.
+    let orphan = dest.with_file_name("proj.baton-backup-c2");
+    fs::create_dir_all(orphan.join("ro")).unwrap();
+    fs::set_permissions(orphan.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+    let found = leftovers(&dest).unwrap();
+    assert!(matches!(found.as_slice(), [Leftover::Backup { .. }]));
+    for l in found {
+        l.commit().unwrap();
+    }
+    assert!(!orphan.exists());
+}
