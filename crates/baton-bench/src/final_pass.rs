@@ -165,7 +165,7 @@ pub fn run(args: FinalPassArgs) -> Result<()> {
                     Ok(())
                 })?,
             };
-            if st.manifest() != &last.manifest {
+            if st.manifest() != last.manifest {
                 bail!("way {way} staged another manifest than the source's");
             }
             st.abort()?;

@@ -23,9 +23,9 @@ use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
 use baton_workspace::{
     CACHED_PARTS, ChunkIndex, Filled, Limits, LocalChunks, ManifestChange, ManifestDigest,
-    PreparedScan, Previous, STREAM_FIRST_PART, ScanOptions, Scanned, SpoolWriter, SpooledIndex,
-    SpooledPart, SpooledScan, StagedTree, Stager, TreeWatch, Walked, check_source, plan_absent,
-    prepare_rescan, prepare_scan, watch_enabled,
+    PreparedScan, Previous, STREAM_FIRST_PART, ScanOptions, SpoolWriter, SpooledIndex, SpooledPart,
+    SpooledScan, StagedTree, Stager, TreeWatch, Walked, check_source, plan_absent, prepare_rescan,
+    prepare_scan, watch_enabled,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -1114,7 +1114,7 @@ async fn receive_pass(
         let planned = planned.take();
         let (stager, rebuilt) = tokio::task::spawn_blocking(move || {
             let rebuilt = match (&stager, planned, delta) {
-                (Some(s), _, Some(delta)) => staged_change(s.manifest(), delta, changed),
+                (Some(s), _, Some(delta)) => staged_change(s, delta, changed),
                 (None, Some(base), Some(delta)) => {
                     rebuild_planned(base, delta, changed).map(Staging::Whole)
                 }
@@ -1215,9 +1215,9 @@ async fn receive_pass(
     let Some(stager) = side.stager.take() else {
         return Err(ApiError::new(ErrorCode::Internal, "The staging is gone."));
     };
-    let files = stager.manifest().file_count();
-    let bytes_total = stager.manifest().total_bytes();
-    let skipped = stager.manifest().skipped.clone();
+    let files = stager.file_count();
+    let bytes_total = stager.total_bytes();
+    let skipped = stager.skipped().to_vec();
     if !final_pass {
         let stager = tokio::task::spawn_blocking(move || stager.sync().map(|()| stager))
             .await
@@ -1291,12 +1291,16 @@ fn base_not_held(parts: &Parts) -> ApiError {
 /// An empty change (nothing in the tree changed since the pre-copy) only touches the root and
 /// the skipped list, and its digest is checked here.
 fn staged_change(
-    base: &WorkspaceManifest,
+    base: &Stager,
     delta: PartDelta,
     changed: WorkspaceManifest,
 ) -> Result<Staging, ApiError> {
     if changed.entries.is_empty() && delta.removed.is_empty() {
-        return rebuild(base, delta, changed);
+        let root = (changed.root_mode, changed.root_mtime_ns);
+        if delta.digest != Some(base.digest_with(root, &changed.skipped)) {
+            return Err(digest_differs());
+        }
+        return Ok(Staging::Root(root, changed.skipped));
     }
     let Some(digest) = delta.digest else {
         return Err(digest_differs());
@@ -1492,7 +1496,7 @@ async fn stage_and_fetch(
     // While parts are still coming, the rest of the tree counts as still to send.
     let bytes_to_come = match complete {
         true => 0,
-        false => source_bytes.saturating_sub(stager.manifest().total_bytes()),
+        false => source_bytes.saturating_sub(stager.total_bytes()),
     };
     let staging_ms = started.elapsed().as_millis();
     reporter.tree = stager.progress();
@@ -1621,7 +1625,7 @@ pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
     let received = side
         .verified_ns
         .take()
-        .map(|at| (staged.take_manifest(), at));
+        .and_then(|at| staged.take_manifest().map(|m| (m, at)));
     let policy = side.policy;
     let expected = side.final_path.clone();
     let applied = tokio::task::spawn_blocking(move || {
@@ -1692,8 +1696,7 @@ pub async fn activate(d: &Daemon, handoff: HandoffId) -> Result<(), ApiError> {
             let Ok(root) = std::fs::canonicalize(&root) else {
                 return;
             };
-            let scanned = Scanned::of_received(manifest, root, verified_ns);
-            match SpooledScan::of_scanned(&scanned, &dir) {
+            match manifest.spool(root, verified_ns, &dir) {
                 Ok(spooled) => d2.remember(Arc::new(spooled)),
                 Err(e) => {
                     tracing::warn!(error = %e, "keeping the received tree's scan failed; the next handoff of it hashes it whole")
@@ -1880,6 +1883,7 @@ pub fn remove_recorded_staging(d: &Daemon, handoff: HandoffId) {
 mod tests {
     use super::*;
     use baton_proto::workspace::{EntryKind, WorkspaceEntry};
+    use baton_workspace::Scanned;
 
     fn tree(dir: &std::path::Path, root: &str, dirs: usize) -> Arc<SpooledScan> {
         let mut m = WorkspaceManifest::new(ChunkParams::default());

@@ -15,13 +15,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use baton_proto::workspace::{ConflictPolicy, DestinationState, WorkspaceManifest};
+use baton_proto::workspace::{ConflictPolicy, DestinationState};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{fsync_dir, identity, remove_tree, rename_noreplace, set_mtime};
 use crate::safety::destination_state;
-use crate::stage::{TREE, beside, check_transfer_id};
+use crate::stage::{ReceivedManifest, TREE, beside, check_transfer_id};
 
 pub(crate) const APPLY_RECORD: &str = "apply.json";
 
@@ -37,7 +37,7 @@ pub struct StagedTree {
     pub(crate) root_mode: u32,
     pub(crate) root_mtime_ns: i64,
     /// The manifest the tree was verified against (see [`StagedTree::take_manifest`]).
-    pub(crate) manifest: WorkspaceManifest,
+    pub(crate) manifest: Option<ReceivedManifest>,
 }
 
 /// What apply did, as recorded before doing it.
@@ -88,9 +88,9 @@ impl StagedTree {
     /// Moves out the manifest the tree was verified against (apply does not need it), leaving
     /// an empty one: the caller can remember the tree as scanned without copying the manifest
     /// while the session is stopped.
-    pub fn take_manifest(&mut self) -> WorkspaceManifest {
-        let empty = WorkspaceManifest::new(self.manifest.params);
-        std::mem::replace(&mut self.manifest, empty)
+    /// `None` once taken.
+    pub fn take_manifest(&mut self) -> Option<ReceivedManifest> {
+        self.manifest.take()
     }
 
     /// The verified tree, still inside the staging directory.

@@ -6,6 +6,7 @@
 //! only the difference travels, with a digest of the whole result that the target checks after
 //! applying it: a base that is not the one the source meant is refused, never guessed at.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use baton_proto::workspace::{
@@ -108,7 +109,8 @@ pub fn patch(
     (root_mode, root_mtime_ns): (u32, i64),
     skipped: Vec<SkippedEntry>,
 ) -> Result<WorkspaceManifest> {
-    check_change(&base.entries, &change)?;
+    let holds = |r: &str| base.get(r).is_some();
+    check_change(holds, &change)?;
     let mut out = WorkspaceManifest::new(base.params);
     out.version = base.version;
     out.root_mode = root_mode;
@@ -116,18 +118,20 @@ pub fn patch(
     out.skipped = skipped;
     out.entries
         .reserve(base.entries.len() + change.changed.len());
-    out.entries.extend(merged(&base.entries, &change).cloned());
+    let base = base.entries.iter().map(Cow::Borrowed);
+    out.entries
+        .extend(merged(base, &change).map(Cow::into_owned));
     Ok(out)
 }
 
 /// Refuses a change that does not fit `base`: paths unsorted or repeated, a removal of a path
 /// the base lacks, a path both removed and changed.
-pub(crate) fn check_change(base: &[WorkspaceEntry], change: &ManifestChange) -> Result<()> {
+pub(crate) fn check_change(holds: impl Fn(&str) -> bool, change: &ManifestChange) -> Result<()> {
     sorted(change.removed.iter().map(String::as_str), "removed")?;
     sorted(change.changed.iter().map(|e| e.path.as_str()), "changed")?;
     let mut changed = change.changed.iter().map(|e| e.path.as_str()).peekable();
     for r in &change.removed {
-        if base.binary_search_by(|e| e.path.as_str().cmp(r)).is_err() {
+        if !holds(r) {
             return Err(Error::manifest(
                 r.as_str(),
                 "the change removes a path the earlier pass did not hold",
@@ -144,13 +148,13 @@ pub(crate) fn check_change(base: &[WorkspaceEntry], change: &ManifestChange) -> 
     Ok(())
 }
 
-/// The entries of `base` with `change` applied, in path order, borrowed from both: what
+/// The entries of `base` with `change` applied, in path order (the change's borrowed): what
 /// [`patch`] builds, without building it. `change` must have passed [`check_change`].
 pub(crate) fn merged<'a>(
-    base: &'a [WorkspaceEntry],
+    base: impl Iterator<Item = Cow<'a, WorkspaceEntry>> + 'a,
     change: &'a ManifestChange,
-) -> impl Iterator<Item = &'a WorkspaceEntry> + 'a {
-    let mut base = base.iter().peekable();
+) -> impl Iterator<Item = Cow<'a, WorkspaceEntry>> + 'a {
+    let mut base = base.peekable();
     let mut changed = change.changed.iter().peekable();
     let mut removed = change.removed.iter().peekable();
     std::iter::from_fn(move || {
@@ -158,12 +162,12 @@ pub(crate) fn merged<'a>(
             let next = match (base.peek(), changed.peek()) {
                 (None, None) => return None,
                 (Some(_), None) => base.next(),
-                (None, Some(_)) => return changed.next(),
+                (None, Some(_)) => return changed.next().map(Cow::Borrowed),
                 (Some(b), Some(c)) => match c.path.cmp(&b.path) {
-                    Ordering::Less => return changed.next(),
+                    Ordering::Less => return changed.next().map(Cow::Borrowed),
                     Ordering::Equal => {
                         base.next();
-                        return changed.next();
+                        return changed.next().map(Cow::Borrowed);
                     }
                     Ordering::Greater => base.next(),
                 },

@@ -21,6 +21,7 @@ mod error;
 mod found;
 mod fsutil;
 mod index;
+mod packed;
 mod plan;
 mod pool;
 mod progress;
@@ -58,7 +59,8 @@ pub use scan::{
 pub use spool::{ManifestHead, SpoolEntries, SpoolReader, SpoolWriter, SpooledScan};
 pub use spool_index::{CACHED_PARTS, LocalChunks, SpooledIndex};
 pub use stage::{
-    Claim, Filled, LINK_VAR, Seal, Stager, check_transfer_id, link_enabled, staging_dir,
+    Claim, Filled, LINK_VAR, ReceivedManifest, Seal, Stager, check_transfer_id, link_enabled,
+    staging_dir,
 };
 pub use validate::{Limits, validate};
 pub use watch::{Changes, TreeWatch, WATCH_VAR, watch_enabled};

@@ -56,12 +56,32 @@ pub fn validate_from(m: &WorkspaceManifest, start: usize, limits: &Limits) -> Re
     check_head(m, m.root_mode, &m.skipped, limits)?;
     check_count(m.entries.len(), limits)?;
     let start = start.min(m.entries.len());
-    let mut total: u64 = m.entries[..start]
+    let (before, new) = m.entries.split_at(start);
+    let total: u64 = before
         .iter()
         .filter_map(|e| e.file())
         .fold(0u64, |t, f| t.saturating_add(f.size));
-    let mut prev: Option<&str> = start.checked_sub(1).map(|i| m.entries[i].path.as_str());
-    for (i, e) in m.entries.iter().enumerate().skip(start) {
+    let prev = before.last().map(|e| e.path.as_str());
+    let kind_before = |p: &str| {
+        before
+            .binary_search_by(|x| x.path.as_str().cmp(p))
+            .ok()
+            .map(|j| before[j].kind.clone())
+    };
+    check_appended(new, &m.params, (total, prev), kind_before, limits)
+}
+
+/// The checks of [`validate_from`] for `new`, the entries that follow others whose files hold
+/// `total` bytes and whose last path is `prev`; `kind_before` finds the kind of the entry at a
+/// path among those others (which passed already). The count and the head are the caller's.
+pub(crate) fn check_appended(
+    new: &[WorkspaceEntry],
+    params: &ChunkParams,
+    (mut total, mut prev): (u64, Option<&str>),
+    kind_before: impl Fn(&str) -> Option<EntryKind>,
+    limits: &Limits,
+) -> Result<()> {
+    for (i, e) in new.iter().enumerate() {
         let path = e.path.as_str();
         check_path(path)?;
         if let Some(p) = prev {
@@ -78,14 +98,14 @@ pub fn validate_from(m: &WorkspaceManifest, start: usize, limits: &Limits) -> Re
         prev = Some(path);
         if let Some((parent, _)) = path.rsplit_once('/') {
             // Sorted order puts each parent before its children, among the entries so far.
-            let before = &m.entries[..i];
-            let kind = before
-                .binary_search_by(|x| x.path.as_str().cmp(parent))
-                .ok()
-                .map(|j| &before[j].kind);
-            check_parent(path, parent, kind)?;
+            let here = &new[..i];
+            let kind = match here.binary_search_by(|x| x.path.as_str().cmp(parent)) {
+                Ok(j) => Some(here[j].kind.clone()),
+                Err(_) => kind_before(parent),
+            };
+            check_parent(path, parent, kind.as_ref())?;
         }
-        let size = check_entry(e, &m.params)?;
+        let size = check_entry(e, params)?;
         total = total.saturating_add(size);
         check_total(total, limits)?;
     }

@@ -108,7 +108,7 @@ fn a_change_applied_in_place_stages_what_the_whole_manifest_stages() {
             &limits,
         )
         .unwrap();
-    assert_eq!(changed.manifest(), target);
+    assert_eq!(&changed.manifest(), target);
     assert!(
         filled.chunks >= 2,
         "the renamed file and the big file's unchanged chunks come from the staging ({filled:?})"
@@ -225,7 +225,7 @@ fn a_change_that_does_not_fit_or_lies_is_refused_and_touches_nothing() {
         );
         let e = result.expect_err(why).to_string();
         assert!(e.contains(why), "{why}: {e}");
-        assert_eq!(st.manifest(), &base, "{why}: the staged manifest stands");
+        assert_eq!(&st.manifest(), &base, "{why}: the staged manifest stands");
         assert_eq!(st.missing(), missing, "{why}");
         assert_same(&before, &staged_listing(&dest, "bad"));
     }
@@ -263,7 +263,7 @@ fn a_change_that_does_not_fit_or_lies_is_refused_and_touches_nothing() {
         )
         .unwrap_err();
     assert_eq!(e.code().as_str(), "transfer_too_large", "{e}");
-    assert_eq!(st.manifest(), &base);
+    assert_eq!(&st.manifest(), &base);
 
     // The same change with its true digest goes through.
     st.apply_change(
@@ -364,7 +364,7 @@ fn random_changes_applied_in_place_match_the_whole_manifest() {
             )
             .unwrap();
         whole.update(last.manifest.clone(), &limits).unwrap();
-        assert_eq!(changed.manifest(), &last.manifest, "seed {seed}");
+        assert_eq!(&changed.manifest(), &last.manifest, "seed {seed}");
         assert_eq!(
             sorted(changed.missing()),
             sorted(whole.missing()),

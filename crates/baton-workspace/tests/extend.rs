@@ -73,7 +73,7 @@ fn a_staging_grown_part_by_part_rebuilds_the_tree_and_copies_shared_chunks_local
         copied >= 1,
         "the late copy's chunks came from the early one"
     );
-    assert_eq!(st.manifest(), &whole.manifest);
+    assert_eq!(&st.manifest(), &whole.manifest);
     assert_same(&listing(&src), &listing(&land(st)));
 }
 
@@ -110,7 +110,7 @@ fn a_part_that_breaks_the_rules_leaves_the_staging_as_it_was() {
     ] {
         let err = st.extend(bad, Vec::new(), &Limits::default()).unwrap_err();
         assert!(err.to_string().contains(says), "{err}");
-        assert_eq!(st.manifest(), &whole.manifest, "unchanged after {says}");
+        assert_eq!(&st.manifest(), &whole.manifest, "unchanged after {says}");
         assert_eq!(st.missing(), missing);
     }
 }

@@ -129,7 +129,7 @@ fn a_final_manifest_with_the_same_entries_keeps_the_staging_and_its_journal() {
     let filled = st.update(last.clone(), &limits).unwrap();
     assert_eq!(filled.chunks, 0, "nothing to copy: the staged files stand");
     assert_eq!(st.missing(), all[20..], "what was written stays written");
-    assert_eq!(st.manifest(), &last);
+    assert_eq!(&st.manifest(), &last);
 
     // A daemon restarted here reopens the staging for the final manifest and its journal.
     drop(st);

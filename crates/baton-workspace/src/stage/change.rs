@@ -1,16 +1,14 @@
 //! Moving a staging tree to a later scan of the same source that arrived as a change to the
 //! staged manifest (the final pass, after a pre-copy). Only the changed entries are checked,
-//! removed and placed: nothing holds a second copy of the manifest, and the work done while the
-//! session is stopped follows the change, apart from a digest, a compaction of the staged
-//! entries in place and a renumbering of the chunk table: linear passes whose only allocation
-//! per entry is the renumbering's 4 bytes.
+//! removed and placed, and the work done while the session is stopped follows the change, apart
+//! from a digest, a copy of the packed entries kept (record by record, not decoded) and a
+//! renumbering of the chunk table: linear passes.
 
+use std::borrow::Cow;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use baton_proto::workspace::{
-    ContentHash, EntryKind, SkippedEntry, WorkspaceEntry, WorkspaceManifest,
-};
+use baton_proto::workspace::{ContentHash, SkippedEntry, WorkspaceEntry, WorkspaceManifest};
 
 use super::journal::Journal;
 use super::update::{same_content, take_out};
@@ -19,6 +17,7 @@ use crate::delta::{ManifestChange, ManifestDigest, check_change, merged};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{remove_tree, set_mtime};
 use crate::index::ChunkIndex;
+use crate::packed::{Kind, PackedEntries};
 use crate::validate::{
     Limits, check_count, check_entry, check_head, check_parent, check_path, check_total,
 };
@@ -51,14 +50,10 @@ impl Stager {
 
         // Children before parents, so that a directory is empty by the time it goes.
         let base = &self.manifest.entries;
-        let mut leaving: Vec<usize> = change
-            .removed
-            .iter()
-            .filter_map(|r| base.binary_search_by(|e| e.path.as_str().cmp(r)).ok())
-            .collect();
+        let mut leaving: Vec<usize> = change.removed.iter().filter_map(|r| base.find(r)).collect();
         for (c, at) in change.changed.iter().zip(&at) {
             if let Some(i) = *at
-                && !same_content(&base[i], c)
+                && !same_content(&base.get(i), c)
             {
                 leaving.push(i);
             }
@@ -68,7 +63,7 @@ impl Stager {
         for &i in &leaving {
             take_out(
                 &self.tree,
-                &base[i],
+                &base.get(i),
                 self.files[i].created,
                 &aside,
                 &mut moved,
@@ -107,13 +102,16 @@ impl Stager {
     ) -> Result<Vec<Option<usize>>> {
         let m = &self.manifest;
         let base = &m.entries;
-        check_change(base, change)?;
-        check_head(m, root.0, skipped, limits)?;
-        let find = |p: &str| base.binary_search_by(|e| e.path.as_str().cmp(p)).ok();
-        let size = |e: &WorkspaceEntry| e.file().map_or(0, |f| f.size);
-        let mut total = m.total_bytes();
+        check_change(|r| base.find(r).is_some(), change)?;
+        check_head(&m.empty(), root.0, skipped, limits)?;
+        let find = |p: &str| base.find(p);
+        let size = |i: usize| match base.kind(i) {
+            Kind::File(size) => size,
+            Kind::Dir | Kind::Symlink => 0,
+        };
+        let mut total = base.total_bytes();
         for r in &change.removed {
-            total -= find(r).map_or(0, |i| size(&base[i]));
+            total -= find(r).map_or(0, size);
         }
         let mut at = Vec::with_capacity(change.changed.len());
         let mut added = 0usize;
@@ -122,7 +120,7 @@ impl Stager {
             let new_size = check_entry(c, &m.params)?;
             let old = find(&c.path);
             match old {
-                Some(i) => total -= size(&base[i]),
+                Some(i) => total -= size(i),
                 None => added += 1,
             }
             total = total.saturating_add(new_size);
@@ -131,11 +129,11 @@ impl Stager {
                     .changed
                     .binary_search_by(|e| e.path.as_str().cmp(parent))
                 {
-                    Ok(j) => Some(&change.changed[j].kind),
+                    Ok(j) => Some(change.changed[j].kind.clone()),
                     Err(_) if removes(change, parent) => None,
-                    Err(_) => find(parent).map(|i| &base[i].kind),
+                    Err(_) => find(parent).map(|i| base.get(i).kind),
                 };
-                check_parent(&c.path, parent, kind)?;
+                check_parent(&c.path, parent, kind.as_ref())?;
             }
             at.push(old);
         }
@@ -152,12 +150,12 @@ impl Stager {
                     .changed
                     .iter()
                     .zip(&at)
-                    .filter(|(c, _)| !matches!(c.kind, EntryKind::Dir))
+                    .filter(|(c, _)| !matches!(c.kind, baton_proto::workspace::EntryKind::Dir))
                     .filter_map(|(_, i)| *i),
             )
-            .filter(|&i| matches!(base[i].kind, EntryKind::Dir));
+            .filter(|&i| base.kind(i) == Kind::Dir);
         for i in gone_dirs {
-            let dir = base[i].path.as_str();
+            let dir = base.path(i);
             let below = |p: &str| {
                 p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/'
             };
@@ -165,15 +163,14 @@ impl Stager {
             // (`dir-x` sorts between `dir` and `dir/x`): the range is bounded by `dir/` and
             // `dir0`, `0` being the byte after `/`.
             let (lo, hi) = (format!("{dir}/"), format!("{dir}0"));
-            let first = base.partition_point(|e| e.path.as_str() < lo.as_str());
-            let last = base.partition_point(|e| e.path.as_str() < hi.as_str());
+            let first = base.partition_point(|p| p < lo.as_str());
+            let last = base.partition_point(|p| p < hi.as_str());
             let r_first = change.removed.partition_point(|r| r.as_str() < lo.as_str());
             let r_last = change.removed.partition_point(|r| r.as_str() < hi.as_str());
             if last - first != r_last - r_first {
                 // Every removed path is a staged one, so some staged entry below stays.
-                let stays = base[first..last]
-                    .iter()
-                    .map(|e| e.path.as_str())
+                let stays = (first..last)
+                    .map(|j| base.path(j))
                     .find(|p| below(p) && !removes(change, p))
                     .unwrap_or(dir);
                 return Err(Error::manifest(
@@ -185,8 +182,8 @@ impl Stager {
             }
         }
         let mut d = ManifestDigest::new(m.version, &m.params, root, entries);
-        for e in merged(base, change) {
-            d.entry(e);
+        for e in merged(base.iter().map(Cow::Owned), change) {
+            d.entry(&e);
         }
         if d.finish(skipped) != *digest {
             return Err(Error::manifest(
@@ -197,10 +194,10 @@ impl Stager {
         Ok(at)
     }
 
-    /// Makes the staged manifest the one `change` gives, in place (entries are moved, and no
-    /// second vector of entries is allocated), carries the per-entry state of the entries kept,
-    /// renumbers the chunk table, and sets the modes and mtimes that changed on files already
-    /// verified. `at` is what [`Stager::check_change`] returned. Returns the numbers of the new entries, whose chunks
+    /// Makes the staged manifest the one `change` gives (entries kept are copied as they are
+    /// packed, not decoded), carries the per-entry state of the entries kept, renumbers the chunk
+    /// table, and sets the modes and mtimes that changed on files already verified. `at` is what
+    /// [`Stager::check_change`] returned. Returns the numbers of the new entries, whose chunks
     /// are not placed yet.
     fn merge_change(
         &mut self,
@@ -209,111 +206,79 @@ impl Stager {
         (root_mode, root_mtime_ns): (u32, i64),
         skipped: Vec<SkippedEntry>,
     ) -> Result<Vec<usize>> {
-        let entries = &mut self.manifest.entries;
-        let files = &mut self.files;
-        let n = entries.len();
-        // Old number → number once removals and replacements are done (MAX: its content left).
+        let old = std::mem::take(&mut self.manifest.entries);
+        let old_files = std::mem::take(&mut self.files);
+        let n = old.len();
+        let added = at.iter().filter(|a| a.is_none()).count();
+        let count = n + added - change.removed.len();
+        let mut entries = PackedEntries::default();
+        entries.reserve(count, old.packed_bytes());
+        let mut files = Vec::with_capacity(count);
+        // Old number → new number (MAX: its content left).
         let mut kept_at = vec![u32::MAX; n];
-        let mut replaced: Vec<Option<WorkspaceEntry>> = Vec::new();
-        let mut added = Vec::new();
-        let mut replace_at = Vec::new();
-        for (c, i) in change.changed.into_iter().zip(at) {
-            match i {
-                Some(i) => {
-                    replace_at.push(*i);
-                    replaced.push(Some(c));
-                }
-                None => added.push(c),
-            }
-        }
-        let mut removed = change.removed.iter().peekable();
-        let mut replacing = replace_at.iter().zip(replaced.iter_mut()).peekable();
         let mut fresh = Vec::new();
         let mut touched = Vec::new();
-        // Removals and replacements, compacting towards the front: what stays moves down.
-        let mut w = 0;
+        let mut changed = change.changed.into_iter().zip(at).peekable();
+        let mut removed = change.removed.iter().peekable();
+        let mut add =
+            |entries: &mut PackedEntries, files: &mut Vec<FileState>, c: &WorkspaceEntry| {
+                fresh.push(entries.len());
+                entries.push(c);
+                files.push(FileState::default());
+            };
         for i in 0..n {
-            if removed.next_if(|r| **r == entries[i].path).is_some() {
+            let path = old.path(i);
+            while let Some((c, _)) =
+                changed.next_if(|(c, at)| at.is_none() && c.path.as_str() < path)
+            {
+                add(&mut entries, &mut files, &c);
+            }
+            if removed.next_if(|r| r.as_str() == path).is_some() {
                 continue;
             }
-            entries.swap(w, i);
-            files[w] = files[i];
-            if let Some((_, c)) = replacing.next_if(|(j, _)| **j == i) {
-                let c = c.take().expect("each replacement is taken once");
-                if same_content(&entries[w], &c) {
-                    if files[w].verified
-                        && (entries[w].mode != c.mode || entries[w].mtime_ns != c.mtime_ns)
-                    {
-                        touched.push(w);
+            let w = entries.len();
+            match changed.next_if(|(_, at)| **at == Some(i)) {
+                Some((c, _)) => {
+                    let e = old.get(i);
+                    if same_content(&e, &c) {
+                        if old_files[i].verified && (e.mode != c.mode || e.mtime_ns != c.mtime_ns) {
+                            touched.push(w);
+                        }
+                        kept_at[i] = w as u32;
+                        files.push(old_files[i]);
+                        entries.push(&c);
+                    } else {
+                        add(&mut entries, &mut files, &c);
                     }
-                    kept_at[i] = w as u32;
-                } else {
-                    files[w] = FileState::default();
-                    fresh.push(w);
                 }
-                entries[w] = c;
-            } else {
-                kept_at[i] = w as u32;
+                None => {
+                    kept_at[i] = w as u32;
+                    files.push(old_files[i]);
+                    entries.push_from(&old, i);
+                }
             }
-            w += 1;
         }
-        entries.truncate(w);
-        files.truncate(w);
-        // Additions, merged in from the back: each entry moves once, into room made at the end.
-        let a = added.len();
-        let mut ins = Vec::with_capacity(a);
-        for c in &added {
-            ins.push(entries[..w].partition_point(|e| e.path < c.path));
+        for (c, _) in changed {
+            add(&mut entries, &mut files, &c);
         }
-        let room = || WorkspaceEntry {
-            path: String::new(),
-            mode: 0,
-            mtime_ns: 0,
-            kind: EntryKind::Dir,
-        };
-        // Exactly: growing by doubling would allocate room for as many entries again.
-        entries.reserve_exact(a);
-        files.reserve_exact(a);
-        entries.resize_with(w + a, room);
-        files.resize(w + a, FileState::default());
-        let mut src = w;
-        for (k, c) in added.into_iter().enumerate().rev() {
-            let p = ins[k];
-            for q in (p..src).rev() {
-                entries.swap(q, q + k + 1);
-                files[q + k + 1] = files[q];
-            }
-            entries[p + k] = c;
-            files[p + k] = FileState::default();
-            src = p;
-        }
-        // Where an entry numbered after removals and replacements ends: past the additions
-        // inserted at or before it.
-        let shifted = |q: usize| q + ins.partition_point(|&p| p <= q);
-        for f in &mut fresh {
-            *f = shifted(*f);
-        }
-        fresh.extend(ins.iter().enumerate().map(|(k, p)| p + k));
-        fresh.sort_unstable();
+        drop(old);
+        entries.shrink();
+        self.manifest.entries = entries;
+        self.files = files;
         self.manifest.root_mode = root_mode;
         self.manifest.root_mtime_ns = root_mtime_ns;
         self.manifest.skipped = skipped;
-        self.chunks.remap(|e| {
-            kept_at
-                .get(e as usize)
-                .copied()
-                .filter(|&q| q != u32::MAX)
-                .map(|q| shifted(q as usize) as u32)
-        });
+        self.chunks
+            .remap(|e| kept_at.get(e as usize).copied().filter(|&q| q != u32::MAX));
         for q in touched {
-            let e = &self.manifest.entries[shifted(q)];
+            let e = self.manifest.entries.get(q);
             // Directories and symlinks get theirs at finish.
             if e.file().is_none() {
                 continue;
             }
             let p = self.tree.join(&e.path);
             super::link::unshare(&self.dir, &p)?;
-            self.files[shifted(q)].linked = false;
+            self.files[q].linked = false;
             fs::set_permissions(&p, fs::Permissions::from_mode(e.mode & 0o777))
                 .map_err(io_err("chmod", &p))?;
             set_mtime(&p, e.mtime_ns).map_err(io_err("set mtime of", &p))?;

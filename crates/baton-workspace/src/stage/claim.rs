@@ -190,7 +190,7 @@ impl Stager {
         let mut writes = Vec::new();
         for p in u.at.iter_mut().filter(|p| !p.done) {
             let i = p.entry as usize;
-            let e = &self.manifest.entries[i];
+            let e = self.manifest.entries.get(i);
             let data = e.file().expect("chunks are placed in files only");
             let state = &mut self.files[i];
             let to = if p.offset == 0 && len == data.size {
@@ -212,9 +212,11 @@ impl Stager {
                 }
                 let f = match self.open.entry(p.entry) {
                     Entry::Occupied(o) => o.into_mut(),
-                    Entry::Vacant(v) => {
-                        v.insert(Arc::new(open_for_write(&self.tree, e, &mut state.created)?))
-                    }
+                    Entry::Vacant(v) => v.insert(Arc::new(open_for_write(
+                        &self.tree,
+                        &e,
+                        &mut state.created,
+                    )?)),
                 };
                 let hasher = self.hashers.entry(p.entry).or_default();
                 WriteTo::Shared(Arc::clone(f), Arc::clone(hasher))
@@ -271,7 +273,7 @@ impl Stager {
             }
             self.open.remove(&w.entry);
             let hasher = self.hashers.remove(&w.entry);
-            let e = &self.manifest.entries[i];
+            let e = self.manifest.entries.get(i);
             let want = e.file().expect("chunks are placed in files only");
             let written = match w.to {
                 WriteTo::Whole { file: Some(f), .. } => {
@@ -292,7 +294,7 @@ impl Stager {
             };
             seals.push(Seal {
                 entry: i,
-                e: e.clone(),
+                e,
                 tree: Arc::clone(&self.tree),
                 written,
             });

@@ -9,7 +9,7 @@ use baton_proto::workspace::{ContentHash, SkippedEntry, WorkspaceEntry};
 use super::tree::{create_entry, created_lazily, open_nofollow};
 use super::{FileState, Filled, Placement, Stager};
 use crate::error::{Error, Result, io_err};
-use crate::validate::{Limits, validate_from};
+use crate::validate::{Limits, check_appended, check_count, check_head};
 
 impl Stager {
     /// Appends `entries` (the next part of a manifest streamed in path order) and `skipped` to
@@ -26,15 +26,27 @@ impl Stager {
         skipped: Vec<SkippedEntry>,
         limits: &Limits,
     ) -> Result<Filled> {
-        let start = self.manifest.entries.len();
-        let skipped_start = self.manifest.skipped.len();
-        self.manifest.entries.extend(entries);
-        self.manifest.skipped.extend(skipped);
-        if let Err(e) = validate_from(&self.manifest, start, limits) {
-            self.manifest.entries.truncate(start);
-            self.manifest.skipped.truncate(skipped_start);
+        let m = &mut self.manifest;
+        let start = m.entries.len();
+        let skipped_start = m.skipped.len();
+        m.skipped.extend(skipped);
+        let checked = check_head(&m.empty(), m.root_mode, &m.skipped, limits)
+            .and_then(|()| check_count(start + entries.len(), limits))
+            .and_then(|()| {
+                let staged = &m.entries;
+                let prev = start.checked_sub(1).map(|i| staged.path(i));
+                let kind_before = |p: &str| staged.find(p).map(|j| staged.get(j).kind);
+                let total = staged.total_bytes();
+                check_appended(&entries, &m.params, (total, prev), kind_before, limits)
+            });
+        if let Err(e) = checked {
+            m.skipped.truncate(skipped_start);
             return Err(e);
         }
+        for e in &entries {
+            m.entries.push(e);
+        }
+        drop(entries);
         self.files
             .resize(self.manifest.entries.len(), FileState::default());
         let shared = self.place_new(start..self.manifest.entries.len())?;
@@ -52,9 +64,9 @@ impl Stager {
     ) -> Result<Vec<ContentHash>> {
         let mut shared = Vec::new();
         for i in new {
-            let e = &self.manifest.entries[i];
-            if !created_lazily(e) {
-                self.files[i].verified = create_entry(&self.tree, e, false)?;
+            let e = self.manifest.entries.get(i);
+            if !created_lazily(&e) {
+                self.files[i].verified = create_entry(&self.tree, &e, false)?;
                 self.files[i].created = true;
             }
             let Some(f) = e.file() else { continue };
@@ -102,9 +114,7 @@ impl Stager {
             let Some(p) = u.at.iter().find(|p| p.done) else {
                 continue;
             };
-            let path = self
-                .tree
-                .join(&self.manifest.entries[p.entry as usize].path);
+            let path = self.tree.join(self.manifest.entries.path(p.entry as usize));
             buf.resize(u.len as usize, 0);
             open_nofollow(&path, false)?
                 .read_exact_at(&mut buf, p.offset)

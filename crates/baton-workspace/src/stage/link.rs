@@ -99,7 +99,7 @@ impl Stager {
             let Some(from) = self.linkable(i, index, under) else {
                 continue;
             };
-            let e = &self.manifest.entries[i];
+            let e = self.manifest.entries.get(i);
             let size = e.file().map_or(0, |f| f.size);
             let p = self.tree.join(&e.path);
             match fs::hard_link(&from, &p) {
@@ -113,7 +113,7 @@ impl Stager {
                 Err(_) => continue,
             }
             // The link is the inode checked before: a write in between would show here.
-            let still = fs::symlink_metadata(&p).is_ok_and(|md| fits(&md, e, size));
+            let still = fs::symlink_metadata(&p).is_ok_and(|md| fits(&md, &e, size));
             if !still {
                 fs::remove_file(&p).map_err(io_err("remove", &p))?;
                 continue;
@@ -137,10 +137,10 @@ impl Stager {
             threads,
             || (),
             |_, &i| {
-                let e = &self.manifest.entries[i];
+                let e = self.manifest.entries.get(i);
                 let size = e.file().map_or(0, |f| f.size);
                 let p = self.tree.join(&e.path);
-                if fs::symlink_metadata(&p).is_ok_and(|md| fits(&md, e, size)) {
+                if fs::symlink_metadata(&p).is_ok_and(|md| fits(&md, &e, size)) {
                     return Ok(());
                 }
                 Err(Error::VerifyFailed {
@@ -161,9 +161,12 @@ impl Stager {
         index: &(impl LocalChunks + ?Sized),
         under: &Path,
     ) -> Option<std::path::PathBuf> {
-        let e = &self.manifest.entries[i];
-        let f = e.file()?;
         let state = self.files[i];
+        if state.created || state.left == 0 {
+            return None;
+        }
+        let e = self.manifest.entries.get(i);
+        let f = e.file()?;
         if f.chunks.is_empty() || state.created || state.left as usize != f.chunks.len() {
             return None;
         }
@@ -172,7 +175,7 @@ impl Stager {
             return None;
         }
         let md = fs::symlink_metadata(&first.path).ok()?;
-        if !first.unchanged(&md) || !fits(&md, e, f.size) {
+        if !first.unchanged(&md) || !fits(&md, &e, f.size) {
             return None;
         }
         let mut offset = 0u64;
@@ -194,7 +197,7 @@ impl Stager {
     /// Records entry `i` as linked: its places are written, the chunks all of whose places are
     /// written go to the journal, and the file is complete and verified. Returns its chunks.
     fn settle_linked(&mut self, i: usize) -> Result<u64> {
-        let e = &self.manifest.entries[i];
+        let e = self.manifest.entries.get(i);
         let Some(f) = e.file() else { return Ok(0) };
         let mut offset = 0u64;
         let mut complete = Vec::new();

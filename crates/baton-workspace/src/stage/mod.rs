@@ -29,15 +29,20 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use baton_proto::workspace::{ChunkRef, ContentHash, EntryKind, WorkspaceManifest};
+use baton_proto::workspace::{
+    ChunkParams, ChunkRef, ContentHash, EntryKind, SkippedEntry, WorkspaceManifest,
+};
 
 use crate::apply::{APPLY_RECORD, StagedTree};
 use crate::chunk::hash_bytes;
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{remove_tree, set_mtime, sync_filesystem};
 use crate::index::Proof;
+use crate::packed::{Kind, PackedEntries};
 use crate::pool;
 use crate::progress::Progress;
+use crate::scan::{ScanStats, Scanned};
+use crate::spool::{ManifestHead, SpoolWriter, SpooledScan};
 use crate::spool_index::LocalChunks;
 use crate::validate::{Limits, validate};
 use chunks::{ChunkTable, Placement};
@@ -64,13 +69,121 @@ struct FileState {
     linked: bool,
 }
 
+/// The manifest being staged: its head as received, its entries packed (they are what a big
+/// tree's staging holds most of).
+#[derive(Debug)]
+pub(crate) struct StagedManifest {
+    pub(crate) version: u32,
+    pub(crate) params: ChunkParams,
+    pub(crate) root_mode: u32,
+    pub(crate) root_mtime_ns: i64,
+    pub(crate) skipped: Vec<SkippedEntry>,
+    pub(crate) entries: PackedEntries,
+}
+
+impl StagedManifest {
+    /// Packs `m`'s entries (dropping its vector of them).
+    pub(crate) fn of(m: WorkspaceManifest) -> Self {
+        let entries = PackedEntries::of(&m.entries);
+        Self {
+            version: m.version,
+            params: m.params,
+            root_mode: m.root_mode,
+            root_mtime_ns: m.root_mtime_ns,
+            skipped: m.skipped,
+            entries,
+        }
+    }
+
+    /// A manifest of this head, with no entry.
+    pub(crate) fn empty(&self) -> WorkspaceManifest {
+        let mut m = WorkspaceManifest::new(self.params);
+        m.version = self.version;
+        (m.root_mode, m.root_mtime_ns) = (self.root_mode, self.root_mtime_ns);
+        m
+    }
+
+    /// The manifest unpacked.
+    pub(crate) fn unpack(&self) -> WorkspaceManifest {
+        let mut m = self.empty();
+        m.entries = self.entries.to_vec();
+        m.skipped = self.skipped.clone();
+        m
+    }
+
+    /// The manifest's digest ([`crate::digest`]) with this root and skipped list.
+    pub(crate) fn digest_with(&self, root: (u32, i64), skipped: &[SkippedEntry]) -> ContentHash {
+        let mut d =
+            crate::delta::ManifestDigest::new(self.version, &self.params, root, self.entries.len());
+        for e in self.entries.iter() {
+            d.entry(&e);
+        }
+        d.finish(skipped)
+    }
+
+    /// The manifest's digest ([`crate::digest`]).
+    pub(crate) fn digest(&self) -> ContentHash {
+        self.digest_with((self.root_mode, self.root_mtime_ns), &self.skipped)
+    }
+}
+
+/// The manifest a staged tree was verified against, as the stager held it (packed).
+#[derive(Debug)]
+pub struct ReceivedManifest(StagedManifest);
+
+/// Entries per part when a received manifest is spooled.
+const SPOOL_PART: usize = 16 * 1024;
+
+impl ReceivedManifest {
+    /// The manifest, unpacked.
+    pub fn unpack(&self) -> WorkspaceManifest {
+        self.0.unpack()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.entries.len()
+    }
+
+    /// True when the manifest has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.entries.len() == 0
+    }
+
+    /// A spool in `dir` of the tree at `root` (canonical) as this machine received it, every
+    /// file of which was verified against this manifest by `known_ns`: see
+    /// [`Scanned::of_received`]. Unpacked a part at a time, so that it never costs the whole
+    /// manifest in memory.
+    pub fn spool(self, root: PathBuf, known_ns: i64, dir: &Path) -> Result<SpooledScan> {
+        let m = self.0;
+        let mut w = SpoolWriter::create(dir, &root, m.params)?;
+        let n = m.entries.len();
+        let mut start = 0;
+        while start < n {
+            let end = (start + SPOOL_PART).min(n);
+            let mut part = m.empty();
+            part.entries = (start..end).map(|i| m.entries.get(i)).collect();
+            w.append(&Scanned::of_received(part, root.clone(), known_ns))?;
+            start = end;
+        }
+        let head = ManifestHead {
+            version: m.version,
+            params: m.params,
+            root_mode: m.root_mode,
+            root_mtime_ns: m.root_mtime_ns,
+            skipped: m.skipped,
+        };
+        Ok(w.finish(head, ScanStats::default()))
+    }
+}
+
 /// Builds one workspace in a staging directory beside its destination.
 pub struct Stager {
     dest: PathBuf,
     id: String,
     dir: PathBuf,
     tree: Arc<Path>,
-    manifest: WorkspaceManifest,
+    manifest: StagedManifest,
     chunks: ChunkTable,
     /// Chunks claimed for writing and not yet settled (see [`Stager::claim`]).
     claimed: HashSet<ContentHash>,
@@ -231,6 +344,7 @@ impl Stager {
             written.contains(h) && !unlinked.contains(&i)
         })?;
         drop(written);
+        let manifest = StagedManifest::of(manifest);
         let mut stager = Self {
             dest: dest.to_path_buf(),
             id: transfer_id.to_string(),
@@ -247,10 +361,10 @@ impl Stager {
             buf: Vec::new(),
         };
         for (e, state) in stager.manifest.entries.iter().zip(&mut stager.files) {
-            if !resume && created_lazily(e) {
+            if !resume && created_lazily(&e) {
                 continue;
             }
-            state.verified = create_entry(&stager.tree, e, resume)?;
+            state.verified = create_entry(&stager.tree, &e, resume)?;
             state.created = true;
         }
         stager.restart_progress();
@@ -260,16 +374,15 @@ impl Stager {
     fn restart_progress(&self) {
         let mut files = 0;
         let mut bytes = 0;
-        for (e, s) in self.manifest.entries.iter().zip(&self.files) {
-            if e.file().is_some() && s.left == 0 {
+        for (i, s) in self.files.iter().enumerate() {
+            if s.left == 0 && matches!(self.manifest.entries.kind(i), Kind::File(_)) {
                 files += 1;
             }
         }
         for u in self.chunks.iter() {
             bytes += u.at.iter().filter(|p| p.done).count() as u64 * u64::from(u.len);
         }
-        self.progress
-            .start(self.manifest.file_count(), self.manifest.total_bytes());
+        self.progress.start(self.file_count(), self.total_bytes());
         self.progress.add(files, bytes);
     }
 
@@ -283,9 +396,30 @@ impl Stager {
         &self.dir
     }
 
-    /// The manifest being staged.
-    pub fn manifest(&self) -> &WorkspaceManifest {
-        &self.manifest
+    /// The manifest being staged, unpacked (a copy: the stager holds it packed).
+    pub fn manifest(&self) -> WorkspaceManifest {
+        self.manifest.unpack()
+    }
+
+    /// Number of regular files in the manifest being staged.
+    pub fn file_count(&self) -> u64 {
+        self.manifest.entries.file_count()
+    }
+
+    /// Sum of the sizes of the regular files in the manifest being staged.
+    pub fn total_bytes(&self) -> u64 {
+        self.manifest.entries.total_bytes()
+    }
+
+    /// The skipped list of the manifest being staged.
+    pub fn skipped(&self) -> &[SkippedEntry] {
+        &self.manifest.skipped
+    }
+
+    /// The digest ([`crate::digest`]) of the staged manifest with another root mode and mtime
+    /// and another skipped list, without building that manifest.
+    pub fn digest_with(&self, root: (u32, i64), skipped: &[SkippedEntry]) -> ContentHash {
+        self.manifest.digest_with(root, skipped)
     }
 
     /// Chunks still to write, distinct, in the order the manifest first uses them.
@@ -410,14 +544,15 @@ impl Stager {
         self.journal().flush()?;
         self.open.clear();
         self.hashers.clear();
-        let todo: Vec<usize> = (0..self.manifest.entries.len())
-            .filter(|i| self.manifest.entries[*i].file().is_some() && !self.files[*i].verified)
+        let entries = &self.manifest.entries;
+        let size = |i: usize| match entries.kind(i) {
+            Kind::File(size) => Some(size),
+            Kind::Dir | Kind::Symlink => None,
+        };
+        let todo: Vec<usize> = (0..entries.len())
+            .filter(|&i| size(i).is_some() && !self.files[i].verified)
             .collect();
-        let bytes = todo
-            .iter()
-            .filter_map(|i| self.manifest.entries[*i].file())
-            .map(|f| f.size)
-            .sum();
+        let bytes = todo.iter().filter_map(|&i| size(i)).sum();
         self.progress.start(todo.len() as u64, bytes);
         let threads = if threads == 0 {
             pool::default_threads()
@@ -429,8 +564,8 @@ impl Stager {
             threads,
             || vec![0u8; 1 << 20],
             |buf, &i| {
-                let e = &self.manifest.entries[i];
-                verify_file(&self.tree, e, buf)?;
+                let e = self.manifest.entries.get(i);
+                verify_file(&self.tree, &e, buf)?;
                 self.progress.add(1, e.file().map_or(0, |f| f.size));
                 Ok(())
             },
@@ -438,7 +573,11 @@ impl Stager {
         results.into_iter().collect::<Result<Vec<()>>>()?;
         self.check_links(threads)?;
 
-        for e in self.manifest.entries.iter().rev() {
+        for i in (0..self.manifest.entries.len()).rev() {
+            if matches!(self.manifest.entries.kind(i), Kind::File(_)) {
+                continue;
+            }
+            let e = self.manifest.entries.get(i);
             let p = self.tree.join(&e.path);
             match e.kind {
                 EntryKind::Dir => {
@@ -466,7 +605,7 @@ impl Stager {
             dir: self.dir,
             root_mode: self.manifest.root_mode & 0o1777,
             root_mtime_ns: self.manifest.root_mtime_ns,
-            manifest: self.manifest,
+            manifest: Some(ReceivedManifest(self.manifest)),
         })
     }
 

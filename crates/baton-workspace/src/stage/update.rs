@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use baton_proto::workspace::{EntryKind, SkippedEntry, WorkspaceEntry, WorkspaceManifest};
 
 use super::journal::{Journal, manifest_digest};
-use super::{Filled, Stager, create_entry, created_lazily, placements};
+use super::{Filled, StagedManifest, Stager, create_entry, created_lazily, placements};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{remove_tree, set_mtime};
 use crate::index::ChunkIndex;
@@ -69,7 +69,12 @@ impl Stager {
     pub fn update(&mut self, manifest: WorkspaceManifest, limits: &Limits) -> Result<Filled> {
         let m = &self.manifest;
         if (manifest.version, manifest.params) == (m.version, m.params)
-            && manifest.entries == m.entries
+            && manifest.entries.len() == m.entries.len()
+            && manifest
+                .entries
+                .iter()
+                .enumerate()
+                .all(|(i, e)| m.entries.get(i) == *e)
         {
             let root = (manifest.root_mode, manifest.root_mtime_ns);
             return self.update_root(root, manifest.skipped, limits);
@@ -80,7 +85,8 @@ impl Stager {
                 "chunk parameters differ from the staged manifest's; start a new transfer".into(),
             ));
         }
-        let old = std::mem::replace(&mut self.manifest, manifest);
+        let new = manifest;
+        let old = std::mem::take(&mut self.manifest.entries);
         let old_files = std::mem::take(&mut self.files);
         // Keyed by entries of the old manifest, whose files are about to move.
         self.open.clear();
@@ -89,21 +95,21 @@ impl Stager {
         let aside = self.fresh_aside()?;
 
         // Children before parents, so that a directory is empty by the time it goes.
-        let new = &self.manifest;
         let mut kept_from: Vec<Option<usize>> = vec![None; new.entries.len()];
         let mut moved: Vec<WorkspaceEntry> = Vec::new();
-        for (oi, e) in old.entries.iter().enumerate().rev() {
+        for oi in (0..old.len()).rev() {
+            let e = old.get(oi);
             let found = new
                 .entries
                 .binary_search_by(|n| n.path.as_str().cmp(&e.path))
                 .ok();
             if let Some(ni) = found
-                && same_content(e, &new.entries[ni])
+                && same_content(&e, &new.entries[ni])
             {
                 kept_from[ni] = Some(oi);
                 continue;
             }
-            take_out(&self.tree, e, old_files[oi].created, &aside, &mut moved)?;
+            take_out(&self.tree, &e, old_files[oi].created, &aside, &mut moved)?;
         }
         let mut created_empty = vec![false; new.entries.len()];
         let mut created = vec![false; new.entries.len()];
@@ -119,7 +125,7 @@ impl Stager {
         }
 
         // A kept file holds a chunk's bytes exactly when the chunk was fully written before.
-        let (chunks, mut files) = placements(new, |ni, h| {
+        let (chunks, mut files) = placements(&new, |ni, h| {
             kept_from[ni].is_some() && old_chunks.is_written(h)
         })?;
         drop(old_chunks);
@@ -142,7 +148,7 @@ impl Stager {
             }
             files[ni].verified = old_files[oi].verified;
             files[ni].linked = old_files[oi].linked;
-            let before = &old.entries[oi];
+            let before = old.get(oi);
             if files[ni].verified && (before.mode != e.mode || before.mtime_ns != e.mtime_ns) {
                 let p = self.tree.join(&e.path);
                 super::link::unshare(&self.dir, &p)?;
@@ -155,10 +161,12 @@ impl Stager {
                 sources.entries.push(e.clone());
             }
         }
-        let journal = Journal::write(&self.dir, &manifest_digest(new), chunks.written_hashes())?;
+        drop(old);
+        let journal = Journal::write(&self.dir, &manifest_digest(&new), chunks.written_hashes())?;
         self.journal = journal.into();
         self.chunks = chunks;
         self.files = files;
+        self.manifest = StagedManifest::of(new);
 
         let mut local = ChunkIndex::new(self.manifest.params);
         local.add(&self.tree, &sources);
@@ -204,7 +212,7 @@ impl Stager {
             // A resumed stager must find the journal of the manifest it now holds.
             let journal = Journal::write(
                 &self.dir,
-                &manifest_digest(&self.manifest),
+                &self.manifest.digest().0,
                 self.chunks.written_hashes(),
             )?;
             self.journal = journal.into();

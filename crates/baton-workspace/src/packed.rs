@@ -1,0 +1,349 @@
+//! A staged manifest's entries packed into one buffer: what a target holds for the whole time a
+//! tree is staged.
+//!
+//! A `Vec<WorkspaceEntry>` costs a tree of 10⁶ files about 230 bytes per file (the entry, and
+//! its path and chunk list each in an allocation of their own, with the allocator's overhead),
+//! and the chunk hash of a one-chunk file repeats the file's. Packed, a file of one chunk takes
+//! its path, about a dozen bytes of numbers and one hash, plus 8 bytes of offset. Entries are
+//! decoded when read; the stager reads each a handful of times, so decoding costs far less than
+//! the bytes it saves.
+
+use baton_proto::workspace::{ChunkRef, EntryKind, FileData, WorkspaceEntry};
+
+use crate::spool::{Reader, put_i64, put_str, put_u64};
+
+const DIR: u8 = 0;
+const SYMLINK: u8 = 1;
+const FILE: u8 = 2;
+/// A file of one chunk, which is the whole file: its hash and length are the file's.
+const WHOLE_CHUNK: u8 = 3;
+
+/// What an entry is, read without decoding it whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A regular file of this size.
+    File(u64),
+}
+
+/// Entries in path order, packed (see the module docs). Appended to, read by number.
+#[derive(Debug, Default)]
+pub(crate) struct PackedEntries {
+    buf: Vec<u8>,
+    /// Where each entry starts in `buf`.
+    at: Vec<u64>,
+    files: u64,
+    bytes: u64,
+}
+
+/// Encodes `e` at the end of `buf`.
+fn encode(buf: &mut Vec<u8>, e: &WorkspaceEntry) {
+    put_str(buf, &e.path);
+    put_u64(buf, u64::from(e.mode));
+    put_i64(buf, e.mtime_ns);
+    match &e.kind {
+        EntryKind::Dir => buf.push(DIR),
+        EntryKind::Symlink { target } => {
+            buf.push(SYMLINK);
+            put_str(buf, target);
+        }
+        EntryKind::File(f) => {
+            let whole = matches!(f.chunks.as_slice(),
+                [c] if c.hash == f.hash && u64::from(c.len) == f.size);
+            buf.push(if whole { WHOLE_CHUNK } else { FILE });
+            put_u64(buf, f.size);
+            buf.extend_from_slice(&f.hash.0);
+            if !whole {
+                put_u64(buf, f.chunks.len() as u64);
+                for c in &f.chunks {
+                    buf.extend_from_slice(&c.hash.0);
+                    put_u64(buf, u64::from(c.len));
+                }
+            }
+        }
+    }
+}
+
+/// Decodes the entry `r` is at.
+fn decode(r: &mut Reader<'_>) -> Result<WorkspaceEntry, &'static str> {
+    let path = r.string()?;
+    let mode = r.u32()?;
+    let mtime_ns = r.i64()?;
+    let kind = match r.byte()? {
+        DIR => EntryKind::Dir,
+        SYMLINK => EntryKind::Symlink {
+            target: r.string()?,
+        },
+        WHOLE_CHUNK => {
+            let size = r.u64()?;
+            let hash = r.hash()?;
+            let len = u32::try_from(size).map_err(|_| "chunk too long")?;
+            EntryKind::File(FileData {
+                size,
+                hash,
+                chunks: vec![ChunkRef { hash, len }],
+            })
+        }
+        FILE => {
+            let size = r.u64()?;
+            let hash = r.hash()?;
+            let n = usize::try_from(r.u64()?).map_err(|_| "count too large")?;
+            let mut chunks = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                let hash = r.hash()?;
+                chunks.push(ChunkRef {
+                    hash,
+                    len: r.u32()?,
+                });
+            }
+            EntryKind::File(FileData { size, hash, chunks })
+        }
+        _ => return Err("unknown entry kind"),
+    };
+    Ok(WorkspaceEntry {
+        path,
+        mode,
+        mtime_ns,
+        kind,
+    })
+}
+
+impl PackedEntries {
+    /// Packs `entries`, in their order.
+    pub(crate) fn of(entries: &[WorkspaceEntry]) -> Self {
+        let mut p = Self::default();
+        p.at.reserve_exact(entries.len());
+        for e in entries {
+            p.push(e);
+        }
+        p.shrink();
+        p
+    }
+
+    /// Appends `e`, which sorts after every entry held (the caller checked it).
+    pub(crate) fn push(&mut self, e: &WorkspaceEntry) {
+        self.at.push(self.buf.len() as u64);
+        encode(&mut self.buf, e);
+        if let Some(f) = e.file() {
+            self.files += 1;
+            self.bytes += f.size;
+        }
+    }
+
+    /// Appends entry `i` of `from` as it is packed there (no decoding), which sorts after every
+    /// entry held.
+    pub(crate) fn push_from(&mut self, from: &PackedEntries, i: usize) {
+        let start = from.at[i] as usize;
+        let end = from.at.get(i + 1).map_or(from.buf.len(), |&e| e as usize);
+        self.at.push(self.buf.len() as u64);
+        self.buf.extend_from_slice(&from.buf[start..end]);
+        if let Kind::File(size) = from.kind(i) {
+            self.files += 1;
+            self.bytes += size;
+        }
+    }
+
+    /// Room for `entries` more entries of about `bytes` bytes packed.
+    pub(crate) fn reserve(&mut self, entries: usize, bytes: usize) {
+        self.at.reserve_exact(entries);
+        self.buf.reserve_exact(bytes);
+    }
+
+    /// Bytes of the packed records.
+    pub(crate) fn packed_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Gives back spare capacity (appending grows the buffer by doubling).
+    pub(crate) fn shrink(&mut self) {
+        self.buf.shrink_to_fit();
+        self.at.shrink_to_fit();
+    }
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    /// Number of regular files.
+    pub(crate) fn file_count(&self) -> u64 {
+        self.files
+    }
+
+    /// Sum of the sizes of the regular files.
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Bytes held.
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.buf.capacity() + self.at.capacity() * 8
+    }
+
+    fn reader(&self, i: usize) -> Reader<'_> {
+        Reader {
+            buf: &self.buf,
+            at: self.at[i] as usize,
+        }
+    }
+
+    /// Entry `i`, decoded. Panics when `i` is out of range, as indexing a slice does.
+    pub(crate) fn get(&self, i: usize) -> WorkspaceEntry {
+        decode(&mut self.reader(i)).expect("packed entries decode as they were encoded")
+    }
+
+    /// The path of entry `i`, without decoding the rest.
+    pub(crate) fn path(&self, i: usize) -> &str {
+        let mut r = self.reader(i);
+        let n = r.u64().expect("packed entries decode as they were encoded") as usize;
+        let start = r.at;
+        // Encoded from a `String`.
+        std::str::from_utf8(&self.buf[start..start + n]).unwrap_or_default()
+    }
+
+    /// What entry `i` is, without decoding the rest.
+    pub(crate) fn kind(&self, i: usize) -> Kind {
+        let mut r = self.reader(i);
+        let step = |r: &mut Reader<'_>| -> Result<Kind, &'static str> {
+            let n = r.u64()? as usize;
+            r.bytes(n)?;
+            r.u64()?;
+            r.u64()?;
+            Ok(match r.byte()? {
+                DIR => Kind::Dir,
+                SYMLINK => Kind::Symlink,
+                _ => Kind::File(r.u64()?),
+            })
+        };
+        step(&mut r).expect("packed entries decode as they were encoded")
+    }
+
+    /// The number of the entry at `path`, if any (entries are in path order).
+    pub(crate) fn find(&self, path: &str) -> Option<usize> {
+        let i = self.partition_point(|p| p < path);
+        (i < self.len() && self.path(i) == path).then_some(i)
+    }
+
+    /// The number of the first entry whose path is not `before` (entries are in path order).
+    pub(crate) fn partition_point(&self, before: impl Fn(&str) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if before(self.path(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Every entry, decoded, in order.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = WorkspaceEntry> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Unpacks every entry.
+    pub(crate) fn to_vec(&self) -> Vec<WorkspaceEntry> {
+        self.iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_proto::workspace::ContentHash;
+
+    use super::*;
+
+    fn file(path: &str, chunks: &[(u8, u32)]) -> WorkspaceEntry {
+        let chunks: Vec<ChunkRef> = chunks
+            .iter()
+            .map(|&(h, len)| ChunkRef {
+                hash: ContentHash([h; 32]),
+                len,
+            })
+            .collect();
+        let size = chunks.iter().map(|c| u64::from(c.len)).sum();
+        let hash = match chunks.as_slice() {
+            [c] => c.hash,
+            _ => ContentHash([0xee; 32]),
+        };
+        WorkspaceEntry {
+            path: path.into(),
+            mode: 0o100644,
+            mtime_ns: -5,
+            kind: EntryKind::File(FileData { size, hash, chunks }),
+        }
+    }
+
+    fn entries() -> Vec<WorkspaceEntry> {
+        let mut one_other = file("a/c", &[(7, 10)]);
+        // One chunk whose hash is not the file's: kept as a list.
+        if let EntryKind::File(f) = &mut one_other.kind {
+            f.hash = ContentHash([9; 32]);
+        }
+        vec![
+            WorkspaceEntry {
+                path: "a".into(),
+                mode: 0o40755,
+                mtime_ns: 1_700_000_000_123_456_789,
+                kind: EntryKind::Dir,
+            },
+            file("a/b", &[(1, 100)]),
+            one_other,
+            file("a/d", &[(2, 70_000), (3, 5)]),
+            file("a/e", &[]),
+            WorkspaceEntry {
+                path: "a/l".into(),
+                mode: 0o120777,
+                mtime_ns: 3,
+                kind: EntryKind::Symlink { target: "b".into() },
+            },
+            file("z/ü", &[(4, 1)]),
+        ]
+    }
+
+    #[test]
+    fn entries_come_back_as_they_went_in() {
+        let src = entries();
+        let p = PackedEntries::of(&src);
+        assert_eq!(p.len(), src.len());
+        assert_eq!(p.to_vec(), src);
+        for (i, e) in src.iter().enumerate() {
+            assert_eq!(p.path(i), e.path);
+            let kind = match &e.kind {
+                EntryKind::Dir => Kind::Dir,
+                EntryKind::Symlink { .. } => Kind::Symlink,
+                EntryKind::File(f) => Kind::File(f.size),
+            };
+            assert_eq!(p.kind(i), kind, "{}", e.path);
+            assert_eq!(p.find(&e.path), Some(i));
+        }
+        assert_eq!(p.find("a/bb"), None);
+        assert_eq!(p.find(""), None);
+        assert_eq!(p.find("zz"), None);
+        assert_eq!(p.file_count(), 5);
+        assert_eq!(p.total_bytes(), 100 + 10 + 70_005 + 1);
+        assert_eq!(p.iter().next_back().map(|e| e.path), Some("z/ü".into()));
+    }
+
+    #[test]
+    fn a_file_of_one_chunk_takes_about_its_path_and_one_hash() {
+        let src: Vec<WorkspaceEntry> = (0..1000)
+            .map(|i| {
+                file(
+                    &format!("src/mod{:03}/file{i:05}.rs", i / 100),
+                    &[(1, 4000)],
+                )
+            })
+            .collect();
+        let p = PackedEntries::of(&src);
+        let per_entry = p.heap_bytes() / src.len();
+        // Path 23, mode 3, mtime 1, kind 1, size 2, hash 32, offset 8.
+        assert!(per_entry <= 72, "{per_entry} bytes per entry");
+    }
+}
