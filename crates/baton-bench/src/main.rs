@@ -90,8 +90,8 @@ enum BenchCommand {
     /// A workspace handoff of a synthetic repository against rsync, tar|zstd and cp: time,
     /// throughput, the bytes a re-handoff sends, the stopped time and peak memory.
     Workspace(workspace::WorkspaceArgs),
-    /// The target's final pass after a pre-copy, in process: the change applied in place
-    /// against the whole new manifest built and moved to; time and heap.
+    /// The target's final pass after a pre-copy, in process: the change applied to the staged
+    /// manifest against the whole new manifest built and moved to; time and heap.
     FinalPass(final_pass::FinalPassArgs),
 }
 

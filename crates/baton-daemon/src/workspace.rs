@@ -23,9 +23,9 @@ use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};
 use baton_workspace::{
     CACHED_PARTS, ChunkIndex, Filled, Limits, LocalChunks, ManifestChange, ManifestDigest,
-    PreparedScan, Previous, STREAM_FIRST_PART, ScanOptions, SpoolWriter, SpooledIndex, SpooledPart,
-    SpooledScan, StagedTree, Stager, TreeWatch, Walked, check_source, plan_absent, prepare_rescan,
-    prepare_scan, watch_enabled,
+    PackedManifest, PreparedScan, Previous, STREAM_FIRST_PART, ScanOptions, SpoolWriter,
+    SpooledIndex, SpooledPart, SpooledScan, StagedTree, Stager, TreeWatch, Walked, check_source,
+    plan_absent, prepare_rescan, prepare_scan, watch_enabled,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -177,8 +177,8 @@ struct TargetSide {
     /// `planned`) holds, set when that pass succeeded: the next pass may send its manifest as a
     /// change to it.
     held: Option<HandoffId>,
-    /// The whole manifest a plan pass planned from, kept for the pre-copy to build on.
-    planned: Option<WorkspaceManifest>,
+    /// The whole manifest a plan pass planned from, kept (packed) for the pre-copy to build on.
+    planned: Option<PackedManifest>,
 }
 
 /// Where the target stages the workspace of a handoff (persisted beside its provider staging).
@@ -1116,7 +1116,7 @@ async fn receive_pass(
             let rebuilt = match (&stager, planned, delta) {
                 (Some(s), _, Some(delta)) => staged_change(s, delta, changed),
                 (None, Some(base), Some(delta)) => {
-                    rebuild_planned(base, delta, changed).map(Staging::Whole)
+                    rebuild_planned(base, delta, changed).map(Staging::Packed)
                 }
                 _ => Err(ApiError::new(ErrorCode::Internal, "The staging is gone.")),
             };
@@ -1133,12 +1133,21 @@ async fn receive_pass(
         let summary = if side.state == DestinationState::Absent && side.stager.is_none() {
             plan_absent(parts.files, parts.bytes, side.policy)
         } else {
+            // Packed as each part comes (and checked against the parts before it): a big
+            // tree's manifest is never held whole unpacked.
+            let first = std::mem::replace(&mut parts.whole, WorkspaceManifest::new(parts.tree.1));
+            let mut whole = PackedManifest::with_head_of(&first, &limits).map_err(ws_err)?;
+            whole
+                .append(first.entries, first.skipped, &limits)
+                .map_err(ws_err)?;
             while !parts.done {
-                next_part(receiver, &mut parts).await?;
+                let more = fetch_next(receiver, &mut parts).await?;
+                whole
+                    .append(more.entries, more.skipped, &limits)
+                    .map_err(ws_err)?;
             }
-            baton_workspace::validate(&parts.whole, &limits).map_err(ws_err)?;
-            let summary = baton_workspace::plan(
-                &parts.whole,
+            let summary = baton_workspace::plan_entries(
+                whole.entries(),
                 side.state,
                 side.existing
                     .as_ref()
@@ -1152,10 +1161,7 @@ async fn receive_pass(
             .summary;
             if side.stager.is_none() {
                 // The pre-copy may then send only what changed since this scan.
-                side.planned = Some(std::mem::replace(
-                    &mut parts.whole,
-                    WorkspaceManifest::new(parts.tree.1),
-                ));
+                side.planned = Some(whole);
                 side.held = Some(transfer);
             }
             summary
@@ -1324,52 +1330,35 @@ fn digest_differs() -> ApiError {
     )
 }
 
-/// What the manifest `base` becomes with the change the source sent, checked against the
-/// source's digest of it (the stager validates the result as it takes it). An empty change
-/// (nothing in the tree changed since the pre-copy) only touches the root and the skipped list,
-/// and copies nothing.
-fn rebuild(
-    base: &WorkspaceManifest,
+/// What the manifest a plan pass kept becomes with the change the source sent, checked as it is
+/// rebuilt and against the source's digest of it (there is no stager yet: the result is a
+/// manifest to create the staging from). An empty change (nothing in the tree changed since the
+/// plan's scan) only touches the root and the skipped list.
+fn rebuild_planned(
+    mut base: PackedManifest,
     delta: PartDelta,
     changed: WorkspaceManifest,
-) -> Result<Staging, ApiError> {
+) -> Result<PackedManifest, ApiError> {
     let root = (changed.root_mode, changed.root_mtime_ns);
     if changed.entries.is_empty() && delta.removed.is_empty() {
-        if delta.digest != Some(baton_workspace::digest_of(base, root, &changed.skipped)) {
+        if delta.digest != Some(base.digest_with(root, &changed.skipped)) {
             return Err(digest_differs());
         }
-        return Ok(Staging::Root(root, changed.skipped));
+        base.set_root(root, changed.skipped);
+        return Ok(base);
     }
     let change = baton_workspace::ManifestChange {
         changed: changed.entries,
         removed: delta.removed,
     };
-    let whole = baton_workspace::patch(base, change, root, changed.skipped).map_err(ws_err)?;
-    if delta.digest != Some(baton_workspace::digest(&whole)) {
+    let whole = base
+        .patched(&change, root, changed.skipped, &Limits::default())
+        .map_err(ws_err)?;
+    drop(base);
+    if delta.digest != Some(whole.digest()) {
         return Err(digest_differs());
     }
-    Ok(Staging::Whole(whole))
-}
-
-/// [`rebuild`] onto the whole manifest a plan pass kept (there is no stager yet): the result
-/// is a manifest to create the staging from.
-fn rebuild_planned(
-    mut base: WorkspaceManifest,
-    delta: PartDelta,
-    changed: WorkspaceManifest,
-) -> Result<WorkspaceManifest, ApiError> {
-    match rebuild(&base, delta, changed)? {
-        Staging::Whole(m) => Ok(m),
-        Staging::Root((mode, mtime_ns), skipped) => {
-            (base.root_mode, base.root_mtime_ns) = (mode, mtime_ns);
-            base.skipped = skipped;
-            Ok(base)
-        }
-        Staging::More(_) | Staging::Change { .. } => Err(ApiError::new(
-            ErrorCode::Internal,
-            "A change rebuilt into a part.",
-        )),
-    }
+    Ok(whole)
 }
 
 /// What a pass stages next.
@@ -1377,6 +1366,8 @@ enum Staging {
     /// A whole manifest (or the first part of one): creates the staging, or moves it to this
     /// later scan.
     Whole(WorkspaceManifest),
+    /// A whole manifest, packed and checked: creates the staging.
+    Packed(PackedManifest),
     /// The next part of a manifest streamed in path order: appended to what is staged.
     More(WorkspaceManifest),
     /// The staged manifest with this root mode and mtime and this skipped list (a final pass
@@ -1440,6 +1431,13 @@ async fn stage_and_fetch(
             (None, Staging::Whole(m)) => {
                 Stager::create(&dest, &id, m, &limits).map_err(|e| Box::new((None, e)))?
             }
+            (None, Staging::Packed(m)) => {
+                Stager::create_packed(&dest, &id, m).map_err(|e| Box::new((None, e)))?
+            }
+            (Some(mut s), Staging::Packed(m)) => match s.update(m.unpack(), &limits) {
+                Ok(_) => s,
+                Err(e) => return Err(Box::new((Some(s), e))),
+            },
             (
                 Some(mut s),
                 Staging::Change {

@@ -48,7 +48,8 @@ pub use error::{Error, Result};
 pub use found::SPILL_ENTRIES_VAR;
 pub use fsutil::{WRITEBACK_VAR, available_bytes};
 pub use index::{ChunkIndex, Located, Proof};
-pub use plan::{Plan, check_space, plan, plan_absent};
+pub use packed::PackedManifest;
+pub use plan::{Plan, check_space, plan, plan_absent, plan_entries};
 pub use progress::{Progress, ProgressSnapshot};
 pub use safety::{check_destination, check_source, destination_state};
 pub use scan::{

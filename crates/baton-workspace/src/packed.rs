@@ -8,9 +8,20 @@
 //! decoded when read; the stager reads each a handful of times, so decoding costs far less than
 //! the bytes it saves.
 
-use baton_proto::workspace::{ChunkRef, EntryKind, FileData, WorkspaceEntry};
+use std::borrow::Cow;
 
+use baton_proto::workspace::{
+    ChunkParams, ChunkRef, ContentHash, EntryKind, FileData, SkippedEntry, WorkspaceEntry,
+    WorkspaceManifest,
+};
+
+use crate::delta::{ManifestChange, ManifestDigest, check_change, merged};
+use crate::error::Result;
 use crate::spool::{Reader, put_i64, put_str, put_u64};
+use crate::validate::{Limits, check_appended, check_count, check_head};
+
+/// Entries checked and packed at a time when a manifest is rebuilt from a change.
+const BATCH: usize = 4096;
 
 const DIR: u8 = 0;
 const SYMLINK: u8 = 1;
@@ -243,7 +254,9 @@ impl PackedEntries {
     }
 
     /// Every entry, decoded, in order.
-    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = WorkspaceEntry> + '_ {
+    pub(crate) fn iter(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = WorkspaceEntry> + ExactSizeIterator + '_ {
         (0..self.len()).map(|i| self.get(i))
     }
 
@@ -253,10 +266,184 @@ impl PackedEntries {
     }
 }
 
+/// A manifest with its entries packed: what a target holds of a big tree between passes and
+/// while staging it (see the module docs).
+#[derive(Debug)]
+pub struct PackedManifest {
+    pub(crate) version: u32,
+    pub(crate) params: ChunkParams,
+    pub(crate) root_mode: u32,
+    pub(crate) root_mtime_ns: i64,
+    pub(crate) skipped: Vec<SkippedEntry>,
+    pub(crate) entries: PackedEntries,
+}
+
+impl PackedManifest {
+    /// Packs `m`'s entries (dropping its vector of them). `m` is trusted: validate it first.
+    pub(crate) fn of(m: WorkspaceManifest) -> Self {
+        let entries = PackedEntries::of(&m.entries);
+        Self {
+            version: m.version,
+            params: m.params,
+            root_mode: m.root_mode,
+            root_mtime_ns: m.root_mtime_ns,
+            skipped: m.skipped,
+            entries,
+        }
+    }
+
+    /// A manifest with `m`'s version, parameters and root, and no entry or skipped path yet;
+    /// refused when that head does not pass [`crate::validate()`].
+    pub fn with_head_of(m: &WorkspaceManifest, limits: &Limits) -> Result<Self> {
+        check_head(m, m.root_mode, &[], limits)?;
+        Ok(Self {
+            version: m.version,
+            params: m.params,
+            root_mode: m.root_mode,
+            root_mtime_ns: m.root_mtime_ns,
+            skipped: Vec::new(),
+            entries: PackedEntries::default(),
+        })
+    }
+
+    /// Appends the next part of a manifest streamed in path order (`entries`, and more skipped
+    /// paths), checked as [`crate::validate::validate_from`] checks it: against everything held.
+    /// Left as it was when the part does not pass.
+    pub fn append(
+        &mut self,
+        entries: Vec<WorkspaceEntry>,
+        skipped: Vec<SkippedEntry>,
+        limits: &Limits,
+    ) -> Result<()> {
+        let start = self.entries.len();
+        let skipped_start = self.skipped.len();
+        self.skipped.extend(skipped);
+        let checked = check_head(&self.empty(), self.root_mode, &self.skipped, limits)
+            .and_then(|()| check_count(start + entries.len(), limits))
+            .and_then(|()| {
+                let held = &self.entries;
+                let prev = start.checked_sub(1).map(|i| held.path(i));
+                let kind_before = |p: &str| held.find(p).map(|j| held.get(j).kind);
+                let total = held.total_bytes();
+                check_appended(&entries, &self.params, (total, prev), kind_before, limits)
+            });
+        if let Err(e) = checked {
+            self.skipped.truncate(skipped_start);
+            return Err(e);
+        }
+        for e in &entries {
+            self.entries.push(e);
+        }
+        Ok(())
+    }
+
+    /// The manifest this one becomes with `change`, the root mode and mtime `root` and the
+    /// skipped list `skipped` (see [`crate::patch`]), checked as it is built: refused when the
+    /// change does not fit or the result is not a valid manifest. Its digest is the caller's
+    /// to check.
+    pub fn patched(
+        &self,
+        change: &ManifestChange,
+        (root_mode, root_mtime_ns): (u32, i64),
+        skipped: Vec<SkippedEntry>,
+        limits: &Limits,
+    ) -> Result<PackedManifest> {
+        check_change(|r| self.entries.find(r).is_some(), change)?;
+        let mut out = Self {
+            version: self.version,
+            params: self.params,
+            root_mode,
+            root_mtime_ns,
+            skipped: Vec::new(),
+            entries: PackedEntries::default(),
+        };
+        out.entries.reserve(
+            self.entries.len() + change.changed.len(),
+            self.entries.buf.len(),
+        );
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut skipped = Some(skipped);
+        for e in merged(self.entries.iter().map(Cow::Owned), change) {
+            batch.push(e.into_owned());
+            if batch.len() == BATCH {
+                let part = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                out.append(part, skipped.take().unwrap_or_default(), limits)?;
+            }
+        }
+        out.append(batch, skipped.take().unwrap_or_default(), limits)?;
+        out.entries.shrink();
+        Ok(out)
+    }
+
+    /// Sets the root mode and mtime and the skipped list.
+    pub fn set_root(&mut self, (root_mode, root_mtime_ns): (u32, i64), skipped: Vec<SkippedEntry>) {
+        (self.root_mode, self.root_mtime_ns) = (root_mode, root_mtime_ns);
+        self.skipped = skipped;
+    }
+
+    /// A manifest of this head, with no entry and no skipped path.
+    pub(crate) fn empty(&self) -> WorkspaceManifest {
+        let mut m = WorkspaceManifest::new(self.params);
+        m.version = self.version;
+        (m.root_mode, m.root_mtime_ns) = (self.root_mode, self.root_mtime_ns);
+        m
+    }
+
+    /// The manifest unpacked.
+    pub fn unpack(&self) -> WorkspaceManifest {
+        let mut m = self.empty();
+        m.entries = self.entries.to_vec();
+        m.skipped = self.skipped.clone();
+        m
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the manifest has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.entries.len() == 0
+    }
+
+    /// Every entry, decoded, in path order.
+    pub fn entries(&self) -> impl DoubleEndedIterator<Item = WorkspaceEntry> + '_ {
+        self.entries.iter()
+    }
+
+    /// Number of regular files.
+    pub fn file_count(&self) -> u64 {
+        self.entries.file_count()
+    }
+
+    /// Sum of the sizes of the regular files.
+    pub fn total_bytes(&self) -> u64 {
+        self.entries.total_bytes()
+    }
+
+    /// The skipped list.
+    pub fn skipped(&self) -> &[SkippedEntry] {
+        &self.skipped
+    }
+
+    /// The manifest's digest ([`crate::digest`]) with this root and skipped list.
+    pub fn digest_with(&self, root: (u32, i64), skipped: &[SkippedEntry]) -> ContentHash {
+        let mut d = ManifestDigest::new(self.version, &self.params, root, self.entries.len());
+        for e in self.entries.iter() {
+            d.entry(&e);
+        }
+        d.finish(skipped)
+    }
+
+    /// The manifest's digest ([`crate::digest`]).
+    pub fn digest(&self) -> ContentHash {
+        self.digest_with((self.root_mode, self.root_mtime_ns), &self.skipped)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use baton_proto::workspace::ContentHash;
-
     use super::*;
 
     fn file(path: &str, chunks: &[(u8, u32)]) -> WorkspaceEntry {
@@ -274,9 +461,18 @@ mod tests {
         };
         WorkspaceEntry {
             path: path.into(),
-            mode: 0o100644,
+            mode: 0o644,
             mtime_ns: -5,
             kind: EntryKind::File(FileData { size, hash, chunks }),
+        }
+    }
+
+    fn dir_entry(path: &str) -> WorkspaceEntry {
+        WorkspaceEntry {
+            path: path.into(),
+            mode: 0o755,
+            mtime_ns: 1,
+            kind: EntryKind::Dir,
         }
     }
 
@@ -289,7 +485,7 @@ mod tests {
         vec![
             WorkspaceEntry {
                 path: "a".into(),
-                mode: 0o40755,
+                mode: 0o755,
                 mtime_ns: 1_700_000_000_123_456_789,
                 kind: EntryKind::Dir,
             },
@@ -299,10 +495,11 @@ mod tests {
             file("a/e", &[]),
             WorkspaceEntry {
                 path: "a/l".into(),
-                mode: 0o120777,
+                mode: 0o777,
                 mtime_ns: 3,
                 kind: EntryKind::Symlink { target: "b".into() },
             },
+            dir_entry("z"),
             file("z/ü", &[(4, 1)]),
         ]
     }
@@ -345,5 +542,94 @@ mod tests {
         let per_entry = p.heap_bytes() / src.len();
         // Path 23, mode 3, mtime 1, kind 1, size 2, hash 32, offset 8.
         assert!(per_entry <= 72, "{per_entry} bytes per entry");
+    }
+
+    fn manifest(entries: Vec<WorkspaceEntry>) -> WorkspaceManifest {
+        let mut m = WorkspaceManifest::new(ChunkParams::DEFAULT);
+        m.entries = entries;
+        m
+    }
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    #[test]
+    fn a_manifest_appended_in_parts_is_the_manifest_and_a_bad_part_changes_nothing() {
+        let whole = manifest(entries());
+        crate::validate(&whole, &limits()).expect("valid");
+        let mut p = PackedManifest::with_head_of(&whole, &limits()).expect("head");
+        p.append(whole.entries[..4].to_vec(), vec![], &limits())
+            .expect("first part");
+        let before = p.unpack();
+        // Out of order, a parent that is a file, a path seen already: each refused, nothing kept.
+        for (bad, why) in [
+            (vec![file("a/a", &[(5, 1)])], "out of order"),
+            (vec![file("a/d/x", &[(5, 1)])], "which is a file"),
+            (vec![file("a/d", &[(5, 1)])], "duplicate path"),
+            (vec![file("b/x", &[(5, 1)])], "not listed before it"),
+        ] {
+            let err = p.append(bad, vec![], &limits()).expect_err(why).to_string();
+            assert!(err.contains(why), "{why}: {err}");
+            assert_eq!(p.unpack(), before, "{why}");
+        }
+        let cap = Limits {
+            max_entries: 4,
+            ..limits()
+        };
+        let err = p.append(whole.entries[4..].to_vec(), vec![], &cap);
+        assert!(err.is_err(), "more entries than the cap");
+        assert_eq!(p.unpack(), before);
+        p.append(
+            whole.entries[4..].to_vec(),
+            whole.skipped.clone(),
+            &limits(),
+        )
+        .expect("the rest");
+        assert_eq!(p.unpack(), whole);
+        assert_eq!(p.digest(), crate::digest(&whole));
+        assert_eq!(p.file_count(), whole.file_count());
+        assert_eq!(p.total_bytes(), whole.total_bytes());
+    }
+
+    #[test]
+    fn a_patched_manifest_is_what_patch_builds_and_an_invalid_result_is_refused() {
+        let mut base_entries = vec![dir_entry("d")];
+        // More entries than one batch, so that the result is checked across batches.
+        for i in 0..(BATCH + 10) {
+            base_entries.push(file(&format!("d/f{i:05}"), &[((i % 250) as u8, 10)]));
+        }
+        base_entries.push(dir_entry("e"));
+        base_entries.push(file("e/x", &[(1, 3)]));
+        let base = manifest(base_entries);
+        crate::validate(&base, &limits()).expect("valid");
+        let packed = PackedManifest::of(base.clone());
+        let change = ManifestChange {
+            changed: vec![file("d/f00007", &[(9, 11)]), file("d/new", &[(8, 1)])],
+            removed: vec!["d/f00003".into(), "e/x".into()],
+        };
+        let root = (0o700, 42);
+        let want = crate::patch(&base, change.clone(), root, vec![]).expect("patch");
+        let got = packed
+            .patched(&change, root, vec![], &limits())
+            .expect("patched");
+        assert_eq!(got.unpack(), want);
+        assert_eq!(got.digest(), crate::digest(&want));
+
+        // Removing a directory whose entries stay leaves them without a parent.
+        let orphans = ManifestChange {
+            changed: vec![],
+            removed: vec!["e".into()],
+        };
+        let err = packed
+            .patched(&orphans, root, vec![], &limits())
+            .expect_err("orphans")
+            .to_string();
+        assert!(err.contains("e/x"), "{err}");
+        let unknown = ManifestChange {
+            changed: vec![],
+            removed: vec!["nowhere".into()],
+        };
+        assert!(packed.patched(&unknown, root, vec![], &limits()).is_err());
     }
 }

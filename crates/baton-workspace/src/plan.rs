@@ -1,5 +1,6 @@
 //! The delta: which chunks must travel, and what the transfer will do to the destination.
 
+use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::path::Path;
@@ -60,6 +61,18 @@ pub fn plan(
     index: &(impl LocalChunks + ?Sized),
     policy: ConflictPolicy,
 ) -> Result<Plan> {
+    plan_entries(source.entries.iter(), state, existing, index, policy)
+}
+
+/// [`plan`] of the source manifest's entries as they come, in path order (say, decoded one at a
+/// time from a [`crate::PackedManifest`]).
+pub fn plan_entries<E: Borrow<WorkspaceEntry>>(
+    source: impl IntoIterator<Item = E>,
+    state: DestinationState,
+    existing: impl IntoIterator<Item = Result<WorkspaceEntry>>,
+    index: &(impl LocalChunks + ?Sized),
+    policy: ConflictPolicy,
+) -> Result<Plan> {
     let mut s = PlanSummary {
         destination: state,
         policy,
@@ -67,8 +80,26 @@ pub fn plan(
     };
     let list = policy == ConflictPolicy::Replace;
     let mut old = existing.into_iter().peekable();
-    let new = &source.entries[..];
-    let mut i = 0;
+    let mut new = source.into_iter().peekable();
+    let mut seen = HashSet::new();
+    let mut needed = Vec::new();
+    let mut other_entries = 1u64; // the root
+    // Counts a source entry once the walk is past it.
+    let mut tally = |s: &mut PlanSummary, e: &WorkspaceEntry| {
+        let Some(f) = e.file() else {
+            other_entries += 1;
+            return;
+        };
+        s.files += 1;
+        s.bytes += f.size;
+        s.disk_bytes += f.size.div_ceil(BLOCK) * BLOCK;
+        for c in &f.chunks {
+            if !index.contains(&c.hash) && seen.insert(c.hash) {
+                needed.push(c.hash);
+                s.transfer_bytes += u64::from(c.len);
+            }
+        }
+    };
     // Directories removed so far: their descendants are not listed again.
     let mut removed_dirs: HashSet<String> = HashSet::new();
     loop {
@@ -77,19 +108,21 @@ pub fn plan(
         {
             return Err(e);
         }
-        let ord = match (new.get(i), old.peek()) {
+        let ord = match (new.peek(), old.peek()) {
             (None, None) => break,
-            (Some(a), Some(Ok(b))) => a.path.cmp(&b.path),
+            (Some(a), Some(Ok(b))) => a.borrow().path.cmp(&b.path),
             (Some(_), _) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
         };
         match ord {
             Ordering::Less => {
-                if let Some(f) = new[i].file() {
+                let Some(a) = new.next() else { break };
+                let a = a.borrow();
+                if let Some(f) = a.file() {
                     s.add_files += 1;
                     s.add_bytes += f.size;
                 }
-                i += 1;
+                tally(&mut s, a);
             }
             Ordering::Greater => {
                 let Some(Ok(e)) = old.next() else {
@@ -113,10 +146,10 @@ pub fn plan(
                 }
             }
             Ordering::Equal => {
-                let Some(Ok(b)) = old.next() else {
+                let (Some(a), Some(Ok(b))) = (new.next(), old.next()) else {
                     break;
                 };
-                let (a, b) = (&new[i], &b);
+                let (a, b) = (a.borrow(), &b);
                 let same = match (&a.kind, &b.kind) {
                     (EntryKind::Dir, EntryKind::Dir) => true,
                     (EntryKind::File(x), EntryKind::File(y)) => {
@@ -140,26 +173,7 @@ pub fn plan(
                 if list && !same {
                     push_capped(&mut s.overwritten, &a.path, &mut s.lists_truncated);
                 }
-                i += 1;
-            }
-        }
-    }
-
-    let mut seen = HashSet::new();
-    let mut needed = Vec::new();
-    let mut other_entries = 1u64; // the root
-    for e in &source.entries {
-        let Some(f) = e.file() else {
-            other_entries += 1;
-            continue;
-        };
-        s.files += 1;
-        s.bytes += f.size;
-        s.disk_bytes += f.size.div_ceil(BLOCK) * BLOCK;
-        for c in &f.chunks {
-            if !index.contains(&c.hash) && seen.insert(c.hash) {
-                needed.push(c.hash);
-                s.transfer_bytes += u64::from(c.len);
+                tally(&mut s, a);
             }
         }
     }

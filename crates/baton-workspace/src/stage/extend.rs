@@ -9,7 +9,7 @@ use baton_proto::workspace::{ContentHash, SkippedEntry, WorkspaceEntry};
 use super::tree::{create_entry, created_lazily, open_nofollow};
 use super::{FileState, Filled, Placement, Stager};
 use crate::error::{Error, Result, io_err};
-use crate::validate::{Limits, check_appended, check_count, check_head};
+use crate::validate::Limits;
 
 impl Stager {
     /// Appends `entries` (the next part of a manifest streamed in path order) and `skipped` to
@@ -26,27 +26,8 @@ impl Stager {
         skipped: Vec<SkippedEntry>,
         limits: &Limits,
     ) -> Result<Filled> {
-        let m = &mut self.manifest;
-        let start = m.entries.len();
-        let skipped_start = m.skipped.len();
-        m.skipped.extend(skipped);
-        let checked = check_head(&m.empty(), m.root_mode, &m.skipped, limits)
-            .and_then(|()| check_count(start + entries.len(), limits))
-            .and_then(|()| {
-                let staged = &m.entries;
-                let prev = start.checked_sub(1).map(|i| staged.path(i));
-                let kind_before = |p: &str| staged.find(p).map(|j| staged.get(j).kind);
-                let total = staged.total_bytes();
-                check_appended(&entries, &m.params, (total, prev), kind_before, limits)
-            });
-        if let Err(e) = checked {
-            m.skipped.truncate(skipped_start);
-            return Err(e);
-        }
-        for e in &entries {
-            m.entries.push(e);
-        }
-        drop(entries);
+        let start = self.manifest.entries.len();
+        self.manifest.append(entries, skipped, limits)?;
         self.files
             .resize(self.manifest.entries.len(), FileState::default());
         let shared = self.place_new(start..self.manifest.entries.len())?;

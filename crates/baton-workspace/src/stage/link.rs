@@ -21,7 +21,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use baton_proto::workspace::{WorkspaceEntry, WorkspaceManifest};
+use baton_proto::workspace::WorkspaceEntry;
 
 use super::{Filled, Stager};
 use crate::error::{Error, Result, io_err};
@@ -66,9 +66,12 @@ pub(super) fn unshare(dir: &Path, p: &Path) -> Result<bool> {
 /// Removes the files of a staging `tree` left by an earlier stager that are linked from the
 /// destination, and returns their entries: the journal may record their chunks as written, but
 /// a resumed stager must not write into the destination's inodes, so it stages them afresh.
-pub(super) fn drop_links(tree: &Path, manifest: &WorkspaceManifest) -> Result<HashSet<usize>> {
+pub(super) fn drop_links(
+    tree: &Path,
+    entries: impl Iterator<Item = WorkspaceEntry>,
+) -> Result<HashSet<usize>> {
     let mut dropped = HashSet::new();
-    for (i, e) in manifest.entries.iter().enumerate() {
+    for (i, e) in entries.enumerate() {
         if e.file().is_none_or(|f| f.size == 0) {
             continue;
         }

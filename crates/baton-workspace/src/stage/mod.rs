@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use baton_proto::workspace::{
-    ChunkParams, ChunkRef, ContentHash, EntryKind, SkippedEntry, WorkspaceManifest,
+    ChunkRef, ContentHash, EntryKind, SkippedEntry, WorkspaceEntry, WorkspaceManifest,
 };
 
 use crate::apply::{APPLY_RECORD, StagedTree};
@@ -38,7 +38,7 @@ use crate::chunk::hash_bytes;
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{remove_tree, set_mtime, sync_filesystem};
 use crate::index::Proof;
-use crate::packed::{Kind, PackedEntries};
+use crate::packed::{Kind, PackedManifest};
 use crate::pool;
 use crate::progress::Progress;
 use crate::scan::{ScanStats, Scanned};
@@ -47,7 +47,7 @@ use crate::spool_index::LocalChunks;
 use crate::validate::{Limits, validate};
 use chunks::{ChunkTable, Placement};
 pub use claim::{Claim, Seal};
-use journal::{Journal, manifest_digest};
+use journal::Journal;
 pub use link::{LINK_VAR, link_enabled};
 use tree::{create_entry, created_lazily, verify_file};
 
@@ -69,67 +69,9 @@ struct FileState {
     linked: bool,
 }
 
-/// The manifest being staged: its head as received, its entries packed (they are what a big
-/// tree's staging holds most of).
-#[derive(Debug)]
-pub(crate) struct StagedManifest {
-    pub(crate) version: u32,
-    pub(crate) params: ChunkParams,
-    pub(crate) root_mode: u32,
-    pub(crate) root_mtime_ns: i64,
-    pub(crate) skipped: Vec<SkippedEntry>,
-    pub(crate) entries: PackedEntries,
-}
-
-impl StagedManifest {
-    /// Packs `m`'s entries (dropping its vector of them).
-    pub(crate) fn of(m: WorkspaceManifest) -> Self {
-        let entries = PackedEntries::of(&m.entries);
-        Self {
-            version: m.version,
-            params: m.params,
-            root_mode: m.root_mode,
-            root_mtime_ns: m.root_mtime_ns,
-            skipped: m.skipped,
-            entries,
-        }
-    }
-
-    /// A manifest of this head, with no entry.
-    pub(crate) fn empty(&self) -> WorkspaceManifest {
-        let mut m = WorkspaceManifest::new(self.params);
-        m.version = self.version;
-        (m.root_mode, m.root_mtime_ns) = (self.root_mode, self.root_mtime_ns);
-        m
-    }
-
-    /// The manifest unpacked.
-    pub(crate) fn unpack(&self) -> WorkspaceManifest {
-        let mut m = self.empty();
-        m.entries = self.entries.to_vec();
-        m.skipped = self.skipped.clone();
-        m
-    }
-
-    /// The manifest's digest ([`crate::digest`]) with this root and skipped list.
-    pub(crate) fn digest_with(&self, root: (u32, i64), skipped: &[SkippedEntry]) -> ContentHash {
-        let mut d =
-            crate::delta::ManifestDigest::new(self.version, &self.params, root, self.entries.len());
-        for e in self.entries.iter() {
-            d.entry(&e);
-        }
-        d.finish(skipped)
-    }
-
-    /// The manifest's digest ([`crate::digest`]).
-    pub(crate) fn digest(&self) -> ContentHash {
-        self.digest_with((self.root_mode, self.root_mtime_ns), &self.skipped)
-    }
-}
-
 /// The manifest a staged tree was verified against, as the stager held it (packed).
 #[derive(Debug)]
-pub struct ReceivedManifest(StagedManifest);
+pub struct ReceivedManifest(PackedManifest);
 
 /// Entries per part when a received manifest is spooled.
 const SPOOL_PART: usize = 16 * 1024;
@@ -183,7 +125,7 @@ pub struct Stager {
     id: String,
     dir: PathBuf,
     tree: Arc<Path>,
-    manifest: StagedManifest,
+    manifest: PackedManifest,
     chunks: ChunkTable,
     /// Chunks claimed for writing and not yet settled (see [`Stager::claim`]).
     claimed: HashSet<ContentHash>,
@@ -252,13 +194,14 @@ pub fn staging_dir(dest: &Path, id: &str) -> Result<PathBuf> {
 /// Where each chunk of `m` goes, in first-use order; `done(entry, chunk)` says which places
 /// already hold their bytes. Also returns per-entry counts of places still to write. A chunk
 /// all of whose places are done is marked written.
-fn placements(
-    m: &WorkspaceManifest,
+fn placements<E: std::borrow::Borrow<WorkspaceEntry>>(
+    entries: impl ExactSizeIterator<Item = E>,
     done: impl Fn(usize, &ContentHash) -> bool,
 ) -> Result<(ChunkTable, Vec<FileState>)> {
     let mut table = ChunkTable::default();
-    let mut files = vec![FileState::default(); m.entries.len()];
-    for (i, e) in m.entries.iter().enumerate() {
+    let mut files = vec![FileState::default(); entries.len()];
+    for (i, e) in entries.enumerate() {
+        let e = e.borrow();
         let EntryKind::File(f) = &e.kind else {
             continue;
         };
@@ -302,6 +245,12 @@ impl Stager {
         limits: &Limits,
     ) -> Result<Self> {
         validate(&manifest, limits)?;
+        Self::create_packed(dest, transfer_id, PackedManifest::of(manifest))
+    }
+
+    /// [`Stager::create`] from a manifest packed as it was checked (see [`PackedManifest`]),
+    /// so that a big tree's manifest is never held unpacked whole.
+    pub fn create_packed(dest: &Path, transfer_id: &str, manifest: PackedManifest) -> Result<Self> {
         let dir = staging_dir(dest, transfer_id)?;
         let parent = dir.parent().unwrap_or(Path::new("/"));
         if !parent.is_dir() {
@@ -316,7 +265,7 @@ impl Stager {
             });
         }
         let tree = dir.join(TREE);
-        let digest = manifest_digest(&manifest);
+        let digest = manifest.digest().0;
         let resumed = match tree.is_dir() {
             true => Journal::open(&dir, &digest)?,
             false => None,
@@ -337,14 +286,13 @@ impl Stager {
             }
         };
         let unlinked = match resume {
-            true => link::drop_links(&tree, &manifest)?,
+            true => link::drop_links(&tree, manifest.entries())?,
             false => HashSet::new(),
         };
-        let (chunks, files) = placements(&manifest, |i, h| {
+        let (chunks, files) = placements(manifest.entries.iter(), |i, h| {
             written.contains(h) && !unlinked.contains(&i)
         })?;
         drop(written);
-        let manifest = StagedManifest::of(manifest);
         let mut stager = Self {
             dest: dest.to_path_buf(),
             id: transfer_id.to_string(),

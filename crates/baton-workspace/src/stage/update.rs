@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use baton_proto::workspace::{EntryKind, SkippedEntry, WorkspaceEntry, WorkspaceManifest};
 
 use super::journal::{Journal, manifest_digest};
-use super::{Filled, StagedManifest, Stager, create_entry, created_lazily, placements};
+use super::{Filled, Stager, create_entry, created_lazily, placements};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{remove_tree, set_mtime};
 use crate::index::ChunkIndex;
+use crate::packed::PackedManifest;
 use crate::validate::{Limits, validate};
 
 /// Where files leaving the tree wait, as sources of chunks for the new ones.
@@ -125,7 +126,7 @@ impl Stager {
         }
 
         // A kept file holds a chunk's bytes exactly when the chunk was fully written before.
-        let (chunks, mut files) = placements(&new, |ni, h| {
+        let (chunks, mut files) = placements(new.entries.iter(), |ni, h| {
             kept_from[ni].is_some() && old_chunks.is_written(h)
         })?;
         drop(old_chunks);
@@ -166,7 +167,7 @@ impl Stager {
         self.journal = journal.into();
         self.chunks = chunks;
         self.files = files;
-        self.manifest = StagedManifest::of(new);
+        self.manifest = PackedManifest::of(new);
 
         let mut local = ChunkIndex::new(self.manifest.params);
         local.add(&self.tree, &sources);
