@@ -17,7 +17,7 @@ use baton_proto::workspace::{
 
 use crate::delta::{ManifestChange, ManifestDigest, check_change, merged};
 use crate::error::Result;
-use crate::spool::{Reader, put_i64, put_str, put_u64};
+use crate::spool::{Reader, get_chunks, put_chunks, put_i64, put_str, put_u64};
 use crate::validate::{Limits, check_appended, check_count, check_head};
 
 /// Entries checked and packed at a time when a manifest is rebuilt from a change.
@@ -68,11 +68,7 @@ fn encode(buf: &mut Vec<u8>, e: &WorkspaceEntry) {
             put_u64(buf, f.size);
             buf.extend_from_slice(&f.hash.0);
             if !whole {
-                put_u64(buf, f.chunks.len() as u64);
-                for c in &f.chunks {
-                    buf.extend_from_slice(&c.hash.0);
-                    put_u64(buf, u64::from(c.len));
-                }
+                put_chunks(buf, &f.chunks);
             }
         }
     }
@@ -101,15 +97,7 @@ fn decode(r: &mut Reader<'_>) -> Result<WorkspaceEntry, &'static str> {
         FILE => {
             let size = r.u64()?;
             let hash = r.hash()?;
-            let n = usize::try_from(r.u64()?).map_err(|_| "count too large")?;
-            let mut chunks = Vec::with_capacity(n.min(1 << 16));
-            for _ in 0..n {
-                let hash = r.hash()?;
-                chunks.push(ChunkRef {
-                    hash,
-                    len: r.u32()?,
-                });
-            }
+            let chunks = get_chunks(r)?;
             EntryKind::File(FileData { size, hash, chunks })
         }
         _ => return Err("unknown entry kind"),

@@ -346,6 +346,29 @@ pub(crate) fn put_str(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(s.as_bytes());
 }
 
+/// A file's chunk list: its count, then each chunk's hash and length.
+pub(crate) fn put_chunks(buf: &mut Vec<u8>, chunks: &[ChunkRef]) {
+    put_u64(buf, chunks.len() as u64);
+    for c in chunks {
+        buf.extend_from_slice(&c.hash.0);
+        put_u64(buf, u64::from(c.len));
+    }
+}
+
+/// A chunk list [`put_chunks`] wrote.
+pub(crate) fn get_chunks(r: &mut Reader<'_>) -> Decoded<Vec<ChunkRef>> {
+    let n = usize::try_from(r.u64()?).map_err(|_| "count too large")?;
+    let mut chunks = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let hash = r.hash()?;
+        chunks.push(ChunkRef {
+            hash,
+            len: r.u32()?,
+        });
+    }
+    Ok(chunks)
+}
+
 fn encode_entry(buf: &mut Vec<u8>, e: &WorkspaceEntry, local: Option<&LocalStat>) {
     put_str(buf, &e.path);
     put_u64(buf, u64::from(e.mode));
@@ -360,11 +383,7 @@ fn encode_entry(buf: &mut Vec<u8>, e: &WorkspaceEntry, local: Option<&LocalStat>
             buf.push(2);
             put_u64(buf, f.size);
             buf.extend_from_slice(&f.hash.0);
-            put_u64(buf, f.chunks.len() as u64);
-            for c in &f.chunks {
-                buf.extend_from_slice(&c.hash.0);
-                put_u64(buf, u64::from(c.len));
-            }
+            put_chunks(buf, &f.chunks);
         }
     }
     match local {
@@ -445,15 +464,7 @@ fn decode_entry(r: &mut Reader<'_>) -> Decoded<(WorkspaceEntry, Option<LocalStat
         2 => {
             let size = r.u64()?;
             let hash = r.hash()?;
-            let n = usize::try_from(r.u64()?).map_err(|_| "count too large")?;
-            let mut chunks = Vec::with_capacity(n.min(1 << 16));
-            for _ in 0..n {
-                let hash = r.hash()?;
-                chunks.push(ChunkRef {
-                    hash,
-                    len: r.u32()?,
-                });
-            }
+            let chunks = get_chunks(r)?;
             EntryKind::File(FileData { size, hash, chunks })
         }
         _ => return Err("unknown entry kind"),
