@@ -1344,7 +1344,8 @@ fn rebuild_planned(
         if delta.digest != Some(base.digest_with(root, &changed.skipped)) {
             return Err(digest_differs());
         }
-        base.set_root(root, changed.skipped);
+        base.set_root(root, changed.skipped, &Limits::default())
+            .map_err(ws_err)?;
         return Ok(base);
     }
     let change = baton_workspace::ManifestChange {

@@ -363,10 +363,18 @@ impl PackedManifest {
         Ok(out)
     }
 
-    /// Sets the root mode and mtime and the skipped list.
-    pub fn set_root(&mut self, (root_mode, root_mtime_ns): (u32, i64), skipped: Vec<SkippedEntry>) {
+    /// Sets the root mode and mtime and the skipped list, once they pass the checks of
+    /// [`crate::validate()`]; left as it was when they do not.
+    pub fn set_root(
+        &mut self,
+        (root_mode, root_mtime_ns): (u32, i64),
+        skipped: Vec<SkippedEntry>,
+        limits: &Limits,
+    ) -> Result<()> {
+        check_head(&self.empty(), root_mode, &skipped, limits)?;
         (self.root_mode, self.root_mtime_ns) = (root_mode, root_mtime_ns);
         self.skipped = skipped;
+        Ok(())
     }
 
     /// A manifest of this head, with no entry and no skipped path.
@@ -614,6 +622,12 @@ mod tests {
             .expect_err("orphans")
             .to_string();
         assert!(err.contains("e/x"), "{err}");
+        let mut same = PackedManifest::of(base.clone());
+        let err = same.set_root((0o10_0000, 1), vec![], &limits());
+        assert!(err.is_err(), "a root mode outside 0o7777");
+        assert_eq!(same.unpack(), base, "left as it was");
+        same.set_root(root, vec![], &limits()).expect("root");
+        assert_eq!((same.root_mode, same.root_mtime_ns), root);
         let unknown = ManifestChange {
             changed: vec![],
             removed: vec!["nowhere".into()],
