@@ -288,7 +288,7 @@ impl SpooledScan {
 }
 
 /// Entries per part when a scan held in memory is spooled.
-const PART_ENTRIES: usize = 16 * 1024;
+pub(crate) const PART_ENTRIES: usize = 16 * 1024;
 
 /// The entries of a spool in order; an unreadable part ends the walk with its error.
 pub struct SpoolEntries {

@@ -42,7 +42,7 @@ use crate::packed::{Kind, PackedManifest};
 use crate::pool;
 use crate::progress::Progress;
 use crate::scan::{ScanStats, Scanned};
-use crate::spool::{ManifestHead, SpoolWriter, SpooledScan};
+use crate::spool::{ManifestHead, PART_ENTRIES, SpoolWriter, SpooledScan};
 use crate::spool_index::LocalChunks;
 use crate::validate::{Limits, validate};
 use chunks::{ChunkTable, Placement};
@@ -73,9 +73,6 @@ struct FileState {
 #[derive(Debug)]
 pub struct ReceivedManifest(PackedManifest);
 
-/// Entries per part when a received manifest is spooled.
-const SPOOL_PART: usize = 16 * 1024;
-
 impl ReceivedManifest {
     /// The manifest, unpacked.
     pub fn unpack(&self) -> WorkspaceManifest {
@@ -102,7 +99,7 @@ impl ReceivedManifest {
         let n = m.entries.len();
         let mut start = 0;
         while start < n {
-            let end = (start + SPOOL_PART).min(n);
+            let end = (start + PART_ENTRIES).min(n);
             let mut part = m.empty();
             part.entries = (start..end).map(|i| m.entries.get(i)).collect();
             w.append(&Scanned::of_received(part, root.clone(), known_ns))?;
