@@ -74,21 +74,6 @@ struct FileState {
 pub struct ReceivedManifest(PackedManifest);
 
 impl ReceivedManifest {
-    /// The manifest, unpacked.
-    pub fn unpack(&self) -> WorkspaceManifest {
-        self.0.unpack()
-    }
-
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.0.entries.len()
-    }
-
-    /// True when the manifest has no entry.
-    pub fn is_empty(&self) -> bool {
-        self.0.entries.len() == 0
-    }
-
     /// A spool in `dir` of the tree at `root` (canonical) as this machine received it, every
     /// file of which was verified against this manifest by `known_ns`: see
     /// [`Scanned::of_received`]. Unpacked a part at a time, so that it never costs the whole
