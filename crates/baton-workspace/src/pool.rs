@@ -1,7 +1,8 @@
 //! A tiny scoped worker pool: hashing is CPU-bound and the daemon runs us on a blocking thread,
 //! so a few std threads pulling from a shared counter are all the parallelism needed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 
 /// Threads to use when the caller does not say: the machine's parallelism, at most 8.
@@ -64,6 +65,53 @@ where
         .collect()
 }
 
+/// Runs `f` on every index below `n` on up to `threads` threads, each with its own state from
+/// `init`, and stops at the first error: the error returned is that of the lowest index that
+/// failed. Unlike [`map`] it keeps nothing per item, so a pass over a million files holds no
+/// list of a million results.
+pub(crate) fn try_each<S, E: Send>(
+    n: usize,
+    threads: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize) -> Result<(), E> + Sync,
+) -> Result<(), E> {
+    let threads = threads.clamp(1, n.max(1));
+    if threads == 1 {
+        let mut state = init();
+        return (0..n).try_for_each(|i| f(&mut state, i));
+    }
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let failed: Mutex<Option<(usize, E)>> = Mutex::new(None);
+    thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut state = init();
+                // Checked only before taking an index, so every index below a failed one is
+                // taken and run to its end: the lowest failure is always seen.
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    if let Err(err) = f(&mut state, i) {
+                        stop.store(true, Ordering::Relaxed);
+                        let mut first = failed.lock().unwrap_or_else(PoisonError::into_inner);
+                        if first.as_ref().is_none_or(|(j, _)| i < *j) {
+                            *first = Some((i, err));
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        Some((_, err)) => Err(err),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -80,5 +128,32 @@ mod tests {
         );
         assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
         assert!(super::map(&[] as &[u8], 4, || (), |_, x| *x).is_empty());
+    }
+
+    #[test]
+    fn try_each_runs_every_index_and_reports_the_lowest_failure() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for threads in [1, 3] {
+            let seen = AtomicUsize::new(0);
+            let all = super::try_each(
+                1000,
+                threads,
+                || (),
+                |_, i| {
+                    seen.fetch_add(i, Ordering::Relaxed);
+                    Ok::<(), usize>(())
+                },
+            );
+            assert_eq!(all, Ok(()));
+            assert_eq!(seen.into_inner(), (0..1000).sum::<usize>());
+            let failed = super::try_each(
+                1000,
+                threads,
+                || (),
+                |_, i| if i % 100 == 37 { Err(i) } else { Ok(()) },
+            );
+            assert_eq!(failed, Err(37), "{threads} threads");
+            assert_eq!(super::try_each(0, threads, || (), |_, i| Err(i)), Ok(()));
+        }
     }
 }

@@ -132,14 +132,14 @@ impl Stager {
     /// being replaced), and its bytes were never read. A stat per linked file, at `finish`,
     /// spread over `threads`.
     pub(super) fn check_links(&self, threads: usize) -> Result<()> {
-        let linked: Vec<usize> = (0..self.files.len())
-            .filter(|&i| self.files[i].linked)
-            .collect();
-        let checks = pool::map(
-            &linked,
+        pool::try_each(
+            self.files.len(),
             threads,
             || (),
-            |_, &i| {
+            |_, i| {
+                if !self.files[i].linked {
+                    return Ok(());
+                }
                 let e = self.manifest.entries.get(i);
                 let size = e.file().map_or(0, |f| f.size);
                 let p = self.tree.join(&e.path);
@@ -153,8 +153,7 @@ impl Stager {
                         .into(),
                 })
             },
-        );
-        checks.into_iter().collect::<Result<Vec<()>>>().map(drop)
+        )
     }
 
     /// The file of `index` that entry `i` can be linked to, if any.

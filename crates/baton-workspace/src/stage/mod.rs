@@ -479,28 +479,27 @@ impl Stager {
             Kind::File(size) => Some(size),
             Kind::Dir | Kind::Symlink => None,
         };
-        let todo: Vec<usize> = (0..entries.len())
-            .filter(|&i| size(i).is_some() && !self.files[i].verified)
-            .collect();
-        let bytes = todo.iter().filter_map(|&i| size(i)).sum();
-        self.progress.start(todo.len() as u64, bytes);
+        let todo = |i: usize| size(i).filter(|_| !self.files[i].verified);
+        let (count, bytes) = (0..entries.len())
+            .filter_map(todo)
+            .fold((0u64, 0u64), |(n, b), s| (n + 1, b + s));
+        self.progress.start(count, bytes);
         let threads = if threads == 0 {
             pool::default_threads()
         } else {
             threads
         };
-        let results = pool::map(
-            &todo,
+        pool::try_each(
+            entries.len(),
             threads,
             || vec![0u8; 1 << 20],
-            |buf, &i| {
-                let e = self.manifest.entries.get(i);
-                verify_file(&self.tree, &e, buf)?;
-                self.progress.add(1, e.file().map_or(0, |f| f.size));
+            |buf, i| {
+                let Some(size) = todo(i) else { return Ok(()) };
+                verify_file(&self.tree, &entries.get(i), buf)?;
+                self.progress.add(1, size);
                 Ok(())
             },
-        );
-        results.into_iter().collect::<Result<Vec<()>>>()?;
+        )?;
         self.check_links(threads)?;
 
         for i in (0..self.manifest.entries.len()).rev() {
