@@ -44,6 +44,10 @@ pub struct WorkspaceArgs {
     /// number of files).
     #[arg(long)]
     source_files: Option<u64>,
+    /// Largest size of a source file in KiB (default 20): smaller files let a tree of a million
+    /// files (the daemon's cap on entries) fit on the disk, to measure memory at that size.
+    #[arg(long, default_value_t = tree::DEFAULT_SOURCE_MAX_KIB, value_parser = clap::value_parser!(u64).range(1..))]
+    source_max_kib: u64,
     /// Large files instead of the shape's count.
     #[arg(long)]
     big_files: Option<u64>,
@@ -91,6 +95,9 @@ fn reproduce_command(args: &WorkspaceArgs, bench_profile: Option<&str>) -> Strin
     }
     if let Some(n) = args.source_files {
         cmd.push_str(&format!(" --source-files {n}"));
+    }
+    if args.source_max_kib != tree::DEFAULT_SOURCE_MAX_KIB {
+        cmd.push_str(&format!(" --source-max-kib {}", args.source_max_kib));
     }
     if let Some(n) = args.big_files {
         cmd.push_str(&format!(" --big-files {n}"));
@@ -232,6 +239,7 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
     if let Some(n) = args.big_files {
         shape.big_files = n;
     }
+    shape.source_max_kib = args.source_max_kib;
     let tree_root = args
         .tree
         .clone()
@@ -335,7 +343,7 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
         setup::machine_line(&baton, load_before, load_after, "the runs")
     );
     println!(
-        "Tree: {} ({}; {} text files of 1-20 KiB, {} files of 1-8 MiB, .git {}, {:.0} MiB ignored in node_modules).",
+        "Tree: {} ({}; {} text files of 1-{} KiB, {} files of 1-8 MiB, .git {}, {:.0} MiB ignored in node_modules).",
         src.display(),
         if tree.generated {
             format!("generated in {:.0} s", tree.generate_secs)
@@ -343,6 +351,7 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
             "reused".to_string()
         },
         shape.source_files,
+        shape.source_max_kib,
         shape.big_files,
         tree.git.describe(),
         mib(sel.ignored_bytes),
@@ -368,6 +377,7 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
             "path": src,
             "seed": shape.seed,
             "source_files": shape.source_files,
+            "source_max_kib": shape.source_max_kib,
             "big_files": shape.big_files,
             "ignored_bytes_target": shape.ignored_bytes,
             "git": tree.git.describe(),

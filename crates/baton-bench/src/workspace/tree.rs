@@ -17,14 +17,19 @@ use anyhow::{Context, Result, bail};
 const GENERATOR_VERSION: u32 = 1;
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
+/// Largest size of a source file in the tree, in KiB.
+pub const DEFAULT_SOURCE_MAX_KIB: u64 = 20;
 
 /// What to generate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shape {
     /// Seed of the generator.
     pub seed: u64,
-    /// Source-like text files (1-20 KiB each).
+    /// Source-like text files (1 KiB to `source_max_kib` KiB each).
     pub source_files: u64,
+    /// Largest size of a source file, in KiB (20 in the tree; smaller makes trees of a
+    /// million files fit on a test machine's disk).
+    pub source_max_kib: u64,
     /// Large incompressible files (1-8 MiB each).
     pub big_files: u64,
     /// Bytes of the ignored `node_modules` tree (files of 1-20 KiB).
@@ -37,6 +42,7 @@ impl Shape {
         Self {
             seed,
             source_files: 20_000,
+            source_max_kib: DEFAULT_SOURCE_MAX_KIB,
             big_files: 200,
             ignored_bytes: 200 * MIB,
         }
@@ -47,6 +53,7 @@ impl Shape {
         Self {
             seed,
             source_files: 2_000,
+            source_max_kib: DEFAULT_SOURCE_MAX_KIB,
             big_files: 20,
             ignored_bytes: 20 * MIB,
         }
@@ -54,8 +61,14 @@ impl Shape {
 
     /// One line that names this shape (the stamp file's content).
     fn stamp(&self) -> String {
+        // Named only when not the default, so that trees generated before it are reused.
+        let max = if self.source_max_kib == DEFAULT_SOURCE_MAX_KIB {
+            String::new()
+        } else {
+            format!(" source_max_kib {}", self.source_max_kib)
+        };
         format!(
-            "baton-bench workspace tree v{GENERATOR_VERSION}: seed {} source_files {} big_files {} ignored_bytes {}\n",
+            "baton-bench workspace tree v{GENERATOR_VERSION}: seed {} source_files {}{max} big_files {} ignored_bytes {}\n",
             self.seed, self.source_files, self.big_files, self.ignored_bytes
         )
     }
@@ -67,8 +80,13 @@ impl Shape {
         } else if *self == Self::small(self.seed) {
             format!("small-s{}", self.seed)
         } else {
+            let max = if self.source_max_kib == DEFAULT_SOURCE_MAX_KIB {
+                String::new()
+            } else {
+                format!("-k{}", self.source_max_kib)
+            };
             format!(
-                "f{}-b{}-i{}-s{}",
+                "f{}{max}-b{}-i{}-s{}",
                 self.source_files, self.big_files, self.ignored_bytes, self.seed
             )
         }
@@ -322,10 +340,11 @@ fn generate(root: &Path, shape: &Shape) -> Result<GitKind> {
         b"{\n  \"name\": \"synthetic\",\n  \"version\": \"1.0.0\",\n  \"private\": true\n}\n",
     )?;
 
-    // Source files: 1-20 KiB of text each.
+    // Source files: 1-20 KiB of text each (by default).
     let mut rng = Rng::new(shape.seed, 1);
+    let max = shape.source_max_kib.max(1) * KIB;
     for i in 0..shape.source_files {
-        let len = rng.range(KIB, 20 * KIB) as usize;
+        let len = rng.range(KIB, max) as usize;
         write_file(&root.join(source_path(i)), &text.text(&mut rng, len))?;
     }
 
