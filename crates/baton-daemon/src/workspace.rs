@@ -1137,6 +1137,16 @@ async fn receive_pass(
             // tree's manifest is never held whole unpacked.
             let first = std::mem::replace(&mut parts.whole, WorkspaceManifest::new(parts.tree.1));
             let mut whole = PackedManifest::with_head_of(&first, &limits).map_err(ws_err)?;
+            // Its records wait on disk for the pre-copy: in memory, a tree of 10⁶ files would
+            // hold about 80 MB more between the two passes.
+            let spill_dir = d.scan_dir();
+            std::fs::create_dir_all(&spill_dir).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::TransferFailed,
+                    format!("Cannot create {}: {e}.", spill_dir.display()),
+                )
+            })?;
+            whole.spill_to(&spill_dir).map_err(ws_err)?;
             whole
                 .append(first.entries, first.skipped, &limits)
                 .map_err(ws_err)?;

@@ -9,6 +9,10 @@
 //! the bytes it saves.
 
 use std::borrow::Cow;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use baton_proto::workspace::{
     ChunkParams, ChunkRef, ContentHash, EntryKind, FileData, SkippedEntry, WorkspaceEntry,
@@ -16,7 +20,7 @@ use baton_proto::workspace::{
 };
 
 use crate::delta::{ManifestChange, ManifestDigest, check_change, merged};
-use crate::error::Result;
+use crate::error::{Result, io_err};
 use crate::spool::{Reader, get_chunks, put_chunks, put_i64, put_str, put_u64};
 use crate::validate::{Limits, check_appended, check_count, check_head};
 
@@ -40,14 +44,61 @@ pub(crate) enum Kind {
     File(u64),
 }
 
+/// Bytes of records a spilled store keeps in memory before writing them out, and reads ahead
+/// when entries are read in order.
+const BLOCK: usize = 256 << 10;
+
+/// Records written to an unnamed file: `at` and a block of records are all a staged tree of
+/// any size keeps in memory.
+#[derive(Debug)]
+struct Spill {
+    file: File,
+    /// Where the file is (for errors, and for the next manifest built from this one).
+    dir: PathBuf,
+    /// Bytes written to the file; the records after them are in `tail`.
+    flushed: u64,
+    tail: Vec<u8>,
+}
+
+/// Where the packed records are.
+#[derive(Debug)]
+enum Store {
+    Mem(Vec<u8>),
+    Spill(Spill),
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::Mem(Vec::new())
+    }
+}
+
 /// Entries in path order, packed (see the module docs). Appended to, read by number.
 #[derive(Debug, Default)]
 pub(crate) struct PackedEntries {
-    buf: Vec<u8>,
-    /// Where each entry starts in `buf`.
+    store: Store,
+    /// Where each entry starts among the records.
     at: Vec<u64>,
     files: u64,
     bytes: u64,
+}
+
+/// A point [`PackedEntries::rollback`] goes back to.
+#[derive(Clone, Copy)]
+pub(crate) struct Mark {
+    len: usize,
+    files: u64,
+    bytes: u64,
+}
+
+/// Panics with the reason a record of our own spill file could not be read back. The file is
+/// unnamed and written by this process only, so this is a failing disk; the caller's blocking
+/// task ends and the transfer fails rather than staging from bytes it cannot trust.
+fn unreadable(dir: &Path, e: &io::Error) -> ! {
+    panic!(
+        "reading back the staged manifest's spill file in {} failed: {e}",
+        dir.display()
+    )
 }
 
 /// Encodes `e` at the end of `buf`.
@@ -111,54 +162,174 @@ fn decode(r: &mut Reader<'_>) -> Result<WorkspaceEntry, &'static str> {
 }
 
 impl PackedEntries {
-    /// Packs `entries`, in their order.
+    /// Packs `entries`, in their order, in memory.
     pub(crate) fn of(entries: &[WorkspaceEntry]) -> Self {
         let mut p = Self::default();
         p.at.reserve_exact(entries.len());
         for e in entries {
-            p.push(e);
+            encode(p.mem_buf(), e);
+            p.counted(e);
         }
         p.shrink();
         p
     }
 
-    /// Appends `e`, which sorts after every entry held (the caller checked it).
-    pub(crate) fn push(&mut self, e: &WorkspaceEntry) {
-        self.at.push(self.buf.len() as u64);
-        encode(&mut self.buf, e);
+    /// No entries, their records to be kept in an unnamed file in `dir`.
+    pub(crate) fn spilled(dir: &Path) -> Result<Self> {
+        let file = tempfile::tempfile_in(dir).map_err(io_err("create a file in", dir))?;
+        Ok(Self {
+            store: Store::Spill(Spill {
+                file,
+                dir: dir.to_path_buf(),
+                flushed: 0,
+                // Flushed once it holds a block: room for the last record that fills it.
+                tail: Vec::with_capacity(BLOCK + BLOCK / 4),
+            }),
+            ..Self::default()
+        })
+    }
+
+    /// No entries, kept where this one keeps them (in memory, or in a new file beside its file).
+    pub(crate) fn empty_like(&self) -> Result<Self> {
+        match &self.store {
+            Store::Mem(_) => Ok(Self::default()),
+            Store::Spill(s) => Self::spilled(&s.dir),
+        }
+    }
+
+    /// Moves records kept in memory to an unnamed file in `dir`; records spilled already stay
+    /// where they are.
+    pub(crate) fn spill(&mut self, dir: &Path) -> Result<()> {
+        let Store::Mem(buf) = &mut self.store else {
+            return Ok(());
+        };
+        let records = std::mem::take(buf);
+        let mut spilled = Self::spilled(dir)?;
+        if let Store::Spill(s) = &mut spilled.store {
+            if let Err(e) = s.file.write_all_at(&records, 0) {
+                self.store = Store::Mem(records);
+                return Err(io_err("write a file in", dir)(e));
+            }
+            s.flushed = records.len() as u64;
+        }
+        self.store = spilled.store;
+        Ok(())
+    }
+
+    /// True when the records are in a file.
+    #[cfg(test)]
+    pub(crate) fn is_spilled(&self) -> bool {
+        matches!(self.store, Store::Spill(_))
+    }
+
+    /// The in-memory buffer new records go to (the tail of a spilled store).
+    fn mem_buf(&mut self) -> &mut Vec<u8> {
+        let end = self.end();
+        self.at.push(end);
+        match &mut self.store {
+            Store::Mem(buf) => buf,
+            Store::Spill(s) => &mut s.tail,
+        }
+    }
+
+    /// Counts `e` among the files and bytes.
+    fn counted(&mut self, e: &WorkspaceEntry) {
         if let Some(f) = e.file() {
             self.files += 1;
             self.bytes += f.size;
         }
     }
 
-    /// Appends entry `i` of `from` as it is packed there (no decoding), which sorts after every
-    /// entry held.
-    pub(crate) fn push_from(&mut self, from: &PackedEntries, i: usize) {
-        let start = from.at[i] as usize;
-        let end = from.at.get(i + 1).map_or(from.buf.len(), |&e| e as usize);
-        self.at.push(self.buf.len() as u64);
-        self.buf.extend_from_slice(&from.buf[start..end]);
-        if let Kind::File(size) = from.kind(i) {
+    /// Writes the tail of a spilled store out once it is a block long. On failure the tail
+    /// stays in memory, so every record is still readable.
+    fn flush_full(&mut self) -> Result<()> {
+        let Store::Spill(s) = &mut self.store else {
+            return Ok(());
+        };
+        if s.tail.len() < BLOCK {
+            return Ok(());
+        }
+        s.file
+            .write_all_at(&s.tail, s.flushed)
+            .map_err(io_err("write a file in", &s.dir))?;
+        s.flushed += s.tail.len() as u64;
+        s.tail.clear();
+        Ok(())
+    }
+
+    /// Bytes of records held.
+    fn end(&self) -> u64 {
+        match &self.store {
+            Store::Mem(buf) => buf.len() as u64,
+            Store::Spill(s) => s.flushed + s.tail.len() as u64,
+        }
+    }
+
+    /// Appends `e`, which sorts after every entry held (the caller checked it).
+    pub(crate) fn push(&mut self, e: &WorkspaceEntry) -> Result<()> {
+        encode(self.mem_buf(), e);
+        self.counted(e);
+        self.flush_full()
+    }
+
+    /// Appends a record read from another entries' [`Cursor`] as it is (no decoding), which
+    /// sorts after every entry held.
+    pub(crate) fn push_record(&mut self, record: &[u8]) -> Result<()> {
+        self.mem_buf().extend_from_slice(record);
+        if let Kind::File(size) = kind_of(record) {
             self.files += 1;
             self.bytes += size;
+        }
+        self.flush_full()
+    }
+
+    /// Where [`Self::rollback`] comes back to.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            len: self.len(),
+            files: self.files,
+            bytes: self.bytes,
+        }
+    }
+
+    /// Drops every entry appended since `mark`.
+    pub(crate) fn rollback(&mut self, mark: Mark) {
+        if mark.len >= self.len() {
+            return;
+        }
+        let end = self.at[mark.len];
+        self.at.truncate(mark.len);
+        (self.files, self.bytes) = (mark.files, mark.bytes);
+        match &mut self.store {
+            Store::Mem(buf) => buf.truncate(end as usize),
+            // Written records past `end` are overwritten by the next flush, which writes at
+            // `flushed`; reads never go past the last record's end.
+            Store::Spill(s) if end >= s.flushed => s.tail.truncate((end - s.flushed) as usize),
+            Store::Spill(s) => {
+                s.tail.clear();
+                s.flushed = end;
+            }
         }
     }
 
     /// Room for `entries` more entries of about `bytes` bytes packed.
     pub(crate) fn reserve(&mut self, entries: usize, bytes: usize) {
         self.at.reserve_exact(entries);
-        self.buf.reserve_exact(bytes);
+        if let Store::Mem(buf) = &mut self.store {
+            buf.reserve_exact(bytes);
+        }
     }
 
     /// Bytes of the packed records.
     pub(crate) fn packed_bytes(&self) -> usize {
-        self.buf.len()
+        self.end() as usize
     }
 
     /// Gives back spare capacity (appending grows the buffer by doubling).
     pub(crate) fn shrink(&mut self) {
-        self.buf.shrink_to_fit();
+        if let Store::Mem(buf) = &mut self.store {
+            buf.shrink_to_fit();
+        }
         self.at.shrink_to_fit();
     }
 
@@ -177,48 +348,67 @@ impl PackedEntries {
         self.bytes
     }
 
-    /// Bytes held.
+    /// Bytes held in memory.
     #[cfg(test)]
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.buf.capacity() + self.at.capacity() * 8
+        let records = match &self.store {
+            Store::Mem(buf) => buf.capacity(),
+            Store::Spill(s) => s.tail.capacity(),
+        };
+        records + self.at.capacity() * 8
     }
 
-    fn reader(&self, i: usize) -> Reader<'_> {
-        Reader {
-            buf: &self.buf,
-            at: self.at[i] as usize,
+    /// Where record `i` starts and ends.
+    fn range(&self, i: usize) -> (u64, u64) {
+        let end = self.at.get(i + 1).copied().unwrap_or_else(|| self.end());
+        (self.at[i], end)
+    }
+
+    /// Record `i`, read from memory or from the file.
+    fn record(&self, i: usize) -> Cow<'_, [u8]> {
+        let (start, end) = self.range(i);
+        match &self.store {
+            Store::Mem(buf) => Cow::Borrowed(&buf[start as usize..end as usize]),
+            // A flush writes the whole tail, so a record is either all in the file or all in
+            // the tail.
+            Store::Spill(s) if start >= s.flushed => {
+                Cow::Borrowed(&s.tail[(start - s.flushed) as usize..(end - s.flushed) as usize])
+            }
+            Store::Spill(s) => {
+                let mut out = vec![0; (end - start) as usize];
+                if let Err(e) = s.file.read_exact_at(&mut out, start) {
+                    unreadable(&s.dir, &e);
+                }
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// A reader of records in order, reading a spilled store a block at a time.
+    pub(crate) fn cursor(&self) -> Cursor<'_> {
+        Cursor {
+            from: self,
+            block: Vec::new(),
+            block_start: 0,
         }
     }
 
     /// Entry `i`, decoded. Panics when `i` is out of range, as indexing a slice does.
     pub(crate) fn get(&self, i: usize) -> WorkspaceEntry {
-        decode(&mut self.reader(i)).expect("packed entries decode as they were encoded")
+        decoded(&self.record(i))
     }
 
     /// The path of entry `i`, without decoding the rest.
-    pub(crate) fn path(&self, i: usize) -> &str {
-        let mut r = self.reader(i);
-        let n = r.u64().expect("packed entries decode as they were encoded") as usize;
-        let start = r.at;
-        // Encoded from a `String`.
-        std::str::from_utf8(&self.buf[start..start + n]).unwrap_or_default()
+    pub(crate) fn path(&self, i: usize) -> Cow<'_, str> {
+        match self.record(i) {
+            Cow::Borrowed(r) => Cow::Borrowed(path_of(r)),
+            Cow::Owned(r) => Cow::Owned(path_of(&r).to_owned()),
+        }
     }
 
     /// What entry `i` is, without decoding the rest.
     pub(crate) fn kind(&self, i: usize) -> Kind {
-        let mut r = self.reader(i);
-        let step = |r: &mut Reader<'_>| -> Result<Kind, &'static str> {
-            let n = r.u64()? as usize;
-            r.bytes(n)?;
-            r.u64()?;
-            r.u64()?;
-            Ok(match r.byte()? {
-                DIR => Kind::Dir,
-                SYMLINK => Kind::Symlink,
-                _ => Kind::File(r.u64()?),
-            })
-        };
-        step(&mut r).expect("packed entries decode as they were encoded")
+        kind_of(&self.record(i))
     }
 
     /// The number of the entry at `path`, if any (entries are in path order).
@@ -232,7 +422,7 @@ impl PackedEntries {
         let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if before(self.path(mid)) {
+            if before(&self.path(mid)) {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -242,16 +432,127 @@ impl PackedEntries {
     }
 
     /// Every entry, decoded, in order.
-    pub(crate) fn iter(
-        &self,
-    ) -> impl DoubleEndedIterator<Item = WorkspaceEntry> + ExactSizeIterator + '_ {
-        (0..self.len()).map(|i| self.get(i))
+    pub(crate) fn iter(&self) -> Iter<'_> {
+        self.iter_range(0..self.len())
+    }
+
+    /// Entries `range`, decoded, in order.
+    pub(crate) fn iter_range(&self, range: std::ops::Range<usize>) -> Iter<'_> {
+        Iter {
+            cursor: self.cursor(),
+            front: range.start,
+            back: range.end.min(self.len()),
+        }
     }
 
     /// Unpacks every entry.
     pub(crate) fn to_vec(&self) -> Vec<WorkspaceEntry> {
         self.iter().collect()
     }
+}
+
+/// Reads records of [`PackedEntries`] by number, keeping the block of a spilled store that the
+/// last one was in: reading them in order costs a read per block, not per record.
+pub(crate) struct Cursor<'a> {
+    from: &'a PackedEntries,
+    block: Vec<u8>,
+    block_start: u64,
+}
+
+impl Cursor<'_> {
+    /// Record `i`.
+    pub(crate) fn record(&mut self, i: usize) -> &[u8] {
+        let (start, end) = self.from.range(i);
+        let s = match &self.from.store {
+            Store::Mem(buf) => return &buf[start as usize..end as usize],
+            Store::Spill(s) if start >= s.flushed => {
+                return &s.tail[(start - s.flushed) as usize..(end - s.flushed) as usize];
+            }
+            Store::Spill(s) => s,
+        };
+        let held = self.block_start..=self.block_start + self.block.len() as u64;
+        if !(held.contains(&start) && held.contains(&end)) {
+            let upto = (start + BLOCK as u64).max(end).min(s.flushed);
+            self.block.resize((upto - start) as usize, 0);
+            if let Err(e) = s.file.read_exact_at(&mut self.block, start) {
+                unreadable(&s.dir, &e);
+            }
+            self.block_start = start;
+        }
+        let at = (start - self.block_start) as usize;
+        &self.block[at..at + (end - start) as usize]
+    }
+
+    /// Entry `i`, decoded.
+    pub(crate) fn get(&mut self, i: usize) -> WorkspaceEntry {
+        decoded(self.record(i))
+    }
+}
+
+/// Entries of [`PackedEntries`] decoded in order (see [`PackedEntries::iter_range`]).
+pub(crate) struct Iter<'a> {
+    cursor: Cursor<'a>,
+    front: usize,
+    back: usize,
+}
+
+impl Iterator for Iter<'_> {
+    type Item = WorkspaceEntry;
+
+    fn next(&mut self) -> Option<WorkspaceEntry> {
+        if self.front >= self.back {
+            return None;
+        }
+        self.front += 1;
+        Some(self.cursor.get(self.front - 1))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.back.saturating_sub(self.front);
+        (n, Some(n))
+    }
+}
+
+impl DoubleEndedIterator for Iter<'_> {
+    fn next_back(&mut self) -> Option<WorkspaceEntry> {
+        if self.front >= self.back {
+            return None;
+        }
+        self.back -= 1;
+        Some(self.cursor.from.get(self.back))
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+/// Decodes a record this module encoded.
+pub(crate) fn decoded(record: &[u8]) -> WorkspaceEntry {
+    decode(&mut Reader { buf: record, at: 0 }).expect("packed entries decode as they were encoded")
+}
+
+/// The path of a record this module encoded.
+pub(crate) fn path_of(record: &[u8]) -> &str {
+    let mut r = Reader { buf: record, at: 0 };
+    let n = r.u64().expect("packed entries decode as they were encoded") as usize;
+    // Encoded from a `String`.
+    std::str::from_utf8(&record[r.at..r.at + n]).unwrap_or_default()
+}
+
+/// What the entry of a record this module encoded is.
+fn kind_of(record: &[u8]) -> Kind {
+    let mut r = Reader { buf: record, at: 0 };
+    let step = |r: &mut Reader<'_>| -> Result<Kind, &'static str> {
+        let n = r.u64()? as usize;
+        r.bytes(n)?;
+        r.u64()?;
+        r.u64()?;
+        Ok(match r.byte()? {
+            DIR => Kind::Dir,
+            SYMLINK => Kind::Symlink,
+            _ => Kind::File(r.u64()?),
+        })
+    };
+    step(&mut r).expect("packed entries decode as they were encoded")
 }
 
 /// A manifest with its entries packed: what a target holds of a big tree between passes and
@@ -313,16 +614,24 @@ impl PackedManifest {
                 let prev = start.checked_sub(1).map(|i| held.path(i));
                 let kind_before = |p: &str| held.find(p).map(|j| held.get(j).kind);
                 let total = held.total_bytes();
-                check_appended(&entries, &self.params, (total, prev), kind_before, limits)
+                let prev = (total, prev.as_deref());
+                check_appended(&entries, &self.params, prev, kind_before, limits)
             });
-        if let Err(e) = checked {
+        let mark = self.entries.mark();
+        let pushed = checked.and_then(|()| entries.iter().try_for_each(|e| self.entries.push(e)));
+        if let Err(e) = pushed {
             self.skipped.truncate(skipped_start);
+            self.entries.rollback(mark);
             return Err(e);
         }
-        for e in &entries {
-            self.entries.push(e);
-        }
         Ok(())
+    }
+
+    /// Keeps the entries' records in an unnamed file in `dir` from now on (see
+    /// [`PackedEntries`]): a manifest of a million entries then holds about 8 bytes of each in
+    /// memory.
+    pub fn spill_to(&mut self, dir: &Path) -> Result<()> {
+        self.entries.spill(dir)
     }
 
     /// The manifest this one becomes with `change`, the root mode and mtime `root` and the
@@ -343,11 +652,11 @@ impl PackedManifest {
             root_mode,
             root_mtime_ns,
             skipped: Vec::new(),
-            entries: PackedEntries::default(),
+            entries: self.entries.empty_like()?,
         };
         out.entries.reserve(
             self.entries.len() + change.changed.len(),
-            self.entries.buf.len(),
+            self.entries.packed_bytes(),
         );
         let mut batch = Vec::with_capacity(BATCH);
         let mut skipped = Some(skipped);
@@ -540,6 +849,91 @@ mod tests {
         assert!(per_entry <= 72, "{per_entry} bytes per entry");
     }
 
+    /// Enough one-chunk files, in directories of 100, for the records to span several blocks.
+    fn many(n: usize) -> Vec<WorkspaceEntry> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            if i % 100 == 0 {
+                out.push(dir_entry(&format!("d{:04}", i / 100)));
+            }
+            out.push(file(
+                &format!("d{:04}/file{i:06}.rs", i / 100),
+                &[((i % 251) as u8, 1 + i as u32)],
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn spilled_entries_read_back_from_the_file_and_the_tail_alike() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = many(12_000);
+        let mut p = PackedEntries::spilled(dir.path()).expect("spilled");
+        for e in &src {
+            p.push(e).expect("push");
+        }
+        assert!(p.is_spilled());
+        assert!(
+            (p.packed_bytes() as u64) > 2 * BLOCK as u64,
+            "the records span blocks"
+        );
+        assert!(
+            p.heap_bytes() < 2 * BLOCK + src.len().next_power_of_two() * 8,
+            "{} bytes in memory",
+            p.heap_bytes()
+        );
+        assert_eq!(p.to_vec(), src);
+        // Random reads (from the file and from the tail), and backwards.
+        for i in [0, 1, 99, 5_000, 11_999, src.len() - 1] {
+            assert_eq!(p.get(i), src[i]);
+            assert_eq!(p.path(i), src[i].path);
+            assert_eq!(p.find(&src[i].path), Some(i));
+        }
+        assert_eq!(p.iter().rev().take(3).count(), 3);
+        assert_eq!(p.iter().next_back(), src.last().cloned());
+        let middle: Vec<_> = p.iter_range(4_000..4_010).collect();
+        assert_eq!(middle, src[4_000..4_010]);
+        assert_eq!(p.file_count(), 12_000);
+
+        // Copied record by record into another spilled store, then cut back.
+        let mut copy = p.empty_like().expect("like");
+        let mut cursor = p.cursor();
+        for i in 0..p.len() {
+            copy.push_record(cursor.record(i)).expect("copy");
+        }
+        assert_eq!(copy.to_vec(), src);
+        let mark = {
+            let mut short = p.empty_like().expect("like");
+            for e in &src[..10] {
+                short.push(e).expect("push");
+            }
+            let mark = short.mark();
+            for e in &src[10..] {
+                short.push(e).expect("push");
+            }
+            short.rollback(mark);
+            assert_eq!(short.to_vec(), src[..10], "back past flushed blocks");
+            short.push(&src[10]).expect("push after a rollback");
+            assert_eq!(short.to_vec(), src[..11]);
+            mark
+        };
+        copy.rollback(mark);
+        assert_eq!(copy.len(), 10);
+        assert_eq!(copy.file_count(), 9);
+
+        // Records kept in memory move to a file whole.
+        let mut mem = PackedEntries::of(&src);
+        mem.spill(dir.path()).expect("spill");
+        assert!(mem.is_spilled());
+        assert_eq!(mem.to_vec(), src);
+        mem.push(&file("e", &[(1, 1)])).expect("push");
+        assert_eq!(mem.len(), src.len() + 1);
+        assert!(
+            PackedEntries::spilled(&dir.path().join("missing")).is_err(),
+            "a missing directory is an error, not a panic"
+        );
+    }
+
     fn manifest(entries: Vec<WorkspaceEntry>) -> WorkspaceManifest {
         let mut m = WorkspaceManifest::new(ChunkParams::DEFAULT);
         m.entries = entries;
@@ -611,6 +1005,14 @@ mod tests {
             .expect("patched");
         assert_eq!(got.unpack(), want);
         assert_eq!(got.digest(), crate::digest(&want));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spilled = PackedManifest::of(base.clone());
+        spilled.spill_to(dir.path()).expect("spill");
+        let got = spilled
+            .patched(&change, root, vec![], &limits())
+            .expect("patched");
+        assert!(got.entries.is_spilled(), "built where its base is");
+        assert_eq!(got.unpack(), want);
 
         // Removing a directory whose entries stay leaves them without a parent.
         let orphans = ManifestChange {

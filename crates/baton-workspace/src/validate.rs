@@ -81,6 +81,9 @@ pub(crate) fn check_appended(
     kind_before: impl Fn(&str) -> Option<EntryKind>,
     limits: &Limits,
 ) -> Result<()> {
+    // The last parent looked up among the entries before: siblings share it, and the lookup
+    // reads entries that may be on disk.
+    let mut before: Option<(&str, Option<EntryKind>)> = None;
     for (i, e) in new.iter().enumerate() {
         let path = e.path.as_str();
         check_path(path)?;
@@ -101,7 +104,14 @@ pub(crate) fn check_appended(
             let here = &new[..i];
             let kind = match here.binary_search_by(|x| x.path.as_str().cmp(parent)) {
                 Ok(j) => Some(here[j].kind.clone()),
-                Err(_) => kind_before(parent),
+                Err(_) => match &before {
+                    Some((p, kind)) if *p == parent => kind.clone(),
+                    _ => {
+                        let kind = kind_before(parent);
+                        before = Some((parent, kind.clone()));
+                        kind
+                    }
+                },
             };
             check_parent(path, parent, kind.as_ref())?;
         }

@@ -17,7 +17,7 @@ use crate::delta::{ManifestChange, ManifestDigest, check_change, merged};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{remove_tree, set_mtime};
 use crate::index::ChunkIndex;
-use crate::packed::{Kind, PackedEntries};
+use crate::packed::{Kind, PackedEntries, decoded, path_of};
 use crate::validate::{
     Limits, check_count, check_entry, check_head, check_parent, check_path, check_total,
 };
@@ -156,6 +156,7 @@ impl Stager {
             .filter(|&i| base.kind(i) == Kind::Dir);
         for i in gone_dirs {
             let dir = base.path(i);
+            let dir = &*dir;
             let below = |p: &str| {
                 p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/'
             };
@@ -172,7 +173,7 @@ impl Stager {
                 let stays = (first..last)
                     .map(|j| base.path(j))
                     .find(|p| below(p) && !removes(change, p))
-                    .unwrap_or(dir);
+                    .unwrap_or(std::borrow::Cow::Borrowed(dir));
                 return Err(Error::manifest(
                     stays,
                     format!(
@@ -206,12 +207,12 @@ impl Stager {
         (root_mode, root_mtime_ns): (u32, i64),
         skipped: Vec<SkippedEntry>,
     ) -> Result<Vec<usize>> {
-        let old = std::mem::take(&mut self.manifest.entries);
-        let old_files = std::mem::take(&mut self.files);
+        let old = &self.manifest.entries;
+        let old_files = &self.files;
         let n = old.len();
         let added = at.iter().filter(|a| a.is_none()).count();
         let count = n + added - change.removed.len();
-        let mut entries = PackedEntries::default();
+        let mut entries = old.empty_like()?;
         entries.reserve(count, old.packed_bytes());
         let mut files = Vec::with_capacity(count);
         // Old number → new number (MAX: its content left).
@@ -220,18 +221,28 @@ impl Stager {
         let mut touched = Vec::new();
         let mut changed = change.changed.into_iter().zip(at).peekable();
         let mut removed = change.removed.iter().peekable();
-        let mut add =
-            |entries: &mut PackedEntries, files: &mut Vec<FileState>, c: &WorkspaceEntry| {
-                fresh.push(entries.len());
-                entries.push(c);
-                files.push(FileState::default());
-            };
+        let mut add = |entries: &mut PackedEntries,
+                       files: &mut Vec<FileState>,
+                       c: &WorkspaceEntry|
+         -> Result<()> {
+            fresh.push(entries.len());
+            entries.push(c)?;
+            files.push(FileState {
+                file: c.file().is_some(),
+                ..FileState::default()
+            });
+            Ok(())
+        };
+        // The staged records are read in order, a block at a time, and those kept are copied
+        // as they are.
+        let mut cursor = old.cursor();
         for i in 0..n {
-            let path = old.path(i);
+            let record = cursor.record(i);
+            let path = path_of(record);
             while let Some((c, _)) =
                 changed.next_if(|(c, at)| at.is_none() && c.path.as_str() < path)
             {
-                add(&mut entries, &mut files, &c);
+                add(&mut entries, &mut files, &c)?;
             }
             if removed.next_if(|r| r.as_str() == path).is_some() {
                 continue;
@@ -239,30 +250,31 @@ impl Stager {
             let w = entries.len();
             match changed.next_if(|(_, at)| **at == Some(i)) {
                 Some((c, _)) => {
-                    let e = old.get(i);
+                    let e = decoded(record);
                     if same_content(&e, &c) {
                         if old_files[i].verified && (e.mode != c.mode || e.mtime_ns != c.mtime_ns) {
                             touched.push(w);
                         }
                         kept_at[i] = w as u32;
                         files.push(old_files[i]);
-                        entries.push(&c);
+                        entries.push(&c)?;
                     } else {
-                        add(&mut entries, &mut files, &c);
+                        add(&mut entries, &mut files, &c)?;
                     }
                 }
                 None => {
                     kept_at[i] = w as u32;
                     files.push(old_files[i]);
-                    entries.push_from(&old, i);
+                    entries.push_record(record)?;
                 }
             }
         }
         for (c, _) in changed {
-            add(&mut entries, &mut files, &c);
+            add(&mut entries, &mut files, &c)?;
         }
-        drop(old);
+        drop(cursor);
         entries.shrink();
+        // Only now, so that a failure above (a full disk) leaves the staged manifest whole.
         self.manifest.entries = entries;
         self.files = files;
         self.manifest.root_mode = root_mode;

@@ -46,6 +46,7 @@ impl Stager {
         let mut shared = Vec::new();
         for i in new {
             let e = self.manifest.entries.get(i);
+            self.files[i].file = e.file().is_some();
             if !created_lazily(&e) {
                 self.files[i].verified = create_entry(&self.tree, &e, false)?;
                 self.files[i].created = true;
@@ -95,7 +96,9 @@ impl Stager {
             let Some(p) = u.at.iter().find(|p| p.done) else {
                 continue;
             };
-            let path = self.tree.join(self.manifest.entries.path(p.entry as usize));
+            let path = self
+                .tree
+                .join(&*self.manifest.entries.path(p.entry as usize));
             buf.resize(u.len as usize, 0);
             open_nofollow(&path, false)?
                 .read_exact_at(&mut buf, p.offset)

@@ -163,11 +163,14 @@ impl Stager {
             }
         }
         drop(old);
-        let journal = Journal::write(&self.dir, &manifest_digest(&new), chunks.written_hashes())?;
+        let digest = manifest_digest(&new);
+        let mut packed = PackedManifest::of(new);
+        packed.spill_to(&self.dir)?;
+        let journal = Journal::write(&self.dir, &digest, chunks.written_hashes())?;
         self.journal = journal.into();
         self.chunks = chunks;
         self.files = files;
-        self.manifest = PackedManifest::of(new);
+        self.manifest = packed;
 
         let mut local = ChunkIndex::new(self.manifest.params);
         local.add(&self.tree, &sources);
