@@ -17,10 +17,12 @@ pub(super) struct Placement {
 }
 
 /// The places of one chunk: most chunks have one, which then takes no allocation of its own.
+/// The list of several is boxed so that a place fits in 16 bytes, and a slot in 56.
 #[derive(Debug)]
 pub(super) enum Places {
     One(Placement),
-    Many(Vec<Placement>),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Placement>>),
 }
 
 impl Places {
@@ -40,7 +42,7 @@ impl Places {
 
     fn push(&mut self, p: Placement) {
         match self {
-            Places::One(first) => *self = Places::Many(vec![*first, p]),
+            Places::One(first) => *self = Places::Many(Box::new(vec![*first, p])),
             Places::Many(v) => v.push(p),
         }
     }
@@ -150,7 +152,7 @@ impl ChunkTable {
             match &mut slot.at {
                 Places::One(p) => match entry(p.entry) {
                     Some(e) => p.entry = e,
-                    None => slot.at = Places::Many(Vec::new()),
+                    None => slot.at = Places::Many(Box::default()),
                 },
                 Places::Many(v) => v.retain_mut(|p| match entry(p.entry) {
                     Some(e) => {
@@ -265,5 +267,12 @@ mod tests {
         assert_eq!(t.written_hashes().collect::<Vec<_>>(), [c]);
         t.shrink();
         assert_eq!(t.get(&c).unwrap().len, 30);
+    }
+
+    #[test]
+    fn a_slot_takes_56_bytes() {
+        // The table holds one per distinct chunk: a million of them for a big tree.
+        assert_eq!(std::mem::size_of::<Places>(), 16);
+        assert_eq!(std::mem::size_of::<Slot>(), 56);
     }
 }

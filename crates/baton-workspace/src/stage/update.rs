@@ -71,11 +71,10 @@ impl Stager {
         let m = &self.manifest;
         if (manifest.version, manifest.params) == (m.version, m.params)
             && manifest.entries.len() == m.entries.len()
-            && manifest
-                .entries
+            && m.entries
                 .iter()
-                .enumerate()
-                .all(|(i, e)| m.entries.get(i) == *e)
+                .zip(&manifest.entries)
+                .all(|(a, b)| a == *b)
         {
             let root = (manifest.root_mode, manifest.root_mtime_ns);
             return self.update_root(root, manifest.skipped, limits);
@@ -98,18 +97,20 @@ impl Stager {
         // Children before parents, so that a directory is empty by the time it goes.
         let mut kept_from: Vec<Option<usize>> = vec![None; new.entries.len()];
         let mut moved: Vec<WorkspaceEntry> = Vec::new();
-        for oi in (0..old.len()).rev() {
-            let e = old.get(oi);
+        // Read in order (the records may be on disk), taken out in reverse.
+        let mut leaving = Vec::new();
+        for (oi, e) in old.iter().enumerate() {
             let found = new
                 .entries
                 .binary_search_by(|n| n.path.as_str().cmp(&e.path))
                 .ok();
-            if let Some(ni) = found
-                && same_content(&e, &new.entries[ni])
-            {
-                kept_from[ni] = Some(oi);
-                continue;
+            match found {
+                Some(ni) if same_content(&e, &new.entries[ni]) => kept_from[ni] = Some(oi),
+                _ => leaving.push(oi),
             }
+        }
+        for &oi in leaving.iter().rev() {
+            let e = old.get(oi);
             take_out(&self.tree, &e, old_files[oi].created, &aside, &mut moved)?;
         }
         let mut created_empty = vec![false; new.entries.len()];
