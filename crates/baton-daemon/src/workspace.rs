@@ -326,6 +326,12 @@ pub async fn check(
     Ok(DaemonReply::WorkspaceChecked { files, bytes })
 }
 
+/// Most entries of an existing destination the target scans. Its scan stays on disk (8 bytes
+/// per chunk of its index in memory), and it holds a tree of up to the transfer's cap plus
+/// its ignored files (`node_modules`, build output), which the transfer's cap does not count:
+/// with that cap, a tree sent at the cap could not be handed back into itself.
+const DESTINATION_MAX_ENTRIES: usize = 4_000_000;
+
 /// Target, in preflight: the destination (`--path`, else the source's path) must be a safe
 /// place to create or fill (never `/` or the home directory), and its filesystem must hold the
 /// selected bytes (`insufficient_space`), so neither problem is found half-way.
@@ -744,6 +750,10 @@ async fn open_target(
                 ignored: IgnoredFiles::Include,
                 params,
                 spill_dir: Some(spill_dir.clone()),
+                limits: Limits {
+                    max_entries: DESTINATION_MAX_ENTRIES,
+                    ..Limits::default()
+                },
                 ..ScanOptions::default()
             };
             let root = std::fs::canonicalize(&dest).map_err(|e| baton_workspace::Error::Io {
