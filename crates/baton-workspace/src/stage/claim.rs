@@ -41,6 +41,9 @@ struct ClaimedWrite {
     offset: u64,
     path: PathBuf,
     to: WriteTo,
+    /// The entry, as the claim read it: `settle` needs it again, and the staged records may be
+    /// on disk.
+    e: WorkspaceEntry,
 }
 
 #[derive(Debug)]
@@ -228,6 +231,7 @@ impl Stager {
                 offset: p.offset,
                 path: self.tree.join(&e.path),
                 to,
+                e,
             });
         }
         self.claimed.insert(*hash);
@@ -273,7 +277,7 @@ impl Stager {
             }
             self.open.remove(&w.entry);
             let hasher = self.hashers.remove(&w.entry);
-            let e = self.manifest.entries.get(i);
+            let e = w.e;
             let want = e.file().expect("chunks are placed in files only");
             let written = match w.to {
                 WriteTo::Whole { file: Some(f), .. } => {
