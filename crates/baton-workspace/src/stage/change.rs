@@ -274,7 +274,8 @@ impl Stager {
         }
         drop(cursor);
         entries.shrink();
-        // Only now, so that a failure above (a full disk) leaves the staged manifest whole.
+        // Only now: a failure above (a full disk) leaves the staged manifest readable for the
+        // abort that must follow it.
         self.manifest.entries = entries;
         self.files = files;
         self.manifest.root_mode = root_mode;
