@@ -10,7 +10,6 @@
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -91,14 +90,19 @@ pub(crate) struct Mark {
     bytes: u64,
 }
 
-/// Panics with the reason a record of our own spill file could not be read back. The file is
-/// unnamed and written by this process only, so this is a failing disk; the caller's blocking
-/// task ends and the transfer fails rather than staging from bytes it cannot trust.
-fn unreadable(dir: &Path, e: &io::Error) -> ! {
-    panic!(
-        "reading back the staged manifest's spill file in {} failed: {e}",
-        dir.display()
-    )
+impl Spill {
+    /// Fills `buf` from the file at `offset`. Panics when the file cannot be read back: it is
+    /// unnamed and written by this process only, so this is a failing disk; the caller's
+    /// blocking task ends and the transfer fails rather than staging from bytes it cannot
+    /// trust.
+    fn read_at(&self, buf: &mut [u8], offset: u64) {
+        if let Err(e) = self.file.read_exact_at(buf, offset) {
+            panic!(
+                "reading back the staged manifest's spill file in {} failed: {e}",
+                self.dir.display()
+            )
+        }
+    }
 }
 
 /// Encodes `e` at the end of `buf`.
@@ -364,21 +368,27 @@ impl PackedEntries {
         (self.at[i], end)
     }
 
+    /// The bytes `start..end` of the records when they are in memory; otherwise the spill file
+    /// they are in. A flush writes the whole tail, so a record is either all in the file or
+    /// all in the tail.
+    fn in_memory(&self, start: u64, end: u64) -> Result<&[u8], &Spill> {
+        match &self.store {
+            Store::Mem(buf) => Ok(&buf[start as usize..end as usize]),
+            Store::Spill(s) if start >= s.flushed => {
+                Ok(&s.tail[(start - s.flushed) as usize..(end - s.flushed) as usize])
+            }
+            Store::Spill(s) => Err(s),
+        }
+    }
+
     /// Record `i`, read from memory or from the file.
     fn record(&self, i: usize) -> Cow<'_, [u8]> {
         let (start, end) = self.range(i);
-        match &self.store {
-            Store::Mem(buf) => Cow::Borrowed(&buf[start as usize..end as usize]),
-            // A flush writes the whole tail, so a record is either all in the file or all in
-            // the tail.
-            Store::Spill(s) if start >= s.flushed => {
-                Cow::Borrowed(&s.tail[(start - s.flushed) as usize..(end - s.flushed) as usize])
-            }
-            Store::Spill(s) => {
+        match self.in_memory(start, end) {
+            Ok(r) => Cow::Borrowed(r),
+            Err(s) => {
                 let mut out = vec![0; (end - start) as usize];
-                if let Err(e) = s.file.read_exact_at(&mut out, start) {
-                    unreadable(&s.dir, &e);
-                }
+                s.read_at(&mut out, start);
                 Cow::Owned(out)
             }
         }
@@ -463,20 +473,15 @@ impl Cursor<'_> {
     /// Record `i`.
     pub(crate) fn record(&mut self, i: usize) -> &[u8] {
         let (start, end) = self.from.range(i);
-        let s = match &self.from.store {
-            Store::Mem(buf) => return &buf[start as usize..end as usize],
-            Store::Spill(s) if start >= s.flushed => {
-                return &s.tail[(start - s.flushed) as usize..(end - s.flushed) as usize];
-            }
-            Store::Spill(s) => s,
+        let s = match self.from.in_memory(start, end) {
+            Ok(r) => return r,
+            Err(s) => s,
         };
         let held = self.block_start..=self.block_start + self.block.len() as u64;
         if !(held.contains(&start) && held.contains(&end)) {
             let upto = (start + BLOCK as u64).max(end).min(s.flushed);
             self.block.resize((upto - start) as usize, 0);
-            if let Err(e) = s.file.read_exact_at(&mut self.block, start) {
-                unreadable(&s.dir, &e);
-            }
+            s.read_at(&mut self.block, start);
             self.block_start = start;
         }
         let at = (start - self.block_start) as usize;
