@@ -13,6 +13,13 @@ pub(crate) fn default_threads() -> usize {
         .clamp(1, 8)
 }
 
+/// Threads for work that mostly waits on the disk (hashing files whose pages are not cached):
+/// twice the cores, since a cold read keeps a thread waiting and the disk serves several
+/// reads at once faster than one after another.
+pub(crate) fn io_threads() -> usize {
+    (default_threads() * 2).clamp(2, 16)
+}
+
 /// Applies `f` to every item on up to `threads` threads, each with its own state from `init`;
 /// results come back in item order.
 pub(crate) fn map<T, S, R>(

@@ -36,7 +36,7 @@ pub struct ScanOptions {
     pub ignored: IgnoredFiles,
     /// How files are cut into chunks.
     pub params: ChunkParams,
-    /// Hashing threads; 0 picks the machine's parallelism (at most 8).
+    /// Hashing threads; 0 picks twice the machine's parallelism (from 2 to 16: cold reads wait).
     pub threads: usize,
     /// Refuse (`transfer_too_large`) above these, before reading any file.
     pub limits: Limits,
@@ -375,6 +375,10 @@ const MAX_PART_COST: u64 = 256 * 1024 * 1024;
 const MAX_PART_ENTRIES: usize = 16 * 1024;
 /// What opening and hashing one file costs, counted as bytes when cutting parts.
 const FILE_COST: u64 = 16 * 1024;
+/// Most bytes of files to hash in one part. The target fetches a part's chunks only once the
+/// part is whole, so what is left to fetch when the scan ends is about one part: keeping that
+/// fixed keeps the pre-copy's tail from growing with the tree.
+const MAX_PART_DATA: u64 = 32 * 1024 * 1024;
 
 /// A walked tree: what a scan would select, from directory listings and `lstat` only. A scan
 /// that starts soon after (see [`PreparedScan::from_walk`]) can use it instead of walking again.
@@ -558,8 +562,8 @@ impl PreparedScan {
     }
 
     /// Hashes the files, calling `on_part` with the tree scanned so far each time a part of
-    /// about `first_part_cost` bytes (growing with what was hashed; `u64::MAX` for no limit by
-    /// bytes) or of at most 16 Ki entries is done, so a caller can send the start of a big tree
+    /// about `first_part_cost` bytes (growing with what was hashed, but holding at most 32 MiB
+    /// of files to read; `u64::MAX` for no limit by bytes) or of at most 16 Ki entries is done, so a caller can send the start of a big tree
     /// while the rest is read. `on_part` returns false to stop the scan (nothing more is read).
     /// Returns the whole scan, or `None` when stopped.
     pub fn run(
@@ -638,7 +642,7 @@ impl PreparedScan {
         let progress = opts.progress.clone().unwrap_or_default();
         progress.start(self.files(), self.bytes());
         let threads = if opts.threads == 0 {
-            pool::default_threads()
+            pool::io_threads()
         } else {
             opts.threads
         };
@@ -667,16 +671,17 @@ impl PreparedScan {
         let mut done_cost = 0u64;
         loop {
             // This part: entries up to the one that brings the cost of reading to the target.
-            let target = if first_part_cost == u64::MAX {
-                u64::MAX
+            let (target, data_cap) = if first_part_cost == u64::MAX {
+                (u64::MAX, u64::MAX)
             } else {
-                first_part_cost
+                let target = first_part_cost
                     .max(done_cost / 2)
-                    .min(MAX_PART_COST.max(first_part_cost))
+                    .min(MAX_PART_COST.max(first_part_cost));
+                (target, MAX_PART_DATA.max(first_part_cost))
             };
             let mut part = Vec::new();
-            let mut cost = 0u64;
-            while cost < target && part.len() < MAX_PART_ENTRIES {
+            let (mut cost, mut data) = (0u64, 0u64);
+            while cost < target && data < data_cap && part.len() < MAX_PART_ENTRIES {
                 let Some(item) = found.next() else {
                     break;
                 };
@@ -690,7 +695,10 @@ impl PreparedScan {
                         stats.reused_files += 1;
                         progress.add(1, d.size);
                     }
-                    None if matches!(f.what, What::File) => cost += f.md.len + FILE_COST,
+                    None if matches!(f.what, What::File) => {
+                        cost += f.md.len + FILE_COST;
+                        data += f.md.len;
+                    }
                     None => {}
                 }
                 part.push((rel, f, prior));

@@ -222,3 +222,33 @@ fn parts_hold_at_most_16_ki_entries_whatever_their_cost() {
         "two parts, the first full"
     );
 }
+
+#[test]
+fn a_streamed_part_holds_at_most_32_mib_of_files_to_read_whatever_the_tree() {
+    use baton_workspace::STREAM_FIRST_PART;
+    const MIB: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    // 40 sparse files of 4 MiB: 160 MiB to read, no disk written. Parts that grew with what
+    // was read would pass 48 MiB here.
+    for i in 0..40 {
+        let p = dir.path().join(format!("big{i:02}.bin"));
+        std::fs::File::create(&p).unwrap().set_len(4 * MIB).unwrap();
+    }
+    let o = opts(IgnoredFiles::Skip);
+    let mut sizes = Vec::new();
+    prepare_scan(dir.path(), &o, None)
+        .unwrap()
+        .run(&o, STREAM_FIRST_PART, |part| {
+            let tail = part.scanned.tail(part.start);
+            sizes.push(tail.manifest.total_bytes());
+            true
+        })
+        .unwrap()
+        .expect("ran to the end");
+    assert_eq!(sizes.iter().sum::<u64>(), 160 * MIB);
+    assert!(
+        sizes.iter().all(|&s| s <= 32 * MIB + 4 * MIB),
+        "every part stops once it holds 32 MiB (plus the file that crossed it): {sizes:?}"
+    );
+    assert!(sizes.len() >= 5, "{sizes:?}");
+}
