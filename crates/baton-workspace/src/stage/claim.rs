@@ -126,12 +126,13 @@ impl Claim {
             let path = &w.path;
             match &mut w.to {
                 WriteTo::Shared(f, hasher) => {
+                    // Held across the write: the kernel lets one write into a file at a time,
+                    // and a second writer would spin on the inode's lock for as long as the
+                    // first copies (measured: 7 % of a target's CPU); here it sleeps instead.
+                    let mut hasher = hasher.lock().unwrap_or_else(PoisonError::into_inner);
                     f.write_all_at(bytes, w.offset)
                         .map_err(io_err("write", path))?;
-                    hasher
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .wrote(f, w.offset, bytes);
+                    hasher.wrote(f, w.offset, bytes);
                 }
                 WriteTo::Whole {
                     size,
