@@ -38,8 +38,8 @@ pub enum Command {
     Demo(commands::demo::DemoArgs),
     /// Enrol this machine: create an account, or join one with a pairing code.
     Login(commands::account::LoginArgs),
-    /// Print a one-time code that lets another machine join this account (10 minutes).
-    Pair,
+    /// Print a one-time code that lets another machine, or a browser, join this account (10 minutes).
+    Pair(commands::account::PairArgs),
     /// List the account's machines, online or not, with their providers.
     Machines,
     /// Start a session.

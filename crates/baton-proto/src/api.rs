@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::sealed::Bytes;
 use crate::{
-    AccountId, HandoffId, HandoffOptions, InputId, MachineId, Millis, ProviderInfo, Sealed,
-    SessionId, SessionMode, SessionStatus,
+    AccountId, HandoffId, HandoffOptions, InputId, MachineId, MachineKind, Millis, ProviderInfo,
+    Sealed, SessionId, SessionMode, SessionStatus,
 };
 
 /// Public keys a machine (or browser) enrolls with.
@@ -17,6 +17,9 @@ pub struct MachineEnrollment {
     pub sign_pk: Bytes,
     /// X25519 public key (32 bytes) that secrets are sealed to.
     pub box_pk: Bytes,
+    /// A machine (the default) or a browser.
+    #[serde(default)]
+    pub kind: MachineKind,
 }
 
 /// `POST /v1/accounts`: the first machine creates the account.

@@ -21,7 +21,8 @@ pub use handoff::{
 };
 pub use ids::{AccountId, HandoffId, InputId, MachineId, SessionId};
 pub use machine::{
-    AuthState, HandoffSupport, MachineInfo, ProviderInfo, ProviderSessionInfo, VersionCheck,
+    AuthState, HandoffSupport, MachineInfo, MachineKind, ProviderInfo, ProviderSessionInfo,
+    VersionCheck,
 };
 pub use sealed::{Bytes, Sealed};
 pub use session::{

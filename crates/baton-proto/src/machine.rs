@@ -74,6 +74,37 @@ pub struct ProviderSessionInfo {
     pub updated_at: Millis,
 }
 
+/// What an enrolled member of an account is: a machine running `baton daemon` (and the CLI),
+/// or a browser enrolled for the web UI, which runs no sessions and never owns one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineKind {
+    /// A machine with a daemon and the CLI.
+    #[default]
+    Daemon,
+    /// A browser enrolled for the web UI.
+    Browser,
+}
+
+impl MachineKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Daemon => "daemon",
+            Self::Browser => "browser",
+        }
+    }
+
+    /// Parses [`MachineKind::as_str`]'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "daemon" => Some(Self::Daemon),
+            "browser" => Some(Self::Browser),
+            _ => None,
+        }
+    }
+}
+
 /// A machine as shown to clients.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineInfo {
@@ -87,4 +118,7 @@ pub struct MachineInfo {
     pub last_seen: Option<Millis>,
     /// Providers its daemon last reported.
     pub providers: Vec<ProviderInfo>,
+    /// A daemon machine or an enrolled browser.
+    #[serde(default)]
+    pub kind: MachineKind,
 }

@@ -15,8 +15,8 @@ use baton_proto::api::{
 use baton_proto::ws::Event;
 use baton_proto::{
     AccountId, ErrorCode, HandoffId, HandoffPhase, HandoffRecord, HandoffResult, InputRecord,
-    MachineId, MachineInfo, SealedEntry, SessionId, SessionMode, SessionRecord, SessionStatus,
-    now_millis,
+    MachineId, MachineInfo, MachineKind, SealedEntry, SessionId, SessionMode, SessionRecord,
+    SessionStatus, now_millis,
 };
 use baton_store::{AppendEntries, MachineRow, PairingRow, StoreError};
 
@@ -74,6 +74,7 @@ fn machine_row(account: AccountId, m: &MachineEnrollment) -> ApiResult<MachineRo
         box_pk: m.box_pk.0.clone(),
         providers: Vec::new(),
         last_seen: None,
+        kind: m.kind,
         created_at: now_millis(),
     })
 }
@@ -87,6 +88,12 @@ pub async fn create_account(
         return Err(ServerError::new(
             ErrorCode::Unauthorized,
             "This server does not accept new accounts; join an existing one with `baton login --code`.",
+        ));
+    }
+    if req.machine.kind == MachineKind::Browser {
+        return Err(ServerError::new(
+            ErrorCode::BadRequest,
+            "A browser joins an account by pairing: run `baton pair --browser` on a machine of the account.",
         ));
     }
     let account = AccountId::new();
@@ -170,6 +177,7 @@ pub fn machine_info(state: &AppState, m: MachineRow) -> MachineInfo {
         name: m.name,
         last_seen: m.last_seen,
         providers: m.providers,
+        kind: m.kind,
     }
 }
 

@@ -7,8 +7,8 @@ use std::str::FromStr;
 
 use baton_proto::{
     AccountId, ApiError, HandoffOptions, HandoffPhase, HandoffRecord, HandoffResult, InputRecord,
-    MachineId, PhaseRecord, ProviderInfo, Sealed, SealedEntry, ServiceRecord, SessionMode,
-    SessionRecord, SessionStatus,
+    MachineId, MachineKind, PhaseRecord, ProviderInfo, Sealed, SealedEntry, ServiceRecord,
+    SessionMode, SessionRecord, SessionStatus,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -127,7 +127,7 @@ impl_cols!(sqlx::postgres::PgRow);
 /// Columns read by [`machine_from`], in SQL.
 macro_rules! machine_cols {
     () => {
-        "id, account_id, name, sign_pk, box_pk, providers, last_seen, created_at"
+        "id, account_id, name, sign_pk, box_pk, providers, last_seen, created_at, kind"
     };
 }
 pub(crate) use machine_cols;
@@ -177,6 +177,11 @@ pub(crate) fn machine_from(r: &impl Cols) -> Result<MachineRow> {
         providers: from_json::<Vec<ProviderInfo>>(&r.text("providers")?, "providers")?,
         last_seen: r.opt_int("last_seen")?,
         created_at: r.int("created_at")?,
+        kind: {
+            let kind = r.text("kind")?;
+            MachineKind::parse(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown machine kind {kind:?}")))?
+        },
     })
 }
 

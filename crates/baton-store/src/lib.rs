@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use baton_proto::api::NewEntry;
 use baton_proto::{
     AccountId, ApiError, HandoffId, HandoffPhase, HandoffRecord, InputId, InputRecord, MachineId,
-    Millis, PhaseRecord, ProviderInfo, Sealed, SealedEntry, ServiceRecord, SessionId, SessionMode,
-    SessionRecord, SessionStatus,
+    MachineKind, Millis, PhaseRecord, ProviderInfo, Sealed, SealedEntry, ServiceRecord, SessionId,
+    SessionMode, SessionRecord, SessionStatus,
 };
 
 /// Result type of store operations.
@@ -44,6 +44,8 @@ pub struct MachineRow {
     pub providers: Vec<ProviderInfo>,
     /// Last time the server heard from it.
     pub last_seen: Option<Millis>,
+    /// A daemon machine or a browser.
+    pub kind: MachineKind,
     /// Enrolment time.
     pub created_at: Millis,
 }

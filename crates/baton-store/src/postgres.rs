@@ -47,6 +47,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_handoff_workspace",
         include_str!("../migrations/postgres/0004_handoff_workspace.sql"),
     ),
+    (
+        "0005_machine_kind",
+        include_str!("../migrations/postgres/0005_machine_kind.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations when several replicas start at once.
@@ -260,7 +264,7 @@ async fn save_session(conn: &mut PgConnection, s: &SessionRecord) -> Result<()> 
 async fn insert_machine(conn: &mut PgConnection, m: &MachineRow) -> Result<()> {
     sqlx::query(
         "INSERT INTO machines (id, account_id, name, sign_pk, box_pk, providers, last_seen, \
-         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         created_at, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(m.id.to_string())
     .bind(m.account_id.to_string())
@@ -270,6 +274,7 @@ async fn insert_machine(conn: &mut PgConnection, m: &MachineRow) -> Result<()> {
     .bind(to_json(&m.providers)?)
     .bind(m.last_seen)
     .bind(m.created_at)
+    .bind(m.kind.as_str())
     .execute(conn)
     .await
     .db()?;

@@ -52,6 +52,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_handoff_workspace",
         include_str!("../migrations/sqlite/0004_handoff_workspace.sql"),
     ),
+    (
+        "0005_machine_kind",
+        include_str!("../migrations/sqlite/0005_machine_kind.sql"),
+    ),
 ];
 
 /// How long a statement waits for another process's write lock before failing.
@@ -209,7 +213,7 @@ async fn save_session(conn: &mut SqliteConnection, s: &SessionRecord) -> Result<
 async fn insert_machine(conn: &mut SqliteConnection, m: &MachineRow) -> Result<()> {
     sqlx::query(
         "INSERT INTO machines (id, account_id, name, sign_pk, box_pk, providers, last_seen, \
-         created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         created_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(m.id.to_string())
     .bind(m.account_id.to_string())
@@ -219,6 +223,7 @@ async fn insert_machine(conn: &mut SqliteConnection, m: &MachineRow) -> Result<(
     .bind(to_json(&m.providers)?)
     .bind(m.last_seen)
     .bind(m.created_at)
+    .bind(m.kind.as_str())
     .execute(conn)
     .await
     .db()?;

@@ -9,7 +9,7 @@ use baton_proto::api::{
     ClaimPairingRequest, CreateAccountRequest, CreatePairingRequest, CreatePairingResponse,
     EnrolledResponse, MachineEnrollment,
 };
-use baton_proto::{Bytes, MachineInfo};
+use baton_proto::{Bytes, MachineInfo, MachineKind};
 use clap::Args;
 use serde::Serialize;
 
@@ -55,6 +55,7 @@ pub async fn login(args: LoginArgs, home: &Path, json: bool) -> CliResult {
         name: args.name.clone(),
         sign_pk: Bytes(keys.sign_pk().to_vec()),
         box_pk: Bytes(keys.box_pk().to_vec()),
+        kind: MachineKind::Daemon,
     };
     let (resp, secret, created) = match &args.code {
         None => {
@@ -121,8 +122,23 @@ pub async fn login(args: LoginArgs, home: &Path, json: bool) -> CliResult {
     Ok(())
 }
 
+/// `baton pair` options.
+#[derive(Args, Debug)]
+pub struct PairArgs {
+    /// Print a link that enrolls a browser for the web UI instead of a code for `baton login`.
+    /// The code travels in the link's fragment (after `#`), which browsers never send to the
+    /// server.
+    #[arg(long)]
+    pub browser: bool,
+}
+
+/// The web UI's link that enrolls a browser with `code`.
+pub fn browser_pairing_url(server: &str, code: &PairingCode) -> String {
+    format!("{}/#pair={}", server.trim_end_matches('/'), code.display())
+}
+
 /// `baton pair`.
-pub async fn pair(client: &Client, json: bool) -> CliResult {
+pub async fn pair(client: &Client, args: &PairArgs, json: bool) -> CliResult {
     let code = PairingCode::generate();
     let resp: CreatePairingResponse = client
         .post(
@@ -133,6 +149,19 @@ pub async fn pair(client: &Client, json: bool) -> CliResult {
             },
         )
         .await?;
+    if args.browser {
+        let url = browser_pairing_url(client.server(), &code);
+        if json {
+            print_json(&serde_json::json!({ "url": url, "expires_at": resp.expires_at }));
+        } else {
+            println!("{url}");
+            eprintln!(
+                "Open this link in the browser to enroll it. It works once and expires at {} UTC.",
+                format_time(resp.expires_at)
+            );
+        }
+        return Ok(());
+    }
     if json {
         print_json(&serde_json::json!({ "code": code.display(), "expires_at": resp.expires_at }));
     } else {
@@ -162,6 +191,7 @@ struct MachineOut<'a> {
     name: &'a str,
     online: bool,
     last_seen: Option<i64>,
+    kind: MachineKind,
     providers: Vec<ProviderOut<'a>>,
 }
 
@@ -174,6 +204,7 @@ pub fn machines_json(list: &[MachineInfo]) -> serde_json::Value {
             name: &m.name,
             online: m.online,
             last_seen: m.last_seen,
+            kind: m.kind,
             providers: m
                 .providers
                 .iter()
@@ -197,7 +228,12 @@ pub async fn machines(client: &Client, json: bool) -> CliResult {
         print_json(&machines_json(&list));
         return Ok(());
     }
-    for m in &list {
+    let browsers: Vec<&str> = list
+        .iter()
+        .filter(|m| m.kind == MachineKind::Browser)
+        .map(|m| m.name.as_str())
+        .collect();
+    for m in list.iter().filter(|m| m.kind == MachineKind::Daemon) {
         let me = if m.id == client.identity().config.machine_id {
             " (this machine)"
         } else {
@@ -227,6 +263,9 @@ pub async fn machines(client: &Client, json: bool) -> CliResult {
                 handoff.as_str().unwrap_or("?")
             );
         }
+    }
+    if !browsers.is_empty() {
+        println!("Browsers enrolled for the web UI: {}", browsers.join(", "));
     }
     Ok(())
 }

@@ -29,7 +29,7 @@ pub async fn dispatch(cli: Cli) -> CliResult {
         Command::Daemon(args) => daemon::run(args, home).await,
         Command::Demo(args) => demo::run(args, json).await,
         Command::Login(args) => account::login(args, &home, json).await,
-        Command::Pair => account::pair(&client(&home)?, json).await,
+        Command::Pair(args) => account::pair(&client(&home)?, &args, json).await,
         Command::Machines => account::machines(&client(&home)?, json).await,
         Command::New(args) => session::new(&client(&home)?, args, json).await,
         Command::Sessions => session::list(&client(&home)?, json).await,

@@ -59,6 +59,7 @@ fn machine_row(account: AccountId, name: &str, keys: &MachineKeys) -> MachineRow
         box_pk: keys.box_pk().to_vec(),
         providers: Vec::new(),
         last_seen: None,
+        kind: baton_proto::MachineKind::Daemon,
         created_at: now_millis(),
     }
 }

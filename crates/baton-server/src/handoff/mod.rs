@@ -11,8 +11,8 @@ use baton_proto::handoff::WorkspacePass;
 use baton_proto::ws::{DaemonCommand, DaemonReply, Event};
 use baton_proto::{
     AccountId, ApiError, AuthState, DirectTarget, ErrorCode, HandoffId, HandoffPhase,
-    HandoffRecord, HandoffResult, HandoffSupport, PhaseRecord, Sealed, SessionId, SessionMode,
-    SessionRecord, SessionStatus, VersionCheck, now_millis,
+    HandoffRecord, HandoffResult, HandoffSupport, MachineKind, PhaseRecord, Sealed, SessionId,
+    SessionMode, SessionRecord, SessionStatus, VersionCheck, now_millis,
 };
 use baton_store::{AbortHandoff, CommitHandoff, StoreError};
 use tokio::sync::oneshot;
@@ -68,6 +68,15 @@ pub async fn request(
         .await?
         .filter(|m| m.account_id == account)
         .ok_or_else(|| ServerError::new(ErrorCode::NotFound, "No such target machine."))?;
+    if target.kind == MachineKind::Browser {
+        return Err(ServerError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "{} is a browser enrolled for the web UI; hand the session to a machine running `baton daemon`.",
+                target.name
+            ),
+        ));
+    }
     if target.id == session.owner {
         return Err(ServerError::new(
             ErrorCode::SameMachine,

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use baton_proto::api::NewEntry;
 use baton_proto::{
     AccountId, ApiError, AuthState, DirectTarget, ErrorCode, HandoffId, HandoffOptions,
-    HandoffPhase, HandoffRecord, HandoffResult, HandoffSupport, InputId, MachineId, PhaseRecord,
-    ProviderInfo, Sealed, ServiceRecord, SessionId, SessionMode, SessionRecord, SessionStatus,
-    VersionCheck,
+    HandoffPhase, HandoffRecord, HandoffResult, HandoffSupport, InputId, MachineId, MachineKind,
+    PhaseRecord, ProviderInfo, Sealed, ServiceRecord, SessionId, SessionMode, SessionRecord,
+    SessionStatus, VersionCheck,
 };
 use baton_store::{
     AbortHandoff, AppendEntries, CommitHandoff, MachineRow, PairingRow, Store, StoreError, TokenRow,
@@ -33,6 +33,7 @@ fn machine_row(account: AccountId, name: &str) -> MachineRow {
         box_pk: vec![2; 32],
         providers: Vec::new(),
         last_seen: None,
+        kind: MachineKind::Daemon,
         created_at: 1_000,
     }
 }
@@ -224,6 +225,28 @@ pub async fn accounts_and_machines(store: Arc<dyn Store>) {
         .await
         .expect_err("dup");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    // A browser is kept as one, beside the machines.
+    let mut browser = machine_row(w.account, "browser-1");
+    browser.kind = MachineKind::Browser;
+    store.add_machine(&browser).await.expect("add browser");
+    let read = store.machine(browser.id).await.expect("m").expect("exists");
+    assert_eq!(read.kind, MachineKind::Browser);
+    let kinds: Vec<_> = store
+        .machines(w.account)
+        .await
+        .expect("m")
+        .iter()
+        .map(|m| (m.name.clone(), m.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("browser-1".to_string(), MachineKind::Browser),
+            ("desktop".to_string(), MachineKind::Daemon),
+            ("laptop".to_string(), MachineKind::Daemon),
+        ]
+    );
 
     // A machine for an account that does not exist.
     let orphan = machine_row(AccountId::new(), "orphan");

@@ -178,7 +178,7 @@ async fn sqlite_reopen_keeps_data() {
         .fetch_all(&mut conn)
         .await
         .expect("read migrations");
-    assert_eq!(rows.len(), 4, "each migration recorded once");
+    assert_eq!(rows.len(), 5, "each migration recorded once");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -253,7 +253,7 @@ async fn postgres_reconnect_keeps_data() {
                 .fetch_all(&mut conn)
                 .await
                 .expect("read migrations");
-            assert_eq!(rows.len(), 4, "each migration recorded once");
+            assert_eq!(rows.len(), 5, "each migration recorded once");
         }
     })
     .await;
