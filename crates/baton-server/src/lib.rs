@@ -12,6 +12,7 @@ pub mod handoff;
 pub mod hub;
 pub mod library;
 pub mod transfer;
+pub mod web;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -95,7 +96,7 @@ pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, StartEr
     }
 }
 
-/// The `/v1` router.
+/// The `/v1` router, and the web UI at `/`.
 pub fn router(state: Arc<AppState>) -> Router {
     let bundle = Router::new()
         .route(
@@ -105,6 +106,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BUNDLE_BYTES));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(web::index))
+        .route("/ui/{*path}", get(web::asset))
         .route("/v1/accounts", post(api::create_account))
         .route("/v1/auth/challenge", post(auth::challenge))
         .route("/v1/auth/token", post(auth::token))

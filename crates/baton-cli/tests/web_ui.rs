@@ -1,0 +1,382 @@
+//! The web UI in a real headless Chromium (Debian's `chromium` and `chromium-driver`), driven
+//! over WebDriver: the browser's WebCrypto speaks the daemons' envelope (the crate's shared test
+//! vectors, and values sealed afresh on each side), and a browser enrolled with
+//! `baton pair --browser` sees the account's machines live.
+//!
+//! Skipped, saying why, when `chromedriver` is not installed, unless `BATON_REQUIRE_BROWSER` is
+//! set (CI sets it, so there a missing browser fails the test).
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton_cli::harness::Cluster;
+use baton_crypto::{AccountSecret, PairingCode};
+use baton_proto::Sealed;
+use common::{World, exe, wait_for};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+const DRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A headless Chromium behind its WebDriver, on a phone-sized window; ends both when dropped.
+struct Browser {
+    driver: Child,
+    rt: tokio::runtime::Runtime,
+    client: Option<Client>,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = self.rt.block_on(c.close());
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Browser {
+    /// Starts one, or says why it cannot and returns `None` (a failure under
+    /// `BATON_REQUIRE_BROWSER`).
+    fn start() -> Option<Self> {
+        if !Path::new(DRIVER).exists() || !Path::new(CHROMIUM).exists() {
+            let why = format!(
+                "{DRIVER} or {CHROMIUM} is missing (apt-get install chromium chromium-driver)"
+            );
+            if std::env::var_os("BATON_REQUIRE_BROWSER").is_some() {
+                panic!("BATON_REQUIRE_BROWSER is set but {why}");
+            }
+            eprintln!("skipping the browser test: {why}");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let driver = Command::new(DRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=390,844",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let client = rt
+            .block_on(
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                    .capabilities(caps)
+                    .connect(&format!("http://127.0.0.1:{port}")),
+            )
+            .expect("a WebDriver session");
+        Some(Self {
+            driver,
+            rt,
+            client: Some(client),
+            _profile: profile,
+        })
+    }
+
+    fn c(&self) -> &Client {
+        self.client.as_ref().expect("open")
+    }
+
+    fn goto(&self, url: &str) {
+        self.rt.block_on(self.c().goto(url)).expect("page loads");
+    }
+
+    /// The text of the first element matching `css`, if any.
+    fn text(&self, css: &str) -> Option<String> {
+        self.rt.block_on(async {
+            let e = self.c().find(Locator::Css(css)).await.ok()?;
+            e.text().await.ok()
+        })
+    }
+
+    /// Waits until the element matching `css` reads `want`.
+    fn wait_text(&self, css: &str, want: &str) {
+        let got = wait_for(WAIT, || self.text(css).filter(|t| t.trim() == want));
+        assert!(
+            got.is_some(),
+            "{css} never read {want:?} (last: {:?})",
+            self.text(css)
+        );
+    }
+
+    fn fill(&self, css: &str, text: &str) {
+        self.rt.block_on(async {
+            let e = self.c().find(Locator::Css(css)).await.expect("field");
+            e.clear().await.expect("clear");
+            e.send_keys(text).await.expect("type");
+        });
+    }
+
+    fn click(&self, css: &str) {
+        self.rt.block_on(async {
+            self.c()
+                .find(Locator::Css(css))
+                .await
+                .expect("button")
+                .click()
+                .await
+                .expect("click");
+        });
+    }
+
+    fn url(&self) -> String {
+        self.rt
+            .block_on(self.c().current_url())
+            .expect("url")
+            .to_string()
+    }
+
+    /// Runs `script` (which ends by calling its last argument) and returns what it passed.
+    fn run(&self, script: &str, args: Vec<Value>) -> Value {
+        self.rt
+            .block_on(self.c().execute_async(script, args))
+            .expect("the script runs")
+    }
+
+    /// Saves a screenshot under `target/ui-screenshots/` for a reviewer to look at.
+    fn screenshot(&self, name: &str) {
+        let dir = screenshots_dir();
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        let png = self.rt.block_on(self.c().screenshot()).expect("screenshot");
+        std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+    }
+}
+
+fn screenshots_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots")
+}
+
+fn vector(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../baton-crypto/tests/vectors")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("vector file")).expect("JSON")
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const CRYPTO_SCRIPT: &str = r#"
+const [v, live, done] = arguments;
+import('/ui/crypto.js').then(async (bc) => {
+  const H = bc.hex, U = bc.unhex, out = {};
+  out.aes = [];
+  for (const c of v.aes.cases) {
+    out.aes.push({
+      sealed: H(await bc.seal(U(c.key), U(c.ad), U(c.plaintext), U(c.nonce))),
+      opened: H(await bc.open(U(c.key), U(c.ad), U(c.sealed))),
+    });
+  }
+  const s = v.seal_to;
+  const recipient = await bc.x25519Private(U(s.recipient_secret));
+  out.seal_to = {
+    sealed: H(await bc.sealTo(U(s.recipient_pk), U(s.ad), U(s.plaintext), U(s.eph_secret), U(s.nonce))),
+    opened: H(await bc.openFrom(recipient, U(s.ad), U(s.sealed))),
+    recipient_pk: H(await bc.publicOf(recipient)),
+  };
+  const p = v.pairing;
+  const code = bc.parsePairingCode(p.display);
+  out.pairing = { code: H(code), id: await bc.pairingId(code), box_pk: await bc.pairingBoxPk(code) };
+  const w = v.wrap;
+  out.wrap = {
+    data_key: H(await bc.openDataKey(U(w.account_secret), w.session_id, U(w.sealed))),
+    sealed: H(await bc.sealDataKey(U(w.account_secret), w.session_id, U(w.data_key), U(w.sealed).subarray(1, 13))),
+  };
+  const c0 = v.aes.cases[0], bad = U(c0.sealed);
+  bad[bad.length - 1] ^= 1;
+  try { await bc.open(U(c0.key), U(c0.ad), bad); out.tampered = "opened"; }
+  catch (e) { out.tampered = e.constructor.name; }
+  try { await bc.open(U(c0.key), U("00"), U(c0.sealed)); out.other_ad = "opened"; }
+  catch (e) { out.other_ad = e.constructor.name; }
+  out.live_open = H(await bc.open(U(live.key), U(live.ad), bc.unb64(live.sealed)));
+  out.live_secret = H(await bc.openPairingSecret(bc.parsePairingCode(live.code), bc.unb64(live.pairing_sealed)));
+  const secretKey = await bc.secretKey(U(live.secret));
+  out.record = bc.b64(await bc.sealRecord(secretKey, "settings", "handoff", { workspace: true, conflict: "sibling" }));
+  done({ ok: out });
+}).catch((e) => done({ error: String((e && e.stack) || e) }));
+"#;
+
+#[test]
+fn the_browsers_webcrypto_speaks_the_daemons_envelope() {
+    let Some(b) = Browser::start() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cluster = Cluster::start(&exe(), tmp.path()).expect("server starts");
+    b.goto(&format!("{}/", cluster.url));
+
+    let vectors = json!({
+        "aes": vector("aes256gcm.json"),
+        "seal_to": vector("seal_to.json"),
+        "pairing": vector("pairing.json"),
+        "wrap": vector("session_key_wrap.json"),
+    });
+    // Sealed here with fresh random nonces and keys, opened there; and the other way round.
+    let key: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+    let plain = b"sealed by a daemon, opened by a browser";
+    let ad = b"baton.meta.v1 some record";
+    let sealed = baton_crypto::seal(&key, ad, plain);
+    let secret = AccountSecret::generate();
+    let code = PairingCode::generate();
+    let live = json!({
+        "key": hex(&key),
+        "ad": hex(ad),
+        "sealed": base64_of(&sealed),
+        "code": code.display(),
+        "pairing_sealed": base64_of(&code.seal_secret(&secret)),
+        "secret": hex(&secret.to_bytes()),
+    });
+    let got = b.run(CRYPTO_SCRIPT, vec![vectors.clone(), live]);
+    let out = match got.get("ok") {
+        Some(out) => out,
+        None => panic!("the crypto script failed: {got}"),
+    };
+
+    for (case, res) in vectors["aes"]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(out["aes"].as_array().unwrap())
+    {
+        assert_eq!(res["sealed"], case["sealed"], "{}", case["comment"]);
+        assert_eq!(res["opened"], case["plaintext"], "{}", case["comment"]);
+    }
+    let s = &vectors["seal_to"];
+    assert_eq!(out["seal_to"]["sealed"], s["sealed"]);
+    assert_eq!(out["seal_to"]["opened"], s["plaintext"]);
+    assert_eq!(out["seal_to"]["recipient_pk"], s["recipient_pk"]);
+    let p = &vectors["pairing"];
+    assert_eq!(out["pairing"]["code"], p["code"]);
+    assert_eq!(out["pairing"]["id"], p["pairing_id"]);
+    assert_eq!(out["pairing"]["box_pk"], p["box_pk"]);
+    let w = &vectors["wrap"];
+    assert_eq!(out["wrap"]["data_key"], w["data_key"]);
+    assert_eq!(out["wrap"]["sealed"], w["sealed"]);
+    assert_eq!(out["tampered"], "OpenError", "a flipped tag bit is refused");
+    assert_eq!(
+        out["other_ad"], "OpenError",
+        "another record's identity is refused"
+    );
+
+    assert_eq!(out["live_open"], hex(plain));
+    assert_eq!(out["live_secret"], hex(&secret.to_bytes()));
+    let record = Sealed(base64_decode(out["record"].as_str().expect("record")));
+    let settings: Value = secret
+        .open_record("settings", "handoff", &record)
+        .expect("the daemon's crate opens what the browser sealed");
+    assert_eq!(
+        settings,
+        json!({ "workspace": true, "conflict": "sibling" })
+    );
+    // The key is bound to the record's identity here too.
+    assert!(
+        secret
+            .open_record::<Value>("settings", "other", &record)
+            .is_err()
+    );
+}
+
+#[test]
+fn a_browser_enrolled_with_a_link_sees_both_machines_live_and_is_listed_as_a_browser() {
+    let Some(b) = Browser::start() else { return };
+    let mut w = World::new(&["laptop", "desktop"]);
+    let pairing = w.c.json(0, &["pair", "--browser"]).expect("pair --browser");
+    let url = pairing["url"].as_str().expect("url").to_string();
+    assert!(url.starts_with(&format!("{}/#pair=", w.c.url)), "{url}");
+
+    b.goto(&url);
+    b.wait_text("#pair-title", "Enroll this browser");
+    b.fill("#browser-name", "chromium-test");
+    b.click("button[type=submit]");
+    b.wait_text(r#"section[data-machine="laptop"] .online-state"#, "online");
+    b.wait_text(r#"section[data-machine="desktop"] .online-state"#, "online");
+    b.wait_text("#live-state", "live");
+    assert!(
+        !b.url().contains("pair="),
+        "the spent code is gone from the address bar: {}",
+        b.url()
+    );
+    b.screenshot("machines");
+
+    let machines = w.c.json(0, &["machines"]).expect("machines");
+    let me = machines
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|m| m["name"] == "chromium-test")
+        .unwrap_or_else(|| panic!("the browser is enrolled: {machines}"));
+    assert_eq!(me["kind"], "browser");
+    let text = w.c.baton(0, &["machines"]).expect("machines text");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Browsers enrolled for the web UI: chromium-test"),
+        "{text}"
+    );
+
+    // Live: a daemon going away shows up without a reload.
+    w.c.stop_daemon(1);
+    b.wait_text(
+        r#"section[data-machine="desktop"] .online-state"#,
+        "offline",
+    );
+    // The enrolment outlives the page: keys stay in this browser's IndexedDB.
+    b.goto(&format!("{}/#/machines", w.c.url));
+    b.wait_text(r#"section[data-machine="laptop"] .online-state"#, "online");
+    b.wait_text(
+        r#"section[data-machine="desktop"] .online-state"#,
+        "offline",
+    );
+
+    // A browser is never a handoff target.
+    let ws = w.dir("ws");
+    let s = w.new_session(0, &ws);
+    let (code, out) = w.handoff(0, &s, "chromium-test", &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.to_string()
+            .contains("is a browser enrolled for the web UI"),
+        "{out}"
+    );
+}
+
+fn base64_of(s: &Sealed) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .expect("Sealed is base64 in JSON")
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    serde_json::from_value::<Sealed>(Value::String(s.to_string()))
+        .expect("base64")
+        .0
+}

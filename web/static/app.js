@@ -1,0 +1,238 @@
+// Baton's web UI. Everything the server stores is ciphertext: this page decrypts it here, with
+// the account secret this browser received when it was enrolled.
+
+import { h, render } from "preact";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
+import htm from "htm";
+import * as bc from "./crypto.js";
+import { Client, enroll, forgetIdentity, loadIdentity } from "./api.js";
+
+const html = htm.bind(h);
+
+/** The pairing code carried in the link's fragment (`#pair=CODE`), which never reaches the server. */
+function pairingCodeInUrl() {
+  const m = /^#pair=([0-9A-Za-z-]+)$/.exec(location.hash);
+  return m ? m[1] : null;
+}
+
+function route() {
+  const h = location.hash.replace(/^#\/?/, "");
+  const [screen, ...rest] = h.split("/");
+  return { screen: screen || "machines", arg: rest.join("/") };
+}
+
+function useRoute() {
+  const [r, setR] = useState(route());
+  useEffect(() => {
+    const on = () => setR(route());
+    addEventListener("hashchange", on);
+    return () => removeEventListener("hashchange", on);
+  }, []);
+  return r;
+}
+
+function ago(ms) {
+  if (!ms) return "never";
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return new Date(ms).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+}
+
+function Pairing({ code, onEnrolled }) {
+  const [name, setName] = useState(`browser-${Math.random().toString(36).slice(2, 6)}`);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+  const submit = async (e) => {
+    e.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      const me = await enroll(code, name.trim());
+      // The code is spent: keep it out of the address bar and the history.
+      history.replaceState(null, "", location.pathname + "#/machines");
+      onEnrolled(me);
+    } catch (err) {
+      setError(`${err.message} ${err.code === "not_found" ? "Run `baton pair --browser` again for a new link." : ""}`);
+      setBusy(false);
+    }
+  };
+  return html`<main>
+    <section class="card" aria-labelledby="pair-title">
+      <h2 id="pair-title">Enroll this browser</h2>
+      <p class="muted">This link carries a one-time code from <code>baton pair --browser</code>. Enrolling
+        gives this browser your account's key, so it can read your sessions; the server never sees it.</p>
+      <form onSubmit=${submit}>
+        <label for="browser-name">Name for this browser</label>
+        <input id="browser-name" type="text" value=${name} required maxlength="64"
+          onInput=${(e) => setName(e.currentTarget.value)} />
+        <p><button class="primary" type="submit" disabled=${busy || !name.trim()}>
+          ${busy ? "Enrolling…" : "Enroll"}</button></p>
+        ${error && html`<p class="error" role="alert">${error}</p>`}
+      </form>
+    </section>
+  </main>`;
+}
+
+function NotEnrolled() {
+  return html`<main>
+    <section class="card">
+      <h2>This browser is not enrolled</h2>
+      <p>On a machine of your account, run <code>baton pair --browser</code> and open the link it prints
+        in this browser.</p>
+    </section>
+  </main>`;
+}
+
+function authBadge(auth) {
+  const text = { connected_service: "connected service", machine_local: "machine login", missing: "login missing" };
+  const cls = auth === "missing" ? "bad" : "ok";
+  return html`<span class="badge ${cls}">${text[auth] ?? auth}</span>`;
+}
+
+function Machines({ machines }) {
+  const list = machines.filter((m) => m.kind !== "browser");
+  if (!list.length) return html`<p class="muted">No machines yet: run <code>baton daemon</code> on one.</p>`;
+  return html`<div>
+    ${list.map(
+      (m) => html`<section class="card machine" data-machine=${m.name} aria-label=${`Machine ${m.name}`}>
+        <div class="row">
+          <h3>${m.name}</h3>
+          <span class="badge ${m.online ? "ok" : "bad"} online-state">${m.online ? "online" : "offline"}</span>
+          <span class="muted">last seen ${ago(m.last_seen)}</span>
+        </div>
+        <table>
+          <thead><tr><th>Provider</th><th>Installed</th><th>Auth</th><th>Handoff</th></tr></thead>
+          <tbody>
+            ${m.providers.map(
+              (p) => html`<tr>
+                <td>${p.name}</td>
+                <td>${p.installed ? p.version ?? "yes" : html`<span class="badge bad">not installed</span>`}</td>
+                <td>${authBadge(p.auth)}</td>
+                <td><span class="badge ${p.handoff === "supported" ? "ok" : p.handoff === "experimental" ? "warn" : "bad"}">${p.handoff}</span></td>
+              </tr>`,
+            )}
+          </tbody>
+        </table>
+      </section>`,
+    )}
+  </div>`;
+}
+
+function Sessions({ sessions, machines }) {
+  const name = (id) => machines.find((m) => m.id === id)?.name ?? id.slice(0, 8);
+  if (!sessions.length) return html`<p class="muted">No sessions yet: start one with <code>baton new</code>.</p>`;
+  return html`<table class="sessions">
+    <thead><tr><th>Session</th><th>Provider</th><th>Mode</th><th>Owner</th><th>Status</th><th class="wide-only">Workspace</th></tr></thead>
+    <tbody>
+      ${sessions.map(
+        (s) => html`<tr data-session=${s.id}>
+          <td><a href=${`#/session/${s.id}`}>${s.meta?.title ?? s.id.slice(0, 8)}</a></td>
+          <td>${s.provider}</td>
+          <td>${s.mode}</td>
+          <td>${name(s.owner)}</td>
+          <td>${s.status}</td>
+          <td class="wide-only"><code>${s.meta?.workspace ?? "(sealed)"}</code></td>
+        </tr>`,
+      )}
+    </tbody>
+  </table>`;
+}
+
+/** Decrypts a session record's metadata with its data key (unwrapped with the account secret). */
+async function withMeta(me, s) {
+  try {
+    const key = await bc.openDataKey(me.secret, s.id, bc.unb64(s.sealed_key));
+    const meta = await new bc.SessionCipher(key, s.id).openMeta(bc.unb64(s.sealed_meta));
+    return { ...s, meta };
+  } catch {
+    return { ...s, meta: null };
+  }
+}
+
+function upsert(list, item) {
+  const i = list.findIndex((x) => x.id === item.id);
+  if (i < 0) return [...list, item];
+  const out = list.slice();
+  out[i] = item;
+  return out;
+}
+
+function Shell({ me, onForget }) {
+  const client = useMemo(() => new Client(me), [me]);
+  const { screen } = useRoute();
+  const [live, setLive] = useState("connecting");
+  const [machines, setMachines] = useState([]);
+  const [sessions, setSessions] = useState([]);
+  const [error, setError] = useState(null);
+  const heading = useRef(null);
+
+  useEffect(() => {
+    let stop = () => {};
+    (async () => {
+      try {
+        setMachines(await client.get("/v1/machines"));
+        const list = await client.get("/v1/sessions");
+        setSessions(await Promise.all(list.map((s) => withMeta(me, s))));
+      } catch (e) {
+        setError(e.message);
+      }
+      stop = client.live(
+        async (ev) => {
+          if (ev.kind === "machine_changed") setMachines((l) => upsert(l, ev.machine));
+          if (ev.kind === "session_changed") {
+            const s = await withMeta(me, ev.session);
+            setSessions((l) => upsert(l, s));
+          }
+        },
+        (state) => {
+          setLive(state);
+          // Events missed while away: read the lists again once live.
+          if (state === "live") {
+            client.get("/v1/machines").then(setMachines, () => {});
+          }
+        },
+      );
+    })();
+    return () => stop();
+  }, [client]);
+
+  useEffect(() => heading.current?.focus(), [screen]);
+
+  const tab = (id, label) =>
+    html`<a href=${`#/${id}`} aria-current=${screen === id ? "page" : undefined}>${label}</a>`;
+  return html`<div>
+    <header class="top">
+      <h1>Baton</h1>
+      <nav class="tabs" aria-label="Main">${tab("machines", "Machines")} ${tab("sessions", "Sessions")}</nav>
+      <span class="status-line" role="status" id="live-state">${live === "live" ? "live" : live === "connecting" ? "connecting…" : "offline, reconnecting…"}</span>
+      <span class="status-line">${me.name}</span>
+    </header>
+    <main>
+      ${error && html`<p class="error" role="alert">${error}</p>`}
+      ${screen === "sessions"
+        ? html`<h2 tabindex="-1" ref=${heading}>Sessions</h2><${Sessions} sessions=${sessions} machines=${machines} />`
+        : html`<h2 tabindex="-1" ref=${heading}>Machines</h2><${Machines} machines=${machines} />`}
+      <p><button type="button" onClick=${onForget}>Forget this browser</button></p>
+    </main>
+  </div>`;
+}
+
+function App() {
+  const [me, setMe] = useState(undefined);
+  const code = pairingCodeInUrl();
+  useEffect(() => {
+    loadIdentity().then(setMe, () => setMe(null));
+  }, []);
+  if (me === undefined) return html`<p class="boot">Loading Baton…</p>`;
+  if (code && !me) return html`<${Pairing} code=${code} onEnrolled=${setMe} />`;
+  if (!me) return html`<${NotEnrolled} />`;
+  const forget = async () => {
+    await forgetIdentity();
+    setMe(null);
+  };
+  return html`<${Shell} me=${me} onForget=${forget} />`;
+}
+
+render(html`<${App} />`, document.getElementById("app"));
