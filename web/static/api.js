@@ -95,6 +95,22 @@ export class Client {
   constructor(identity) {
     this.me = identity;
     this.token = null;
+    this.ws = null;
+    /** Sessions whose transcript entries this page follows (sent again after a reconnect). */
+    this.watched = new Set();
+  }
+
+  /** Follows `sessionId`'s transcript entries on the live connection too. */
+  watch(sessionId) {
+    if (this.watched.has(sessionId)) return;
+    this.watched.add(sessionId);
+    this.subscribe(sessionId);
+  }
+
+  subscribe(sessionId) {
+    if (this.ws?.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify({ type: "subscribe", session_id: sessionId, entries: true }));
+    }
   }
 
   async login() {
@@ -143,9 +159,11 @@ export class Client {
       }
       const proto = location.protocol === "https:" ? "wss:" : "ws:";
       ws = new WebSocket(`${proto}//${location.host}/v1/ws?token=${encodeURIComponent(this.token)}`);
+      this.ws = ws;
       ws.onopen = () => {
         ws.send(JSON.stringify({ type: "hello", role: "client", protocol: PROTOCOL_VERSION, providers: [] }));
         ws.send(JSON.stringify({ type: "subscribe", session_id: null, entries: false }));
+        for (const id of this.watched) this.subscribe(id);
       };
       ws.onmessage = (m) => {
         const frame = JSON.parse(m.data);

@@ -140,6 +140,140 @@ function Sessions({ sessions, machines }) {
   </table>`;
 }
 
+const ROLE_LABEL = {
+  user: "You",
+  assistant: "Assistant",
+  tool_call: "Tool call",
+  tool_result: "Tool result",
+  error: "Error",
+  system: "System",
+  permission: "Permission",
+};
+
+function Entry({ e }) {
+  return html`<li class=${`entry role-${e.role}`} data-seq=${e.seq}>
+    <span class="who">${ROLE_LABEL[e.role] ?? e.role}</span>
+    <div class="text">${e.text}</div>
+  </li>`;
+}
+
+/** A session's live transcript and its input box. */
+function SessionView({ client, me, id, session, machines, live }) {
+  const [cipher, setCipher] = useState(null);
+  const [entries, setEntries] = useState([]);
+  const [queued, setQueued] = useState([]);
+  const [text, setText] = useState("");
+  const [error, setError] = useState(null);
+  const last = useRef(0);
+
+  const add = async (c, sealedList) => {
+    const opened = [];
+    for (const se of sealedList) {
+      if (se.seq <= last.current) continue;
+      try {
+        const body = await c.openEntry(se.seq, se.epoch, bc.unb64(se.sealed));
+        opened.push({ ...body, seq: se.seq });
+      } catch {
+        opened.push({ role: "error", text: `Entry ${se.seq} does not decrypt with this account's key.`, seq: se.seq });
+      }
+    }
+    if (!opened.length) return;
+    opened.sort((a, b) => a.seq - b.seq);
+    last.current = Math.max(last.current, opened[opened.length - 1].seq);
+    setEntries((l) => [...l, ...opened.filter((o) => !l.some((x) => x.seq === o.seq))]);
+    const delivered = new Set(opened.filter((o) => o.input_id).map((o) => o.input_id));
+    setQueued((q) => q.filter((x) => !delivered.has(x.id)));
+  };
+
+  // Reads what is missing after the last entry shown (at start and after every reconnect).
+  const catchUp = async (c) => {
+    for (;;) {
+      const page = await client.get(`/v1/sessions/${id}/entries?after=${last.current}&limit=500`);
+      await add(c, page);
+      if (page.length < 500) return;
+    }
+  };
+
+  useEffect(() => {
+    if (!session) return;
+    let gone = false;
+    (async () => {
+      try {
+        const key = await bc.openDataKey(me.secret, id, bc.unb64(session.sealed_key));
+        const c = new bc.SessionCipher(key, id);
+        if (gone) return;
+        setCipher(c);
+        client.watch(id);
+        await catchUp(c);
+      } catch (e) {
+        setError(e.message);
+      }
+    })();
+    return () => {
+      gone = true;
+    };
+  }, [id, session?.sealed_key]);
+
+  useEffect(() => {
+    if (!cipher) return;
+    const on = (ev) => {
+      if (ev.detail.session_id === id) add(cipher, ev.detail.entries);
+    };
+    addEventListener("baton-entries", on);
+    return () => removeEventListener("baton-entries", on);
+  }, [cipher]);
+
+  useEffect(() => {
+    if (cipher && live === "live") catchUp(cipher).catch(() => {});
+  }, [live, cipher]);
+
+  const send = async (ev) => {
+    ev.preventDefault();
+    const body = text.trim();
+    if (!body || !cipher) return;
+    const inputId = crypto.randomUUID();
+    setQueued((q) => [...q, { id: inputId, text: body }]);
+    setText("");
+    try {
+      const sealed = await cipher.sealInput(inputId, body);
+      await client.post(`/v1/sessions/${id}/inputs`, { id: inputId, sealed: bc.b64(sealed) });
+    } catch (e) {
+      setQueued((q) => q.filter((x) => x.id !== inputId));
+      setText(body);
+      setError(`Not sent: ${e.message}`);
+    }
+  };
+
+  if (!session) return html`<p class="muted">Loading the session…</p>`;
+  const owner = machines.find((m) => m.id === session.owner);
+  return html`<div class="session-view">
+    <div class="row session-head">
+      <span class="badge">${session.provider}</span>
+      <span class="badge">${session.mode}</span>
+      <span class="badge" id="session-status">${session.status}</span>
+      <span class="muted">on <strong id="session-owner">${owner?.name ?? session.owner}</strong></span>
+    </div>
+    ${error && html`<p class="error" role="alert">${error}</p>`}
+    <ol class="transcript" aria-live="polite" aria-label="Transcript">
+      ${entries.map((e) => html`<${Entry} key=${e.seq} e=${e} />`)}
+      ${queued.map(
+        (q) => html`<li class="entry role-user queued" key=${q.id}>
+          <span class="who">You · queued</span><div class="text">${q.text}</div>
+        </li>`,
+      )}
+    </ol>
+    <form class="composer" onSubmit=${send}>
+      <label for="message">Message</label>
+      <textarea id="message" rows="3" value=${text} onInput=${(e) => setText(e.currentTarget.value)}
+        onKeyDown=${(e) => {
+          if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) send(e);
+        }}></textarea>
+      <p><button class="primary" type="submit" disabled=${!cipher || !text.trim()}>Send</button>
+        <span class="muted"> Ctrl+Enter sends</span></p>
+    </form>
+  </div>`;
+}
+
 /** Decrypts a session record's metadata with its data key (unwrapped with the account secret). */
 async function withMeta(me, s) {
   try {
@@ -161,7 +295,7 @@ function upsert(list, item) {
 
 function Shell({ me, onForget }) {
   const client = useMemo(() => new Client(me), [me]);
-  const { screen } = useRoute();
+  const { screen, arg } = useRoute();
   const [live, setLive] = useState("connecting");
   const [machines, setMachines] = useState([]);
   const [sessions, setSessions] = useState([]);
@@ -185,6 +319,7 @@ function Shell({ me, onForget }) {
             const s = await withMeta(me, ev.session);
             setSessions((l) => upsert(l, s));
           }
+          if (ev.kind === "entries") dispatchEvent(new CustomEvent("baton-entries", { detail: ev }));
         },
         (state) => {
           setLive(state);
@@ -198,7 +333,7 @@ function Shell({ me, onForget }) {
     return () => stop();
   }, [client]);
 
-  useEffect(() => heading.current?.focus(), [screen]);
+  useEffect(() => heading.current?.focus(), [screen, arg]);
 
   const tab = (id, label) =>
     html`<a href=${`#/${id}`} aria-current=${screen === id ? "page" : undefined}>${label}</a>`;
@@ -211,10 +346,14 @@ function Shell({ me, onForget }) {
     </header>
     <main>
       ${error && html`<p class="error" role="alert">${error}</p>`}
-      ${screen === "sessions"
-        ? html`<h2 tabindex="-1" ref=${heading}>Sessions</h2><${Sessions} sessions=${sessions} machines=${machines} />`
-        : html`<h2 tabindex="-1" ref=${heading}>Machines</h2><${Machines} machines=${machines} />`}
-      <p><button type="button" onClick=${onForget}>Forget this browser</button></p>
+      ${screen === "session"
+        ? html`<h2 tabindex="-1" ref=${heading}>${sessions.find((x) => x.id === arg)?.meta?.title ?? `Session ${arg.slice(0, 8)}`}</h2>
+            <${SessionView} client=${client} me=${me} id=${arg} live=${live}
+              session=${sessions.find((x) => x.id === arg)} machines=${machines} />`
+        : screen === "sessions"
+          ? html`<h2 tabindex="-1" ref=${heading}>Sessions</h2><${Sessions} sessions=${sessions} machines=${machines} />`
+          : html`<h2 tabindex="-1" ref=${heading}>Machines</h2><${Machines} machines=${machines} />`}
+      ${screen !== "session" && html`<p><button type="button" onClick=${onForget}>Forget this browser</button></p>`}
     </main>
   </div>`;
 }

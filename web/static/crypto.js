@@ -295,6 +295,11 @@ export class SessionCipher {
     return this.openJson(this.ad(TAGS.entry, u64be(seq), u64be(epoch)), sealed);
   }
 
+  /** Seals a message typed for the session (its id is bound, so it cannot be replayed as another). */
+  sealInput(inputId, text) {
+    return seal(this.key, this.ad(TAGS.input, uuidBytes(inputId)), enc.encode(text));
+  }
+
   /** The session's metadata (title, workspace, …). */
   openMeta(sealed) {
     return this.openJson(this.ad(TAGS.meta), sealed);

@@ -368,6 +368,95 @@ fn a_browser_enrolled_with_a_link_sees_both_machines_live_and_is_listed_as_a_bro
     );
 }
 
+/// Enrolls the browser in `w`'s account through machine `idx`'s `baton pair --browser` link.
+fn enroll(b: &Browser, w: &World, idx: usize, name: &str) {
+    let pairing =
+        w.c.json(idx, &["pair", "--browser"])
+            .expect("pair --browser");
+    b.goto(pairing["url"].as_str().expect("url"));
+    b.wait_text("#pair-title", "Enroll this browser");
+    b.fill("#browser-name", name);
+    b.click("button[type=submit]");
+    b.wait_text("#live-state", "live");
+}
+
+/// The texts of the transcript's entries of `role` shown now.
+fn entries(b: &Browser, role: &str) -> Vec<String> {
+    b.rt.block_on(async {
+        let mut out = Vec::new();
+        let found = b
+            .c()
+            .find_all(Locator::Css(&format!(
+                ".transcript .entry.role-{role}:not(.queued) .text"
+            )))
+            .await
+            .unwrap_or_default();
+        for e in found {
+            out.push(e.text().await.unwrap_or_default());
+        }
+        out
+    })
+}
+
+#[test]
+fn a_browser_follows_a_session_live_and_a_message_sent_from_it_is_answered() {
+    let Some(b) = Browser::start() else { return };
+    let w = World::new(&["laptop"]);
+    let ws = w.dir("ws");
+    let s = w.new_session(0, &ws);
+    w.send(0, &s, "hello from the CLI");
+    enroll(&b, &w, 0, "phone");
+
+    b.goto(&format!("{}/#/session/{s}", w.c.url));
+    b.wait_text("#session-owner", "laptop");
+    let shown = wait_for(WAIT, || {
+        let a = entries(&b, "assistant");
+        (!a.is_empty()).then_some(a)
+    })
+    .expect("the earlier answer is shown, decrypted");
+    assert!(
+        shown[0].contains(r#"You said: "hello from the CLI""#),
+        "{shown:?}"
+    );
+    assert!(
+        entries(&b, "user")
+            .iter()
+            .any(|t| t == "hello from the CLI")
+    );
+
+    b.fill("#message", "and hello from the browser");
+    b.click(".composer button[type=submit]");
+    let answered = wait_for(WAIT, || {
+        entries(&b, "assistant")
+            .into_iter()
+            .find(|t| t.contains(r#"You said: "and hello from the browser""#))
+    });
+    let answer = answered.unwrap_or_else(|| {
+        panic!(
+            "the browser's message was answered live; shown: {:?}",
+            entries(&b, "assistant")
+        )
+    });
+    assert!(
+        answer.contains(r#"Your first message was: "hello from the CLI""#),
+        "the same conversation: {answer}"
+    );
+    assert!(
+        b.text(".entry.queued").is_none(),
+        "nothing is left queued once delivered"
+    );
+    b.screenshot("session");
+
+    // The CLI sees the message the browser sealed, in order, once.
+    let log = w.log(0, &s);
+    let users: Vec<_> = log
+        .iter()
+        .filter(|e| e["role"] == "user")
+        .map(|e| e["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(users, ["hello from the CLI", "and hello from the browser"]);
+}
+
 fn base64_of(s: &Sealed) -> String {
     serde_json::to_value(s)
         .ok()
