@@ -6,6 +6,7 @@ import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import htm from "htm";
 import * as bc from "./crypto.js";
 import { Client, enroll, forgetIdentity, loadIdentity } from "./api.js";
+import { HandoffModal, handoffSupported } from "./handoff.js";
 
 const html = htm.bind(h);
 
@@ -157,8 +158,126 @@ function Entry({ e }) {
   </li>`;
 }
 
+/** The session header's action menu: a button that opens a list of actions (arrow keys move). */
+function ActionsMenu({ items }) {
+  const [open, setOpen] = useState(false);
+  const button = useRef(null);
+  const menu = useRef(null);
+  useEffect(() => {
+    if (open) menu.current?.querySelector("button")?.focus();
+  }, [open]);
+  const key = (e) => {
+    const all = [...(menu.current?.querySelectorAll("button") ?? [])];
+    const i = all.indexOf(document.activeElement);
+    if (e.key === "Escape") {
+      setOpen(false);
+      button.current?.focus();
+    } else if (e.key === "ArrowDown") {
+      e.preventDefault();
+      all[(i + 1) % all.length]?.focus();
+    } else if (e.key === "ArrowUp") {
+      e.preventDefault();
+      all[(i - 1 + all.length) % all.length]?.focus();
+    }
+  };
+  return html`<div class="menu-wrap">
+    <button type="button" id="session-actions" ref=${button} aria-haspopup="menu" aria-expanded=${open}
+      onClick=${() => setOpen(!open)}>Actions ▾</button>
+    ${open &&
+    html`<ul class="menu" role="menu" ref=${menu} onKeyDown=${key} aria-labelledby="session-actions">
+      ${items.map(
+        (it) => html`<li role="none"><button type="button" role="menuitem" id=${it.id}
+          onClick=${() => {
+            setOpen(false);
+            it.run();
+          }}>${it.label}</button></li>`,
+      )}
+    </ul>`}
+  </div>`;
+}
+
+/** The actions of a session's header, and the handoff dialog they open. */
+function useSessionActions({ client, session, machines, cipher, settings }) {
+  const [handoff, setHandoff] = useState(false);
+  const [note, setNote] = useState(null);
+  const items = [];
+  if (session && handoffSupported(session, machines)) {
+    items.push({ id: "action-handoff", label: "Hand off to another machine…", run: () => setHandoff(true) });
+  }
+  if (session) {
+    items.push({
+      id: "action-stop",
+      label: "Stop",
+      run: () =>
+        client.post(`/v1/sessions/${session.id}/stop`).then(
+          () => setNote("Stopped: the next message resumes it."),
+          (e) => setNote(e.message),
+        ),
+    });
+    items.push({ id: "action-info", label: "Session info", run: () => (location.hash = `#/info/${session.id}`) });
+  }
+  const modal =
+    handoff && cipher
+      ? html`<${HandoffModal} client=${client} session=${session} meta=${session.meta} cipher=${cipher}
+          machines=${machines} defaults=${settings} onClose=${() => {
+            setHandoff(false);
+            document.getElementById("session-actions")?.focus();
+          }} />`
+      : null;
+  return { items, modal, note };
+}
+
+/** A session's id, owner, epoch, workspace, provider id and handoff history. */
+function SessionInfo({ client, me, id, session, machines, settings }) {
+  const [cipher, setCipher] = useState(null);
+  const [history, setHistory] = useState([]);
+  const name = (mid) => machines.find((m) => m.id === mid)?.name ?? mid.slice(0, 8);
+  useEffect(() => {
+    if (!session) return;
+    bc.openDataKey(me.secret, id, bc.unb64(session.sealed_key)).then((k) => setCipher(new bc.SessionCipher(k, id)));
+    client.get(`/v1/sessions/${id}/handoffs`).then(setHistory, () => {});
+  }, [id, session?.epoch]);
+  const { items, modal, note } = useSessionActions({ client, session, machines, cipher, settings });
+  if (!session) return html`<p class="muted">Loading the session…</p>`;
+  const row = (k, v, vid) => html`<tr><th>${k}</th><td id=${vid}>${v}</td></tr>`;
+  return html`<div>
+    <div class="row session-head"><${ActionsMenu} items=${items} /><a href=${`#/session/${id}`}>Transcript</a></div>
+    ${note && html`<p role="status">${note}</p>`}
+    <table class="info">
+      <tbody>
+        ${row("Id", html`<code>${session.id}</code>`)}
+        ${row("Provider", session.provider)}
+        ${row("Mode", session.mode)}
+        ${row("Owner", name(session.owner), "info-owner")}
+        ${row("Epoch", session.epoch, "info-epoch")}
+        ${row("Status", session.status)}
+        ${row("Workspace", html`<code>${session.meta?.workspace ?? "(sealed)"}</code>`)}
+        ${row("Provider session id", html`<code>${session.meta?.provider_ref ?? "none yet"}</code>`)}
+      </tbody>
+    </table>
+    <h3>Handoff history</h3>
+    ${history.length === 0
+      ? html`<p class="muted">Never handed off.</p>`
+      : html`<table class="history">
+          <thead><tr><th>When</th><th>From</th><th>To</th><th>Duration</th><th>Bytes</th><th>Result</th></tr></thead>
+          <tbody>
+            ${history.map((hr) => {
+              const first = hr.phases[0]?.started_at ?? hr.created_at;
+              const last = hr.phases[hr.phases.length - 1]?.ended_at ?? hr.updated_at;
+              return html`<tr data-handoff=${hr.id}>
+                <td>${ago(hr.created_at)}</td><td>${name(hr.from)}</td><td>${name(hr.to)}</td>
+                <td>${last - first} ms</td><td>${hr.bytes}</td>
+                <td>${hr.error ? `${hr.result}: ${hr.error.message}` : hr.result}</td>
+              </tr>`;
+            })}
+          </tbody>
+        </table>`}
+    ${modal}
+  </div>`;
+}
+
 /** A session's live transcript and its input box. */
-function SessionView({ client, me, id, session, machines, live }) {
+function SessionView({ client, me, id, session, machines, live, settings }) {
   const [cipher, setCipher] = useState(null);
   const [entries, setEntries] = useState([]);
   const [queued, setQueued] = useState([]);
@@ -244,16 +363,20 @@ function SessionView({ client, me, id, session, machines, live }) {
     }
   };
 
+  const { items, modal, note } = useSessionActions({ client, session, machines, cipher, settings });
   if (!session) return html`<p class="muted">Loading the session…</p>`;
   const owner = machines.find((m) => m.id === session.owner);
   return html`<div class="session-view">
     <div class="row session-head">
+      <${ActionsMenu} items=${items} />
       <span class="badge">${session.provider}</span>
       <span class="badge">${session.mode}</span>
       <span class="badge" id="session-status">${session.status}</span>
       <span class="muted">on <strong id="session-owner">${owner?.name ?? session.owner}</strong></span>
     </div>
+    ${note && html`<p role="status">${note}</p>`}
     ${error && html`<p class="error" role="alert">${error}</p>`}
+    ${modal}
     <ol class="transcript" aria-live="polite" aria-label="Transcript">
       ${entries.map((e) => html`<${Entry} key=${e.seq} e=${e} />`)}
       ${queued.map(
@@ -320,6 +443,7 @@ function Shell({ me, onForget }) {
             setSessions((l) => upsert(l, s));
           }
           if (ev.kind === "entries") dispatchEvent(new CustomEvent("baton-entries", { detail: ev }));
+          if (ev.kind === "handoff_progress") dispatchEvent(new CustomEvent("baton-progress", { detail: ev }));
         },
         (state) => {
           setLive(state);
@@ -346,7 +470,11 @@ function Shell({ me, onForget }) {
     </header>
     <main>
       ${error && html`<p class="error" role="alert">${error}</p>`}
-      ${screen === "session"
+      ${screen === "info"
+        ? html`<h2 tabindex="-1" ref=${heading}>Session info</h2>
+            <${SessionInfo} client=${client} me=${me} id=${arg} settings=${null}
+              session=${sessions.find((x) => x.id === arg)} machines=${machines} />`
+        : screen === "session"
         ? html`<h2 tabindex="-1" ref=${heading}>${sessions.find((x) => x.id === arg)?.meta?.title ?? `Session ${arg.slice(0, 8)}`}</h2>
             <${SessionView} client=${client} me=${me} id=${arg} live=${live}
               session=${sessions.find((x) => x.id === arg)} machines=${machines} />`

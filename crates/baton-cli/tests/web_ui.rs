@@ -457,6 +457,114 @@ fn a_browser_follows_a_session_live_and_a_message_sent_from_it_is_answered() {
     assert_eq!(users, ["hello from the CLI", "and hello from the browser"]);
 }
 
+/// Whether the element matching `css` is there and disabled.
+fn disabled(b: &Browser, css: &str) -> bool {
+    b.rt.block_on(async {
+        match b.c().find(Locator::Css(css)).await {
+            Ok(e) => !e.is_enabled().await.unwrap_or(true),
+            Err(_) => false,
+        }
+    })
+}
+
+/// Hands the open session off to `to` through the dialog, and waits for the result.
+fn hand_off_in_dialog(b: &Browser, to: &str, shot: Option<&str>) {
+    b.wait_text("#handoff-title", "Hand off to another machine");
+    b.click(&format!(r#"label[data-machine="{to}"] input"#));
+    if let Some(name) = shot {
+        b.screenshot(&format!("{name}-modal"));
+    }
+    b.click("#handoff-continue");
+    if let Some(name) = shot {
+        // The first phases, while the handoff runs.
+        let _ = wait_for(WAIT, || b.text(".phases .phase"));
+        b.screenshot(&format!("{name}-progress"));
+    }
+    let result = wait_for(WAIT, || b.text("#handoff-result"));
+    let result = result.unwrap_or_else(|| panic!("the handoff ended in the dialog"));
+    assert!(
+        result.contains(&format!("the session now runs on {to}")),
+        "{result}"
+    );
+    for phase in ["preflight", "quiesce_source", "commit", "activate", "done"] {
+        assert!(
+            b.text(&format!(r#".phase.ok[data-phase="{phase}"]"#))
+                .is_some(),
+            "phase {phase} is shown done"
+        );
+    }
+    b.click(".modal .buttons button");
+}
+
+#[test]
+fn a_browser_hands_a_session_off_from_the_header_menu_and_from_session_info() {
+    let Some(b) = Browser::start() else { return };
+    let mut w = World::new(&["laptop", "desktop", "tablet"]);
+    let ws = w.dir("ws");
+    let s = w.new_session(0, &ws);
+    w.send(0, &s, "before the move");
+    w.c.stop_daemon(2);
+    w.c.wait_online(&["tablet"], false, WAIT)
+        .expect("tablet offline");
+    enroll(&b, &w, 0, "phone");
+
+    b.goto(&format!("{}/#/session/{s}", w.c.url));
+    b.wait_text("#session-owner", "laptop");
+    b.click("#session-actions");
+    b.click("#action-handoff");
+    b.wait_text("#handoff-title", "Hand off to another machine");
+    assert!(
+        b.text(r#"label[data-machine="tablet"]"#)
+            .is_some_and(|t| t.contains("(offline)")),
+        "an offline machine says why it cannot be picked"
+    );
+    assert!(disabled(&b, r#"label[data-machine="tablet"] input"#));
+    assert!(
+        b.text(r#"label[data-machine="laptop"]"#).is_none(),
+        "the owner is not offered"
+    );
+    assert!(
+        !disabled(&b, "#transfer-workspace"),
+        "a project directory may travel"
+    );
+    hand_off_in_dialog(&b, "desktop", Some("handoff"));
+    b.wait_text("#session-owner", "desktop");
+    let after = w.session(0, &s);
+    assert_eq!(after["owner"]["name"], "desktop", "{after}");
+
+    // The conversation goes on there, from the browser.
+    b.fill("#message", "after the move");
+    b.click(".composer button[type=submit]");
+    let answered = wait_for(WAIT, || {
+        entries(&b, "assistant")
+            .into_iter()
+            .find(|t| t.contains(r#"You said: "after the move""#))
+    })
+    .expect("answered on desktop");
+    assert!(answered.contains(r#"Your first message was: "before the move""#));
+
+    // The same from Session info, back to laptop; the history lists both moves.
+    b.goto(&format!("{}/#/info/{s}", w.c.url));
+    b.wait_text("#info-owner", "desktop");
+    b.click("#session-actions");
+    b.click("#action-handoff");
+    hand_off_in_dialog(&b, "laptop", None);
+    b.wait_text("#info-owner", "laptop");
+    let rows = wait_for(WAIT, || {
+        b.rt.block_on(async {
+            let n = b
+                .c()
+                .find_all(Locator::Css("table.history tbody tr"))
+                .await
+                .map(|v| v.len())
+                .unwrap_or(0);
+            (n == 2).then_some(n)
+        })
+    });
+    assert_eq!(rows, Some(2), "both handoffs are in the history");
+    b.screenshot("session-info");
+}
+
 fn base64_of(s: &Sealed) -> String {
     serde_json::to_value(s)
         .ok()
