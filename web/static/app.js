@@ -227,6 +227,68 @@ function useSessionActions({ client, session, machines, cipher, settings }) {
   return { items, modal, note };
 }
 
+/** The handoff dialog's defaults, as stored (sealed) in the account. */
+const HANDOFF_DEFAULTS = { workspace: false, conflict: "sibling", ignored_mode: "skip", globs: "", direct: "keep" };
+
+async function loadSettings(client, me) {
+  try {
+    const rec = await client.get("/v1/settings/handoff");
+    return { ...HANDOFF_DEFAULTS, ...(await bc.openRecord(me.secret, "settings", "handoff", bc.unb64(rec.sealed))) };
+  } catch (e) {
+    if (e.code === "not_found") return { ...HANDOFF_DEFAULTS };
+    throw e;
+  }
+}
+
+/** Settings → Session handoff: the dialog's defaults, sealed into the account for every device. */
+function Settings({ client, me, settings, onSaved }) {
+  const [v, setV] = useState(settings ?? HANDOFF_DEFAULTS);
+  const [state, setState] = useState(null);
+  useEffect(() => settings && setV(settings), [settings]);
+  const set = (k) => (e) =>
+    setV({ ...v, [k]: e.currentTarget.type === "checkbox" ? e.currentTarget.checked : e.currentTarget.value });
+  const save = async (e) => {
+    e.preventDefault();
+    setState("saving");
+    try {
+      const sealed = await bc.sealRecord(me.secret, "settings", "handoff", v);
+      await client.request("PUT", "/v1/settings/handoff", { sealed: bc.b64(sealed) });
+      onSaved(v);
+      setState("saved");
+    } catch (err) {
+      setState(`Not saved: ${err.message}`);
+    }
+  };
+  return html`<form onSubmit=${save} aria-labelledby="settings-handoff">
+    <h3 id="settings-handoff">Session handoff</h3>
+    <p class="muted">Defaults of the handoff dialog, stored encrypted in your account: every machine and
+      browser of the account shares them.</p>
+    <label class="check"><input id="set-workspace" type="checkbox" checked=${v.workspace} onChange=${set("workspace")} />
+      Transfer the workspace</label>
+    <label for="set-conflict">If the destination exists</label>
+    <select id="set-conflict" value=${v.conflict} onChange=${set("conflict")}>
+      <option value="sibling">Copy beside it</option>
+      <option value="replace">Replace it (asks again each time)</option>
+    </select>
+    <label for="set-ignored">Ignored files</label>
+    <select id="set-ignored" value=${v.ignored_mode} onChange=${set("ignored_mode")}>
+      <option value="skip">Leave behind</option>
+      <option value="include">Include all</option>
+      <option value="globs">Include only these…</option>
+    </select>
+    ${v.ignored_mode === "globs" &&
+    html`<label for="set-globs">Globs, comma-separated</label>
+      <input id="set-globs" type="text" value=${v.globs} onInput=${set("globs")} />`}
+    <label for="set-direct">Direct sessions</label>
+    <select id="set-direct" value=${v.direct} onChange=${set("direct")}>
+      <option value="keep">Keep direct</option>
+      <option value="sync">Convert to synced</option>
+    </select>
+    <p><button class="primary" id="settings-save" type="submit">Save</button>
+      <span role="status" id="settings-state"> ${state === "saved" ? "Saved." : state === "saving" ? "Saving…" : state ?? ""}</span></p>
+  </form>`;
+}
+
 /** A session's id, owner, epoch, workspace, provider id and handoff history. */
 function SessionInfo({ client, me, id, session, machines, settings }) {
   const [cipher, setCipher] = useState(null);
@@ -423,6 +485,7 @@ function Shell({ me, onForget }) {
   const [machines, setMachines] = useState([]);
   const [sessions, setSessions] = useState([]);
   const [error, setError] = useState(null);
+  const [settings, setSettings] = useState(null);
   const heading = useRef(null);
 
   useEffect(() => {
@@ -430,6 +493,7 @@ function Shell({ me, onForget }) {
     (async () => {
       try {
         setMachines(await client.get("/v1/machines"));
+        loadSettings(client, me).then(setSettings, (e) => setError(e.message));
         const list = await client.get("/v1/sessions");
         setSessions(await Promise.all(list.map((s) => withMeta(me, s))));
       } catch (e) {
@@ -464,7 +528,7 @@ function Shell({ me, onForget }) {
   return html`<div>
     <header class="top">
       <h1>Baton</h1>
-      <nav class="tabs" aria-label="Main">${tab("machines", "Machines")} ${tab("sessions", "Sessions")}</nav>
+      <nav class="tabs" aria-label="Main">${tab("machines", "Machines")} ${tab("sessions", "Sessions")} ${tab("settings", "Settings")}</nav>
       <span class="status-line" role="status" id="live-state">${live === "live" ? "live" : live === "connecting" ? "connecting…" : "offline, reconnecting…"}</span>
       <span class="status-line">${me.name}</span>
     </header>
@@ -472,12 +536,15 @@ function Shell({ me, onForget }) {
       ${error && html`<p class="error" role="alert">${error}</p>`}
       ${screen === "info"
         ? html`<h2 tabindex="-1" ref=${heading}>Session info</h2>
-            <${SessionInfo} client=${client} me=${me} id=${arg} settings=${null}
+            <${SessionInfo} client=${client} me=${me} id=${arg} settings=${settings}
               session=${sessions.find((x) => x.id === arg)} machines=${machines} />`
         : screen === "session"
         ? html`<h2 tabindex="-1" ref=${heading}>${sessions.find((x) => x.id === arg)?.meta?.title ?? `Session ${arg.slice(0, 8)}`}</h2>
-            <${SessionView} client=${client} me=${me} id=${arg} live=${live}
+            <${SessionView} client=${client} me=${me} id=${arg} live=${live} settings=${settings}
               session=${sessions.find((x) => x.id === arg)} machines=${machines} />`
+        : screen === "settings"
+        ? html`<h2 tabindex="-1" ref=${heading}>Settings</h2>
+            <${Settings} client=${client} me=${me} settings=${settings} onSaved=${setSettings} />`
         : screen === "sessions"
           ? html`<h2 tabindex="-1" ref=${heading}>Sessions</h2><${Sessions} sessions=${sessions} machines=${machines} />`
           : html`<h2 tabindex="-1" ref=${heading}>Machines</h2><${Machines} machines=${machines} />`}

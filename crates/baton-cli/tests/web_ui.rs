@@ -565,6 +565,79 @@ fn a_browser_hands_a_session_off_from_the_header_menu_and_from_session_info() {
     b.screenshot("session-info");
 }
 
+/// The value of the form control matching `css` (`checked` for a checkbox).
+fn value(b: &Browser, css: &str, prop: &str) -> String {
+    b.rt.block_on(async {
+        let e = b.c().find(Locator::Css(css)).await.expect("control");
+        e.prop(prop).await.ok().flatten().unwrap_or_default()
+    })
+}
+
+fn select(b: &Browser, css: &str, value: &str) {
+    b.rt.block_on(async {
+        let e = b.c().find(Locator::Css(css)).await.expect("select");
+        e.select_by_value(value).await.expect("option");
+    });
+}
+
+#[test]
+fn handoff_defaults_saved_in_settings_are_sealed_in_the_account_and_preset_the_dialog() {
+    let Some(b) = Browser::start() else { return };
+    let w = World::new(&["laptop", "desktop"]);
+    let ws = w.dir("project");
+    let s = w.new_session(0, &ws);
+    enroll(&b, &w, 0, "phone");
+
+    b.goto(&format!("{}/#/settings", w.c.url));
+    b.wait_text("#settings-handoff", "Session handoff");
+    b.click("#set-workspace");
+    select(&b, "#set-conflict", "replace");
+    select(&b, "#set-ignored", "globs");
+    b.fill("#set-globs", ".env, *.local");
+    select(&b, "#set-direct", "sync");
+    b.click("#settings-save");
+    b.wait_text("#settings-state", "Saved.");
+
+    // Stored sealed in the account: a machine of the account opens it, the server cannot.
+    let identity = baton_daemon::identity::Identity::load(&w.c.machines[0].baton_home)
+        .expect("laptop's identity");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client =
+        baton_daemon::client::Client::new(std::sync::Arc::new(identity), None).expect("client");
+    let stored: Value = rt
+        .block_on(client.get("/v1/settings/handoff"))
+        .expect("the setting is stored");
+    let sealed: Sealed = serde_json::from_value(stored["sealed"].clone()).expect("sealed");
+    assert!(
+        !String::from_utf8_lossy(&sealed.0).contains(".env"),
+        "the server holds ciphertext only"
+    );
+    let opened: Value = client
+        .identity()
+        .secret
+        .open_record("settings", "handoff", &sealed)
+        .expect("the account secret opens it");
+    assert_eq!(opened["conflict"], "replace");
+    assert_eq!(opened["globs"], ".env, *.local");
+    assert_eq!(opened["workspace"], true);
+
+    // The dialog starts from them.
+    b.goto(&format!("{}/#/session/{s}", w.c.url));
+    b.wait_text("#session-owner", "laptop");
+    b.click("#session-actions");
+    b.click("#action-handoff");
+    b.wait_text("#handoff-title", "Hand off to another machine");
+    assert_eq!(value_of_checkbox(&b, "#transfer-workspace"), "true");
+    assert_eq!(value(&b, "#conflict", "value"), "replace");
+    assert_eq!(value(&b, "#ignored", "value"), "globs");
+    assert_eq!(value(&b, "#globs", "value"), ".env, *.local");
+    b.screenshot("handoff-modal-defaults");
+}
+
+fn value_of_checkbox(b: &Browser, css: &str) -> String {
+    value(b, css, "checked")
+}
+
 fn base64_of(s: &Sealed) -> String {
     serde_json::to_value(s)
         .ok()

@@ -120,6 +120,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/services", get(library::services))
         .route(
+            "/v1/settings/{name}",
+            get(library::setting).put(library::put_setting),
+        )
+        .route(
             "/v1/services/{provider}",
             put(library::put_service).delete(library::delete_service),
         )

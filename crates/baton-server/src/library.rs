@@ -18,6 +18,8 @@ use baton_proto::{
 };
 use serde::Deserialize;
 
+use baton_store::SettingRecord;
+
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiResult, ServerError};
@@ -29,6 +31,10 @@ const MAX_SERVICE_BYTES: usize = 64 * 1024;
 
 /// Provider names: what adapters are called.
 fn check_provider(name: &str) -> ApiResult<()> {
+    check_name("provider", name)
+}
+
+fn check_name(what: &str, name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -39,7 +45,7 @@ fn check_provider(name: &str) -> ApiResult<()> {
     } else {
         Err(ServerError::new(
             ErrorCode::BadRequest,
-            format!("Invalid provider name {name:?}: use lowercase letters, digits, '-' or '_'."),
+            format!("Invalid {what} name {name:?}: use lowercase letters, digits, '-' or '_'."),
         ))
     }
 }
@@ -267,4 +273,50 @@ pub async fn answer_permission(
             "The machine answered with something else.",
         )),
     }
+}
+
+/// Largest sealed account setting.
+const MAX_SETTING_BYTES: usize = 64 * 1024;
+
+/// `GET /v1/settings/{name}`: an account setting, sealed (`not_found` until one is stored).
+pub async fn setting(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<SettingRecord>> {
+    check_name("setting", &name)?;
+    state
+        .store
+        .setting(caller.account, &name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ServerError::new(
+                ErrorCode::NotFound,
+                format!("No setting {name} is stored yet."),
+            )
+        })
+}
+
+/// `PUT /v1/settings/{name}`: stores an account setting, sealed with the account secret.
+pub async fn put_setting(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(req): Json<PutServiceRequest>,
+) -> ApiResult<Json<SettingRecord>> {
+    check_name("setting", &name)?;
+    if req.sealed.0.len() > MAX_SETTING_BYTES {
+        return Err(ServerError::new(
+            ErrorCode::TooLarge,
+            "A setting is at most 64 KiB sealed.",
+        ));
+    }
+    let record = SettingRecord {
+        name,
+        sealed: req.sealed,
+        updated_at: now_millis(),
+    };
+    state.store.put_setting(caller.account, &record).await?;
+    Ok(Json(record))
 }

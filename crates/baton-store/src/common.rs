@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use sqlx::Row;
 use sqlx::error::ErrorKind;
 
-use crate::{AppendEntries, MachineRow, PairingRow, Result, StoreError, TokenRow};
+use crate::{AppendEntries, MachineRow, PairingRow, Result, SettingRecord, StoreError, TokenRow};
 
 // ---- errors ----
 
@@ -165,6 +165,15 @@ macro_rules! handoff_cols {
     };
 }
 pub(crate) use handoff_cols;
+
+/// A setting row.
+pub(crate) fn setting_from(r: &impl Cols) -> Result<SettingRecord> {
+    Ok(SettingRecord {
+        name: r.text("name")?,
+        sealed: Sealed(r.blob("sealed")?),
+        updated_at: r.int("updated_at")?,
+    })
+}
 
 /// A machine row.
 pub(crate) fn machine_from(r: &impl Cols) -> Result<MachineRow> {

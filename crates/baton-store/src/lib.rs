@@ -50,6 +50,17 @@ pub struct MachineRow {
     pub created_at: Millis,
 }
 
+/// An account setting, sealed with the account secret (the server cannot read it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SettingRecord {
+    /// Its name (`handoff` for the handoff dialog's defaults).
+    pub name: String,
+    /// The sealed value (account record kind `settings`, id = name).
+    pub sealed: Sealed,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
 /// A bearer token row (the token itself is never stored, only its hash).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenRow {
@@ -302,6 +313,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a handoff's bundle (after it finished).
     async fn delete_bundle(&self, handoff: HandoffId) -> Result<()>;
+
+    // ---- account settings ----
+
+    /// Stores an account setting, replacing the one of the same name.
+    async fn put_setting(&self, account: AccountId, setting: &SettingRecord) -> Result<()>;
+
+    /// The account's setting `name`, if it was ever stored.
+    async fn setting(&self, account: AccountId, name: &str) -> Result<Option<SettingRecord>>;
 
     // ---- connected services ----
 

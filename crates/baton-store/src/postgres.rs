@@ -22,11 +22,11 @@ use crate::common::{
     Cols, CommitStep, DbResult, account_from, appended, check_append, check_writer, commit_step,
     entry_cols, entry_from, handoff_cols, handoff_from, input_cols, input_from, machine_cols,
     machine_from, machine_id_from, pairing_from, service_cols, service_from, session_cols,
-    session_from, stored_entries, to_i64, to_json, to_u64, token_from,
+    session_from, setting_from, stored_entries, to_i64, to_json, to_u64, token_from,
 };
 use crate::{
-    AbortHandoff, AppendEntries, CommitHandoff, MachineRow, PairingRow, Result, Store, StoreError,
-    TokenRow,
+    AbortHandoff, AppendEntries, CommitHandoff, MachineRow, PairingRow, Result, SettingRecord,
+    Store, StoreError, TokenRow,
 };
 
 /// Migrations in order; a version, once released, never changes.
@@ -50,6 +50,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_machine_kind",
         include_str!("../migrations/postgres/0005_machine_kind.sql"),
+    ),
+    (
+        "0006_settings",
+        include_str!("../migrations/postgres/0006_settings.sql"),
     ),
 ];
 
@@ -1031,6 +1035,36 @@ impl Store for PostgresStore {
             .await
             .db()?;
         tx.commit().await.db()
+    }
+
+    async fn put_setting(&self, account: AccountId, setting: &SettingRecord) -> Result<()> {
+        // An unknown account fails the foreign key: `NotFound`.
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO settings (account_id, name, sealed, updated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, name) \
+             DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+        )
+        .bind(account.to_string())
+        .bind(setting.name.as_str())
+        .bind(setting.sealed.0.as_slice())
+        .bind(setting.updated_at)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        tx.commit().await.db()
+    }
+
+    async fn setting(&self, account: AccountId, name: &str) -> Result<Option<SettingRecord>> {
+        let row = sqlx::query(
+            "SELECT name, sealed, updated_at FROM settings WHERE account_id = $1 AND name = $2",
+        )
+        .bind(account.to_string())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .db()?;
+        row.as_ref().map(setting_from).transpose()
     }
 
     async fn put_service(&self, account: AccountId, service: &ServiceRecord) -> Result<()> {

@@ -11,7 +11,8 @@ use baton_proto::{
     SessionStatus, VersionCheck,
 };
 use baton_store::{
-    AbortHandoff, AppendEntries, CommitHandoff, MachineRow, PairingRow, Store, StoreError, TokenRow,
+    AbortHandoff, AppendEntries, CommitHandoff, MachineRow, PairingRow, SettingRecord, Store,
+    StoreError, TokenRow,
 };
 
 // ---- fixtures ----
@@ -1768,4 +1769,47 @@ pub async fn services_are_scoped_by_account(store: Arc<dyn Store>) {
         vec![mine],
         "deleting theirs keeps mine"
     );
+}
+
+pub async fn settings_are_replaced_and_scoped_by_account(store: Arc<dyn Store>) {
+    let w = world(store.clone()).await;
+    let other = world(store.clone()).await;
+    assert_eq!(
+        store.setting(w.account, "handoff").await.expect("read"),
+        None
+    );
+    let first = SettingRecord {
+        name: "handoff".into(),
+        sealed: Sealed(vec![1, 2, 3]),
+        updated_at: 10,
+    };
+    store.put_setting(w.account, &first).await.expect("put");
+    assert_eq!(
+        store.setting(w.account, "handoff").await.expect("read"),
+        Some(first.clone())
+    );
+    let second = SettingRecord {
+        sealed: Sealed(vec![9; 40]),
+        updated_at: 20,
+        ..first.clone()
+    };
+    store
+        .put_setting(w.account, &second)
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.setting(w.account, "handoff").await.expect("read"),
+        Some(second)
+    );
+    assert_eq!(
+        store.setting(other.account, "handoff").await.expect("read"),
+        None,
+        "another account sees nothing"
+    );
+    assert_eq!(store.setting(w.account, "other").await.expect("read"), None);
+    let err = store
+        .put_setting(AccountId::new(), &first)
+        .await
+        .expect_err("no such account");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
 }

@@ -148,6 +148,7 @@ suite!(
     commit_sets_mode,
     services_put_list_replace_delete,
     services_are_scoped_by_account,
+    settings_are_replaced_and_scoped_by_account,
 );
 
 // ---- backend-specific cases ----
@@ -178,7 +179,7 @@ async fn sqlite_reopen_keeps_data() {
         .fetch_all(&mut conn)
         .await
         .expect("read migrations");
-    assert_eq!(rows.len(), 5, "each migration recorded once");
+    assert_eq!(rows.len(), 6, "each migration recorded once");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -253,7 +254,7 @@ async fn postgres_reconnect_keeps_data() {
                 .fetch_all(&mut conn)
                 .await
                 .expect("read migrations");
-            assert_eq!(rows.len(), 5, "each migration recorded once");
+            assert_eq!(rows.len(), 6, "each migration recorded once");
         }
     })
     .await;
