@@ -63,6 +63,7 @@ export function unsafeWorkspace(path) {
 }
 
 function mib(n) {
+  if (n < 1024) return `${n} B`;
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
   if (n < 1024 * 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
   return `${(n / 1024 / 1024 / 1024).toFixed(2)} GiB`;
@@ -71,9 +72,11 @@ function mib(n) {
 function Plan({ plan, dest, target }) {
   return html`<section class="plan" aria-label="Plan">
     <h3>Plan</h3>
-    <p>${plan.destination === "absent"
+    <p id="plan-destination">${plan.destination === "absent"
       ? html`<code>${dest}</code> does not exist on ${target}: the workspace is created there.`
-      : html`<code>${dest}</code> exists on ${target}: ${plan.policy === "replace" ? "it is replaced" : "the workspace lands beside it"}.`}</p>
+      : plan.destination === "empty"
+        ? html`<code>${dest}</code> is empty on ${target}: the workspace goes there.`
+        : html`<code>${dest}</code> exists on ${target}: ${plan.policy === "replace" ? "it is replaced" : "the workspace lands beside it"}.`}</p>
     <table>
       <tbody>
         <tr><th>Files</th><td id="plan-files">${plan.files} (${mib(plan.bytes)})</td></tr>
@@ -249,7 +252,7 @@ export function HandoffModal({ client, session, meta, cipher, machines, defaults
         <label class="check">
           <input id="transfer-workspace" type="checkbox" checked=${workspace} disabled=${!!unsafe}
             onChange=${(e) => setWorkspace(e.currentTarget.checked)} />
-          Transfer the workspace${unsafe && html` <span class="reason">(${unsafe})</span>`}
+          <span>Transfer the workspace${unsafe && html` <span class="reason">(${unsafe})</span>`}</span>
         </label>
         ${workspace &&
         html`<div class="indent">
@@ -294,7 +297,7 @@ export function HandoffModal({ client, session, meta, cipher, machines, defaults
         html`<label class="check warn">
           <input id="confirm-replace" type="checkbox" checked=${replaceOk}
             onChange=${(e) => setReplaceOk(e.currentTarget.checked)} />
-          Replace <code>${dest}</code> on ${target?.name}: the files listed above are overwritten or removed.
+          <span>Replace <code>${dest}</code> on ${target?.name}: the files listed above are overwritten or removed.</span>
         </label>`}
         ${error && html`<p class="error" role="alert">${error}</p>`}
         <div class="row buttons">

@@ -638,6 +638,71 @@ fn value_of_checkbox(b: &Browser, css: &str) -> String {
     value(b, css, "checked")
 }
 
+#[test]
+fn a_workspace_handed_off_with_replace_shows_its_plan_and_needs_a_second_confirmation() {
+    let Some(b) = Browser::start() else { return };
+    let w = World::new(&["laptop", "desktop"]);
+    let src = w.dir("proj");
+    std::fs::write(Path::new(&src).join("main.rs"), "fn main() {}\n").expect("write");
+    std::fs::create_dir_all(Path::new(&src).join("src")).expect("mkdir");
+    std::fs::write(Path::new(&src).join("src/lib.rs"), "pub fn f() {}\n").expect("write");
+    let dest = w.dir("dest");
+    std::fs::write(Path::new(&dest).join("main.rs"), "old\n").expect("write");
+    std::fs::write(Path::new(&dest).join("stale.txt"), "stale\n").expect("write");
+    let s = w.new_session(0, &src);
+    enroll(&b, &w, 0, "phone");
+
+    b.goto(&format!("{}/#/session/{s}", w.c.url));
+    b.wait_text("#session-owner", "laptop");
+    b.click("#session-actions");
+    b.click("#action-handoff");
+    b.wait_text("#handoff-title", "Hand off to another machine");
+    b.click(r#"label[data-machine="desktop"] input"#);
+    b.click("#transfer-workspace");
+    select(&b, "#conflict", "replace");
+    b.fill("#target-path", &dest);
+    b.click("#handoff-continue");
+
+    // The plan comes before anything moves; replacing needs its own confirmation.
+    let shown = wait_for(WAIT, || b.text("#plan-destination"));
+    let shown = shown.expect("the plan is shown");
+    assert!(
+        shown.contains("exists on desktop: it is replaced"),
+        "{shown}"
+    );
+    let overwritten = b.text(".plan details").unwrap_or_default();
+    assert!(overwritten.contains("main.rs"), "{overwritten}");
+    assert!(
+        disabled(&b, "#handoff-confirm"),
+        "Confirm waits for the second confirmation"
+    );
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&dest).join("main.rs")).expect("read"),
+        "old\n",
+        "nothing moved before Confirm"
+    );
+    b.screenshot("handoff-plan");
+    b.click("#confirm-replace");
+    b.click("#handoff-confirm");
+    let result = wait_for(WAIT, || b.text("#handoff-result")).expect("the handoff ends");
+    assert!(
+        result.contains("the session now runs on desktop"),
+        "{result}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&dest).join("main.rs")).expect("read"),
+        "fn main() {}\n"
+    );
+    assert!(Path::new(&dest).join("src/lib.rs").exists());
+    assert!(
+        !Path::new(&dest).join("stale.txt").exists(),
+        "replaced, not merged"
+    );
+    let after = w.session(0, &s);
+    assert_eq!(after["owner"]["name"], "desktop");
+    assert_eq!(after["workspace"], dest.as_str(), "{after}");
+}
+
 fn base64_of(s: &Sealed) -> String {
     serde_json::to_value(s)
         .ok()
