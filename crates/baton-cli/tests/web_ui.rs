@@ -703,6 +703,60 @@ fn a_workspace_handed_off_with_replace_shows_its_plan_and_needs_a_second_confirm
     assert_eq!(after["workspace"], dest.as_str(), "{after}");
 }
 
+#[test]
+fn a_refused_handoff_says_why_in_plain_words_and_what_to_do_next() {
+    let Some(b) = Browser::start() else { return };
+    let w = World::new(&["laptop", "desktop"]);
+    // A session working in the machine's home directory: its workspace must not travel.
+    let home = std::fs::canonicalize(w.home(0)).expect("home");
+    let home = home.to_string_lossy().into_owned();
+    let s = w.new_session(0, &home);
+    enroll(&b, &w, 0, "phone");
+
+    b.goto(&format!("{}/#/session/{s}", w.c.url));
+    b.wait_text("#session-owner", "laptop");
+    b.click("#session-actions");
+    b.click("#action-handoff");
+    b.wait_text("#handoff-title", "Hand off to another machine");
+    b.click(r#"label[data-machine="desktop"] input"#);
+    b.click("#transfer-workspace");
+    b.click("#handoff-continue");
+    let shown = wait_for(WAIT, || {
+        b.text("#handoff-result")
+            .filter(|t| t.contains("did not happen"))
+    })
+    .expect("the refusal is shown");
+    assert!(shown.contains("home"), "names the cause: {shown}");
+    assert!(
+        shown.contains("hand off without the workspace"),
+        "and the next step: {shown}"
+    );
+    b.screenshot("handoff-refused");
+    b.click(".modal .buttons button");
+    b.wait_text("#session-owner", "laptop");
+    assert_eq!(w.session(0, &s)["owner"]["name"], "laptop", "nothing moved");
+}
+
+#[test]
+fn the_page_reconnects_by_itself_when_the_server_comes_back() {
+    let Some(b) = Browser::start() else { return };
+    let mut w = World::new(&["laptop", "desktop"]);
+    enroll(&b, &w, 0, "phone");
+    b.wait_text(r#"section[data-machine="desktop"] .online-state"#, "online");
+    w.c.kill_server();
+    b.wait_text("#live-state", "offline, reconnecting…");
+    w.c.restart_server().expect("server back");
+    b.wait_text("#live-state", "live");
+    w.c.wait_online(&["laptop", "desktop"], true, WAIT)
+        .expect("daemons back");
+    // Live again: a change after the restart reaches the page without a reload.
+    w.c.stop_daemon(1);
+    b.wait_text(
+        r#"section[data-machine="desktop"] .online-state"#,
+        "offline",
+    );
+}
+
 fn base64_of(s: &Sealed) -> String {
     serde_json::to_value(s)
         .ok()
