@@ -35,6 +35,12 @@ const NEXT_STEP = {
   cancelled: "Nothing moved.",
 };
 
+/** A daemon's error for people: daemons never name paths to the server, this page knows them. */
+function explain(message, workspace) {
+  const m = (message ?? "it was aborted").replaceAll("<path>", workspace ?? "the workspace").trim();
+  return /[.!?]$/.test(m) ? m : `${m}.`;
+}
+
 /** Why `m` cannot take `session`, or null when it can. */
 export function ineligible(m, session) {
   if (m.id === session.owner) return "owns the session now";
@@ -327,7 +333,7 @@ export function HandoffModal({ client, session, meta, cipher, machines, defaults
         html`<p id="handoff-result" class="ok" role="status">Handed off: the session now runs on ${target?.name}.</p>`}
         ${step === "failed" &&
         html`<div id="handoff-result" class="error" role="alert">
-          <p>The handoff did not happen: ${record?.error?.message ?? "it was aborted"}.</p>
+          <p>The handoff did not happen: ${explain(record?.error?.message, meta?.workspace)}</p>
           <p>${NEXT_STEP[record?.error?.code] ?? "The session stays where it was; try again once the cause is fixed."}</p>
         </div>`}
         <div class="row buttons">
