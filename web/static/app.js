@@ -196,8 +196,51 @@ function ActionsMenu({ items }) {
   </div>`;
 }
 
+/**
+ * Forks `session`: a new synced session on the same machine, whose conversation is the parent's
+ * up to its last finished turn (a Direct session's whole, from the provider's files).
+ */
+async function fork(client, me, session) {
+  const key = await bc.openDataKey(me.secret, session.id, bc.unb64(session.sealed_key));
+  const parent = new bc.SessionCipher(key, session.id);
+  const meta = await parent.openMeta(bc.unb64(session.sealed_meta));
+  let atSeq = 0;
+  if (session.mode !== "direct") {
+    for (let after = 0; ; ) {
+      const page = await client.get(`/v1/sessions/${session.id}/entries?after=${after}&limit=500`);
+      for (const se of page) {
+        const body = await parent.openEntry(se.seq, se.epoch, bc.unb64(se.sealed));
+        if (body.turn_end) atSeq = se.seq;
+      }
+      if (page.length < 500) break;
+      after = page[page.length - 1].seq;
+    }
+    if (atSeq === 0) throw new Error("No turn has ended yet, so there is nothing to fork.");
+  }
+  const id = bc.uuidv7();
+  const dataKey = crypto.getRandomValues(new Uint8Array(32));
+  const child = new bc.SessionCipher(dataKey, id);
+  const record = await client.post("/v1/sessions", {
+    id,
+    provider: session.provider,
+    mode: "synced",
+    owner: session.owner,
+    sealed_meta: bc.b64(
+      await child.sealMeta({
+        workspace: meta.workspace,
+        provider_ref: null,
+        title: meta.title ?? null,
+        fork_of: { session: session.id, at_seq: atSeq },
+      }),
+    ),
+    sealed_key: bc.b64(await bc.sealDataKey(me.secret, id, dataKey)),
+  });
+  dataKey.fill(0);
+  return record;
+}
+
 /** The actions of a session's header, and the handoff dialog they open. */
-function useSessionActions({ client, session, machines, cipher, settings }) {
+function useSessionActions({ client, me, session, machines, cipher, settings }) {
   const [handoff, setHandoff] = useState(false);
   const [note, setNote] = useState(null);
   const items = [];
@@ -212,6 +255,15 @@ function useSessionActions({ client, session, machines, cipher, settings }) {
         client.post(`/v1/sessions/${session.id}/stop`).then(
           () => setNote("Stopped: the next message resumes it."),
           (e) => setNote(e.message),
+        ),
+    });
+    items.push({
+      id: "action-fork",
+      label: "Fork",
+      run: () =>
+        fork(client, me, session).then(
+          (child) => (location.hash = `#/session/${child.id}`),
+          (e) => setNote(`Not forked: ${e.message}`),
         ),
     });
     items.push({ id: "action-info", label: "Session info", run: () => (location.hash = `#/info/${session.id}`) });
@@ -299,7 +351,7 @@ function SessionInfo({ client, me, id, session, machines, settings }) {
     bc.openDataKey(me.secret, id, bc.unb64(session.sealed_key)).then((k) => setCipher(new bc.SessionCipher(k, id)));
     client.get(`/v1/sessions/${id}/handoffs`).then(setHistory, () => {});
   }, [id, session?.epoch]);
-  const { items, modal, note } = useSessionActions({ client, session, machines, cipher, settings });
+  const { items, modal, note } = useSessionActions({ client, me, session, machines, cipher, settings });
   if (!session) return html`<p class="muted">Loading the session…</p>`;
   const row = (k, v, vid) => html`<tr><th>${k}</th><td id=${vid}>${v}</td></tr>`;
   return html`<div>
@@ -412,7 +464,7 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
     ev.preventDefault();
     const body = text.trim();
     if (!body || !cipher) return;
-    const inputId = crypto.randomUUID();
+    const inputId = bc.uuidv7();
     setQueued((q) => [...q, { id: inputId, text: body }]);
     setText("");
     try {
@@ -425,7 +477,7 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
     }
   };
 
-  const { items, modal, note } = useSessionActions({ client, session, machines, cipher, settings });
+  const { items, modal, note } = useSessionActions({ client, me, session, machines, cipher, settings });
   if (!session) return html`<p class="muted">Loading the session…</p>`;
   const owner = machines.find((m) => m.id === session.owner);
   return html`<div class="session-view">

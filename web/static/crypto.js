@@ -79,6 +79,17 @@ export function uuidBytes(id) {
   return unhex(id.replaceAll("-", ""));
 }
 
+/** A new id as the daemons make them (UUID version 7: time-ordered, then random). */
+export function uuidv7() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  const ms = BigInt(Date.now());
+  for (let i = 0; i < 6; i++) b[i] = Number((ms >> BigInt(8 * (5 - i))) & 0xffn);
+  b[6] = (b[6] & 0x0f) | 0x70;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const x = hex(b);
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
+}
+
 /** Big-endian u64 of a number or bigint. */
 export function u64be(n) {
   const out = new Uint8Array(8);
@@ -284,6 +295,11 @@ export class SessionCipher {
 
   async openJson(ad, sealed) {
     return JSON.parse(new TextDecoder().decode(await open(this.key, ad, sealed)));
+  }
+
+  /** Seals the session's metadata. */
+  sealMeta(meta) {
+    return this.sealJson(this.ad(TAGS.meta), meta);
   }
 
   async sealJson(ad, value) {

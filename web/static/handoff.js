@@ -204,7 +204,7 @@ export function HandoffModal({ client, session, meta, cipher, machines, defaults
       setError(`The destination path must be absolute on ${target?.name}.`);
       return;
     }
-    const id = crypto.randomUUID();
+    const id = bc.uuidv7();
     const ignored =
       ignoredMode === "globs"
         ? { globs: globs.split(",").map((g) => g.trim()).filter(Boolean) }

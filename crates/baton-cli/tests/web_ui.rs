@@ -728,6 +728,10 @@ fn a_refused_handoff_says_why_in_plain_words_and_what_to_do_next() {
     .expect("the refusal is shown");
     assert!(shown.contains("home"), "names the cause: {shown}");
     assert!(
+        shown.contains(&home) && !shown.contains("<path>"),
+        "with the path the page decrypted: {shown}"
+    );
+    assert!(
         shown.contains("hand off without the workspace"),
         "and the next step: {shown}"
     );
@@ -754,6 +758,58 @@ fn the_page_reconnects_by_itself_when_the_server_comes_back() {
     b.wait_text(
         r#"section[data-machine="desktop"] .online-state"#,
         "offline",
+    );
+}
+
+#[test]
+fn a_session_forked_from_the_header_menu_continues_the_conversation_apart() {
+    let Some(b) = Browser::start() else { return };
+    let w = World::new(&["laptop"]);
+    let ws = w.dir("ws");
+    let s = w.new_session(0, &ws);
+    w.send(0, &s, "the parent's first words");
+    enroll(&b, &w, 0, "phone");
+
+    b.goto(&format!("{}/#/session/{s}", w.c.url));
+    b.wait_text("#session-owner", "laptop");
+    b.click("#session-actions");
+    b.click("#action-fork");
+    let child = wait_for(WAIT, || {
+        let url = b.url();
+        let id = url.rsplit("#/session/").next()?.to_string();
+        (id != s && id.len() == 36).then_some(id)
+    })
+    .expect("the page moves to the fork");
+    b.wait_text("#session-owner", "laptop");
+    b.fill("#message", "in the fork");
+    b.click(".composer button[type=submit]");
+    let answer = wait_for(WAIT, || {
+        entries(&b, "assistant")
+            .into_iter()
+            .find(|t| t.contains(r#"You said: "in the fork""#))
+    })
+    .expect("the fork answers");
+    assert!(
+        answer.contains(r#"Your first message was: "the parent's first words""#),
+        "the fork carries the parent's context: {answer}"
+    );
+    let parent_users: Vec<_> = w
+        .log(0, &s)
+        .iter()
+        .filter(|e| e["role"] == "user")
+        .map(|e| e["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        parent_users,
+        ["the parent's first words"],
+        "the parent is untouched"
+    );
+    let listed = w.c.json(0, &["sessions"]).expect("sessions");
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["id"] == child.as_str())),
+        "{listed}"
     );
 }
 
