@@ -813,6 +813,44 @@ fn a_session_forked_from_the_header_menu_continues_the_conversation_apart() {
     );
 }
 
+#[test]
+fn a_message_typed_while_the_owner_is_away_shows_as_queued_until_it_is_delivered() {
+    let Some(b) = Browser::start() else { return };
+    let mut w = World::new(&["laptop"]);
+    let ws = w.dir("ws");
+    let s = w.new_session(0, &ws);
+    w.send(0, &s, "first");
+    enroll(&b, &w, 0, "phone");
+    b.rt.block_on(b.c().set_window_size(1280, 800))
+        .expect("desktop size");
+
+    b.goto(&format!("{}/#/session/{s}", w.c.url));
+    b.wait_text("#session-owner", "laptop");
+    w.c.stop_daemon(0);
+    w.c.wait_online(&["laptop"], false, WAIT)
+        .expect("laptop away");
+    b.fill("#message", "while you were away");
+    b.click(".composer button[type=submit]");
+    b.wait_text(".entry.queued .text", "while you were away");
+    b.screenshot("session-queued-desktop");
+    w.c.start_daemon(0).expect("laptop back");
+    let answer = wait_for(WAIT, || {
+        entries(&b, "assistant")
+            .into_iter()
+            .find(|t| t.contains(r#"You said: "while you were away""#))
+    });
+    assert!(
+        answer.is_some(),
+        "delivered and answered once the owner is back"
+    );
+    assert!(b.text(".entry.queued").is_none(), "no longer queued");
+    assert_eq!(
+        entries(&b, "user"),
+        ["first", "while you were away"],
+        "shown once, in order"
+    );
+}
+
 fn base64_of(s: &Sealed) -> String {
     serde_json::to_value(s)
         .ok()
