@@ -356,6 +356,27 @@ fn a_browser_enrolled_with_a_link_sees_both_machines_live_and_is_listed_as_a_bro
         "offline",
     );
 
+    // Nor can it pass for a daemon on the WebSocket: the server closes that connection at once.
+    let answered = b.run(
+        r#"
+const [done] = arguments;
+Promise.all([import('/ui/api.js')]).then(async ([api]) => {
+  const c = new api.Client(await api.loadIdentity());
+  await c.login();
+  const first = (role) => new Promise((resolve) => {
+    const ws = new WebSocket(`ws://${location.host}/v1/ws?token=${c.token}`);
+    ws.onopen = () => ws.send(JSON.stringify({ type: "hello", role, protocol: 1, providers: [] }));
+    ws.onmessage = (m) => { resolve(JSON.parse(m.data).type); ws.close(); };
+    ws.onclose = () => resolve("closed");
+  });
+  done({ daemon: await first("daemon"), client: await first("client") });
+}).catch((e) => done({ error: String(e) }));
+"#,
+        vec![],
+    );
+    assert_eq!(answered["daemon"], "closed", "{answered}");
+    assert_eq!(answered["client"], "welcome", "{answered}");
+
     // A browser is never a handoff target.
     let ws = w.dir("ws");
     let s = w.new_session(0, &ws);

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use baton_proto::ws::{ClientFrame, ConnRole, Event, ServerFrame};
-use baton_proto::{MAX_WS_MESSAGE, PROTOCOL_VERSION, now_millis};
+use baton_proto::{MAX_WS_MESSAGE, MachineKind, PROTOCOL_VERSION, now_millis};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
@@ -68,6 +68,22 @@ async fn connection(state: Arc<AppState>, caller: Caller, socket: WebSocket) {
         tracing::warn!(protocol, "client speaks another protocol version");
         let _ = sink.send(Message::Close(None)).await;
         return;
+    }
+    if role == ConnRole::Daemon {
+        // A browser runs no sessions: it must never be taken for a daemon (marked online, sent
+        // commands, picked as a handoff's target).
+        let kind = state
+            .store
+            .machine(caller.machine)
+            .await
+            .ok()
+            .flatten()
+            .map(|m| m.kind);
+        if kind != Some(MachineKind::Daemon) {
+            tracing::warn!(machine = %caller.machine, "refused a daemon connection from a browser");
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
     }
     let (tx, mut rx) = mpsc::channel::<ServerFrame>(CONN_QUEUE);
     let conn = state
