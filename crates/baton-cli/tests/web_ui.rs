@@ -419,17 +419,32 @@ fn entries(b: &Browser, role: &str) -> Vec<String> {
     })
 }
 
+/// A world of a laptop with a session told `first`, and the browser enrolled and showing it.
+fn session_page(b: &Browser, names: &[&str], first: &str) -> (World, String) {
+    let w = World::new(names);
+    let ws = w.dir("ws");
+    let s = w.new_session(0, &ws);
+    w.send(0, &s, first);
+    enroll(b, &w, 0, "phone");
+    b.goto(&format!("{}/#/session/{s}", w.c.url));
+    b.wait_text("#session-owner", "laptop");
+    (w, s)
+}
+
+/// Waits for the assistant's answer to `said`; returns its text.
+fn answer_to(b: &Browser, said: &str) -> Option<String> {
+    let want = format!(r#"You said: "{said}""#);
+    wait_for(WAIT, || {
+        entries(b, "assistant")
+            .into_iter()
+            .find(|t| t.contains(&want))
+    })
+}
+
 #[test]
 fn a_browser_follows_a_session_live_and_a_message_sent_from_it_is_answered() {
     let Some(b) = Browser::start() else { return };
-    let w = World::new(&["laptop"]);
-    let ws = w.dir("ws");
-    let s = w.new_session(0, &ws);
-    w.send(0, &s, "hello from the CLI");
-    enroll(&b, &w, 0, "phone");
-
-    b.goto(&format!("{}/#/session/{s}", w.c.url));
-    b.wait_text("#session-owner", "laptop");
+    let (w, s) = session_page(&b, &["laptop"], "hello from the CLI");
     let shown = wait_for(WAIT, || {
         let a = entries(&b, "assistant");
         (!a.is_empty()).then_some(a)
@@ -447,11 +462,7 @@ fn a_browser_follows_a_session_live_and_a_message_sent_from_it_is_answered() {
 
     b.fill("#message", "and hello from the browser");
     b.click(".composer button[type=submit]");
-    let answered = wait_for(WAIT, || {
-        entries(&b, "assistant")
-            .into_iter()
-            .find(|t| t.contains(r#"You said: "and hello from the browser""#))
-    });
+    let answered = answer_to(&b, "and hello from the browser");
     let answer = answered.unwrap_or_else(|| {
         panic!(
             "the browser's message was answered live; shown: {:?}",
@@ -556,12 +567,7 @@ fn a_browser_hands_a_session_off_from_the_header_menu_and_from_session_info() {
     // The conversation goes on there, from the browser.
     b.fill("#message", "after the move");
     b.click(".composer button[type=submit]");
-    let answered = wait_for(WAIT, || {
-        entries(&b, "assistant")
-            .into_iter()
-            .find(|t| t.contains(r#"You said: "after the move""#))
-    })
-    .expect("answered on desktop");
+    let answered = answer_to(&b, "after the move").expect("answered on desktop");
     assert!(answered.contains(r#"Your first message was: "before the move""#));
 
     // The same from Session info, back to laptop; the history lists both moves.
@@ -785,14 +791,7 @@ fn the_page_reconnects_by_itself_when_the_server_comes_back() {
 #[test]
 fn a_session_forked_from_the_header_menu_continues_the_conversation_apart() {
     let Some(b) = Browser::start() else { return };
-    let w = World::new(&["laptop"]);
-    let ws = w.dir("ws");
-    let s = w.new_session(0, &ws);
-    w.send(0, &s, "the parent's first words");
-    enroll(&b, &w, 0, "phone");
-
-    b.goto(&format!("{}/#/session/{s}", w.c.url));
-    b.wait_text("#session-owner", "laptop");
+    let (w, s) = session_page(&b, &["laptop"], "the parent's first words");
     b.click("#session-actions");
     b.click("#action-fork");
     let child = wait_for(WAIT, || {
@@ -804,12 +803,7 @@ fn a_session_forked_from_the_header_menu_continues_the_conversation_apart() {
     b.wait_text("#session-owner", "laptop");
     b.fill("#message", "in the fork");
     b.click(".composer button[type=submit]");
-    let answer = wait_for(WAIT, || {
-        entries(&b, "assistant")
-            .into_iter()
-            .find(|t| t.contains(r#"You said: "in the fork""#))
-    })
-    .expect("the fork answers");
+    let answer = answer_to(&b, "in the fork").expect("the fork answers");
     assert!(
         answer.contains(r#"Your first message was: "the parent's first words""#),
         "the fork carries the parent's context: {answer}"
@@ -837,16 +831,9 @@ fn a_session_forked_from_the_header_menu_continues_the_conversation_apart() {
 #[test]
 fn a_message_typed_while_the_owner_is_away_shows_as_queued_until_it_is_delivered() {
     let Some(b) = Browser::start() else { return };
-    let mut w = World::new(&["laptop"]);
-    let ws = w.dir("ws");
-    let s = w.new_session(0, &ws);
-    w.send(0, &s, "first");
-    enroll(&b, &w, 0, "phone");
     b.rt.block_on(b.c().set_window_size(1280, 800))
         .expect("desktop size");
-
-    b.goto(&format!("{}/#/session/{s}", w.c.url));
-    b.wait_text("#session-owner", "laptop");
+    let (mut w, _session) = session_page(&b, &["laptop"], "first");
     w.c.stop_daemon(0);
     w.c.wait_online(&["laptop"], false, WAIT)
         .expect("laptop away");
@@ -855,11 +842,7 @@ fn a_message_typed_while_the_owner_is_away_shows_as_queued_until_it_is_delivered
     b.wait_text(".entry.queued .text", "while you were away");
     b.screenshot("session-queued-desktop");
     w.c.start_daemon(0).expect("laptop back");
-    let answer = wait_for(WAIT, || {
-        entries(&b, "assistant")
-            .into_iter()
-            .find(|t| t.contains(r#"You said: "while you were away""#))
-    });
+    let answer = answer_to(&b, "while you were away");
     assert!(
         answer.is_some(),
         "delivered and answered once the owner is back"
