@@ -46,6 +46,11 @@ impl Browser {
     /// Starts one, or says why it cannot and returns `None` (a failure under
     /// `BATON_REQUIRE_BROWSER`).
     fn start() -> Option<Self> {
+        Self::start_as(true)
+    }
+
+    /// [`Browser::start`], on a 390-px phone viewport or a 1280×800 desktop window.
+    fn start_as(phone: bool) -> Option<Self> {
         if !Path::new(DRIVER).exists() || !Path::new(CHROMIUM).exists() {
             let why = format!(
                 "{DRIVER} or {CHROMIUM} is missing (apt-get install chromium chromium-driver)"
@@ -76,17 +81,24 @@ impl Browser {
         }
         let profile = tempfile::tempdir().expect("profile dir");
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--window-size=390,844",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            }),
-        );
+        let mut options = json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                format!("--user-data-dir={}", profile.path().display()),
+            ],
+        });
+        if phone {
+            // A phone's viewport: headless windows are never narrower than 500 px.
+            options["mobileEmulation"] =
+                json!({ "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 1.0 } });
+        } else {
+            options["args"]
+                .as_array_mut()
+                .expect("args")
+                .push(json!("--window-size=1280,800"));
+        }
+        caps.insert("goog:chromeOptions".into(), options);
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let client = rt
             .block_on(
@@ -163,8 +175,22 @@ impl Browser {
             .expect("the script runs")
     }
 
+    /// Asserts that the page is no wider than its viewport (nothing to scroll sideways).
+    fn assert_fits(&self) {
+        let got = self.run(
+            "arguments[0]([document.documentElement.scrollWidth, document.documentElement.clientWidth])",
+            vec![],
+        );
+        let (wide, viewport) = (got[0].as_i64().unwrap_or(0), got[1].as_i64().unwrap_or(0));
+        assert!(
+            wide <= viewport,
+            "the page is {wide} px wide in a {viewport} px viewport"
+        );
+    }
+
     /// Saves a screenshot under `target/ui-screenshots/` for a reviewer to look at.
     fn screenshot(&self, name: &str) {
+        self.assert_fits();
         let dir = screenshots_dir();
         std::fs::create_dir_all(&dir).expect("screenshot dir");
         let png = self.rt.block_on(self.c().screenshot()).expect("screenshot");
@@ -830,9 +856,9 @@ fn a_session_forked_from_the_header_menu_continues_the_conversation_apart() {
 
 #[test]
 fn a_message_typed_while_the_owner_is_away_shows_as_queued_until_it_is_delivered() {
-    let Some(b) = Browser::start() else { return };
-    b.rt.block_on(b.c().set_window_size(1280, 800))
-        .expect("desktop size");
+    let Some(b) = Browser::start_as(false) else {
+        return;
+    };
     let (mut w, _session) = session_page(&b, &["laptop"], "first");
     w.c.stop_daemon(0);
     w.c.wait_online(&["laptop"], false, WAIT)
@@ -852,6 +878,56 @@ fn a_message_typed_while_the_owner_is_away_shows_as_queued_until_it_is_delivered
         entries(&b, "user"),
         ["first", "while you were away"],
         "shown once, in order"
+    );
+}
+
+/// The id of the focused element.
+fn focused(b: &Browser) -> String {
+    b.run(
+        "arguments[0](document.activeElement.id || document.activeElement.tagName)",
+        vec![],
+    )
+    .as_str()
+    .unwrap_or_default()
+    .to_string()
+}
+
+/// Sends `keys` (WebDriver key codes) to the focused element.
+fn press(b: &Browser, keys: &str) {
+    b.rt.block_on(async {
+        let e = b.c().active_element().await.expect("focused element");
+        e.send_keys(keys).await.expect("keys");
+    });
+}
+
+#[test]
+fn the_action_menu_and_the_dialog_work_from_the_keyboard_and_give_focus_back() {
+    const ENTER: &str = "\u{E007}";
+    const ESCAPE: &str = "\u{E00C}";
+    const UP: &str = "\u{E013}";
+    const DOWN: &str = "\u{E015}";
+    let Some(b) = Browser::start() else { return };
+    let (_w, _s) = session_page(&b, &["laptop", "desktop"], "hello");
+    b.click("#session-actions");
+    assert_eq!(focused(&b), "action-handoff", "the menu takes the focus");
+    press(&b, DOWN);
+    assert_eq!(focused(&b), "action-stop");
+    press(&b, UP);
+    assert_eq!(focused(&b), "action-handoff");
+    press(&b, ENTER);
+    b.wait_text("#handoff-title", "Hand off to another machine");
+    let inside = b.run(
+        "arguments[0](!!document.activeElement.closest('[role=dialog]'))",
+        vec![],
+    );
+    assert_eq!(inside, json!(true), "the dialog takes the focus");
+    press(&b, ESCAPE);
+    let closed = wait_for(WAIT, || b.text("#handoff-title").is_none().then_some(()));
+    assert!(closed.is_some(), "Escape closes the dialog");
+    assert_eq!(
+        focused(&b),
+        "session-actions",
+        "and the focus goes back to the menu"
     );
 }
 
