@@ -427,9 +427,22 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
     }
   };
 
+  // A Direct session's transcript is the provider's files on its owner, read for this request.
+  const readDirect = async (c) => {
+    const resp = await client.get(`/v1/sessions/${id}/direct-transcript`);
+    const list = await c.openJson(
+      c.ad(bc.TAGS.direct, new TextEncoder().encode(resp.request)),
+      bc.unb64(resp.sealed),
+    );
+    setEntries(list.map((e, i) => ({ ...e, seq: i + 1 })));
+  };
+
   useEffect(() => {
     if (!session) return;
     let gone = false;
+    // A session converted from direct to synced starts over from Baton's own transcript.
+    last.current = 0;
+    setEntries([]);
     (async () => {
       try {
         const key = await bc.openDataKey(me.secret, id, bc.unb64(session.sealed_key));
@@ -437,7 +450,8 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
         if (gone) return;
         setCipher(c);
         client.watch(id);
-        await catchUp(c);
+        if (session.mode === "direct") await readDirect(c);
+        else await catchUp(c);
       } catch (e) {
         setError(e.message);
       }
@@ -445,7 +459,7 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
     return () => {
       gone = true;
     };
-  }, [id, session?.sealed_key]);
+  }, [id, session?.sealed_key, session?.mode, session?.owner]);
 
   useEffect(() => {
     if (!cipher) return;
@@ -457,7 +471,7 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
   }, [cipher]);
 
   useEffect(() => {
-    if (cipher && live === "live") catchUp(cipher).catch(() => {});
+    if (cipher && live === "live" && session?.mode !== "direct") catchUp(cipher).catch(() => {});
   }, [live, cipher]);
 
   const send = async (ev) => {
@@ -499,7 +513,10 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
         </li>`,
       )}
     </ol>
-    <form class="composer" onSubmit=${send}>
+    ${session.mode === "direct"
+      ? html`<p class="muted" id="direct-note">A Direct session is read from ${owner?.name ?? "its machine"}'s own
+          files and steered there. To steer it from here, hand it off with “Convert to synced”.</p>`
+      : html`<form class="composer" onSubmit=${send}>
       <label for="message">Message</label>
       <textarea id="message" rows="3" value=${text} onInput=${(e) => setText(e.currentTarget.value)}
         onKeyDown=${(e) => {
@@ -507,7 +524,7 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
         }}></textarea>
       <p><button class="primary" type="submit" disabled=${!cipher || !text.trim()}>Send</button>
         <span class="muted"> Ctrl+Enter sends</span></p>
-    </form>
+    </form>`}
   </div>`;
 }
 

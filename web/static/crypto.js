@@ -27,6 +27,7 @@ export const TAGS = {
   options: enc.encode("baton.handoff-options.v1"),
   workspace: enc.encode("baton.workspace-outcome.v1"),
   plan: enc.encode("baton.workspace-plan.v1"),
+  direct: enc.encode("baton.direct-transcript.v1"),
 };
 // PKCS#8 header of a raw X25519 private key (RFC 8410): WebCrypto imports private keys only so.
 const X25519_PKCS8_PREFIX = unhex("302e020100300506032b656e04220420");

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{World, assert_dense, code, exe, parse, wait_for};
+use common::{World, agent_conversation, assert_dense, code, exe, parse, wait_for};
 use serde_json::Value;
 
 const LAPTOP: usize = 0;
@@ -25,31 +25,6 @@ fn baton_env(w: &World, idx: usize, env: &[(&str, &str)], args: &[&str]) -> (i32
         .output()
         .expect("baton runs");
     (code(&out), parse(&out))
-}
-
-/// Runs the scripted agent directly on machine `idx` (outside Baton), one turn per message.
-fn agent_conversation(w: &World, idx: usize, ws: &str, id: &str, messages: &[&str]) {
-    let mut child = Command::new(exe())
-        .args(["scripted-agent", "run", "--cwd", ws, "--session-id", id])
-        .env("HOME", w.home(idx))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agent starts");
-    {
-        let stdin = child.stdin.as_mut().expect("stdin");
-        for m in messages {
-            writeln!(stdin, "{}", serde_json::json!({"type": "user", "text": m})).expect("write");
-        }
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("agent ends");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn scripted_auth(w: &World, idx: usize, machine: &str) -> String {

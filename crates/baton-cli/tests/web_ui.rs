@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use baton_cli::harness::Cluster;
 use baton_crypto::{AccountSecret, PairingCode};
 use baton_proto::Sealed;
-use common::{World, exe, wait_for};
+use common::{World, agent_conversation, exe, wait_for};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -878,6 +878,53 @@ fn a_message_typed_while_the_owner_is_away_shows_as_queued_until_it_is_delivered
         entries(&b, "user"),
         ["first", "while you were away"],
         "shown once, in order"
+    );
+}
+
+#[test]
+fn a_direct_session_is_read_from_its_owner_and_converted_to_synced_from_the_dialog() {
+    let Some(b) = Browser::start() else { return };
+    let w = World::new(&["laptop", "desktop"]);
+    let ws = w.dir("ws");
+    agent_conversation(&w, 0, &ws, "conv-a", &["hello direct", "second turn"]);
+    let opened =
+        w.c.json(1, &["open", "conv-a", "--machine", "laptop"])
+            .expect("open as direct");
+    let s = opened["session_id"].as_str().expect("id").to_string();
+    assert_eq!(opened["mode"], "direct");
+    enroll(&b, &w, 0, "phone");
+
+    b.goto(&format!("{}/#/session/{s}", w.c.url));
+    b.wait_text("#session-owner", "laptop");
+    let read = wait_for(WAIT, || {
+        let a = entries(&b, "assistant");
+        (a.len() == 2).then_some(a)
+    })
+    .expect("the provider's own transcript, read on laptop and decrypted here");
+    assert!(read[1].contains("Turn 2"), "{read:?}");
+    assert!(
+        b.text("#direct-note").is_some(),
+        "a Direct session is not steered from here"
+    );
+    assert!(b.text(".composer").is_none());
+
+    b.click("#session-actions");
+    b.click("#action-handoff");
+    b.wait_text("#handoff-title", "Hand off to another machine");
+    b.click(r#"input[name="direct"][value="sync"]"#);
+    hand_off_in_dialog(&b, "desktop", None);
+    b.wait_text("#session-owner", "desktop");
+    let row = w.session(0, &s);
+    assert_eq!(row["mode"], "synced", "{row}");
+    // Now synced: Baton holds the transcript, and the page steers it.
+    let composer = wait_for(WAIT, || b.text(".composer").map(|_| ()));
+    assert!(composer.is_some(), "the input box appears once synced");
+    b.fill("#message", "after converting");
+    b.click(".composer button[type=submit]");
+    let reply = answer_to(&b, "after converting").expect("answered on desktop");
+    assert!(
+        reply.contains("Turn 3") && reply.contains(r#"first message was: "hello direct""#),
+        "the provider's context came along: {reply}"
     );
 }
 

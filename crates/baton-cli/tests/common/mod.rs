@@ -181,3 +181,29 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Runs the scripted agent directly on machine `idx` (outside Baton), one turn per message.
+pub fn agent_conversation(w: &World, idx: usize, ws: &str, id: &str, messages: &[&str]) {
+    let mut child = std::process::Command::new(exe())
+        .args(["scripted-agent", "run", "--cwd", ws, "--session-id", id])
+        .env("HOME", w.home(idx))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("agent starts");
+    {
+        let stdin = child.stdin.as_mut().expect("stdin");
+        for m in messages {
+            let line = serde_json::json!({"type": "user", "text": m});
+            std::io::Write::write_all(stdin, format!("{line}\n").as_bytes()).expect("write");
+        }
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("agent ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
