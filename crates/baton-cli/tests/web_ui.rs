@@ -928,6 +928,62 @@ fn a_direct_session_is_read_from_its_owner_and_converted_to_synced_from_the_dial
     );
 }
 
+#[test]
+fn the_dialogs_rules_give_each_reason_and_hide_the_action_for_an_unsupported_provider() {
+    let Some(b) = Browser::start() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cluster = Cluster::start(&exe(), tmp.path()).expect("server starts");
+    b.goto(&format!("{}/", cluster.url));
+    let got = b.run(
+        r#"
+const [done] = arguments;
+import('/ui/handoff.js').then((h) => {
+  const p = (handoff, extra = {}) => ({ name: "codex", installed: true, version: "1", auth: "machine_local", handoff, ...extra });
+  const m = (id, online, providers) => ({ id, name: id, online, providers, kind: "daemon" });
+  const session = { id: "s", owner: "a", provider: "codex" };
+  done({
+    owner: h.ineligible(m("a", true, [p("supported")]), session),
+    offline: h.ineligible(m("b", false, [p("supported")]), session),
+    missing: h.ineligible(m("b", true, []), session),
+    not_installed: h.ineligible(m("b", true, [p("supported", { installed: false })]), session),
+    logged_out: h.ineligible(m("b", true, [p("supported", { auth: "missing" })]), session),
+    unsupported: h.ineligible(m("b", true, [p("unsupported")]), session),
+    ok: h.ineligible(m("b", true, [p("experimental")]), session),
+    action_shown: h.handoffSupported(session, [m("a", true, [p("experimental")])]),
+    action_hidden: h.handoffSupported(session, [m("a", true, [p("unsupported")])]),
+    root: h.unsafeWorkspace("/"),
+    home: h.unsafeWorkspace("/home/ada/"),
+    root_home: h.unsafeWorkspace("/root"),
+    relative: h.unsafeWorkspace("code/app"),
+    project: h.unsafeWorkspace("/home/ada/code/app"),
+  });
+}).catch((e) => done({ error: String(e) }));
+"#,
+        vec![],
+    );
+    assert_eq!(got["owner"], "owns the session now", "{got}");
+    assert_eq!(got["offline"], "offline");
+    assert_eq!(got["missing"], "codex is not installed");
+    assert_eq!(got["not_installed"], "codex is not installed");
+    assert_eq!(got["logged_out"], "codex is not logged in");
+    assert_eq!(
+        got["unsupported"],
+        "handoff of codex sessions is not supported there"
+    );
+    assert_eq!(
+        got["ok"],
+        Value::Null,
+        "an experimental provider can be picked"
+    );
+    assert_eq!(got["action_shown"], true);
+    assert_eq!(got["action_hidden"], false, "no Hand off action at all");
+    assert_eq!(got["root"], "the workspace is the root directory");
+    assert_eq!(got["home"], "the workspace is a home directory");
+    assert_eq!(got["root_home"], "the workspace is a home directory");
+    assert_eq!(got["relative"], "the workspace path is not absolute");
+    assert_eq!(got["project"], Value::Null);
+}
+
 /// The id of the focused element.
 fn focused(b: &Browser) -> String {
     b.run(
