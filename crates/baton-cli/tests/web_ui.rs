@@ -984,6 +984,36 @@ import('/ui/handoff.js').then((h) => {
     assert_eq!(got["project"], Value::Null);
 }
 
+#[test]
+fn the_sessions_list_decrypts_each_workspace_and_shows_new_sessions_live() {
+    let Some(b) = Browser::start_as(false) else {
+        return;
+    };
+    let (w, s) = session_page(&b, &["laptop", "desktop"], "hello");
+    b.goto(&format!("{}/#/sessions", w.c.url));
+    let row = format!(r#"tr[data-session="{s}"]"#);
+    let shown = wait_for(WAIT, || b.text(&row)).expect("the session is listed");
+    assert!(
+        shown.contains("scripted") && shown.contains("synced"),
+        "{shown}"
+    );
+    assert!(shown.contains("laptop"), "its owner: {shown}");
+    assert!(
+        shown.contains(&w.dir("ws")),
+        "its workspace, decrypted here: {shown}"
+    );
+    // A session started elsewhere appears without a reload.
+    let other = w.dir("other");
+    let t = w.new_session(1, &other);
+    let row = format!(r#"tr[data-session="{t}"]"#);
+    let shown = wait_for(WAIT, || b.text(&row)).expect("the new session shows up live");
+    assert!(
+        shown.contains("desktop") && shown.contains(&other),
+        "{shown}"
+    );
+    b.screenshot("sessions-desktop");
+}
+
 /// The id of the focused element.
 fn focused(b: &Browser) -> String {
     b.run(
