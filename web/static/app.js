@@ -583,6 +583,10 @@ function Shell({ me, onForget }) {
           // Events missed while away: read the lists again once live.
           if (state === "live") {
             client.get("/v1/machines").then(setMachines, () => {});
+            client
+              .get("/v1/sessions")
+              .then((list) => Promise.all(list.map((s) => withMeta(me, s))))
+              .then(setSessions, () => {});
           }
         },
       );

@@ -803,9 +803,18 @@ fn the_page_reconnects_by_itself_when_the_server_comes_back() {
     w.c.kill_server();
     b.wait_text("#live-state", "offline, reconnecting…");
     w.c.restart_server().expect("server back");
-    b.wait_text("#live-state", "live");
     w.c.wait_online(&["laptop", "desktop"], true, WAIT)
         .expect("daemons back");
+    // A session started around the reconnect is listed (read again once live, or its event).
+    let ws = w.dir("ws");
+    let s = w.new_session(0, &ws);
+    b.wait_text("#live-state", "live");
+    b.goto(&format!("{}/#/sessions", w.c.url));
+    assert!(
+        wait_for(WAIT, || b.text(&format!(r#"tr[data-session="{s}"]"#))).is_some(),
+        "the session started meanwhile is listed"
+    );
+    b.goto(&format!("{}/#/machines", w.c.url));
     // Live again: a change after the restart reaches the page without a reload.
     w.c.stop_daemon(1);
     b.wait_text(
