@@ -566,11 +566,7 @@ fn a_browser_hands_a_session_off_from_the_header_menu_and_from_session_info() {
         .expect("tablet offline");
     enroll(&b, &w, 0, "phone");
 
-    b.goto(&format!("{}/#/session/{s}", w.c.url));
-    b.wait_text("#session-owner", "laptop");
-    b.click("#session-actions");
-    b.click("#action-handoff");
-    b.wait_text("#handoff-title", "Hand off to another machine");
+    open_dialog(&b, &w, &s);
     assert!(
         b.text(r#"label[data-machine="tablet"]"#)
             .is_some_and(|t| t.contains("(offline)")),
@@ -675,11 +671,7 @@ fn handoff_defaults_saved_in_settings_are_sealed_in_the_account_and_preset_the_d
     assert_eq!(opened["workspace"], true);
 
     // The dialog starts from them.
-    b.goto(&format!("{}/#/session/{s}", w.c.url));
-    b.wait_text("#session-owner", "laptop");
-    b.click("#session-actions");
-    b.click("#action-handoff");
-    b.wait_text("#handoff-title", "Hand off to another machine");
+    open_dialog(&b, &w, &s);
     assert_eq!(value_of_checkbox(&b, "#transfer-workspace"), "true");
     assert_eq!(value(&b, "#conflict", "value"), "replace");
     assert_eq!(value(&b, "#ignored", "value"), "globs");
@@ -705,11 +697,7 @@ fn a_workspace_handed_off_with_replace_shows_its_plan_and_needs_a_second_confirm
     let s = w.new_session(0, &src);
     enroll(&b, &w, 0, "phone");
 
-    b.goto(&format!("{}/#/session/{s}", w.c.url));
-    b.wait_text("#session-owner", "laptop");
-    b.click("#session-actions");
-    b.click("#action-handoff");
-    b.wait_text("#handoff-title", "Hand off to another machine");
+    open_dialog(&b, &w, &s);
     b.click(r#"label[data-machine="desktop"] input"#);
     b.click("#transfer-workspace");
     select(&b, "#conflict", "replace");
@@ -766,11 +754,7 @@ fn a_refused_handoff_says_why_in_plain_words_and_what_to_do_next() {
     let s = w.new_session(0, &home);
     enroll(&b, &w, 0, "phone");
 
-    b.goto(&format!("{}/#/session/{s}", w.c.url));
-    b.wait_text("#session-owner", "laptop");
-    b.click("#session-actions");
-    b.click("#action-handoff");
-    b.wait_text("#handoff-title", "Hand off to another machine");
+    open_dialog(&b, &w, &s);
     b.click(r#"label[data-machine="desktop"] input"#);
     b.click("#transfer-workspace");
     b.click("#handoff-continue");
@@ -1021,6 +1005,15 @@ fn the_sessions_list_decrypts_each_workspace_and_shows_new_sessions_live() {
         "{shown}"
     );
     b.screenshot("sessions-desktop");
+}
+
+/// Shows session `s` (owned by laptop) and opens its handoff dialog from the Actions menu.
+fn open_dialog(b: &Browser, w: &World, s: &str) {
+    b.goto(&format!("{}/#/session/{s}", w.c.url));
+    b.wait_text("#session-owner", "laptop");
+    b.click("#session-actions");
+    b.click("#action-handoff");
+    b.wait_text("#handoff-title", "Hand off to another machine");
 }
 
 /// The id of the focused element.
