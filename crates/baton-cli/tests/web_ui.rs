@@ -1027,6 +1027,16 @@ fn focused(b: &Browser) -> String {
     .to_string()
 }
 
+/// Waits until the element with id `id` has the focus (the page moves it after rendering).
+fn wait_focus(b: &Browser, id: &str, why: &str) {
+    let got = wait_for(WAIT, || (focused(b) == id).then_some(()));
+    assert!(
+        got.is_some(),
+        "{why}: the focus is on {:?}, not {id:?}",
+        focused(b)
+    );
+}
+
 /// Sends `keys` (WebDriver key codes) to the focused element.
 fn press(b: &Browser, keys: &str) {
     b.rt.block_on(async {
@@ -1044,26 +1054,25 @@ fn the_action_menu_and_the_dialog_work_from_the_keyboard_and_give_focus_back() {
     let Some(b) = Browser::start() else { return };
     let (_w, _s) = session_page(&b, &["laptop", "desktop"], "hello");
     b.click("#session-actions");
-    assert_eq!(focused(&b), "action-handoff", "the menu takes the focus");
+    wait_focus(&b, "action-handoff", "the menu takes the focus");
     press(&b, DOWN);
-    assert_eq!(focused(&b), "action-stop");
+    wait_focus(&b, "action-stop", "ArrowDown moves on");
     press(&b, UP);
-    assert_eq!(focused(&b), "action-handoff");
+    wait_focus(&b, "action-handoff", "ArrowUp moves back");
     press(&b, ENTER);
     b.wait_text("#handoff-title", "Hand off to another machine");
-    let inside = b.run(
-        "arguments[0](!!document.activeElement.closest('[role=dialog]'))",
-        vec![],
-    );
-    assert_eq!(inside, json!(true), "the dialog takes the focus");
+    let inside = wait_for(WAIT, || {
+        let v = b.run(
+            "arguments[0](!!document.activeElement.closest('[role=dialog]'))",
+            vec![],
+        );
+        (v == json!(true)).then_some(())
+    });
+    assert!(inside.is_some(), "the dialog takes the focus");
     press(&b, ESCAPE);
     let closed = wait_for(WAIT, || b.text("#handoff-title").is_none().then_some(()));
     assert!(closed.is_some(), "Escape closes the dialog");
-    assert_eq!(
-        focused(&b),
-        "session-actions",
-        "and the focus goes back to the menu"
-    );
+    wait_focus(&b, "session-actions", "the focus goes back to the menu");
 }
 
 fn base64_of(s: &Sealed) -> String {
