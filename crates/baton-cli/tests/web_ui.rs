@@ -24,8 +24,13 @@ const DRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const WAIT: Duration = Duration::from_secs(20);
 
+/// One browser test at a time: each starts a Chromium beside a server and daemons, and on two
+/// cores a dozen of them at once would test the machine's patience, not the page.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A headless Chromium behind its WebDriver, on a phone-sized window; ends both when dropped.
 struct Browser {
+    _turn: std::sync::MutexGuard<'static, ()>,
     driver: Child,
     rt: tokio::runtime::Runtime,
     client: Option<Client>,
@@ -61,6 +66,10 @@ impl Browser {
             eprintln!("skipping the browser test: {why}");
             return None;
         }
+        // A test that failed holding the lock poisons it; the next one may still run.
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -108,6 +117,7 @@ impl Browser {
             )
             .expect("a WebDriver session");
         Some(Self {
+            _turn: turn,
             driver,
             rt,
             client: Some(client),
