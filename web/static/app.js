@@ -201,9 +201,8 @@ function ActionsMenu({ items }) {
  * up to its last finished turn (a Direct session's whole, from the provider's files).
  */
 async function fork(client, me, session) {
-  const key = await bc.openDataKey(me.secret, session.id, bc.unb64(session.sealed_key));
-  const parent = new bc.SessionCipher(key, session.id);
-  const meta = await parent.openMeta(bc.unb64(session.sealed_meta));
+  const { cipher: parent, meta } = session;
+  if (!parent || !meta) throw new Error("This session does not decrypt with this account's key.");
   let atSeq = 0;
   if (session.mode !== "direct") {
     for (let after = 0; ; ) {
@@ -343,12 +342,11 @@ function Settings({ client, me, settings, onSaved }) {
 
 /** A session's id, owner, epoch, workspace, provider id and handoff history. */
 function SessionInfo({ client, me, id, session, machines, settings }) {
-  const [cipher, setCipher] = useState(null);
+  const cipher = session?.cipher ?? null;
   const [history, setHistory] = useState([]);
   const name = (mid) => machines.find((m) => m.id === mid)?.name ?? mid.slice(0, 8);
   useEffect(() => {
     if (!session) return;
-    bc.openDataKey(me.secret, id, bc.unb64(session.sealed_key)).then((k) => setCipher(new bc.SessionCipher(k, id)));
     client.get(`/v1/sessions/${id}/handoffs`).then(setHistory, () => {});
   }, [id, session?.epoch]);
   const { items, modal, note } = useSessionActions({ client, me, session, machines, cipher, settings });
@@ -392,7 +390,7 @@ function SessionInfo({ client, me, id, session, machines, settings }) {
 
 /** A session's live transcript and its input box. */
 function SessionView({ client, me, id, session, machines, live, settings }) {
-  const [cipher, setCipher] = useState(null);
+  const cipher = session?.cipher ?? null;
   const [entries, setEntries] = useState([]);
   const [queued, setQueued] = useState([]);
   const [text, setText] = useState("");
@@ -445,10 +443,8 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
     setEntries([]);
     (async () => {
       try {
-        const key = await bc.openDataKey(me.secret, id, bc.unb64(session.sealed_key));
-        const c = new bc.SessionCipher(key, id);
-        if (gone) return;
-        setCipher(c);
+        const c = session.cipher;
+        if (!c) throw new Error("This session does not decrypt with this account's key.");
         client.watch(id);
         if (session.mode === "direct") await readDirect(c);
         else await catchUp(c);
@@ -459,7 +455,7 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
     return () => {
       gone = true;
     };
-  }, [id, session?.sealed_key, session?.mode, session?.owner]);
+  }, [id, !!session?.cipher, session?.mode, session?.owner]);
 
   useEffect(() => {
     if (!cipher) return;
@@ -470,9 +466,10 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
     return () => removeEventListener("baton-entries", on);
   }, [cipher]);
 
+  // Only on (re)connecting: the record (and its cipher object) is renewed at every change.
   useEffect(() => {
     if (cipher && live === "live" && session?.mode !== "direct") catchUp(cipher).catch(() => {});
-  }, [live, cipher]);
+  }, [live, !!cipher]);
 
   const send = async (ev) => {
     ev.preventDefault();
@@ -528,14 +525,17 @@ function SessionView({ client, me, id, session, machines, live, settings }) {
   </div>`;
 }
 
-/** Decrypts a session record's metadata with its data key (unwrapped with the account secret). */
+/**
+ * A session record with its cipher (its data key, unwrapped once with the account secret) and
+ * its decrypted metadata; both null when they do not open with this account's key.
+ */
 async function withMeta(me, s) {
   try {
     const key = await bc.openDataKey(me.secret, s.id, bc.unb64(s.sealed_key));
-    const meta = await new bc.SessionCipher(key, s.id).openMeta(bc.unb64(s.sealed_meta));
-    return { ...s, meta };
+    const cipher = new bc.SessionCipher(key, s.id);
+    return { ...s, cipher, meta: await cipher.openMeta(bc.unb64(s.sealed_meta)) };
   } catch {
-    return { ...s, meta: null };
+    return { ...s, cipher: null, meta: null };
   }
 }
 

@@ -223,6 +223,16 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// A server alone (no machine, no account) with the browser on its page, for tests of the
+/// page's own code; dropping it stops the server.
+fn bare_page(b: &Browser) -> (Cluster, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cluster = Cluster::start(&exe(), tmp.path()).expect("server starts");
+    b.goto(&format!("{}/", cluster.url));
+    // The server first, then its directory (tuple fields drop in order).
+    (cluster, tmp)
+}
+
 const CRYPTO_SCRIPT: &str = r#"
 const [v, live, done] = arguments;
 import('/ui/crypto.js').then(async (bc) => {
@@ -266,9 +276,7 @@ import('/ui/crypto.js').then(async (bc) => {
 #[test]
 fn the_browsers_webcrypto_speaks_the_daemons_envelope() {
     let Some(b) = Browser::start() else { return };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let cluster = Cluster::start(&exe(), tmp.path()).expect("server starts");
-    b.goto(&format!("{}/", cluster.url));
+    let _server = bare_page(&b);
 
     let vectors = json!({
         "aes": vector("aes256gcm.json"),
@@ -384,8 +392,9 @@ fn a_browser_enrolled_with_a_link_sees_both_machines_live_and_is_listed_as_a_bro
         r#"section[data-machine="desktop"] .online-state"#,
         "offline",
     );
-    // The enrolment outlives the page: keys stay in this browser's IndexedDB.
-    b.goto(&format!("{}/#/machines", w.c.url));
+    // The enrolment outlives the page: keys stay in this browser's IndexedDB. (A `goto` to the
+    // same URL would only change the fragment, not load the page again.)
+    b.rt.block_on(b.c().refresh()).expect("reload");
     b.wait_text(r#"section[data-machine="laptop"] .online-state"#, "online");
     b.wait_text(
         r#"section[data-machine="desktop"] .online-state"#,
@@ -682,15 +691,11 @@ fn handoff_defaults_saved_in_settings_are_sealed_in_the_account_and_preset_the_d
 
     // The dialog starts from them.
     open_dialog(&b, &w, &s);
-    assert_eq!(value_of_checkbox(&b, "#transfer-workspace"), "true");
+    assert_eq!(value(&b, "#transfer-workspace", "checked"), "true");
     assert_eq!(value(&b, "#conflict", "value"), "replace");
     assert_eq!(value(&b, "#ignored", "value"), "globs");
     assert_eq!(value(&b, "#globs", "value"), ".env, *.local");
     b.screenshot("handoff-modal-defaults");
-}
-
-fn value_of_checkbox(b: &Browser, css: &str) -> String {
-    value(b, css, "checked")
 }
 
 #[test]
@@ -934,9 +939,7 @@ fn a_direct_session_is_read_from_its_owner_and_converted_to_synced_from_the_dial
 #[test]
 fn the_dialogs_rules_give_each_reason_and_hide_the_action_for_an_unsupported_provider() {
     let Some(b) = Browser::start() else { return };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let cluster = Cluster::start(&exe(), tmp.path()).expect("server starts");
-    b.goto(&format!("{}/", cluster.url));
+    let _server = bare_page(&b);
     let got = b.run(
         r#"
 const [done] = arguments;

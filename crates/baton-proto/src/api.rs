@@ -234,6 +234,13 @@ pub struct PutServiceRequest {
     pub sealed: Sealed,
 }
 
+/// `PUT /v1/settings/{name}`: store an account setting.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PutSettingRequest {
+    /// The value, sealed as an account record (kind `settings`, id = name).
+    pub sealed: Sealed,
+}
+
 /// `GET /v1/machines/{id}/provider-sessions?provider=P`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProviderSessionsResponse {

@@ -28,7 +28,7 @@ pub use sealed::{Bytes, Sealed};
 pub use session::{
     EntryBody, EntryRole, ForkOf, InputRecord, OpenPermission, PermissionAnswer, PermissionNote,
     SealedEntry, ServiceRecord, ServiceSecret, SessionMeta, SessionMode, SessionRecord,
-    SessionStatus, open_permissions,
+    SessionStatus, SettingRecord, open_permissions,
 };
 
 /// Version of the HTTP/WebSocket protocol; bumped on any incompatible change.

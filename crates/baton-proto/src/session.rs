@@ -127,6 +127,17 @@ pub struct ForkOf {
     pub at_seq: u64,
 }
 
+/// An account setting, sealed with the account secret (the server cannot read it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingRecord {
+    /// Its name (`handoff` for the handoff dialog's defaults).
+    pub name: String,
+    /// The sealed value (account record kind `settings`, id = name).
+    pub sealed: Sealed,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
 /// A provider credential stored in the account (a connected service): the daemon passes its
 /// variables to the provider's CLI so a machine needs no local login.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

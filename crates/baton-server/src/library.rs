@@ -10,15 +10,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use baton_proto::api::{
     AnswerPermissionRequest, AnswerPermissionResponse, DirectTranscriptResponse,
-    ProviderSessionsResponse, PutServiceRequest,
+    ProviderSessionsResponse, PutServiceRequest, PutSettingRequest,
 };
 use baton_proto::ws::{DaemonCommand, DaemonReply, Event};
 use baton_proto::{
-    ErrorCode, MachineId, ServiceRecord, SessionId, SessionMode, SessionStatus, now_millis,
+    ErrorCode, MachineId, ServiceRecord, SessionId, SessionMode, SessionStatus, SettingRecord,
+    now_millis,
 };
 use serde::Deserialize;
-
-use baton_store::SettingRecord;
 
 use crate::AppState;
 use crate::auth::Caller;
@@ -303,7 +302,7 @@ pub async fn put_setting(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(name): Path<String>,
-    Json(req): Json<PutServiceRequest>,
+    Json(req): Json<PutSettingRequest>,
 ) -> ApiResult<Json<SettingRecord>> {
     check_name("setting", &name)?;
     if req.sealed.0.len() > MAX_SETTING_BYTES {

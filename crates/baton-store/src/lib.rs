@@ -12,6 +12,7 @@ mod error;
 mod postgres;
 mod sqlite;
 
+pub use baton_proto::SettingRecord;
 pub use error::StoreError;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -48,17 +49,6 @@ pub struct MachineRow {
     pub kind: MachineKind,
     /// Enrolment time.
     pub created_at: Millis,
-}
-
-/// An account setting, sealed with the account secret (the server cannot read it).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SettingRecord {
-    /// Its name (`handoff` for the handoff dialog's defaults).
-    pub name: String,
-    /// The sealed value (account record kind `settings`, id = name).
-    pub sealed: Sealed,
-    /// Last change.
-    pub updated_at: Millis,
 }
 
 /// A bearer token row (the token itself is never stored, only its hash).
