@@ -2,6 +2,8 @@
 //! this machine through a local server, against `rsync -a` to an rsync daemon on 127.0.0.1, a
 //! `tar | zstd -1 | zstd -d | tar` pipeline and `cp -a`, all moving the same selection (the tree
 //! less its git-ignored `node_modules`), with cold page caches and a `sync` inside every timing.
+//! Every first transfer hashes the whole tree: the sending daemon is restarted before each
+//! round after the first, so that it cannot reuse the scan it kept from the round before.
 //! Then one file is edited on the target and the session handed back into a copy of the
 //! original tree, to see how many bytes a re-handoff sends (and rsync's delta beside it).
 
@@ -27,6 +29,8 @@ use tree::Shape;
 const DEFAULT_RUNS: usize = 3;
 const DEFAULT_SEED: u64 = 1;
 const DEFAULT_COMPARE: &str = "rsync,tar,cp";
+/// Default `--settle-secs`.
+const DEFAULT_SETTLE_SECS: u64 = 10;
 const LAPTOP: usize = 0;
 const DESKTOP: usize = 1;
 
@@ -68,6 +72,14 @@ pub struct WorkspaceArgs {
     /// Do not drop the page cache before each timed run (figures are then warm-cache ones).
     #[arg(long)]
     warm: bool,
+    /// Seconds to wait before each timed run, after the page cache is dropped. On a virtual
+    /// machine whose host takes back free guest memory (free page reporting, about 2 s after
+    /// it is freed), writing into memory freed moments ago is several times cheaper than into
+    /// memory freed long ago, so a run started right after the previous one's cache was dropped
+    /// would be favoured over one that was not. The wait puts every run in the same state: that
+    /// of a machine idle for a while.
+    #[arg(long, default_value_t = DEFAULT_SETTLE_SECS)]
+    settle_secs: u64,
     /// The `baton` binary to run (default: the one next to this executable, brought up to date
     /// with `cargo build` of the same profile first).
     #[arg(long)]
@@ -114,6 +126,9 @@ fn reproduce_command(args: &WorkspaceArgs, bench_profile: Option<&str>) -> Strin
     }
     if args.warm {
         cmd.push_str(" --warm");
+    }
+    if args.settle_secs != DEFAULT_SETTLE_SECS {
+        cmd.push_str(&format!(" --settle-secs {}", args.settle_secs));
     }
     if let Some(t) = &args.tree {
         cmd.push_str(&format!(" --tree {}", t.display()));
@@ -300,6 +315,7 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
         sel: &sel,
         tools: &tools,
         cold: cold.is_ok(),
+        settle: Duration::from_secs(args.settle_secs),
         runs: args.runs,
         edit,
         back_conflict: args.back_conflict.clone(),
@@ -325,6 +341,7 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
         ignored: (sel.ignored_files, sel.ignored_bytes),
         excluded: sel.excluded.clone(),
         cold: cold.clone().err(),
+        settle_secs: args.settle_secs,
         first: measured.first,
         back: measured.back,
         onward: measured.onward,
@@ -402,6 +419,8 @@ struct Ctx<'a> {
     sel: &'a Selection,
     tools: &'a [Tool],
     cold: bool,
+    /// Wait after dropping the cache (see `--settle-secs`).
+    settle: Duration,
     runs: usize,
     /// The text file edited on the target before the re-handoff.
     edit: String,
@@ -410,11 +429,13 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Drops the page cache when cold runs were asked for and are possible.
+    /// Drops the page cache when cold runs were asked for and are possible, then lets the
+    /// memory settle (see `--settle-secs`).
     fn prepare_cache(&self) -> Result<()> {
         if self.cold {
             tools::drop_caches().map_err(anyhow::Error::msg)?;
         }
+        std::thread::sleep(self.settle);
         Ok(())
     }
 }
@@ -464,9 +485,25 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
     let mut memory = Vec::new();
 
     let mut sessions = Vec::new();
+    // Peaks of the laptop daemons stopped so far (see the restart below).
+    let mut carried: Option<Memory> = None;
     for run in 0..ctx.runs {
         let dir = work.join(format!("run{run}"));
         std::fs::create_dir_all(&dir)?;
+        if run > 0 {
+            // A daemon remembers its last scan of a tree and hashes only what changed since:
+            // without a restart every round after the first would send a tree already hashed,
+            // which is not a first transfer. The restart forgets it; its peak is kept.
+            let mut before = Memory::read(&cluster, run);
+            if let Some(c) = &carried {
+                before.carry(c);
+            }
+            carried = Some(before);
+            cluster.stop_daemon(laptop);
+            cluster.wait_online(&["laptop"], false, Duration::from_secs(30))?;
+            cluster.start_daemon(laptop)?;
+            cluster.wait_online(&["laptop"], true, Duration::from_secs(30))?;
+        }
         // A new session per round, on laptop, working in the source tree.
         let session = crate::new_session(&cluster, laptop, ctx.src)?.to_string();
         let mut order = subjects.clone();
@@ -539,7 +576,11 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
     }
 
     // Peaks of the first transfers alone: laptop only sent, desktop only received.
-    let after_first = Some(Memory::read(&cluster, 0));
+    let mut after_first = Memory::read(&cluster, 0);
+    if let Some(c) = &carried {
+        after_first.carry(c);
+    }
+    let after_first = Some(after_first);
     // The re-handoffs come after every first transfer, so that no first transfer creates its
     // files over inodes a re-handoff (`replace` removes the old tree) just freed.
     for (run, session) in sessions.iter().enumerate() {
@@ -601,7 +642,11 @@ fn measure(ctx: &Ctx, work: &Path) -> Result<Measured> {
                 &mut onward,
             )?;
         }
-        memory.push(Memory::read(&cluster, run));
+        let mut m = Memory::read(&cluster, run);
+        if let Some(c) = &carried {
+            m.carry(c);
+        }
+        memory.push(m);
     }
     // Only now is anything removed: see `check_space`.
     for run in 0..ctx.runs {

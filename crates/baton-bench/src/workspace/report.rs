@@ -226,6 +226,22 @@ impl Memory {
         }
         Self { run, peaks }
     }
+
+    /// Raises each process's peak to at least its peak in `earlier`, a reading of an earlier
+    /// process in the same role (a daemon restarted between rounds starts a new VmHWM).
+    pub fn carry(&mut self, earlier: &Memory) {
+        for (name, hwm, _) in &mut self.peaks {
+            let before = earlier
+                .peaks
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .and_then(|(_, h, _)| *h);
+            *hwm = match (*hwm, before) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
 }
 
 /// CPU seconds used so far by each of `cluster`'s processes (the server, then each daemon).
@@ -271,6 +287,8 @@ pub struct Report {
     pub excluded: Vec<String>,
     /// Why the page cache was not dropped, if it was not.
     pub cold: Option<String>,
+    /// Seconds of rest before each timed run (`--settle-secs`).
+    pub settle_secs: u64,
     /// First transfers, per subject.
     pub first: Vec<(Subject, Vec<Sample>)>,
     /// Re-handoffs after the edit, per subject.
@@ -543,6 +561,7 @@ impl Report {
             None => "page cache dropped before each run (cold)".to_string(),
             Some(why) => format!("WARM page cache ({why})"),
         };
+        let cache = format!("{cache}, then {} s of rest", self.settle_secs);
         line(format!(
             "First transfer: {} entries, {} files, {:.1} MiB selected (left out, git-ignored: {} with {} files, {:.1} MiB); {cache}; every timing ends with sync.",
             thousands(self.entries),
@@ -624,7 +643,7 @@ impl Report {
         }
         line(String::new());
 
-        line("Memory of the cluster's processes, MiB, after each round (VmHWM is the peak so far; VmRSS what is resident when the round is over):".into());
+        line("Memory of the cluster's processes, MiB, after each round (VmHWM is the peak so far, over every laptop daemon: it restarts before each first transfer after the first, so that none reuses an earlier scan; VmRSS what is resident when the round is over):".into());
         for (name, v) in self.peaks() {
             line(format!(
                 "  {name:<16} peak {:>8}   VmHWM {}   VmRSS {}",
@@ -740,6 +759,7 @@ impl Report {
             },
             "cold_cache": self.cold.is_none(),
             "warm_reason": self.cold,
+            "settle_secs": self.settle_secs,
             "first_transfer": per(&self.first),
             "baton_over_tool": ratios,
             "stopped_ms": self.stopped().map(|s| s.to_json()),
