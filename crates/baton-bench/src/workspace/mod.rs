@@ -69,6 +69,10 @@ pub struct WorkspaceArgs {
     /// its place) or `sibling` (beside it; the copy is still used to spare chunks).
     #[arg(long, default_value = "replace", value_parser = ["replace", "sibling"])]
     back_conflict: String,
+    /// Do not wait, at the start, for the inodes freed by an earlier run's removals to age (see
+    /// `wait_after_removal`).
+    #[arg(long)]
+    no_removal_wait: bool,
     /// Do not drop the page cache before each timed run (figures are then warm-cache ones).
     #[arg(long)]
     warm: bool,
@@ -126,6 +130,9 @@ fn reproduce_command(args: &WorkspaceArgs, bench_profile: Option<&str>) -> Strin
     }
     if args.warm {
         cmd.push_str(" --warm");
+    }
+    if args.no_removal_wait {
+        cmd.push_str(" --no-removal-wait");
     }
     if args.settle_secs != DEFAULT_SETTLE_SECS {
         cmd.push_str(&format!(" --settle-secs {}", args.settle_secs));
@@ -320,7 +327,13 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
         edit,
         back_conflict: args.back_conflict.clone(),
     };
-    let measured = match measure(&ctx, work.path()) {
+    if !args.no_removal_wait {
+        wait_after_removal(parent);
+    }
+    let measured = measure(&ctx, work.path());
+    // The rounds' trees were removed at the end of `measure`, whatever its outcome.
+    note_removal(parent);
+    let measured = match measured {
         Ok(m) => m,
         Err(e) => {
             let kept = work.keep();
@@ -692,6 +705,54 @@ fn check_space(ctx: &Ctx, work: &Path) -> Result<()> {
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
+
+/// File beside the trees holding when this benchmark last removed trees (seconds since the
+/// epoch).
+const REMOVED_STAMP: &str = ".baton-bench-removed-at";
+/// How long ext4 without a journal avoids reusing a freed inode once its table block is dirty.
+const FREED_INODE_AGE: Duration = Duration::from_secs(6 * 60);
+
+/// Records that trees under `dir` were just removed.
+pub(crate) fn note_removal(dir: &Path) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if let Err(e) = std::fs::write(dir.join(REMOVED_STAMP), now.to_string()) {
+        eprintln!(
+            "warning: cannot record the removal in {}: {e}",
+            dir.display()
+        );
+    }
+}
+
+/// Waits until the inodes this benchmark freed last time have aged. On ext4 without a journal
+/// (this project's machines) each file creation skips, one by one, the inodes freed in the last
+/// minute (six once their table block is dirty), so a run started right after another's
+/// clean-up creates files several times more slowly in its first round: the receiving daemon
+/// used 9 CPU-s there instead of 4.5 in the later rounds, and an untimed copy beforehand does
+/// not take the cost away (a creation skips those inodes as long as its group has others).
+fn wait_after_removal(dir: &Path) {
+    let Some(at) = std::fs::read_to_string(dir.join(REMOVED_STAMP))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        return;
+    };
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(at);
+    let Ok(since) = std::time::SystemTime::now().duration_since(at) else {
+        return;
+    };
+    if let Some(left) = FREED_INODE_AGE.checked_sub(since) {
+        eprintln!(
+            "Waiting {} s: an earlier run removed its trees {} s ago, and files created over \
+             recently freed inodes are slower to make (--no-removal-wait skips this)",
+            left.as_secs(),
+            since.as_secs()
+        );
+        std::thread::sleep(left);
+    }
+}
 
 /// Removes `path`, retrying once (a daemon may still be removing a backup inside it); a
 /// failure is only reported, the next round writes elsewhere.

@@ -148,6 +148,9 @@ pub fn ensure(root: &Path, shape: &Shape) -> Result<Tree> {
     }
     if root.exists() {
         fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
+        if let Some(parent) = root.parent() {
+            super::note_removal(parent);
+        }
     }
     let _ = fs::remove_file(&stamp_path);
     let t = Instant::now();
