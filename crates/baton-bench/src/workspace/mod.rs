@@ -733,17 +733,7 @@ pub(crate) fn note_removal(dir: &Path) {
 /// used 9 CPU-s there instead of 4.5 in the later rounds, and an untimed copy beforehand does
 /// not take the cost away (a creation skips those inodes as long as its group has others).
 fn wait_after_removal(dir: &Path) {
-    let Some(at) = std::fs::read_to_string(dir.join(REMOVED_STAMP))
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-    else {
-        return;
-    };
-    let at = std::time::UNIX_EPOCH + Duration::from_secs(at);
-    let Ok(since) = std::time::SystemTime::now().duration_since(at) else {
-        return;
-    };
-    if let Some(left) = FREED_INODE_AGE.checked_sub(since) {
+    if let Some((since, left)) = removal_wait(dir, std::time::SystemTime::now()) {
         eprintln!(
             "Waiting {} s: an earlier run removed its trees {} s ago, and files created over \
              recently freed inodes are slower to make (--no-removal-wait skips this)",
@@ -752,6 +742,20 @@ fn wait_after_removal(dir: &Path) {
         );
         std::thread::sleep(left);
     }
+}
+
+/// How long ago the last removal recorded in `dir` was, and how much of [`FREED_INODE_AGE`] is
+/// left at `now`; `None` when nothing is recorded or it is old enough.
+fn removal_wait(dir: &Path, now: std::time::SystemTime) -> Option<(Duration, Duration)> {
+    let at: u64 = std::fs::read_to_string(dir.join(REMOVED_STAMP))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH + Duration::from_secs(at))
+        .ok()?;
+    Some((since, FREED_INODE_AGE.checked_sub(since)?))
 }
 
 /// Removes `path`, retrying once (a daemon may still be removing a backup inside it); a
@@ -988,4 +992,74 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn a_recent_removal_is_waited_out_and_an_old_or_unrecorded_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = SystemTime::now();
+        assert_eq!(removal_wait(dir.path(), now), None, "nothing recorded");
+        note_removal(dir.path());
+        let (since, left) = removal_wait(dir.path(), now + Duration::from_secs(60))
+            .expect("a removal a minute ago is waited for");
+        assert!(since >= Duration::from_secs(59) && since <= Duration::from_secs(61));
+        assert_eq!(since + left, FREED_INODE_AGE);
+        assert_eq!(
+            removal_wait(dir.path(), now + FREED_INODE_AGE + Duration::from_secs(2)),
+            None,
+            "six minutes later there is nothing to wait for"
+        );
+        std::fs::write(dir.path().join(REMOVED_STAMP), "not a time").expect("write");
+        assert_eq!(
+            removal_wait(dir.path(), now),
+            None,
+            "an unreadable stamp is ignored"
+        );
+        let future = now
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+            + 3600;
+        std::fs::write(dir.path().join(REMOVED_STAMP), future.to_string()).expect("write");
+        assert_eq!(
+            removal_wait(dir.path(), now),
+            None,
+            "a stamp in the future is ignored"
+        );
+    }
+
+    #[test]
+    fn a_restarted_daemons_earlier_peak_is_carried() {
+        let mib = 1u64 << 20;
+        let mut now = Memory {
+            run: 1,
+            peaks: vec![
+                ("server".into(), Some(30 * mib), Some(30 * mib)),
+                ("laptop daemon".into(), Some(40 * mib), Some(20 * mib)),
+                ("desktop daemon".into(), None, None),
+            ],
+        };
+        let earlier = Memory {
+            run: 0,
+            peaks: vec![
+                ("server".into(), Some(10 * mib), Some(10 * mib)),
+                ("laptop daemon".into(), Some(55 * mib), Some(25 * mib)),
+                ("desktop daemon".into(), Some(50 * mib), Some(30 * mib)),
+            ],
+        };
+        now.carry(&earlier);
+        let hwm: Vec<Option<u64>> = now.peaks.iter().map(|(_, h, _)| *h).collect();
+        assert_eq!(hwm, vec![Some(30 * mib), Some(55 * mib), Some(50 * mib)]);
+        let rss: Vec<Option<u64>> = now.peaks.iter().map(|(_, _, r)| *r).collect();
+        assert_eq!(
+            rss,
+            vec![Some(30 * mib), Some(20 * mib), None],
+            "resident memory is now's"
+        );
+    }
 }
