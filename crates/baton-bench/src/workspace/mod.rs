@@ -331,7 +331,8 @@ pub fn run(mut args: WorkspaceArgs) -> Result<()> {
         wait_after_removal(parent);
     }
     let measured = measure(&ctx, work.path());
-    // The rounds' trees were removed at the end of `measure`, whatever its outcome.
+    // `measure` removes the rounds' trees when it gets to its end; after a failure this records
+    // a removal that may not have happened, which at worst makes the next run wait for nothing.
     note_removal(parent);
     let measured = match measured {
         Ok(m) => m,
