@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use baton_crypto::SessionCipher;
 use baton_proto::handoff::{WorkspaceOutcome, WorkspacePass};
 use baton_proto::workspace::{
-    ChunkParams, ChunkRef, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles,
+    ChunkParams, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles,
     ManifestPart, PartDelta, SkippedEntry, WorkspaceManifest,
 };
 use baton_proto::ws::DaemonReply;
@@ -1511,7 +1511,9 @@ async fn stage_and_fetch(
             return Err(ws_err(e));
         }
     };
-    let wanted: Vec<ChunkRef> = stager.missing_chunks();
+    // Two frames of a lane, then two of the other: the frame where the turn passes holds both
+    // lanes and is cut in two, so the longer the turn, the fewer such frames.
+    let wanted = stager.missing_chunks_interleaved(2 * receiver.frame_bytes() as u64);
     // While parts are still coming, the rest of the tree counts as still to send.
     let bytes_to_come = match complete {
         true => 0,
@@ -1525,14 +1527,14 @@ async fn stage_and_fetch(
         stager: stager.clone(),
         failure: Mutex::new(None),
     });
-    let wanted_bytes: u64 = wanted.iter().map(|c| u64::from(c.len)).sum();
+    let wanted_bytes: u64 = wanted.iter().map(|(c, _)| u64::from(c.len)).sum();
     reporter.send(
         sent_before,
         sent_before + wanted_bytes + bytes_to_come,
         true,
     );
     let received = receiver
-        .chunks(sink.clone(), wanted, &mut |p| {
+        .chunks_in_lanes(sink.clone(), wanted, &mut |p| {
             reporter.send(
                 sent_before + p.bytes,
                 sent_before + p.bytes_total + bytes_to_come,

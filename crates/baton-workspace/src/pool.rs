@@ -20,36 +20,42 @@ pub(crate) fn io_threads() -> usize {
     (default_threads() * 2).clamp(2, 16)
 }
 
-/// Applies `f` to every item on up to `threads` threads, each with its own state from `init`;
-/// results come back in item order.
+/// Applies `f` to every item on one thread per state of `states` (at most one per item), each
+/// thread with a state of its own; results come back in item order. The states outlive the
+/// call, so a caller that maps batch after batch keeps their buffers warm instead of
+/// allocating and faulting in new ones for every batch.
 pub(crate) fn map<T, S, R>(
     items: &[T],
-    threads: usize,
-    init: impl Fn() -> S + Sync,
+    states: &mut [S],
     f: impl Fn(&mut S, &T) -> R + Sync,
 ) -> Vec<R>
 where
     T: Sync,
+    S: Send,
     R: Send,
 {
-    let threads = threads.clamp(1, items.len().max(1));
-    if threads == 1 {
-        let mut state = init();
-        return items.iter().map(|it| f(&mut state, it)).collect();
+    let threads = states.len().min(items.len());
+    if threads <= 1 {
+        let Some(state) = states.first_mut() else {
+            assert!(items.is_empty(), "pool::map needs a state for its items");
+            return Vec::new();
+        };
+        return items.iter().map(|it| f(state, it)).collect();
     }
     let next = AtomicUsize::new(0);
     let mut slots: Vec<Option<R>> = Vec::with_capacity(items.len());
     slots.resize_with(items.len(), || None);
     thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut state = init();
+        let workers: Vec<_> = states[..threads]
+            .iter_mut()
+            .map(|state| {
+                let (next, f) = (&next, &f);
+                s.spawn(move || {
                     let mut out = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(item) = items.get(i) else { break };
-                        out.push((i, f(&mut state, item)));
+                        out.push((i, f(state, item)));
                     }
                     out
                 })
@@ -124,17 +130,25 @@ mod tests {
     #[test]
     fn keeps_order_across_threads() {
         let items: Vec<u64> = (0..1000).collect();
-        let out = super::map(
-            &items,
-            3,
-            || 0u64,
-            |n, x| {
-                *n += 1;
-                x * 2
-            },
-        );
+        let mut counts = [0u64; 3];
+        let out = super::map(&items, &mut counts, |n, x| {
+            *n += 1;
+            x * 2
+        });
         assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
-        assert!(super::map(&[] as &[u8], 4, || (), |_, x| *x).is_empty());
+        // The states are the caller's: together they saw every item once.
+        assert_eq!(counts.iter().sum::<u64>(), 1000);
+        assert!(super::map(&[] as &[u8], &mut [(), ()], |_, x| *x).is_empty());
+        assert!(super::map(&[] as &[u8], &mut [] as &mut [()], |_, x| *x).is_empty());
+        let mut one = [0u64];
+        assert_eq!(
+            super::map(&[1u8, 2], &mut one, |n, x| {
+                *n += 1;
+                *x
+            }),
+            vec![1, 2]
+        );
+        assert_eq!(one[0], 2);
     }
 
     #[test]

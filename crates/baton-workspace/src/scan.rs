@@ -669,6 +669,8 @@ impl PreparedScan {
         };
         let mut found = found.peekable();
         let mut done_cost = 0u64;
+        // Made as parts need them and kept for the later parts, buffers and all.
+        let mut chunkers: Vec<Chunker> = Vec::new();
         loop {
             // This part: entries up to the one that brings the cost of reading to the target.
             let (target, data_cap) = if first_part_cost == u64::MAX {
@@ -710,18 +712,16 @@ impl PreparedScan {
                 .filter(|(_, f, prior)| matches!(f.what, What::File) && prior.is_none())
                 .map(|(rel, _, _)| root.join(rel))
                 .collect();
-            let hashed = pool::map(
-                &jobs,
-                threads,
-                || Chunker::new(&opts.params),
-                |chunker, path| {
-                    let r = hash_file(chunker, path);
-                    if let Ok(Some((d, _, _))) = &r {
-                        progress.add(1, d.size);
-                    }
-                    r
-                },
-            );
+            if chunkers.len() < threads.min(jobs.len()) {
+                chunkers.resize_with(threads.min(jobs.len()), || Chunker::new(&opts.params));
+            }
+            let hashed = pool::map(&jobs, &mut chunkers, |chunker, path| {
+                let r = hash_file(chunker, path);
+                if let Ok(Some((d, _, _))) = &r {
+                    progress.add(1, d.size);
+                }
+                r
+            });
             let mut hashed = hashed.into_iter();
             let mut scanned = Scanned {
                 manifest: empty_like(&head),

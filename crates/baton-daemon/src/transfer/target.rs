@@ -20,11 +20,12 @@ use tokio_util::sync::CancellationToken;
 use super::link::{Event, Link};
 use super::{ChunkSink, Result, TransferConn, TransferError};
 
-/// Frames waiting for the verifying thread; reading the socket pauses when it is full, which is
-/// how a slow disk slows the source down.
-const JOB_QUEUE: usize = 4;
-/// Threads opening, checking and storing received frames.
-const VERIFY_WORKERS: usize = 2;
+/// Frames waiting for each verifying thread; reading the socket pauses when the one a frame goes
+/// to is full, which is how a slow disk slows the source down.
+const JOB_QUEUE: usize = 3;
+/// Threads opening, checking and storing received frames, one per lane (see
+/// [`Receiver::chunks_in_lanes`]).
+pub const VERIFY_WORKERS: usize = 2;
 /// Silence after which the target asks again for every chunk it is still waiting for.
 const STALL_REASK: Duration = Duration::from_secs(10);
 /// How long [`Receiver::finish`] waits for the source to acknowledge the end.
@@ -72,10 +73,12 @@ pub struct Receiver {
     stats: ReceiveStats,
 }
 
-/// One frame's accepted chunks, for the verifying thread.
+/// One frame's accepted chunks of one lane, for that lane's verifying thread.
 struct Job {
-    frame: Bytes,
+    /// The frame, or the part of it that holds `entries`: the thread decrypts over it.
+    frame: BytesMut,
     entries: Vec<(ContentHash, Range<usize>)>,
+    lane: Option<u8>,
 }
 
 /// What the verifying thread reports.
@@ -100,24 +103,15 @@ impl Shared {
 
 /// Opens and stores chunks, in arrival order, until the queue closes or something fails.
 fn verify_and_store(
-    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    mut jobs: mpsc::Receiver<Job>,
     cipher: TransferCipher,
     sink: Arc<dyn ChunkSink>,
     shared: Arc<Shared>,
 ) {
-    loop {
-        // One worker waits for the next frame at a time; the others are opening theirs.
-        let next = jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .blocking_recv();
-        let Some(job) = next else { break };
-        // Opened where it lies: the frame is this worker's alone once decoded, so the chunks
-        // are decrypted over it instead of into copies.
-        let mut frame = job
-            .frame
-            .try_into_mut()
-            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    while let Some(job) = jobs.blocking_recv() {
+        // Opened where it lies: the frame is this worker's alone, so the chunks are decrypted
+        // over it instead of into copies.
+        let mut frame = job.frame;
         for (hash, range) in job.entries {
             let stored = cipher
                 .open_chunk_in_place(&hash, &mut frame[range])
@@ -149,6 +143,47 @@ fn verify_and_store(
     }
 }
 
+/// Cuts a frame's accepted chunks into one job per run of one lane, each job holding the part of
+/// the frame its chunks lie in (parts that no job holds are dropped with the frame).
+fn split_by_lane(bytes: Bytes, accepted: Vec<(ContentHash, Range<usize>, Option<u8>)>) -> Vec<Job> {
+    if accepted.is_empty() {
+        return Vec::new();
+    }
+    // The frame is normally this receiver's alone; when it is not, one copy makes it so.
+    let mut rest = bytes
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    // Where `rest` starts in the frame.
+    let mut base = 0usize;
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut entries = Vec::new();
+    let mut lane = accepted[0].2;
+    let mut start = accepted[0].1.start;
+    for (hash, range, l) in accepted {
+        if l != lane {
+            // Entries lie in frame order: the run so far ends before this entry.
+            let mut part = rest.split_to(range.start - base);
+            let _ = part.split_to(start - base);
+            jobs.push(Job {
+                frame: part,
+                entries: std::mem::take(&mut entries),
+                lane,
+            });
+            base = range.start;
+            start = range.start;
+            lane = l;
+        }
+        entries.push((hash, range.start - start..range.end - start));
+    }
+    let _ = rest.split_to(start - base);
+    jobs.push(Job {
+        frame: rest,
+        entries,
+        lane,
+    });
+    jobs
+}
+
 /// Requests in flight and still to make.
 struct Window {
     /// Request round: bumped at each re-ask. A re-ask voids the earlier rounds on both sides:
@@ -157,8 +192,10 @@ struct Window {
     round: u32,
     /// Bytes of the chunks accepted so far (reported when asking again).
     received_bytes: u64,
-    queue: VecDeque<ChunkRef>,
-    outstanding: HashMap<ContentHash, u32>,
+    /// Chunks to ask for, each with its lane.
+    queue: VecDeque<(ChunkRef, Option<u8>)>,
+    /// Chunks asked for: length and lane.
+    outstanding: HashMap<ContentHash, (u32, Option<u8>)>,
     outstanding_bytes: u64,
     max_bytes: u64,
     max_chunks: usize,
@@ -168,26 +205,26 @@ impl Window {
     /// Takes the next requests that fit the window (at least one when nothing is in flight).
     fn next_batch(&mut self) -> Vec<ContentHash> {
         let mut batch = Vec::new();
-        while let Some(c) = self.queue.front().copied() {
+        while let Some((c, lane)) = self.queue.front().copied() {
             let fits = self.outstanding_bytes + u64::from(c.len) <= self.max_bytes
                 && self.outstanding.len() < self.max_chunks;
             if !fits && !self.outstanding.is_empty() {
                 break;
             }
             self.queue.pop_front();
-            self.outstanding.insert(c.hash, c.len);
+            self.outstanding.insert(c.hash, (c.len, lane));
             self.outstanding_bytes += u64::from(c.len);
             batch.push(c.hash);
         }
         batch
     }
 
-    /// Marks `hash` received or gone; its length when it was asked for.
-    fn settle(&mut self, hash: &ContentHash) -> Option<u32> {
-        let len = self.outstanding.remove(hash)?;
+    /// Marks `hash` received or gone; its length and lane when it was asked for.
+    fn settle(&mut self, hash: &ContentHash) -> Option<(u32, Option<u8>)> {
+        let (len, lane) = self.outstanding.remove(hash)?;
         self.outstanding_bytes -= u64::from(len);
         self.received_bytes += u64::from(len);
-        Some(len)
+        Some((len, lane))
     }
 }
 
@@ -204,6 +241,12 @@ impl Receiver {
             cipher,
             stats: ReceiveStats::default(),
         })
+    }
+
+    /// How full the source fills its frames: the unit of the request order (see
+    /// `Stager::missing_chunks_interleaved`).
+    pub fn frame_bytes(&self) -> usize {
+        self.link.conn().tuning.frame_bytes
     }
 
     /// Statistics so far.
@@ -317,20 +360,48 @@ impl Receiver {
 
     /// Receives every chunk of `wanted` (duplicates are asked for once) into `sink`, calling
     /// `progress` as frames are stored. Chunks the source reports gone are listed in the
-    /// returned statistics instead of failing the transfer.
+    /// returned statistics instead of failing the transfer. Frames are shared out among the
+    /// verifying threads in turn.
     pub async fn chunks(
         &mut self,
         sink: Arc<dyn ChunkSink>,
         wanted: Vec<ChunkRef>,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<ReceiveStats> {
+        let wanted = wanted.into_iter().map(|c| (c, None)).collect();
+        self.receive_chunks(sink, wanted, progress).await
+    }
+
+    /// [`Receiver::chunks`] where each chunk names its lane: the chunks of lane `l` are stored
+    /// by verifying thread `l % VERIFY_WORKERS`, in the order they arrive (a frame that holds
+    /// chunks of two lanes is cut in two). A writer that keeps each file in one lane writes
+    /// every file from one thread, in order, while the other thread writes another file: the
+    /// kernel lets one write into a file at a time, so two threads on one file take turns.
+    pub async fn chunks_in_lanes(
+        &mut self,
+        sink: Arc<dyn ChunkSink>,
+        wanted: Vec<(ChunkRef, u8)>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<ReceiveStats> {
+        let wanted = wanted.into_iter().map(|(c, l)| (c, Some(l))).collect();
+        self.receive_chunks(sink, wanted, progress).await
+    }
+
+    async fn receive_chunks(
+        &mut self,
+        sink: Arc<dyn ChunkSink>,
+        wanted: Vec<(ChunkRef, Option<u8>)>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<ReceiveStats> {
         let mut seen = HashSet::with_capacity(wanted.len());
-        let queue: VecDeque<ChunkRef> =
-            wanted.into_iter().filter(|c| seen.insert(c.hash)).collect();
+        let queue: VecDeque<(ChunkRef, Option<u8>)> = wanted
+            .into_iter()
+            .filter(|(c, _)| seen.insert(c.hash))
+            .collect();
         drop(seen);
         let mut shown = Progress {
             chunks_total: queue.len() as u64,
-            bytes_total: queue.iter().map(|c| u64::from(c.len)).sum(),
+            bytes_total: queue.iter().map(|(c, _)| u64::from(c.len)).sum(),
             ..Progress::default()
         };
         let tuning = &self.link.conn().tuning;
@@ -348,26 +419,23 @@ impl Receiver {
             done: Mutex::new(Done::default()),
             wake: Notify::new(),
         });
-        let (job_tx, job_rx) = mpsc::channel::<Job>(JOB_QUEUE);
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        // Opening and checking a frame (AES-GCM, BLAKE3) is as costly as storing it: with two
-        // workers one opens while the other writes, so the target's CPU is not one thread.
-        let workers: Vec<_> = (0..VERIFY_WORKERS)
+        // Opening and checking a frame (AES-GCM, BLAKE3) costs about what storing it does: with
+        // two workers one opens while the other writes, so the target's CPU is not one thread.
+        let (job_txs, workers): (Vec<_>, Vec<_>) = (0..VERIFY_WORKERS)
             .map(|_| {
-                let (jobs, cipher, sink, shared) = (
-                    job_rx.clone(),
-                    self.cipher.clone(),
-                    sink.clone(),
-                    shared.clone(),
-                );
-                tokio::task::spawn_blocking(move || verify_and_store(jobs, cipher, sink, shared))
+                let (job_tx, jobs) = mpsc::channel::<Job>(JOB_QUEUE);
+                let (cipher, sink, shared) = (self.cipher.clone(), sink.clone(), shared.clone());
+                let worker = tokio::task::spawn_blocking(move || {
+                    verify_and_store(jobs, cipher, sink, shared)
+                });
+                (job_tx, worker)
             })
-            .collect();
+            .unzip();
         let before = (self.stats.chunks, self.stats.bytes);
         let result = self
-            .drive(&mut window, &shared, job_tx, progress, &mut shown)
+            .drive(&mut window, &shared, job_txs, progress, &mut shown)
             .await;
-        // The sender is gone (moved into `drive`), so the workers end after their last job.
+        // The senders are gone (moved into `drive`), so the workers end after their last job.
         for worker in workers {
             let _ = worker.await;
         }
@@ -387,11 +455,13 @@ impl Receiver {
         &mut self,
         window: &mut Window,
         shared: &Shared,
-        job_tx: mpsc::Sender<Job>,
+        job_txs: Vec<mpsc::Sender<Job>>,
         progress: &mut (dyn FnMut(Progress) + Send),
         shown: &mut Progress,
     ) -> Result<()> {
         let mut jobs_sent = 0u64;
+        // Frames without a lane go to the workers in turn.
+        let mut turn = 0usize;
         if self.link.peer() {
             self.top_up(window).await?;
         }
@@ -434,12 +504,17 @@ impl Receiver {
             };
             match event {
                 Event::Frame(bytes) => {
-                    if let Some(job) = self.accept(window, bytes)? {
+                    for job in self.accept(window, bytes)? {
+                        let worker = match job.lane {
+                            Some(lane) => usize::from(lane),
+                            None => {
+                                turn = turn.wrapping_add(1);
+                                turn
+                            }
+                        } % job_txs.len();
                         jobs_sent += 1;
-                        if job_tx.send(job).await.is_err() {
-                            // The thread stopped on an error, reported at the top.
-                            continue;
-                        }
+                        // An error means the thread stopped on an error, reported at the top.
+                        let _ = job_txs[worker].send(job).await;
                     }
                     self.top_up(window).await?;
                 }
@@ -476,9 +551,20 @@ impl Receiver {
         self.send_wants(window.round, &batch).await
     }
 
-    /// Takes the chunks of a frame that are still wanted; settles `gone` hashes.
-    fn accept(&mut self, window: &mut Window, bytes: Bytes) -> Result<Option<Job>> {
-        let frame = decode(&bytes).map_err(|e| TransferError::Protocol(e.to_string()))?;
+    /// Takes the chunks of a frame that are still wanted, as one job per run of chunks of one
+    /// lane; settles `gone` hashes.
+    fn accept(&mut self, window: &mut Window, bytes: Bytes) -> Result<Vec<Job>> {
+        let accepted = self.accept_entries(window, &bytes)?;
+        Ok(split_by_lane(bytes, accepted))
+    }
+
+    /// The chunks of a frame that are still wanted, with their places in the frame and lanes.
+    fn accept_entries(
+        &mut self,
+        window: &mut Window,
+        bytes: &Bytes,
+    ) -> Result<Vec<(ContentHash, Range<usize>, Option<u8>)>> {
+        let frame = decode(bytes).map_err(|e| TransferError::Protocol(e.to_string()))?;
         match frame {
             Frame::Chunks { round, chunks } => {
                 self.link.count_data(bytes.len());
@@ -490,15 +576,17 @@ impl Receiver {
                         "dropping an answer to an earlier round: the re-ask brings it again"
                     );
                     self.stats.duplicates += chunks.len() as u64;
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 let mut entries = Vec::with_capacity(chunks.len());
                 for entry in chunks.iter() {
                     match window.settle(&entry.hash) {
-                        Some(len) if entry.sealed.len() == len as usize + SEALED_OVERHEAD => {
-                            entries.push((entry.hash, entry.range));
+                        Some((len, lane))
+                            if entry.sealed.len() == len as usize + SEALED_OVERHEAD =>
+                        {
+                            entries.push((entry.hash, entry.range, lane));
                         }
-                        Some(len) => {
+                        Some((len, _)) => {
                             return Err(TransferError::Protocol(format!(
                                 "chunk {:?} is {} sealed bytes, the manifest says {len} plain",
                                 entry.hash,
@@ -508,24 +596,21 @@ impl Receiver {
                         None => self.stats.duplicates += 1,
                     }
                 }
-                Ok((!entries.is_empty()).then_some(Job {
-                    frame: bytes,
-                    entries,
-                }))
+                Ok(entries)
             }
             Frame::Gone { round, hashes } => {
                 if round != window.round {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 for hash in hashes.iter() {
                     if window.settle(&hash).is_some() {
                         self.stats.gone.push(hash);
                     }
                 }
-                Ok(None)
+                Ok(Vec::new())
             }
             Frame::Abort(reason) => Err(TransferError::PeerAborted(reason.to_string())),
-            Frame::Blob { .. } | Frame::DoneAck => Ok(None),
+            Frame::Blob { .. } | Frame::DoneAck => Ok(Vec::new()),
             other => Err(TransferError::Protocol(format!(
                 "unexpected frame from the source: {other:?}"
             ))),
@@ -602,7 +687,7 @@ mod tests {
     fn window(max_bytes: u64, max_chunks: usize, chunks: Vec<ChunkRef>) -> Window {
         Window {
             round: 0,
-            queue: chunks.into(),
+            queue: chunks.into_iter().map(|c| (c, None)).collect(),
             outstanding: HashMap::new(),
             outstanding_bytes: 0,
             received_bytes: 0,
@@ -617,11 +702,56 @@ mod tests {
         assert_eq!(w.next_batch().len(), 2);
         assert_eq!(w.outstanding_bytes, 80);
         assert!(w.next_batch().is_empty());
-        assert_eq!(w.settle(&ContentHash([1; 32])), Some(40));
+        assert_eq!(w.settle(&ContentHash([1; 32])), Some((40, None)));
         assert_eq!(w.settle(&ContentHash([1; 32])), None, "settled once");
         // 40 + 40 + 10 fits 100 but the count limit is 3.
         assert_eq!(w.next_batch().len(), 2);
         assert_eq!(w.outstanding.len(), 3);
+    }
+
+    #[test]
+    fn a_frame_is_cut_where_its_lane_changes() {
+        let frame = Bytes::from((0..100u8).collect::<Vec<_>>());
+        let h = |n: u8| ContentHash([n; 32]);
+        let accepted = vec![
+            (h(1), 10..20, Some(0)),
+            (h(2), 25..30, Some(0)),
+            (h(3), 30..50, Some(1)),
+            (h(4), 60..70, Some(0)),
+        ];
+        let jobs = split_by_lane(frame, accepted);
+        let seen: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                let bytes: Vec<Vec<u8>> = j
+                    .entries
+                    .iter()
+                    .map(|(_, r)| j.frame[r.clone()].to_vec())
+                    .collect();
+                (
+                    j.lane,
+                    j.entries.iter().map(|(h, _)| h.0[0]).collect::<Vec<_>>(),
+                    bytes,
+                )
+            })
+            .collect();
+        let range = |r: std::ops::Range<u8>| r.collect::<Vec<u8>>();
+        assert_eq!(
+            seen,
+            vec![
+                (Some(0), vec![1, 2], vec![range(10..20), range(25..30)]),
+                (Some(1), vec![3], vec![range(30..50)]),
+                (Some(0), vec![4], vec![range(60..70)]),
+            ]
+        );
+        // Each job holds only its own part of the frame.
+        assert_eq!(jobs[0].frame.len(), 20);
+        assert_eq!(jobs[1].frame.len(), 30);
+        assert_eq!(jobs[2].frame.len(), 40);
+        let one = split_by_lane(Bytes::from(vec![7u8; 10]), vec![(h(5), 2..6, None)]);
+        assert_eq!(one.len(), 1);
+        assert_eq!(&one[0].frame[one[0].entries[0].1.clone()], &[7, 7, 7, 7]);
+        assert!(split_by_lane(Bytes::from(vec![0u8; 4]), Vec::new()).is_empty());
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod link;
 mod tree;
 mod update;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -382,6 +382,46 @@ impl Stager {
             .collect()
     }
 
+    /// [`Stager::missing_chunks`] in the order to ask for them, each with its lane (0 or 1):
+    /// every file's chunks go to one lane, and the two lanes take turns, `unit` bytes at a
+    /// time. The kernel writes into one file for one writer at a time, and copying bytes into
+    /// new pages is most of a target's work, so chunks that arrive one file after another keep
+    /// one writing thread busy and the other waiting on it; in two lanes, with one writer per
+    /// lane, each writer has a file of its own. Each file's chunks stay in order (its BLAKE3 is
+    /// computed as they land), and every chunk comes once.
+    pub fn missing_chunks_interleaved(&self, unit: u64) -> Vec<(ChunkRef, u8)> {
+        // Runs of consecutive chunks that go into one file, dealt to the lane with fewer bytes.
+        let mut lanes: [(VecDeque<ChunkRef>, u64); 2] = Default::default();
+        let mut last_entry = None;
+        let mut lane = 0;
+        for s in self.unwritten() {
+            let entry = s.at.iter().find(|p| !p.done).map(|p| p.entry);
+            if entry.is_none() || entry != last_entry {
+                lane = usize::from(lanes[1].1 < lanes[0].1);
+                last_entry = entry;
+            }
+            lanes[lane].0.push_back(ChunkRef {
+                hash: s.hash,
+                len: s.len,
+            });
+            lanes[lane].1 += u64::from(s.len);
+        }
+        let mut out = Vec::with_capacity(lanes[0].0.len() + lanes[1].0.len());
+        let mut lane = 0;
+        while !lanes[0].0.is_empty() || !lanes[1].0.is_empty() {
+            let mut taken = 0u64;
+            while taken < unit.max(1) {
+                let Some(c) = lanes[lane].0.pop_front() else {
+                    break;
+                };
+                taken += u64::from(c.len);
+                out.push((c, lane as u8));
+            }
+            lane = 1 - lane;
+        }
+        out
+    }
+
     /// Bytes of the chunks still to write (each distinct chunk once).
     pub fn missing_bytes(&self) -> u64 {
         self.unwritten().map(|s| u64::from(s.len)).sum()
@@ -645,6 +685,75 @@ mod tests {
             read_backs() - before,
             0,
             "finish had nothing left to verify"
+        );
+    }
+
+    #[test]
+    fn interleaved_order_alternates_two_files_and_keeps_each_in_order() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("d")).unwrap();
+        for (i, len) in [(1u64, 700_000usize), (2, 900_000), (3, 600_000)] {
+            fs::write(src.join(format!("big{i}.bin")), noise(i, len)).unwrap();
+        }
+        for i in 0..6u64 {
+            fs::write(src.join(format!("d/{i}.txt")), noise(10 + i, 3000)).unwrap();
+        }
+        let s = scanned(&src);
+        let st = Stager::create(
+            &t.path().join("dest"),
+            "i",
+            s.manifest.clone(),
+            &Limits::default(),
+        )
+        .unwrap();
+        let unit = 64 * 1024;
+        let order = st.missing_chunks_interleaved(unit);
+        let plain = st.missing_chunks();
+        // Every chunk once, nothing else.
+        let mut a: Vec<_> = order.iter().map(|(c, _)| c.hash).collect();
+        let mut b: Vec<_> = plain.iter().map(|c| c.hash).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        // Which file each chunk goes to, and where.
+        let mut place = HashMap::new();
+        for (e, f) in s.manifest.files() {
+            let mut at = 0u64;
+            for c in &f.chunks {
+                place.entry(c.hash).or_insert((e.path.clone(), at));
+                at += u64::from(c.len);
+            }
+        }
+        let mut last_at: HashMap<String, u64> = HashMap::new();
+        let mut lane_of: HashMap<String, u8> = HashMap::new();
+        for (c, lane) in &order {
+            let (file, at) = place[&c.hash].clone();
+            if let Some(prev) = last_at.insert(file.clone(), at) {
+                assert!(
+                    prev < at,
+                    "{file}: a chunk at {at} came after one at {prev}"
+                );
+            }
+            let first = *lane_of.entry(file.clone()).or_insert(*lane);
+            assert_eq!(first, *lane, "{file} stays in one lane");
+        }
+        assert_eq!(lane_of["big1.bin"], 0);
+        assert_eq!(lane_of["big2.bin"], 1);
+        // The first unit is of big1.bin, the second of big2.bin: two files are written at once.
+        let file_at = |i: usize| place[&order[i].0.hash].0.clone();
+        assert_eq!(file_at(0), "big1.bin");
+        let mut taken = 0u64;
+        let mut i = 0;
+        while taken < unit {
+            assert_eq!(file_at(i), "big1.bin", "chunk {i} within the first unit");
+            taken += u64::from(order[i].0.len);
+            i += 1;
+        }
+        assert_eq!(
+            file_at(i),
+            "big2.bin",
+            "the second unit is the other lane's file"
         );
     }
 
