@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use baton_crypto::SessionCipher;
 use baton_proto::handoff::{WorkspaceOutcome, WorkspacePass};
 use baton_proto::workspace::{
-    ChunkParams, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles,
-    ManifestPart, PartDelta, SkippedEntry, WorkspaceManifest,
+    ChunkParams, ConflictPolicy, ContentHash, DestinationState, IgnoredFiles, ManifestPart,
+    PartDelta, SkippedEntry, WorkspaceManifest,
 };
 use baton_proto::ws::DaemonReply;
 use baton_proto::{ApiError, ErrorCode, HandoffId, Sealed, SessionMeta, SessionRecord};

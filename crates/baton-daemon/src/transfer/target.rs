@@ -143,9 +143,12 @@ fn verify_and_store(
     }
 }
 
+/// A chunk accepted from a frame: its name, where its sealed bytes lie and its lane.
+type Accepted = (ContentHash, Range<usize>, Option<u8>);
+
 /// Cuts a frame's accepted chunks into one job per run of one lane, each job holding the part of
 /// the frame its chunks lie in (parts that no job holds are dropped with the frame).
-fn split_by_lane(bytes: Bytes, accepted: Vec<(ContentHash, Range<usize>, Option<u8>)>) -> Vec<Job> {
+fn split_by_lane(bytes: Bytes, accepted: Vec<Accepted>) -> Vec<Job> {
     if accepted.is_empty() {
         return Vec::new();
     }
@@ -559,11 +562,7 @@ impl Receiver {
     }
 
     /// The chunks of a frame that are still wanted, with their places in the frame and lanes.
-    fn accept_entries(
-        &mut self,
-        window: &mut Window,
-        bytes: &Bytes,
-    ) -> Result<Vec<(ContentHash, Range<usize>, Option<u8>)>> {
+    fn accept_entries(&mut self, window: &mut Window, bytes: &Bytes) -> Result<Vec<Accepted>> {
         let frame = decode(bytes).map_err(|e| TransferError::Protocol(e.to_string()))?;
         match frame {
             Frame::Chunks { round, chunks } => {
