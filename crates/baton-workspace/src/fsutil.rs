@@ -96,26 +96,35 @@ pub(crate) fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-/// The variable that, set to `1` in a target daemon's environment, starts writing each staged
-/// file to disk as soon as it is sealed. Off by default: with source and target on one disk
-/// (the workspace benchmark), the early writes compete with the source's reads and the first
-/// transfer took 6.05 s instead of 5.45 s (medians of 3); it may pay where the target's disk is
-/// otherwise idle during the transfer.
+/// The variable that says which staged files a target starts writing to disk as soon as they
+/// are sealed: `1` every file, `0` none, unset (or anything else) files of at least
+/// [`EARLY_WRITEBACK_MIN`] bytes.
 pub const WRITEBACK_VAR: &str = "BATON_WORKSPACE_WRITEBACK";
 
-/// True when [`WRITEBACK_VAR`] is `1`; read once.
-fn writeback_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var(WRITEBACK_VAR).is_ok_and(|v| v == "1"))
+/// Size from which a staged file is written to disk as soon as it is sealed, by default. A large
+/// file goes out in a few large writes, and its bytes then no longer wait for the flush at the
+/// end of the pre-copy; for small files one write each costs more than it saves (early writes
+/// of every file did not make the first transfer faster).
+pub const EARLY_WRITEBACK_MIN: u64 = 1024 * 1024;
+
+/// The smallest file [`start_writeback`] writes early, `None` for none; from [`WRITEBACK_VAR`],
+/// read once.
+fn writeback_from() -> Option<u64> {
+    static FROM: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *FROM.get_or_init(|| match std::env::var(WRITEBACK_VAR).as_deref() {
+        Ok("1") => Some(0),
+        Ok("0") => None,
+        _ => Some(EARLY_WRITEBACK_MIN),
+    })
 }
 
-/// Starts writing a file's dirty pages to disk and returns without waiting for them, when
-/// [`WRITEBACK_VAR`] asks for it. A staged file is complete once sealed, so its bytes can go to
-/// disk while later files are still arriving: the flush before apply ([`sync_filesystem`]) then
-/// finds little left to write, instead of the whole tree at once. Failure only loses that head
-/// start, so it is ignored.
-pub(crate) fn start_writeback(f: &File) {
-    if !writeback_enabled() {
+/// Starts writing a file of `size` bytes to disk and returns without waiting, when
+/// [`WRITEBACK_VAR`] asks for files of that size. A staged file is complete once sealed, so its
+/// bytes can go to disk while later files are still arriving: the flush before apply
+/// ([`sync_filesystem`]) then finds less left to write. Failure only loses that head start, so
+/// it is ignored.
+pub(crate) fn start_writeback(f: &File, size: u64) {
+    if writeback_from().is_none_or(|min| size < min) {
         return;
     }
     #[cfg(target_os = "linux")]

@@ -46,7 +46,7 @@ pub use delta::{
 };
 pub use error::{Error, Result};
 pub use found::SPILL_ENTRIES_VAR;
-pub use fsutil::{WRITEBACK_VAR, available_bytes};
+pub use fsutil::{EARLY_WRITEBACK_MIN, WRITEBACK_VAR, available_bytes};
 pub use index::{ChunkIndex, Located, Proof};
 pub use packed::PackedManifest;
 pub use plan::{Plan, check_space, plan, plan_absent, plan_entries};

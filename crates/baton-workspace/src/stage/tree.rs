@@ -46,7 +46,7 @@ pub(super) fn verify_file(tree: &Path, e: &WorkspaceEntry, buf: &mut [u8]) -> Re
         h.finalize().as_bytes() == want.hash.as_bytes(),
     )?;
     set_file_meta(&f, &p, e)?;
-    start_writeback(&f);
+    start_writeback(&f, size);
     Ok(())
 }
 
@@ -65,7 +65,7 @@ pub(super) fn seal_written(
     let size = f.metadata().map_err(io_err("stat", &p))?.len();
     check_file(e, want, size, hash_matches)?;
     set_file_meta(f, &p, e)?;
-    start_writeback(f);
+    start_writeback(f, size);
     Ok(())
 }
 
